@@ -1,0 +1,46 @@
+# safealign: `make run` (set-up + the whole pipeline, offline CPU defaults) and `make test` (set-up + tests).
+# Set-up is idempotent: a stamp file records that the venv matches the requirement files.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.setup-stamp
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: setup run test lint bench compile image clean-outputs
+
+setup: $(STAMP)
+
+$(STAMP): requirements.txt requirements-data.txt pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -m pip install -q --no-deps -r requirements-data.txt
+	$(PY) -m pip install -q --no-deps -e .
+	@touch $(STAMP)
+
+run: setup
+	bash scripts/run_pipeline.sh
+
+test: setup
+	$(VENV)/bin/pytest -q -p no:cacheprovider
+
+lint: setup
+	$(VENV)/bin/ruff check .
+
+bench: setup
+	$(PY) bench/reward_scoring.py
+	$(PY) bench/grpo_step.py
+	$(PY) bench/grpo_vs_trl.py
+
+compile: setup
+	$(VENV)/bin/safealign pipeline compile --output pipelines/align.yaml
+
+image:
+	docker build -t safealign:0.1.0 -f Dockerfile .
+	docker build -t safealign:0.1.0-cuda -f Dockerfile.cuda .
+
+clean-outputs:
+	rm -rf artifacts metrics dvc_plots

@@ -1,0 +1,1 @@
+"""Data: sources read from installed packages, annotators, the build, the schema and validation."""
