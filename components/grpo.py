@@ -1,0 +1,47 @@
+"""grpo: GRPO + LoRA against the reward model; resumes from its last checkpoint."""
+
+from kfp import dsl
+from kfp.dsl import Dataset, Input, Metrics, Model, Output
+
+from components.image import IMAGE
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
+def grpo_op(
+    data_version: str,
+    params: str,
+    overrides: list,
+    tracking_uri: str,
+    checkpoint_root: str,
+    cache_dir: str,
+    dataset: Input[Dataset],
+    reward_model: Input[Model],
+    metrics_in: Input[Dataset],
+    adapter: Output[Model],
+    stage_metrics: Output[Dataset],
+    metrics: Output[Metrics],
+):
+    """Train the LoRA adapter. With ``checkpoint_root`` on a mounted volume, a retried step resumes from
+    the last checkpoint of the same inputs (the folder is keyed on data version + params)."""
+    from pathlib import Path
+
+    from safealign.kfp_stage import StageWorkspace, pipeline_key
+    from safealign.policy.grpo import train_grpo
+
+    key = pipeline_key(data_version, params, overrides)
+    ws = StageWorkspace(
+        "grpo", params, overrides, tracking_uri, data_dir=dataset.path + "/data", cache_dir=cache_dir
+    )
+    ws.link(dataset.path + "/splits", ws.layout.splits_dir)
+    ws.link(reward_model.path, ws.layout.reward_model_dir)
+    ws.restore_metrics(metrics_in.path)
+    if checkpoint_root:
+        persistent = Path(checkpoint_root) / key
+        persistent.mkdir(parents=True, exist_ok=True)
+        ws.link(str(persistent), ws.layout.checkpoints_dir)
+    ws.parent_run(key)
+    train_grpo(ws.settings, resume=True)
+    ws.publish(ws.layout.adapter_dir, adapter.path)
+    adapter.metadata["data_version"] = data_version
+    for key_, value in ws.publish_metrics(stage_metrics.path).items():
+        metrics.log_metric(key_, value)

@@ -1,0 +1,45 @@
+"""validate: Great Expectations checks and the train/val/heldout splits."""
+
+from kfp import dsl
+from kfp.dsl import HTML, Dataset, Metrics, Output
+
+from components.image import IMAGE
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
+def validate_op(
+    data_version: str,
+    data_dir: str,
+    params: str,
+    overrides: list,
+    tracking_uri: str,
+    dataset: Output[Dataset],
+    stage_metrics: Output[Dataset],
+    report: Output[HTML],
+    metrics: Output[Metrics],
+):
+    """Validate data/ and publish it with its splits as one Dataset: ``data/`` (inputs) + ``splits/``.
+
+    ``data_version`` is an input only so that KFP's cache key contains it: same data and params, cache hit.
+    A validation failure (DataError) fails the step, like exit 2 on the CLI.
+    """
+    from pathlib import Path
+
+    from safealign.data.validate import validate_data
+    from safealign.kfp_stage import StageWorkspace, pipeline_key
+
+    ws = StageWorkspace("validate", params, overrides, tracking_uri, data_dir=data_dir)
+    if not Path(data_dir).is_dir():
+        from safealign.data.build import build_data
+
+        build_data(ws.settings)
+    ws.parent_run(pipeline_key(data_version, params, overrides))
+    validate_data(ws.settings)
+    ws.publish(ws.layout.data_dir, dataset.path + "/data")
+    ws.publish(ws.layout.splits_dir, dataset.path + "/splits")
+    dataset.metadata["data_version"] = data_version
+    html = sorted(ws.layout.validation_dir.glob("*.html"))
+    if html:
+        ws.publish(html[0], report.path)
+    for key, value in ws.publish_metrics(stage_metrics.path).items():
+        metrics.log_metric(key, value)
