@@ -78,6 +78,7 @@ def configure(settings: Settings) -> str:
     import mlflow
 
     uri = tracking_uri(settings)
+    check_reachable(uri)
     mlflow.set_tracking_uri(uri)
     try:
         experiment_id = _ensure_experiment(settings)
@@ -85,6 +86,28 @@ def configure(settings: Settings) -> str:
         raise ServiceError(f"MLflow tracking store {uri} is not reachable: {exc}") from exc
     mlflow.set_experiment(experiment_id=experiment_id)
     return experiment_id
+
+
+def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
+    """Fail fast with the URI when an HTTP tracking server is down.
+
+    MLflow's own client retries with exponential backoff for minutes before giving up; a pipeline (and a
+    promotion that must not register half its models) should learn in seconds that the server is gone.
+    """
+    if not uri.startswith(("http://", "https://")):
+        return
+    import urllib.error
+    import urllib.request
+
+    url = uri.rstrip("/") + "/health"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as resp:  # noqa: S310 - the configured URI
+            if resp.status != 200:
+                raise ServiceError(f"MLflow tracking server {uri} is unhealthy: GET /health -> {resp.status}")
+    except urllib.error.HTTPError as exc:
+        raise ServiceError(f"MLflow tracking server {uri} is unhealthy: GET /health -> {exc.code}") from exc
+    except (urllib.error.URLError, OSError) as exc:
+        raise ServiceError(f"MLflow tracking server {uri} is not reachable: {exc}") from exc
 
 
 def common_tags(settings: Settings) -> dict[str, str]:
@@ -114,14 +137,129 @@ def stage_run(settings: Settings, stage: str) -> Iterator[Any]:
         yield run
 
 
+def _log_params(client: Any, run_id: str, settings: Settings) -> None:
+    from mlflow.entities import Param
+
+    flat = settings_to_flat_dict(settings)
+    params = [Param(k, str(v)[:6000]) for k, v in flat.items()]
+    for i in range(0, len(params), 100):
+        client.log_batch(run_id, params=params[i : i + 100])
+
+
 def start_parent_run(settings: Settings, name: str = "pipeline") -> str:
-    """Create the parent run of a pipeline run and return its id (left open for the stages to nest in)."""
+    """Create the parent run of a pipeline run and return its id (left open for the stages to nest in).
+
+    The caller exports the id as SAFEALIGN_PARENT_RUN_ID so every stage process nests its run under it,
+    and closes it with :func:`end_parent_run` when the pipeline ends (FINISHED or FAILED).
+    """
     import mlflow
 
-    configure(settings)
-    client = mlflow.MlflowClient()
     experiment_id = configure(settings)
+    client = mlflow.MlflowClient()
     run = client.create_run(
         experiment_id, run_name=name, tags={**common_tags(settings), "safealign.stage": "pipeline"}
     )
+    _log_params(client, run.info.run_id, settings)
     return run.info.run_id
+
+
+def end_parent_run(settings: Settings, run_id: str | None = None, status: str = "FINISHED") -> str:
+    """Close the pipeline's parent run (default: the one in SAFEALIGN_PARENT_RUN_ID) with ``status``.
+
+    ``status`` is an MLflow run status: FINISHED, FAILED or KILLED. Returns the run id.
+    """
+    import mlflow
+
+    run_id = run_id or os.environ.get(PARENT_ENV)
+    if not run_id:
+        raise ServiceError(f"no parent run to end: pass a run id or set {PARENT_ENV}")
+    status = status.upper()
+    if status not in {"FINISHED", "FAILED", "KILLED"}:
+        raise ValueError(f"status must be FINISHED, FAILED or KILLED, got {status!r}")
+    configure(settings)
+    mlflow.MlflowClient().set_terminated(run_id, status=status)
+    return run_id
+
+
+def child_runs(settings: Settings, parent_run_id: str) -> list[Any]:
+    """The stage runs nested under one pipeline run, oldest first (for reports and tests)."""
+    import mlflow
+
+    experiment_id = configure(settings)
+    return list(
+        mlflow.MlflowClient().search_runs(
+            [experiment_id],
+            filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'",
+            order_by=["attributes.start_time ASC"],
+        )
+    )
+
+
+def log_flat_metrics(metrics: dict[str, Any], prefix: str = "", step: int | None = None) -> dict[str, float]:
+    """Log every finite number in a nested dict as an MLflow metric named by its dotted path.
+
+    Lists of two numbers (intervals) become ``<key>.lo`` / ``<key>.hi``. Returns what was logged.
+    """
+    import math
+
+    import mlflow
+
+    flat: dict[str, float] = {}
+
+    def walk(key: str, value: Any) -> None:
+        if isinstance(value, bool):
+            flat[key] = float(value)
+        elif isinstance(value, int | float):
+            if math.isfinite(float(value)):
+                flat[key] = float(value)
+        elif isinstance(value, dict):
+            for k, v in value.items():
+                walk(f"{key}.{k}" if key else str(k), v)
+        elif (
+            isinstance(value, list | tuple)
+            and len(value) == 2
+            and all(isinstance(v, int | float) and not isinstance(v, bool) for v in value)
+        ):
+            walk(f"{key}.lo", value[0])
+            walk(f"{key}.hi", value[1])
+
+    walk(prefix, metrics)
+    # MLflow metric names allow letters, digits, _ - . / and spaces.
+    clean = {"".join(c if c.isalnum() or c in "_-./ " else "_" for c in k): v for k, v in flat.items()}
+    items = list(clean.items())
+    for i in range(0, len(items), 500):
+        mlflow.log_metrics(dict(items[i : i + 500]), step=step)
+    return clean
+
+
+def _main(argv: list[str] | None = None) -> int:
+    """``python -m safealign.tracking start|end`` for scripts/run_pipeline.sh (prints the parent run id)."""
+    import argparse
+    import sys
+
+    from safealign.config import load_settings
+    from safealign.errors import SafealignError
+
+    parser = argparse.ArgumentParser(prog="python -m safealign.tracking")
+    parser.add_argument("--params", default=None)
+    sub = parser.add_subparsers(dest="action", required=True)
+    start = sub.add_parser("start", help="create the pipeline's parent run and print its id")
+    start.add_argument("--name", default="pipeline")
+    end = sub.add_parser("end", help=f"end the parent run (default: ${PARENT_ENV})")
+    end.add_argument("--run-id", default=None)
+    end.add_argument("--status", default="FINISHED", choices=["FINISHED", "FAILED", "KILLED"])
+    args = parser.parse_args(argv)
+    try:
+        settings = load_settings(args.params)
+        if args.action == "start":
+            print(start_parent_run(settings, args.name))
+        else:
+            print(end_parent_run(settings, args.run_id, args.status))
+        return 0
+    except SafealignError as exc:
+        print(f"safealign.tracking: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+
+
+if __name__ == "__main__":
+    raise SystemExit(_main())
