@@ -9,9 +9,11 @@ registry) and no catch-up (a scheduler that was down does not replay every misse
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import logging
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -114,12 +116,13 @@ def submit_run(
         version = ""
     client = _client(settings, host)
     try:
-        result = client.create_run_from_pipeline_package(
-            pkg,
-            arguments=run_arguments(settings, version),
-            run_name=f"align-{version[:12] or 'latest'}",
-            experiment_name=settings.pipeline.experiment,
-        )
+        with contextlib.redirect_stdout(sys.stderr):  # kfp prints UI links; stdout is the CLI's JSON
+            result = client.create_run_from_pipeline_package(
+                pkg,
+                arguments=run_arguments(settings, version),
+                run_name=f"align-{version[:12] or 'latest'}",
+                experiment_name=settings.pipeline.experiment,
+            )
     except Exception as exc:  # noqa: BLE001
         raise ServiceError(f"KFP API refused the run: {exc}") from exc
     return {"run_id": result.run_id, "experiment": settings.pipeline.experiment, "data_version": version}
@@ -140,18 +143,19 @@ def schedule_run(
     version = data_version or ""
     client = _client(settings, host)
     try:
-        experiment = client.create_experiment(settings.pipeline.experiment)
-        recurring = client.create_recurring_run(
-            experiment_id=experiment.experiment_id,
-            job_name=f"align-scheduled-{version[:12] or 'latest'}",
-            description="scheduled safealign retraining (safealign pipeline schedule)",
-            cron_expression=schedule,
-            max_concurrency=1,
-            no_catchup=True,
-            params=run_arguments(settings, version),
-            pipeline_package_path=pkg,
-            enabled=True,
-        )
+        with contextlib.redirect_stdout(sys.stderr):  # kfp prints UI links; stdout is the CLI's JSON
+            experiment = client.create_experiment(settings.pipeline.experiment)
+            recurring = client.create_recurring_run(
+                experiment_id=experiment.experiment_id,
+                job_name=f"align-scheduled-{version[:12] or 'latest'}",
+                description="scheduled safealign retraining (safealign pipeline schedule)",
+                cron_expression=schedule,
+                max_concurrency=1,
+                no_catchup=True,
+                params=run_arguments(settings, version),
+                pipeline_package_path=pkg,
+                enabled=True,
+            )
     except Exception as exc:  # noqa: BLE001
         raise ServiceError(f"KFP API refused the recurring run: {exc}") from exc
     return {
