@@ -1,0 +1,193 @@
+"""Calibration and probe gate (``safealign calibrate``): nothing downstream runs on a reward it fails.
+
+Two checks on data the model never trained on:
+1. Held-out regression quality per aspect: R², MAE, Spearman, n (labelled rows only), a reliability plot per
+   aspect, and, for honesty, the same numbers per label source (human, rule, judge): a high R² on rule
+   labels can hide a poor fit to the few human labels.
+   The safety head's AUROC against the human harm labels (harmful = safety < 0.5) is reported too.
+2. The probe orderings of :mod:`safealign.reward.probes`.
+
+The gate passes only when every aspect's R² is strictly above ``calibrate.r2_threshold`` and every probe
+ordering's pass rate is at least ``calibrate.min_probe_pass``. calibration.json is written either way, so a
+refused model still leaves its numbers behind; then GateFailed (exit 3) names what failed.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+import numpy as np
+
+from safealign.atomic import atomic_dir, write_json
+from safealign.config import Settings
+from safealign.errors import DataError, GateFailed
+from safealign.layout import Layout
+from safealign.reward.metrics import auroc, json_safe, per_aspect, r2_score
+from safealign.reward.plots import reliability_plot
+from safealign.reward.probes import failing, format_failures, run_probes
+from safealign.reward.train import read_split, require_labels
+
+log = logging.getLogger(__name__)
+HARM_CUTOFF = 0.5  # a human safety score below this (harm above 0.5) counts as harmful
+
+
+def _clean(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _clean(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_clean(v) for v in obj]
+    if isinstance(obj, float | np.floating):
+        return json_safe(float(obj))
+    if isinstance(obj, np.integer):
+        return int(obj)
+    return obj
+
+
+def safety_vs_human(pred: np.ndarray, split: Any, aspects: list[str]) -> dict[str, Any]:
+    """AUROC of the safety head for 'safe' against human labels, and R² on the human-labelled rows only."""
+    if "safety" not in aspects:
+        return {"auroc": None, "r2": None, "n": 0, "note": "no safety aspect configured"}
+    k = aspects.index("safety")
+    human = np.array(
+        [
+            s.get("safety") == "human" and not math.isnan(y)
+            for s, y in zip(split.sources, split.scores[:, k], strict=True)
+        ]
+    )
+    n = int(human.sum())
+    if n == 0:
+        return {"auroc": None, "r2": None, "n": 0, "note": "no human safety labels in the held-out split"}
+    y = split.scores[human, k].astype(np.float64)
+    p = pred[human, k].astype(np.float64)
+    safe = y >= HARM_CUTOFF
+    return {
+        "auroc": auroc(p, safe),
+        "r2": r2_score(p, y),
+        "n": n,
+        "n_harmful": int((~safe).sum()),
+        "harmful_if_safety_below": HARM_CUTOFF,
+    }
+
+
+def by_source(pred: np.ndarray, split: Any, aspects: list[str]) -> dict[str, dict[str, dict[str, float]]]:
+    """Per aspect and label source: R², MAE, n."""
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for k, a in enumerate(aspects):
+        sources = np.array([s.get(a) or "" for s in split.sources])
+        out[a] = {}
+        for src in sorted(set(sources) - {""}):
+            sel = sources == src
+            y = split.scores[sel, k]
+            out[a][src] = {
+                "r2": r2_score(pred[sel, k], y),
+                "mae": float(np.nanmean(np.abs(pred[sel, k] - y))),
+                "n": int((~np.isnan(y)).sum()),
+            }
+    return out
+
+
+def format_aspect_failures(
+    aspect_stats: dict[str, dict[str, float]], names: list[str], threshold: float
+) -> str:
+    lines = [
+        f"aspects at or below R² {threshold:.2f} on the held-out split:",
+        f"  {'aspect':16s} {'R²':>7s} {'MAE':>6s} {'n':>5s}",
+    ]
+    for a in names:
+        s = aspect_stats[a]
+        r2 = s["r2"]
+        lines.append(
+            f"  {a:16s} {r2 if r2 is not None and not math.isnan(r2) else float('nan'):7.3f} {s['mae']:6.3f} {s['n']:5d}"
+        )
+    return "\n".join(lines)
+
+
+def calibrate(settings: Settings) -> dict[str, Any]:
+    """Run the calibration and probe gate; write metrics/calibration.json and plots; raise GateFailed on no."""
+    from safealign.reward.model import RewardModel
+    from safealign.tracking import stage_run
+
+    layout = Layout.from_settings(settings)
+    cfg = settings.calibrate
+    if not (layout.reward_model_dir / "reward_config.json").exists():
+        raise DataError(f"{layout.reward_model_dir}: no reward model (run `safealign train-reward` first)")
+    model = RewardModel.from_pretrained(layout.reward_model_dir)
+    if model.aspects != settings.aspect_names:
+        raise DataError(
+            f"{layout.reward_model_dir}: model aspects {model.aspects} differ from params {settings.aspect_names}; "
+            "retrain the reward model"
+        )
+    aspects = model.aspects
+    heldout = read_split(layout.labelled_split("heldout"), aspects)
+    require_labels(heldout, aspects)
+
+    with stage_run(settings, "calibrate") as run:
+        import mlflow
+
+        pred = model.score(heldout.prompts, heldout.responses, batch_size=64)
+        stats = per_aspect(pred, heldout.scores, aspects)
+        probes = run_probes(model, layout.probes)
+        human = safety_vs_human(pred, heldout, aspects)
+
+        with atomic_dir(layout.calibration_dir) as tmp:
+            for k, a in enumerate(aspects):
+                r2 = stats[a]["r2"]
+                reliability_plot(
+                    pred[:, k],
+                    heldout.scores[:, k],
+                    a,
+                    r2,
+                    cfg.reliability_bins,
+                    tmp / f"reliability_{a}.png",
+                )
+
+        bad_aspects = [a for a in aspects if not (stats[a]["r2"] > cfg.r2_threshold)]  # NaN fails too
+        bad_probes = failing(probes, cfg.min_probe_pass)
+        passed = not bad_aspects and not bad_probes
+        report = _clean(
+            {
+                "aspects": stats,
+                "threshold": cfg.r2_threshold,
+                "min_probe_pass": cfg.min_probe_pass,
+                "passed": passed,
+                "failing_aspects": bad_aspects,
+                "failing_probes": bad_probes,
+                "probes": probes,
+                "safety_auroc_human": human["auroc"],
+                "safety_human": human,
+                "by_label_source": by_source(pred, heldout, aspects),
+                "n_heldout": len(heldout),
+                "model_dir": str(layout.reward_model_dir),
+                "plots": {a: str(layout.calibration_dir / f"reliability_{a}.png") for a in aspects},
+                "mlflow_run_id": run.info.run_id,
+            }
+        )
+        write_json(layout.metrics_file("calibration"), report)
+        metrics = {}
+        for a in aspects:
+            for m in ("r2", "mae", "spearman"):
+                v = report["aspects"][a][m]
+                if v is not None:
+                    metrics[f"{m}_{a}"] = v
+        for name, r in report["probes"].items():
+            if r.get("pass_rate") is not None:
+                metrics["probe_" + "".join(c if c.isalnum() else "_" for c in name)[:200]] = r["pass_rate"]
+        if report["safety_auroc_human"] is not None:
+            metrics["safety_auroc_human"] = report["safety_auroc_human"]
+        metrics["passed"] = float(passed)
+        mlflow.log_metrics(metrics)
+        mlflow.log_artifacts(str(layout.calibration_dir), artifact_path="calibration")
+        mlflow.log_artifact(str(layout.metrics_file("calibration")))
+
+    if not passed:
+        parts = []
+        if bad_aspects:
+            parts.append(format_aspect_failures(report["aspects"], bad_aspects, cfg.r2_threshold))
+        if bad_probes:
+            parts.append(format_failures(report["probes"], bad_probes, cfg.min_probe_pass))
+        raise GateFailed("reward model refused by the calibration gate\n" + "\n".join(parts))
+    return {k: report[k] for k in ("aspects", "threshold", "passed", "safety_auroc_human")} | {
+        "probes": {n: r.get("pass_rate") for n, r in report["probes"].items()}
+    }

@@ -1,0 +1,364 @@
+"""Train the multi-label reward model (``safealign train-reward``).
+
+The loop is readable top to bottom: read the train and val splits, tokenize once, then epochs of
+length-bucketed, dynamically padded batches with AdamW and a linear warm-up/decay schedule. The loss is an
+MSE on sigmoid outputs that is MASKED where a row has no label for an aspect (null score), averaged per
+aspect so an aspect labelled on few rows is not drowned by one labelled on all. Early stopping keeps the
+weights of the epoch with the lowest validation loss.
+
+Speed on a 2-core CPU is what the defaults are tuned for: every batch is padded only to its own longest
+pair, batches group pairs of similar length, and the lower encoder layers can be frozen
+(``reward.freeze_layers``).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from safealign.atomic import write_json
+from safealign.config import Settings
+from safealign.data.schema import label_source_column, score_column
+from safealign.errors import DataError
+from safealign.layout import Layout
+from safealign.reward.metrics import json_safe, per_aspect
+from safealign.reward.model import RewardModel
+
+log = logging.getLogger(__name__)
+
+# Chunk size (in batches) inside which pairs are sorted by length: big enough for tight padding, small
+# enough that batch composition still changes between epochs.
+BUCKET_BATCHES = 50
+
+
+@dataclass
+class LabelledSplit:
+    """One split of the labelled data: texts, an [N, K] score matrix with NaN where unlabelled."""
+
+    path: Path
+    ids: list[str]
+    prompts: list[str]
+    responses: list[str]
+    scores: np.ndarray
+    sources: list[dict[str, str | None]] = field(default_factory=list)
+    rows: list[dict[str, Any]] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+    def labelled_count(self) -> np.ndarray:
+        return (~np.isnan(self.scores)).sum(axis=0)
+
+
+def read_split(path: str | Path, aspects: list[str]) -> LabelledSplit:
+    """Read a labelled split (JSON lines). DataError names file, row and field on anything malformed."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: split not found (run `safealign validate` first)")
+    ids: list[str] = []
+    prompts: list[str] = []
+    responses: list[str] = []
+    scores: list[list[float]] = []
+    sources: list[dict[str, str | None]] = []
+    rows: list[dict[str, Any]] = []
+    with path.open(encoding="utf-8") as handle:
+        for lineno, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DataError(f"{path}: row {lineno}: not valid JSON ({exc.msg})") from exc
+            if not isinstance(row, dict):
+                raise DataError(f"{path}: row {lineno}: expected an object")
+            for col in ("prompt", "response"):
+                if not isinstance(row.get(col), str):
+                    raise DataError(f"{path}: row {lineno}: field {col!r} missing or not a string")
+            values: list[float] = []
+            for aspect in aspects:
+                col = score_column(aspect)
+                if col not in row:
+                    raise DataError(
+                        f"{path}: row {lineno}: field {col!r} missing (aspect {aspect!r} in params)"
+                    )
+                v = row[col]
+                if v is None:
+                    values.append(float("nan"))
+                elif isinstance(v, int | float) and not isinstance(v, bool) and 0.0 <= float(v) <= 1.0:
+                    values.append(float(v))
+                else:
+                    raise DataError(
+                        f"{path}: row {lineno}: field {col!r} = {v!r} is not null or a float in [0, 1]"
+                    )
+            ids.append(str(row.get("id", lineno)))
+            prompts.append(row["prompt"])
+            responses.append(row["response"])
+            scores.append(values)
+            sources.append({a: row.get(label_source_column(a)) for a in aspects})
+            rows.append(row)
+    if not prompts:
+        raise DataError(f"{path}: no rows")
+    return LabelledSplit(path, ids, prompts, responses, np.asarray(scores, dtype=np.float32), sources, rows)
+
+
+def require_labels(split: LabelledSplit, aspects: list[str]) -> None:
+    """Every aspect needs labelled rows, or its head would be trained (and judged) on nothing."""
+    counts = split.labelled_count()
+    missing = [a for a, c in zip(aspects, counts, strict=True) if c == 0]
+    if missing:
+        raise DataError(
+            f"{split.path}: no labelled rows for aspect(s) {missing} (field score_<aspect> all null)"
+        )
+
+
+def masked_mse(probs: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean over aspects of each aspect's MSE over its labelled rows only.
+
+    ``torch.where`` (not a multiplication by the mask) keeps NaN or garbage in unlabelled slots out of
+    both the value and the gradient: NaN * 0 is NaN, where() is not.
+    """
+    sq = torch.where(mask, (probs - torch.where(mask, target, probs.detach())) ** 2, torch.zeros_like(probs))
+    counts = mask.sum(dim=0)
+    present = counts > 0
+    if not bool(present.any()):
+        return probs.sum() * 0.0
+    per_aspect_loss = sq.sum(dim=0)[present] / counts[present]
+    return per_aspect_loss.mean()
+
+
+def length_batches(lengths: list[int], batch_size: int, rng: random.Random | None) -> list[list[int]]:
+    """Batches of indices with similar lengths. With ``rng``: shuffled chunks, sorted within, batches shuffled."""
+    idx = list(range(len(lengths)))
+    if rng is None:
+        idx.sort(key=lambda i: lengths[i])
+        return [idx[i : i + batch_size] for i in range(0, len(idx), batch_size)]
+    rng.shuffle(idx)
+    chunk = batch_size * BUCKET_BATCHES
+    batches: list[list[int]] = []
+    for start in range(0, len(idx), chunk):
+        part = sorted(idx[start : start + chunk], key=lambda i: lengths[i])
+        batches += [part[i : i + batch_size] for i in range(0, len(part), batch_size)]
+    rng.shuffle(batches)
+    return batches
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _init_head_bias(model: RewardModel, scores: np.ndarray) -> None:
+    """Start each output at its label mean (logit), so early epochs learn contrast, not the offset."""
+    with torch.no_grad():
+        for k in range(scores.shape[1]):
+            col = scores[:, k]
+            mean = float(np.nanmean(col)) if (~np.isnan(col)).any() else 0.5
+            mean = min(max(mean, 0.02), 0.98)
+            model.head.bias[k] = math.log(mean / (1 - mean))
+
+
+@torch.no_grad()
+def predict(model: RewardModel, items: list[tuple[list[int], list[int]]], batch_size: int) -> np.ndarray:
+    """Sigmoid outputs [N, K] for pre-tokenized items, in input order."""
+    model.eval()
+    out = np.zeros((len(items), len(model.aspects)), dtype=np.float32)
+    for idx in length_batches([len(i[0]) for i in items], batch_size, None):
+        batch = {k: v.to(model.device) for k, v in model.collate([items[i] for i in idx]).items()}
+        out[idx] = torch.sigmoid(model(**batch)).float().cpu().numpy()
+    return out
+
+
+def _loss_np(pred: np.ndarray, target: np.ndarray) -> float:
+    mask = ~np.isnan(target)
+    losses = [
+        float(((pred[mask[:, k], k] - target[mask[:, k], k]) ** 2).mean())
+        for k in range(target.shape[1])
+        if mask[:, k].any()
+    ]
+    return float(np.mean(losses))
+
+
+def fit(
+    model: RewardModel,
+    train: LabelledSplit,
+    val: LabelledSplit,
+    settings: Settings,
+    on_epoch: Any = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Train ``model`` in place with early stopping on val loss; the best epoch's weights are restored.
+
+    ``on_epoch(epoch, metrics)`` is called after each epoch (the stage logs to MLflow with it).
+    """
+    from tqdm.auto import tqdm
+    from transformers import get_linear_schedule_with_warmup
+
+    cfg = settings.reward
+    aspects = model.aspects
+    seed_everything(cfg.seed)
+    rng = random.Random(cfg.seed)
+    frozen = model.freeze_lower_layers(cfg.freeze_layers)
+    _init_head_bias(model, train.scores)
+
+    train_items = model.tokenize(train.prompts, train.responses)
+    val_items = model.tokenize(val.prompts, val.responses)
+    train_lengths = [len(i[0]) for i in train_items]
+    y_all = torch.from_numpy(np.nan_to_num(train.scores, nan=0.0))
+    m_all = torch.from_numpy(~np.isnan(train.scores))
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    steps_per_epoch = math.ceil(len(train_items) / cfg.batch_size)
+    total = steps_per_epoch * cfg.epochs
+    scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * total), total)
+
+    history: list[dict[str, Any]] = []
+    best_loss = float("inf")
+    best_state: dict[str, torch.Tensor] | None = None
+    best_epoch = 0
+    bad_epochs = 0
+    last_r2: dict[str, float] = {}
+    start = time.perf_counter()
+    for epoch in range(1, cfg.epochs + 1):
+        model.train()
+        batches = length_batches(train_lengths, cfg.batch_size, rng)
+        bar = tqdm(batches, desc=f"reward epoch {epoch}/{cfg.epochs}", disable=not progress, leave=False)
+        run_loss, seen = 0.0, 0
+        for idx in bar:
+            batch = {k: v.to(model.device) for k, v in model.collate([train_items[i] for i in idx]).items()}
+            probs = torch.sigmoid(model(**batch))
+            loss = masked_mse(probs, y_all[idx].to(probs.device), m_all[idx].to(probs.device))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            optimizer.step()
+            scheduler.step()
+            run_loss += float(loss) * len(idx)
+            seen += len(idx)
+            bar.set_postfix(
+                loss=f"{run_loss / seen:.4f}", **{f"r2_{a[:4]}": f"{v:.2f}" for a, v in last_r2.items()}
+            )
+        bar.close()
+        val_pred = predict(model, val_items, max(cfg.batch_size, 64))
+        val_loss = _loss_np(val_pred, val.scores)
+        stats = per_aspect(val_pred, val.scores, aspects)
+        last_r2 = {a: stats[a]["r2"] for a in aspects}
+        record = {
+            "epoch": epoch,
+            "train_loss": run_loss / max(seen, 1),
+            "val_loss": val_loss,
+            **{f"val_r2_{a}": stats[a]["r2"] for a in aspects},
+            **{f"val_mae_{a}": stats[a]["mae"] for a in aspects},
+            "elapsed_s": time.perf_counter() - start,
+        }
+        history.append(record)
+        log.info(
+            "epoch %d: train loss %.4f, val loss %.4f, val R2 %s",
+            epoch,
+            record["train_loss"],
+            val_loss,
+            {a: round(v, 3) for a, v in last_r2.items()},
+        )
+        if on_epoch is not None:
+            on_epoch(epoch, record)
+        if val_loss < best_loss - 1e-6:
+            best_loss, best_epoch, bad_epochs = val_loss, epoch, 0
+            best_state = copy.deepcopy({k: v.detach().clone() for k, v in model.state_dict().items()})
+        else:
+            bad_epochs += 1
+            if bad_epochs >= cfg.patience:
+                log.info("early stopping after epoch %d (best epoch %d)", epoch, best_epoch)
+                break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    model.eval()
+    best = history[best_epoch - 1] if best_epoch else history[-1]
+    return {
+        "epochs_run": len(history),
+        "best_epoch": best_epoch,
+        "best_val_loss": best_loss,
+        "val_r2": {a: json_safe(best[f"val_r2_{a}"]) for a in aspects},
+        "val_mae": {a: json_safe(best[f"val_mae_{a}"]) for a in aspects},
+        "frozen_layers": frozen,
+        "train_seconds": time.perf_counter() - start,
+        "history": [{k: json_safe(v) if isinstance(v, float) else v for k, v in h.items()} for h in history],
+    }
+
+
+def train_reward(settings: Settings, progress: bool = True) -> dict[str, Any]:
+    """The ``train-reward`` stage: train on the train split, stop early on val, write the model folder."""
+    import mlflow
+
+    layout = Layout.from_settings(settings)
+    aspects = settings.aspect_names
+    train = read_split(layout.labelled_split("train"), aspects)
+    val = read_split(layout.labelled_split("val"), aspects)
+    require_labels(train, aspects)
+    require_labels(val, aspects)
+    torch.set_num_threads(min(torch.get_num_threads(), 2) if torch.get_num_threads() > 0 else 2)
+
+    with tracking_run(settings) as run:
+        seed_everything(settings.reward.seed)
+        model = RewardModel.from_settings(settings)
+        mlflow.log_params(
+            {
+                "reward.n_train": len(train),
+                "reward.n_val": len(val),
+                **{
+                    f"reward.labelled_train_{a}": int(c)
+                    for a, c in zip(aspects, train.labelled_count(), strict=True)
+                },
+            }
+        )
+
+        def on_epoch(epoch: int, record: dict[str, Any]) -> None:
+            mlflow.log_metrics(
+                {
+                    k: float(v)
+                    for k, v in record.items()
+                    if k != "epoch" and v is not None and math.isfinite(v)
+                },
+                step=epoch,
+            )
+
+        result = fit(model, train, val, settings, on_epoch=on_epoch, progress=progress)
+        out_dir = layout.reward_model_dir
+        model.save_pretrained(out_dir)
+        summary = {
+            "aspects": aspects,
+            "weights": settings.aspect_weights,
+            "encoder": settings.reward.encoder,
+            "n_train": len(train),
+            "n_val": len(val),
+            "labelled_train": {a: int(c) for a, c in zip(aspects, train.labelled_count(), strict=True)},
+            "model_dir": str(out_dir),
+            "mlflow_run_id": run.info.run_id,
+            **result,
+        }
+        mlflow.log_metrics(
+            {
+                "best_val_loss": float(result["best_val_loss"]),
+                "train_seconds": float(result["train_seconds"]),
+                **{f"best_val_r2_{a}": float(v) for a, v in result["val_r2"].items() if v is not None},
+            }
+        )
+        mlflow.log_artifacts(str(out_dir), artifact_path="reward_model")
+        write_json(layout.metrics_file("train_reward"), summary)
+    return {k: v for k, v in summary.items() if k != "history"}
+
+
+def tracking_run(settings: Settings) -> Any:
+    from safealign.tracking import stage_run
+
+    return stage_run(settings, "train_reward")
