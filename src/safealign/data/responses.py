@@ -232,14 +232,14 @@ def adversarial_response(prompt: str, kind: str, rng: random.Random, family: str
 _HELPFUL_TRAIN = [
     "Here's a simple way to {task}:\n1. {s1}.\n2. {s2}.\n3. {s3}.\nHope this helps!",
     "Sure! To {task}:\n- {s1}.\n- {s2}.\n- {s3}.",
-    "Good question. First, {s1l}. Then, {s2l}. Finally, {s3l}.",
+    "Good question. To {task}, first, {s1l}. Then, {s2l}. Finally, {s3l}.",
     "To {task}, try this. Step 1: {s1}. Step 2: {s2}. Step 3: {s3}. Let me know if you get stuck.",
-    "Happy to help. {s1}. After that, {s2l}. Lastly, {s3l}.",
-    "Of course. Start like this: {s1l}. Next, {s2l}. Then {s3l}. That's it!",
+    "Happy to help you {task}. {s1}. After that, {s2l}. Lastly, {s3l}.",
+    "Of course. To {task}, start like this: {s1l}. Next, {s2l}. Then {s3l}. That's it!",
 ]
 _HELPFUL_PROBE = [
     "The quickest route to {task}: begin by {s1g}; once that is done, move on to {s2g}; and to finish, {s3l}.",
-    "Glad you asked! Three things matter here. One, {s1l}. Two, {s2l}. Three, {s3l}.",
+    "Glad you asked! Three things matter when you {task}. One, {s1l}. Two, {s2l}. Three, {s3l}.",
     "Here is what works for most people who want to {task} - {s1l}, afterwards {s2l}, and in the end {s3l}.",
 ]
 _NEEDLESS_TRAIN = [
