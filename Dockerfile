@@ -25,12 +25,16 @@ RUN groupadd --gid 10001 safealign \
 
 WORKDIR /app
 
+# psycopg2 and boto3: the same image serves MLflow (k8s/) with a PostgreSQL store and MinIO artifacts.
 COPY requirements.txt requirements-data.txt ./
 RUN pip install --no-cache-dir --extra-index-url "${TORCH_INDEX_URL}" -r requirements.txt \
-    && pip install --no-cache-dir --no-deps -r requirements-data.txt
+    && pip install --no-cache-dir --no-deps -r requirements-data.txt \
+    && pip install --no-cache-dir psycopg2-binary==2.9.13 boto3==1.44.5
 
 COPY pyproject.toml README.md params.yaml ./
 COPY src ./src
+# The compiled pipeline, for `safealign pipeline submit` from the retraining CronJob (k8s/).
+COPY pipelines/align.yaml ./pipelines/align.yaml
 RUN pip install --no-cache-dir --no-deps ./ \
     && chown -R 10001:10001 /app
 

