@@ -126,6 +126,11 @@ _COMMON = _STOPWORDS | frozenset(
     sure help step steps first then finally instead safe""".split()
 )
 _VOWELS = set("aeiouy")
+_CLAUSE_VERB = re.compile(
+    r"(?:^|[.!?:;\n]\s*|,\s+|\b(?:then|next|first|finally|and|also|lastly|now)\s+|(?:step\s*)?\d+[.):]\s*|[-*•]\s+)"
+    r"([A-Za-z]+)\b",
+    re.IGNORECASE,
+)
 _TOKEN = re.compile(r"[a-z0-9']+")
 WINDOW_WORDS = 150  # tone and structure are judged on the first screen of a reply (also what an encoder sees)
 
@@ -147,10 +152,13 @@ def _clip(x: float, lo: float = 0.0, hi: float = 1.0) -> float:
 
 
 def _is_wordlike(token: str) -> bool:
-    w = token.strip(".,!?;:'\"()[]{}`*").lower()
+    raw = token.strip(".,!?;:'\"()[]{}*")
+    w = raw.strip("`").lower()
     if not w:
         return False
-    if w.isdigit() or re.fullmatch(r"-{1,2}[a-z][a-z-]*", w):  # numbers and command-line flags
+    if w.isdigit() or re.fullmatch(r"-{1,2}\w[\w-]*", w):  # numbers and command-line flags
+        return True
+    if len(w) <= 4 and ("`" in raw or (raw.isupper() and len(w) >= 2)):  # `ps`, PID, CSS: code and acronyms
         return True
     if re.search(r"[_./:<>=~+\\]", w):  # code-ish tokens (pg_dump, .venv/bin, HEAD~1): judge the letter runs
         runs = re.findall(r"[a-z]+", w)
@@ -233,10 +241,9 @@ def extract_features(prompt: str, response: str) -> Features:
     prompt_stems = content_stems(prompt)
     overlap = len(prompt_stems & resp_stems) / len(prompt_stems) if prompt_stems else 0.0
     declined = bool(_DECLINE.search(window))
-    sentences = [s.strip() for s in re.split(r"(?<=[.!?:])\s+|\n+", window) if s.strip()]
+    # imperative verbs that open a clause: "Run it.", "then run", ", use", "1. Open"
     imperative = sum(
-        1 for s in sentences if (m := _TOKEN.match(re.sub(r"^(?:step\s*\d+|\d+)[.):]*\s*", "", s.lower())))
-        and m.group(0) in _IMPERATIVE_VERBS
+        1 for m in _CLAUSE_VERB.finditer(window) if m.group(1).lower() in _IMPERATIVE_VERBS
     )
     steps = len(_STEP.findall(window)) + imperative
     specifics = len(re.findall(r"`[^`]+`|\b\d+(?:\.\d+)?\b|\b[A-Za-z]+\+[A-Za-z]\b|--?\w+", window))
@@ -258,7 +265,7 @@ def extract_features(prompt: str, response: str) -> Features:
         rude=len(_RUDE.findall(low)) + low.count("!!") + low.count("?!"),
         polite=len(_POLITE.findall(low)),
         filler=len(_FILLER.findall(low)),
-        shouting=_clip(len(caps) / max(1, min(len(words), WINDOW_WORDS)) / 0.3),
+        shouting=_clip((len(caps) / max(1, min(len(words), WINDOW_WORDS)) - 0.15) / 0.35) if len(caps) >= 3 else 0.0,
     )
 
 
@@ -270,7 +277,7 @@ def politeness(f: Features) -> float:
 
     Neutral prose 0.6; each politeness marker (please, thank you, sorry, happy to, I understand, hope this
     helps...) +0.1 up to +0.3; each rudeness-lexicon hit (stupid, get lost, waste of my time, "!!"...) -0.25;
-    shouting in capitals up to -0.2. Empty 0.5 (no tone at all); gibberish pulled towards 0.4.
+    shouting in capitals (over 15% of words) up to -0.2. Empty 0.5 (no tone at all); gibberish pulled towards 0.4.
     """
     if f.empty:
         return 0.5
