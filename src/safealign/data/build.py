@@ -146,6 +146,15 @@ def build_rows(settings: Settings, annotator: Annotator | None = None) -> dict[s
     topics = benign_mod.load_topics()
     benign = benign_mod.benign_prompts(topics, seed)
 
+    # Over-long human-scored rows are dropped, not truncated: a cut reply is not the reply the human scored.
+    max_p, max_r = settings.data.max_prompt_chars, settings.data.max_response_chars
+    too_long = Counter(h.source for h in human if len(h.prompt) > max_p or len(h.response) > max_r)
+    human = [h for h in human if len(h.prompt) <= max_p and len(h.response) <= max_r]
+    for source, n in too_long.items():
+        human_counts[source]["dropped_too_long"] = n
+        human_counts[source]["kept"] -= n
+    adversarial = [p for p in adversarial if len(p.prompt) <= max_p]
+
     labelled: list[dict[str, Any]] = []
     for h in human:
         human_scores = {"safety": round(1.0 - h.harm, 4)} if "safety" in aspects else {}
@@ -278,12 +287,17 @@ def sources_markdown(summary: dict[str, Any], settings: Settings) -> str:
         "safety = 1 - harm, label_source `human`; the other aspects come from the annotator. "
         "Licence: MIT (PyRIT, Microsoft). Exact duplicate (objective, reply) pairs are kept once.",
         "",
-        "| file | rows read | rows kept |",
-        "|---|---|---|",
+        f"Rows whose prompt or reply exceeds data.max_prompt_chars ({settings.data.max_prompt_chars}) or "
+        f"data.max_response_chars ({settings.data.max_response_chars}) are dropped, not truncated.",
+        "",
+        "| file | rows read | dropped (duplicate or empty) | dropped (too long) | rows kept |",
+        "|---|---|---|---|---|",
     ]
     for name, c in files.items():
         if name.startswith("pyrit:scorer_evals/"):
-            lines.append(f"| {name.split('/', 1)[1]}.csv | {c['read']} | {c['kept']} |")
+            long_ = c.get("dropped_too_long", 0)
+            dup = c["read"] - c["kept"] - long_
+            lines.append(f"| {name.split('/', 1)[1]}.csv | {c['read']} | {dup} | {long_} | {c['kept']} |")
     lines += [
         "",
         "## Written by this project (licence: the project's, Apache-2.0)",
