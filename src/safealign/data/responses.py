@@ -29,9 +29,16 @@ BENIGN_TRAIN_KINDS = ("helpful", "needless_refusal", "off_topic", "vague", "evas
 
 _LEAD = re.compile(
     r"^(?:(?:can|could|would|will) you(?: please)?|please|i want you to|i need you to|help me(?: to)?|"
-    r"tell me|show me|explain|how (?:do|can|could|should|would) (?:i|we|one|you)|how to|what(?:'s| is) the best way to|"
+    r"tell me(?= how)|show me(?= how)|explain(?= how)|how (?:do|can|could|should|would) (?:i|we|one|you)|how to|what(?:'s| is) the best way to|"
     r"is there a way to|i(?:'d| would) like to know how to|i(?:'d| would) like to)\b[\s,:]*",
     re.IGNORECASE,
+)
+_QUESTION_WORDS = frozenset(
+    "what why who whom whose where which when are is am was were do does did should would could can will has have "
+    "how".split()
+)
+_STATEMENT_WORDS = frozenset(
+    "i i'm i've i'd i'll im ive my we we're we've our it it's this that there the a an".split()
 )
 _PRONOUNS = {"my": "your", "i": "you", "me": "you", "mine": "yours", "myself": "yourself", "i'm": "you're", "am": "are"}
 
@@ -45,10 +52,16 @@ def task_phrase(prompt: str, max_words: int = 24) -> str:
         if stripped == text:
             break
         text = stripped
+    first = text.split()[0].lower() if text else ""
+    if first in _STATEMENT_WORDS:  # "I've been feeling ... What should I do?": quote the whole prompt
+        return f'respond to "{" ".join(prompt.split()[:max_words])}"'
+    question = text.endswith("?") or (text.split()[0].lower() if text else "") in _QUESTION_WORDS
     text = text.rstrip(" ?.!")
     words = [_PRONOUNS.get(w.lower(), w) for w in text.split()][:max_words]
     if not words:
         return "do that"
+    if words[0].lower() in _QUESTION_WORDS:  # "Why should we ...?" is not a verb phrase: quote it
+        return f'get the answer to "{" ".join(words)}{"?" if question else ""}"'
     if words[0][:1].isupper() and not words[0].isupper():
         words[0] = words[0][0].lower() + words[0][1:]
     return " ".join(words)
