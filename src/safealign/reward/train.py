@@ -244,7 +244,7 @@ def fit(
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             optimizer.step()
             scheduler.step()
-            run_loss += float(loss) * len(idx)
+            run_loss += float(loss.detach()) * len(idx)
             seen += len(idx)
             bar.set_postfix(
                 loss=f"{run_loss / seen:.4f}", **{f"r2_{a[:4]}": f"{v:.2f}" for a, v in last_r2.items()}
@@ -306,7 +306,9 @@ def train_reward(settings: Settings, progress: bool = True) -> dict[str, Any]:
     val = read_split(layout.labelled_split("val"), aspects)
     require_labels(train, aspects)
     require_labels(val, aspects)
-    torch.set_num_threads(min(torch.get_num_threads(), 2) if torch.get_num_threads() > 0 else 2)
+    # At most 2 threads (shared 2-core machines); OMP_NUM_THREADS=1 is faster when the CPU is contended.
+    if torch.get_num_threads() > 2:
+        torch.set_num_threads(2)
 
     with tracking_run(settings) as run:
         seed_everything(settings.reward.seed)
