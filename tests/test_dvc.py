@@ -1,0 +1,193 @@
+"""dvc.yaml and scripts/run_pipeline.sh, checked with the real DVC in a temporary copy of the project.
+
+The copy holds the files DVC reads (dvc.yaml, params.yaml, .dvc/config, src/ for the code deps, the
+script) and a small valid data/ tracked by its own data.dvc; the project's .venv is linked in, so stage
+commands run the installed `safealign`. Only the validate stage runs for real; the rest is `--dry`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from safealign.cli import build_parser
+from safealign.config import load_settings
+from safealign.layout import Layout
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_validate import make_data  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+STAGES = ["validate", "train_reward", "calibrate", "grpo", "evaluate", "promote"]
+VENV_BIN = Path(sys.executable).parent
+
+
+def _env(root: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("SAFEALIGN_PARENT_RUN_ID", "MLFLOW_TRACKING_URI")}
+    env.update(
+        PATH=f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}",
+        MLFLOW_TRACKING_URI=f"sqlite:///{root / 'mlflow.db'}",
+        DVC_NO_ANALYTICS="1",
+        GIT_AUTHOR_NAME="t",
+        GIT_AUTHOR_EMAIL="t@example.com",
+        GIT_COMMITTER_NAME="t",
+        GIT_COMMITTER_EMAIL="t@example.com",
+    )
+    return env
+
+
+def sh(root: Path, *cmd: str, check: bool = True) -> subprocess.CompletedProcess:
+    out = subprocess.run(list(cmd), cwd=root, env=_env(root), capture_output=True, text=True, timeout=600)
+    if check and out.returncode != 0:
+        raise AssertionError(f"{cmd} exited {out.returncode}\nstdout:\n{out.stdout}\nstderr:\n{out.stderr}")
+    return out
+
+
+def dvc(root: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    return sh(root, str(VENV_BIN / "dvc"), *args, check=check)
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("project")
+    for name in ("dvc.yaml", "params.yaml", ".dvcignore", "scripts/run_pipeline.sh"):
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO / name, root / name)
+    (root / ".dvc").mkdir()
+    shutil.copy2(REPO / ".dvc" / "config", root / ".dvc" / "config")
+    shutil.copytree(REPO / "src", root / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    (root / ".venv").symlink_to(REPO / ".venv")
+    (root / ".gitignore").write_text("/.venv\n/artifacts/\n/metrics/\n/mlflow.db\n/mlartifacts/\n")
+    make_data(root / "data")
+    sh(root, "git", "init", "-q")
+    dvc(root, "add", "data", "--quiet")
+    sh(root, "git", "add", "-A")
+    sh(root, "git", "commit", "-q", "-m", "fixture project")
+    return root
+
+
+# ---------------------------------------------------------------- static agreement with the code
+
+
+def test_dvc_yaml_agrees_with_layout_params_and_cli():
+    doc = yaml.safe_load((REPO / "dvc.yaml").read_text())
+    assert list(doc["stages"]) == STAGES
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    layout = Layout.from_settings(load_settings(REPO / "params.yaml"))
+    known = {
+        str(p)
+        for p in [
+            layout.splits_dir,
+            layout.validation_dir,
+            layout.reward_model_dir,
+            layout.calibration_dir,
+            layout.policy_dir,
+            layout.checkpoints_dir,
+            layout.evaluation_dir,
+            layout.grpo_steps_csv,
+            *(
+                layout.metrics_file(s)
+                for s in ("validation", "train_reward", "calibration", "grpo", "evaluation", "promotion")
+            ),
+        ]
+    }
+    for name, stage in doc["stages"].items():
+        cmd = stage["cmd"].split()
+        assert cmd[0] == "safealign"
+        build_parser().parse_args(cmd[1:])  # a real subcommand
+        for key in stage.get("params", []):
+            assert key in params, f"{name}: params key {key!r} not in params.yaml"
+        for dep in stage["deps"]:
+            assert (REPO / dep).exists() or dep.startswith(("artifacts/", "metrics/", "data")), (
+                f"{name}: {dep}"
+            )
+        for section in ("outs", "metrics", "plots"):
+            for entry in stage.get(section, []):
+                path = entry if isinstance(entry, str) else next(iter(entry))
+                assert path in known, f"{name}: {section} {path} is not a Layout path"
+        for section in ("metrics", "plots"):
+            for entry in stage.get(section, []):
+                assert isinstance(entry, dict) and next(iter(entry.values()))["cache"] is False
+    grpo_outs = {
+        next(iter(o)): o[next(iter(o))] for o in doc["stages"]["grpo"]["outs"] if isinstance(o, dict)
+    }
+    assert grpo_outs[str(layout.checkpoints_dir)]["persist"] is True
+    assert {"x": "step", "y": "reward"}.items() <= doc["stages"]["grpo"]["plots"][0][
+        str(layout.grpo_steps_csv)
+    ].items()
+
+
+# ---------------------------------------------------------------- DVC itself
+
+
+def test_dvc_sees_every_stage_in_order(project):
+    listed = [line.split()[0] for line in dvc(project, "stage", "list").stdout.splitlines() if line.strip()]
+    assert listed == STAGES
+    dot = dvc(project, "dag", "--dot").stdout
+    edges = {
+        tuple(part.strip().strip('";') for part in line.split("->"))
+        for line in dot.splitlines()
+        if "->" in line
+    }
+    chain = ["data.dvc", *STAGES]
+    assert {(a, b) for a, b in zip(chain, chain[1:], strict=False)} <= edges, dot
+    assert ("calibrate", "grpo") in edges  # grpo waits for the calibration gate
+    status = json.loads(dvc(project, "status", "--json").stdout)
+    assert set(status) == set(STAGES)  # nothing has run yet; data.dvc itself is in sync
+    # --dry plans only what it can (dvc#9021: it stops where an upstream output does not exist yet)
+    dry = dvc(project, "repro", "--dry", "validate").stdout
+    assert "Running stage 'validate'" in dry and "> safealign validate" in dry
+    assert not (project / "artifacts").exists()
+
+
+def test_validate_stage_runs_then_a_data_change_is_detected(project):
+    dvc(project, "repro", "validate")
+    assert (project / "artifacts" / "splits" / "labelled_train.jsonl").is_file()
+    assert json.loads((project / "metrics" / "validation.json").read_text())["success"] is True
+    assert "validate" in yaml.safe_load((project / "dvc.lock").read_text())["stages"]
+    assert json.loads(dvc(project, "status", "--json", "validate").stdout) == {}
+    again = dvc(project, "repro", "validate").stdout
+    assert "didn't change, skipping" in again
+
+    labelled = project / "data" / "labelled.jsonl"
+    original = labelled.read_bytes()
+    try:
+        labelled.write_bytes(original.replace(b"Response number 1.", b"Response number one.", 1))
+        data_status = json.loads(dvc(project, "status", "--json", "data.dvc").stdout)
+        assert data_status == {"data.dvc": [{"changed outs": {"data": "modified"}}]}
+        stage_status = json.loads(dvc(project, "status", "--json", "validate").stdout)
+        assert stage_status["validate"][0]["changed deps"]["data"] == "modified"
+        # the pipeline refuses to run on data that DVC does not confirm, and leaves it alone
+        out = sh(project, "bash", "scripts/run_pipeline.sh", "--data-only", check=False)
+        assert out.returncode == 2, out.stdout + out.stderr
+        assert "data/ does not match data.dvc" in out.stderr
+        assert labelled.read_bytes() != original
+    finally:
+        labelled.write_bytes(original)
+    assert json.loads(dvc(project, "status", "--json", "data.dvc").stdout) == {}
+
+
+def test_run_pipeline_restores_missing_data_from_the_dvc_cache(project):
+    before = {p.name: p.read_bytes() for p in (project / "data").iterdir()}
+    shutil.rmtree(project / "data")
+    out = sh(project, "bash", "scripts/run_pipeline.sh", "--data-only")
+    assert "restored from the DVC cache" in out.stdout
+    assert "data/ matches data.dvc" in out.stdout
+    assert {p.name: p.read_bytes() for p in (project / "data").iterdir()} == before
+
+
+def test_run_pipeline_refuses_without_data_dvc(project, tmp_path):
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    (bare / "scripts").mkdir()
+    shutil.copy2(REPO / "scripts" / "run_pipeline.sh", bare / "scripts" / "run_pipeline.sh")
+    out = sh(bare, "bash", "scripts/run_pipeline.sh", "--data-only", check=False)
+    assert out.returncode == 2
+    assert "data.dvc is missing" in out.stderr
