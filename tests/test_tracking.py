@@ -28,8 +28,10 @@ from safealign.tracking import (
 def settings(tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.delenv(PARENT_ENV, raising=False)
+    empty = tmp_path / "defaults.yaml"
+    empty.write_text("{}\n")
     return load_settings(
-        None,
+        empty,
         [
             f"tracking.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}",
             f"tracking.artifact_location={tmp_path / 'mlartifacts'}",
@@ -64,7 +66,11 @@ def test_parent_run_with_one_child_per_stage(settings, monkeypatch, tmp_path):
         assert params["promote.max_aspect_drop"] == str(settings.promote.max_aspect_drop)
         assert child.info.status == "FINISHED"
     metrics = children[0].data.metrics
-    assert metrics["sets.adv.score"] == 0.5 and metrics["sets.adv.ci.lo"] == 0.1 and metrics["sets.adv.ci.hi"] == 0.9
+    assert (
+        metrics["sets.adv.score"] == 0.5
+        and metrics["sets.adv.ci.lo"] == 0.1
+        and metrics["sets.adv.ci.hi"] == 0.9
+    )
     # artifacts go to the local folder configured in params, not next to the process
     assert children[0].info.artifact_uri.startswith((tmp_path / "mlartifacts").as_uri())
 
@@ -105,7 +111,9 @@ def test_runner_script_entry_point_starts_and_ends_the_parent(tmp_path):
     )
     env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", PARENT_ENV)}
     cmd = [sys.executable, "-m", "safealign.tracking", "--params", str(params)]
-    run_id = subprocess.run(cmd + ["start"], capture_output=True, text=True, check=True, env=env).stdout.strip()
+    run_id = subprocess.run(
+        cmd + ["start"], capture_output=True, text=True, check=True, env=env
+    ).stdout.strip()
     assert len(run_id) == 32
     subprocess.run(
         cmd + ["end", "--status", "FAILED"], check=True, env={**env, PARENT_ENV: run_id}, capture_output=True

@@ -1,0 +1,322 @@
+"""Promotion against a real MLflow SQLite store and a real `mlflow server` on a loopback port.
+
+Model folders are tiny files (the registry does not care what is inside); the evaluation metrics are the
+input of the gates, written here per case so each gate can be made to fail on its own.
+"""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import mlflow
+import pytest
+import yaml
+
+from safealign.cli import main as cli_main
+from safealign.config import load_settings
+from safealign.errors import GateFailed, ServiceError
+from safealign.layout import Layout
+from safealign.promotion import CHALLENGER, CHAMPION, HASH_TAG, folder_hash, promote
+from safealign.tracking import PARENT_ENV, child_runs, end_parent_run, stage_run, start_parent_run
+
+ASPECTS = ["politeness", "meaningfulness", "actionability", "safety"]
+
+
+def _paired(base, aligned):
+    return {
+        "base_mean": base,
+        "aligned_mean": aligned,
+        "abs_change": aligned - base,
+        "rel_change": (aligned - base) / base,
+        "abs_change_ci95": [aligned - base - 0.01, aligned - base + 0.01],
+        "rel_change_ci95": [0.0, 0.0],
+        "n": 50,
+    }
+
+
+def evaluation(safety_aligned=0.80, drop=0.0, benign_refusal=0.02, fingerprint="fp-1", weighted_bonus=0.0):
+    """An evaluation.json as evaluate() writes it; base safety 0.60, other aspects 0.50 -> 0.50 - drop."""
+    sets = {}
+    for name in ("adversarial", "benign"):
+        aspects = {a: _paired(0.50, 0.50 - drop) for a in ASPECTS[:-1]}
+        aspects["safety"] = _paired(0.60, safety_aligned)
+        w = 0.2 * 3 * (0.50 - drop) + 0.4 * safety_aligned + weighted_bonus
+        sets[name] = {
+            "aspects": aspects,
+            "weighted": _paired(0.54, w),
+            "base": {"refusal_rate": 0.0},
+            "aligned": {"refusal_rate": benign_refusal if name == "benign" else 0.5},
+        }
+    return {"fingerprint": fingerprint, "sets": sets}
+
+
+def write_candidate(settings, adapter_bytes: bytes, evaluation_doc, reward_bytes: bytes = b"reward-v1"):
+    layout = Layout.from_settings(settings)
+    layout.adapter_dir.mkdir(parents=True, exist_ok=True)
+    (layout.adapter_dir / "adapter_model.safetensors").write_bytes(adapter_bytes)
+    (layout.adapter_dir / "adapter_config.json").write_text('{"r": 16}')
+    layout.reward_model_dir.mkdir(parents=True, exist_ok=True)
+    (layout.reward_model_dir / "model.safetensors").write_bytes(reward_bytes)
+    layout.metrics_dir.mkdir(parents=True, exist_ok=True)
+    layout.metrics_file("evaluation").write_text(json.dumps(evaluation_doc))
+    return layout
+
+
+def make_settings(tmp_path, uri):
+    # defaults + overrides, not ./params.yaml: the tests must not depend on the project's current tuning
+    empty = tmp_path / "defaults.yaml"
+    empty.write_text("{}\n")
+    return load_settings(
+        empty,
+        [
+            f"tracking.tracking_uri={uri}",
+            f"tracking.artifact_location={tmp_path / 'mlartifacts'}",
+            "tracking.experiment=test-promote",
+            f"paths.artifacts_dir={tmp_path / 'artifacts'}",
+            f"paths.metrics_dir={tmp_path / 'metrics'}",
+            "promote.min_safety_gain=0.05",
+            "promote.max_aspect_drop=0.02",
+            "promote.max_benign_refusal=0.10",
+        ],
+    )
+
+
+@pytest.fixture
+def settings(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv(PARENT_ENV, raising=False)
+    return make_settings(tmp_path, f"sqlite:///{tmp_path / 'mlflow.db'}")
+
+
+def _versions(name):
+    return mlflow.MlflowClient().search_model_versions(f"name = '{name}'")
+
+
+def _alias(name, alias):
+    return str(mlflow.MlflowClient().get_model_version_by_alias(name, alias).version)
+
+
+def test_passing_candidate_becomes_champion_with_provenance_tags(settings):
+    layout = write_candidate(settings, b"adapter-A", evaluation())
+    result = promote(settings)
+    assert result["passed"] and result["verdict"] == "promoted"
+    name = settings.promote.policy_model_name
+    assert _alias(name, CHAMPION) == _alias(name, CHALLENGER) == result["policy_version"]
+    assert _alias(settings.promote.reward_model_name, CHAMPION) == result["reward_model_version"]
+    tags = mlflow.MlflowClient().get_model_version(name, result["policy_version"]).tags
+    assert tags[HASH_TAG] == folder_hash(layout.adapter_dir)
+    assert tags["safealign.base_model"] == settings.policy.model
+    assert json.loads(tags["safealign.aspect_weights"])["safety"] == 0.4
+    assert tags["safealign.eval_fingerprint"] == "fp-1"
+    assert "safealign.git_commit" in tags and "safealign.data_version" in tags
+    # the registered folder is the adapter, byte for byte
+    local = Path(mlflow.artifacts.download_artifacts(f"models:/{name}@{CHAMPION}"))
+    assert (local / "adapter_model.safetensors").read_bytes() == b"adapter-A"
+    report = json.loads(layout.metrics_file("promotion").read_text())
+    assert report["verdict"] == "promoted" and {g["gate"] for g in report["gates"]} == {
+        "safety_gain",
+        "aspect_drop",
+        "benign_refusal",
+        "champion",
+    }
+
+
+def test_rerun_is_idempotent(settings):
+    write_candidate(settings, b"adapter-A", evaluation())
+    first = promote(settings)
+    second = promote(settings)
+    assert first["policy_version"] == second["policy_version"]
+    assert second["policy_new_version"] is False and second["reward_model_new_version"] is False
+    assert len(_versions(settings.promote.policy_model_name)) == 1
+    assert len(_versions(settings.promote.reward_model_name)) == 1
+    assert (
+        "candidate is the champion" in next(g for g in second["gates"] if g["gate"] == "champion")["reason"]
+    )
+
+
+FAILING = {
+    # +1.7% < 5%; on another evaluation set, so the champion comparison does not fail with it
+    "safety_gain": dict(safety_aligned=0.61, fingerprint="fp-other"),
+    "aspect_drop": dict(drop=0.05, weighted_bonus=0.1),  # weighted reward still beats the champion
+    "benign_refusal": dict(benign_refusal=0.30),
+    "champion": dict(safety_aligned=0.75),  # passes the absolute gates, worse than champion (0.80)
+}
+
+
+@pytest.mark.parametrize("gate", sorted(FAILING))
+def test_each_failing_gate_leaves_champion_untouched(settings, gate):
+    layout = write_candidate(settings, b"adapter-A", evaluation())
+    champion_v = promote(settings)["policy_version"]
+    write_candidate(settings, b"adapter-B-" + gate.encode(), evaluation(**FAILING[gate]))
+    with pytest.raises(GateFailed, match=gate):
+        promote(settings)
+    name = settings.promote.policy_model_name
+    assert _alias(name, CHAMPION) == champion_v
+    assert _alias(name, CHALLENGER) != champion_v  # the new candidate is registered as challenger
+    report = json.loads(layout.metrics_file("promotion").read_text())
+    assert report["verdict"] == "refused"
+    failed = [g["gate"] for g in report["gates"] if not g["passed"]]
+    assert failed == [gate]
+
+
+def test_champion_from_another_evaluation_set_is_not_compared(settings):
+    write_candidate(settings, b"adapter-A", evaluation(safety_aligned=0.90))
+    promote(settings)
+    write_candidate(settings, b"adapter-B", evaluation(safety_aligned=0.70, fingerprint="fp-2"))
+    result = promote(settings)
+    gate = next(g for g in result["gates"] if g["gate"] == "champion")
+    assert gate["passed"] and gate["comparable"] is False
+
+
+def test_dry_run_writes_nothing(settings, tmp_path):
+    layout = write_candidate(settings, b"adapter-A", evaluation(benign_refusal=0.5))
+    result = promote(settings, dry_run=True)
+    assert result["dry_run"] and not result["passed"] and "untouched" in result["would"]
+    assert not layout.metrics_file("promotion").exists()
+    assert not (tmp_path / "mlflow.db").exists()
+    # with an existing store: still no version and no run
+    write_candidate(settings, b"adapter-A", evaluation())
+    promote(settings)
+    write_candidate(settings, b"adapter-C", evaluation())
+    layout.metrics_file("promotion").unlink()
+    dry = promote(settings, dry_run=True)
+    assert dry["passed"] and dry["existing_version"] is None
+    assert len(_versions(settings.promote.policy_model_name)) == 1
+    assert not layout.metrics_file("promotion").exists()
+
+
+def test_missing_evaluation_is_bad_input(settings):
+    from safealign.errors import DataError
+
+    with pytest.raises(DataError, match="evaluation.json"):
+        promote(settings)
+
+
+# ---------------------------------------------------------------- a real `mlflow server`
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _start_server(root: Path, port: int) -> subprocess.Popen:
+    mlflow_bin = Path(sys.executable).parent / "mlflow"
+    log = open(root / f"server-{port}.log", "ab")  # noqa: SIM115 - closed with the process
+    proc = subprocess.Popen(
+        [
+            str(mlflow_bin),
+            "server",
+            "--backend-store-uri",
+            f"sqlite:///{root / 'server.db'}",
+            "--artifacts-destination",
+            str(root / "server-artifacts"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env={k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"},
+    )
+    deadline = time.time() + 180
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"mlflow server exited: {(root / f'server-{port}.log').read_text()[-2000:]}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as resp:
+                if resp.status == 200:
+                    return proc
+        except OSError:
+            time.sleep(0.5)
+    proc.kill()
+    raise RuntimeError("mlflow server did not become healthy in 180 s")
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    root = tmp_path_factory.mktemp("mlflow-server")
+    port = _free_port()
+    proc = _start_server(root, port)
+    yield f"http://127.0.0.1:{port}"
+    _stop(proc)
+
+
+def test_server_parent_child_runs_and_promotion(server, tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", server)
+    monkeypatch.delenv(PARENT_ENV, raising=False)
+    settings = make_settings(tmp_path, "sqlite:///unused.db")  # the env var wins
+    parent = start_parent_run(settings)
+    monkeypatch.setenv(PARENT_ENV, parent)
+    with stage_run(settings, "evaluate"):
+        mlflow.log_metric("x", 1.0)
+    write_candidate(settings, b"adapter-server", evaluation())
+    result = promote(settings)
+    end_parent_run(settings)
+    assert result["passed"]
+    client = mlflow.MlflowClient()
+    assert mlflow.get_tracking_uri() == server
+    assert client.get_run(parent).info.status == "FINISHED"
+    assert [r.data.tags["safealign.stage"] for r in child_runs(settings, parent)] == ["evaluate", "promote"]
+    name = settings.promote.policy_model_name
+    assert _alias(name, CHAMPION) == result["policy_version"]
+    local = Path(
+        mlflow.artifacts.download_artifacts(f"models:/{name}@{CHAMPION}", dst_path=str(tmp_path / "dl"))
+    )
+    assert (local / "adapter_model.safetensors").read_bytes() == b"adapter-server"
+    # idempotent against the server too
+    assert promote(settings)["policy_version"] == result["policy_version"]
+    assert len(_versions(name)) == 1
+
+
+def test_server_down_gives_clear_error_and_no_partial_registration(tmp_path, monkeypatch, capsys):
+    root = tmp_path / "srv"
+    root.mkdir()
+    port = _free_port()
+    proc = _start_server(root, port)
+    _stop(proc)  # the server is down now; its store stays
+    uri = f"http://127.0.0.1:{port}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.delenv(PARENT_ENV, raising=False)
+    settings = make_settings(tmp_path, "sqlite:///unused.db")
+    layout = write_candidate(settings, b"adapter-down", evaluation())
+    with pytest.raises(ServiceError, match=uri):
+        promote(settings)
+    params = tmp_path / "params.yaml"
+    params.write_text(
+        yaml.safe_dump(
+            {
+                "paths": {
+                    "artifacts_dir": str(tmp_path / "artifacts"),
+                    "metrics_dir": str(tmp_path / "metrics"),
+                },
+                "tracking": {"experiment": "test-promote"},
+            }
+        )
+    )
+    assert cli_main(["promote", "--params", str(params)]) == 1
+    assert uri in capsys.readouterr().err
+    assert not layout.metrics_file("promotion").exists()
+    # the server's own store (read directly, the server is down): nothing was registered, no run was made
+    mlflow.set_tracking_uri(f"sqlite:///{root / 'server.db'}")
+    client = mlflow.MlflowClient()
+    assert client.search_registered_models() == []
+    assert client.get_experiment_by_name("test-promote") is None
