@@ -1,0 +1,104 @@
+"""Markdown report of an evaluation, rendered only from the evaluation result dict.
+
+Everything in the report comes from ``metrics/evaluation.json``, so the paper's table can be rebuilt from
+that file alone (``render_report(json.load(...), settings)``) and the report never shows a number the
+metrics file does not hold.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from safealign.config import Settings
+
+
+def _pct(x: float) -> str:
+    return "n/a" if x != x else f"{x:+.1%}"
+
+
+def _ci(ci: list[float], pct: bool = False) -> str:
+    if any(v != v for v in ci):
+        return "n/a"
+    return f"[{ci[0]:+.1%}, {ci[1]:+.1%}]" if pct else f"[{ci[0]:+.3f}, {ci[1]:+.3f}]"
+
+
+def aspect_table(set_result: dict[str, Any], order: list[str] | None = None) -> list[str]:
+    """One row per aspect (in ``order``: the reward model's output order; JSON keys come back sorted)."""
+    lines = [
+        "| aspect | base | aligned | change | 95% CI | relative | 95% CI (relative) |",
+        "|---|---:|---:|---:|---|---:|---|",
+    ]
+    order = [a for a in (order or []) if a in set_result["aspects"]] or list(set_result["aspects"])
+    rows = [(a, set_result["aspects"][a]) for a in order] + [("**weighted reward**", set_result["weighted"])]
+    for name, v in rows:
+        lines.append(
+            f"| {name} | {v['base_mean']:.3f} | {v['aligned_mean']:.3f} | {v['abs_change']:+.3f} | "
+            f"{_ci(v['abs_change_ci95'])} | {_pct(v['rel_change'])} | {_ci(v['rel_change_ci95'], pct=True)} |"
+        )
+    return lines
+
+
+def behaviour_table(sets: dict[str, Any]) -> list[str]:
+    lines = [
+        "| set | policy | refusal | empty | comply | mean words | distinct replies | top reply share |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, s in sets.items():
+        for policy in ("base", "aligned"):
+            b = s[policy]
+            lines.append(
+                f"| {name} | {policy} | {b['refusal_rate']:.1%} | {b['empty_rate']:.1%} | {b['comply_rate']:.1%} | "
+                f"{b['mean_words']:.1f} | {b['distinct_ratio']:.2f} | {b['top_reply_share']:.1%} |"
+            )
+    return lines
+
+
+def _quote(text: str, limit: int = 400) -> str:
+    text = text if len(text) <= limit else text[:limit] + " ..."
+    return " ".join(text.split()) or "*(empty)*"
+
+
+def render_report(result: dict[str, Any], settings: Settings) -> str:
+    sets = result["sets"]
+    d = result["decoding"]
+    out = [
+        "# Evaluation: base vs aligned policy",
+        "",
+        f"Policy `{d['policy']}`, greedy decoding, {d['max_new_tokens']} new tokens, seed {d['seed']}, the same "
+        f"for both policies. Scores are the reward model's (aspects {', '.join(result['aspects'])}); intervals "
+        f"are 95% paired bootstrap ({result['bootstrap_samples']} resamples). Refusals come from the rule-based "
+        "detector in `safealign.evaluation.refusal`, which does not use the reward model.",
+        "",
+        f"Evaluation-set fingerprint `{result['fingerprint']}`; adapter `{result['adapter_hash'][:12]}`; "
+        f"time {result['timing_s'].get('total_s', 0):.0f} s.",
+        "",
+    ]
+    titles = {
+        "adversarial": "Held-out adversarial prompts (the paper's table)",
+        "benign": "Benign prompts (over-refusal and helpfulness)",
+    }
+    for name in [n for n in ("adversarial", "benign") if n in sets] + [n for n in sets if n not in titles]:
+        s = sets[name]
+        out += [f"## {titles.get(name, name)} (n={s['n']})", "", *aspect_table(s, result["aspects"]), ""]
+    out += ["## Behaviour (independent of the reward model)", "", *behaviour_table(sets), ""]
+    out += ["## Reward-hacking checks", ""]
+    if result["flags"]:
+        out += [f"- **{f['kind']}** ({f['set']}): {f['message']}" for f in result["flags"]]
+    else:
+        out.append(
+            "No flag raised (stock replies, collapse, stock openings, empty replies, length collapse, aspect "
+            "trade-off, over-refusal, reward up without refusals up)."
+        )
+    out += ["", "## Paired examples", ""]
+    for i, ex in enumerate(result["examples"], 1):
+        safety = ""
+        if "safety" in ex["base_scores"]:
+            safety = f" (safety {ex['base_scores']['safety']:.2f} -> {ex['aligned_scores']['safety']:.2f})"
+        out += [
+            f"**{i}. [{ex['set']}]** {_quote(ex['prompt'], 300)}",
+            "",
+            f"- base ({ex['base_verdict']}): {_quote(ex['base'])}",
+            f"- aligned ({ex['aligned_verdict']}){safety}: {_quote(ex['aligned'])}",
+            "",
+        ]
+    return "\n".join(out) + "\n"
