@@ -315,6 +315,55 @@ class RewardModel(nn.Module):
         """Weighted sum of an [N, K] score array with the configured weights (lets callers reuse score())."""
         return np.asarray(scores, dtype=np.float64) @ self.weights
 
+    # ---- frozen-prefix caching (training speed) ------------------------------------------------------
+    def supports_prefix_cache(self) -> bool:
+        """True when the encoder is a plain BERT-style stack (embeddings + encoder.layer[i]) we can split."""
+        return _encoder_layers(self.encoder) is not None and hasattr(self.encoder, "embeddings")
+
+    def _mask4d(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> Any:
+        from transformers.masking_utils import create_bidirectional_mask
+
+        return create_bidirectional_mask(
+            config=self.encoder.config, inputs_embeds=hidden, attention_mask=attention_mask
+        )
+
+    @torch.no_grad()
+    def lower_hidden(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        token_type_ids: torch.Tensor | None,
+        n_layers: int,
+    ) -> torch.Tensor:
+        """Hidden states after the embeddings and the lowest ``n_layers`` layers (no grad, eval mode).
+
+        When those layers are frozen their output never changes, so training computes it once per pair
+        and runs only the upper layers each epoch: on a 2-core CPU this is what fits training in minutes.
+        """
+        was_training = self.training
+        self.eval()
+        try:
+            kwargs: dict[str, Any] = {"input_ids": input_ids}
+            if token_type_ids is not None and getattr(self.encoder.config, "type_vocab_size", 1) > 1:
+                kwargs["token_type_ids"] = token_type_ids
+            hidden = self.encoder.embeddings(**kwargs)
+            mask = self._mask4d(hidden, attention_mask)
+            for layer in list(_encoder_layers(self.encoder))[:n_layers]:
+                hidden = layer(hidden, mask)
+        finally:
+            self.train(was_training)
+        return hidden
+
+    def upper_forward(
+        self, hidden: torch.Tensor, attention_mask: torch.Tensor, n_layers: int
+    ) -> torch.Tensor:
+        """Logits from hidden states after ``n_layers`` layers: the remaining layers, pooling, head."""
+        mask = self._mask4d(hidden, attention_mask)
+        for layer in list(_encoder_layers(self.encoder))[n_layers:]:
+            hidden = layer(hidden, mask)
+        m = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        return self.head((hidden * m).sum(1) / m.sum(1).clamp_min(1.0))
+
     def freeze_lower_layers(self, n: int) -> int:
         """Freeze embeddings and the lowest ``n`` encoder layers (CPU speed); returns how many got frozen."""
         if n <= 0:

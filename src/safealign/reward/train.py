@@ -168,14 +168,55 @@ def _init_head_bias(model: RewardModel, scores: np.ndarray) -> None:
             model.head.bias[k] = math.log(mean / (1 - mean))
 
 
+def cache_lower(
+    model: RewardModel, items: list[tuple[list[int], list[int]]], n_layers: int, batch_size: int = 64
+) -> list[torch.Tensor]:
+    """Per pair, the hidden states after the frozen layers ([T_i, H], float16 to halve the memory)."""
+    out: list[torch.Tensor | None] = [None] * len(items)
+    for idx in length_batches([len(i[0]) for i in items], batch_size, None):
+        batch = {k: v.to(model.device) for k, v in model.collate([items[i] for i in idx]).items()}
+        hidden = model.lower_hidden(
+            batch["input_ids"], batch["attention_mask"], batch["token_type_ids"], n_layers
+        )
+        for row, i in enumerate(idx):
+            out[i] = hidden[row, : len(items[i][0])].to(torch.float16).cpu().clone()
+    return out  # type: ignore[return-value]
+
+
+def _logits(
+    model: RewardModel,
+    items: list[tuple[list[int], list[int]]],
+    cache: list[torch.Tensor] | None,
+    n_layers: int,
+    idx: list[int],
+) -> torch.Tensor:
+    """Logits for rows ``idx``: from cached frozen-layer states when there are any, else a full forward."""
+    if cache is None:
+        batch = {k: v.to(model.device) for k, v in model.collate([items[i] for i in idx]).items()}
+        return model(**batch)
+    width = max(cache[i].shape[0] for i in idx)
+    hidden = torch.zeros((len(idx), width, cache[idx[0]].shape[1]), dtype=torch.float32)
+    mask = torch.zeros((len(idx), width), dtype=torch.long)
+    for row, i in enumerate(idx):
+        n = cache[i].shape[0]
+        hidden[row, :n] = cache[i].float()
+        mask[row, :n] = 1
+    return model.upper_forward(hidden.to(model.device), mask.to(model.device), n_layers)
+
+
 @torch.no_grad()
-def predict(model: RewardModel, items: list[tuple[list[int], list[int]]], batch_size: int) -> np.ndarray:
+def predict(
+    model: RewardModel,
+    items: list[tuple[list[int], list[int]]],
+    batch_size: int,
+    cache: list[torch.Tensor] | None = None,
+    n_layers: int = 0,
+) -> np.ndarray:
     """Sigmoid outputs [N, K] for pre-tokenized items, in input order."""
     model.eval()
     out = np.zeros((len(items), len(model.aspects)), dtype=np.float32)
     for idx in length_batches([len(i[0]) for i in items], batch_size, None):
-        batch = {k: v.to(model.device) for k, v in model.collate([items[i] for i in idx]).items()}
-        out[idx] = torch.sigmoid(model(**batch)).float().cpu().numpy()
+        out[idx] = torch.sigmoid(_logits(model, items, cache, n_layers, idx)).float().cpu().numpy()
     return out
 
 
@@ -208,12 +249,24 @@ def fit(
     aspects = model.aspects
     seed_everything(cfg.seed)
     rng = random.Random(cfg.seed)
+    start = time.perf_counter()
     frozen = model.freeze_lower_layers(cfg.freeze_layers)
     _init_head_bias(model, train.scores)
 
     train_items = model.tokenize(train.prompts, train.responses)
     val_items = model.tokenize(val.prompts, val.responses)
     train_lengths = [len(i[0]) for i in train_items]
+    train_cache = val_cache = None
+    if frozen and model.supports_prefix_cache():
+        t0 = time.perf_counter()
+        train_cache = cache_lower(model, train_items, frozen)
+        val_cache = cache_lower(model, val_items, frozen)
+        log.info(
+            "cached the %d frozen layers' output for %d pairs in %.1fs",
+            frozen,
+            len(train_items) + len(val_items),
+            time.perf_counter() - t0,
+        )
     y_all = torch.from_numpy(np.nan_to_num(train.scores, nan=0.0))
     m_all = torch.from_numpy(~np.isnan(train.scores))
 
@@ -229,15 +282,13 @@ def fit(
     best_epoch = 0
     bad_epochs = 0
     last_r2: dict[str, float] = {}
-    start = time.perf_counter()
     for epoch in range(1, cfg.epochs + 1):
         model.train()
         batches = length_batches(train_lengths, cfg.batch_size, rng)
         bar = tqdm(batches, desc=f"reward epoch {epoch}/{cfg.epochs}", disable=not progress, leave=False)
         run_loss, seen = 0.0, 0
         for idx in bar:
-            batch = {k: v.to(model.device) for k, v in model.collate([train_items[i] for i in idx]).items()}
-            probs = torch.sigmoid(model(**batch))
+            probs = torch.sigmoid(_logits(model, train_items, train_cache, frozen, idx))
             loss = masked_mse(probs, y_all[idx].to(probs.device), m_all[idx].to(probs.device))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -250,7 +301,7 @@ def fit(
                 loss=f"{run_loss / seen:.4f}", **{f"r2_{a[:4]}": f"{v:.2f}" for a, v in last_r2.items()}
             )
         bar.close()
-        val_pred = predict(model, val_items, max(cfg.batch_size, 64))
+        val_pred = predict(model, val_items, max(cfg.batch_size, 64), val_cache, frozen)
         val_loss = _loss_np(val_pred, val.scores)
         stats = per_aspect(val_pred, val.scores, aspects)
         last_r2 = {a: stats[a]["r2"] for a in aspects}
