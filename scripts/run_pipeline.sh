@@ -2,13 +2,15 @@
 # The pipeline part of `make run`, offline:
 #   1. restore data/ when it is missing: from the DVC cache (`dvc checkout data.dvc`) if the cache has it,
 #      else rebuild it with `safealign data build` (deterministic: the same bytes on every machine);
-#   2. make DVC itself confirm that data/ matches data.dvc (`dvc status data.dvc` must be empty), else exit 2;
+#   2. make DVC itself confirm that data/ matches data.dvc (`dvc data status` clean, then, once data/ is in
+#      the local cache, `dvc status data.dvc` up to date), else exit 2;
 #   3. open an MLflow parent run and export SAFEALIGN_PARENT_RUN_ID so every stage nests under it;
 #   4. `dvc repro` (stages whose inputs did not change are skipped, so a second run is fast);
 #   5. close the parent run with FINISHED or FAILED, and print where the results are.
 # Exit codes: 0 ok, 2 data/ does not match data.dvc or failed validation, 3 a gate said no, 1 otherwise.
 #
-# Options: --data-only  stop after step 2 (restore + DVC check), used by tests and by CI set-up.
+# Options: --data-only     stop after step 2 (restore + DVC check);
+#          --until STAGE   reproduce only STAGE and what it depends on (e.g. --until validate).
 # A data/ that exists but differs from data.dvc is never overwritten: that may be someone's deliberate
 # edit. The message says how to discard it or how to make it the new version.
 set -euo pipefail
@@ -19,7 +21,15 @@ export DVC_NO_ANALYTICS=1
 start=$(date +%s)
 
 data_only=0
-[ "${1:-}" = "--data-only" ] && data_only=1
+until=""
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --data-only) data_only=1 ;;
+    --until) until=${2:?--until needs a stage name}; shift ;;
+    *) echo "usage: $0 [--data-only] [--until STAGE]" >&2; exit 2 ;;
+  esac
+  shift
+done
 
 die() { # die CODE MESSAGE
   echo "run_pipeline: error: $2" >&2
@@ -40,20 +50,35 @@ if [ ! -d data ] || [ -z "$(ls -A data 2>/dev/null)" ]; then
 fi
 
 # ---------------------------------------------------------------------------------------- 2. DVC check
+# `dvc status data.dvc` alone cannot decide on a fresh clone: with an empty cache it reports "not in cache"
+# whether or not data/ matches. So DVC is asked twice: `dvc data status` hashes data/ and compares it with
+# data.dvc (independent of the cache); only if that is clean is data/ committed to the local cache (which
+# cannot change data.dvc, since the hashes are equal), and then `dvc status data.dvc` must be up to date.
 echo "== DVC: checking data/ against data.dvc"
-if ! status_json=$(dvc status data.dvc --json 2>&1); then
-  die 2 "dvc status data.dvc failed: $status_json"
-fi
-if [ "$status_json" != "{}" ]; then
+mismatch=$(python - <<'EOF'
+import json, subprocess, sys
+out = subprocess.run(["dvc", "data", "status", "--json"], capture_output=True, text=True)
+if out.returncode != 0:
+    print(f"dvc data status failed: {out.stderr.strip()}")
+    sys.exit(0)
+status = json.loads(out.stdout or "{}")
+bad = {kind: [p for p in paths if p.rstrip("/") == "data" or p.startswith("data/")]
+       for kind, paths in (status.get("uncommitted") or {}).items()}
+bad = {kind: paths for kind, paths in bad.items() if paths}
+print(json.dumps(bad) if bad else "")
+EOF
+)
+if [ -n "$mismatch" ]; then
   dvc status data.dvc >&2 || true
-  die 2 "data/ does not match data.dvc (DVC says: $status_json).
+  die 2 "data/ does not match data.dvc (dvc data status, uncommitted: $mismatch).
   To discard local changes:     dvc checkout --force data.dvc   (or: rm -rf data && make run)
   To make them the new version: dvc add data && git commit data.dvc
   If a fresh 'safealign data build' differs from data.dvc, the builder changed without 'dvc add data'."
 fi
-echo "   data/ matches data.dvc ($(python -c 'from safealign.tracking import data_version; print(data_version())'))"
-# Keep a copy in the DVC cache (no-op when already there) so a later 'rm -rf data' restores by checkout.
-dvc commit --force --quiet data.dvc >/dev/null 2>&1 || true
+dvc commit --force --quiet data.dvc >/dev/null 2>&1 || die 2 "dvc commit data.dvc failed"
+status_json=$(dvc status data.dvc --json 2>&1) || die 2 "dvc status data.dvc failed: $status_json"
+[ "$status_json" = "{}" ] || die 2 "dvc status data.dvc is not up to date after commit: $status_json"
+echo "   data/ matches data.dvc: $(python -c 'from safealign.tracking import data_version; print(data_version())')"
 [ "$data_only" = 1 ] && exit 0
 
 # ---------------------------------------------------------------------------------------- 3-4. repro
@@ -75,12 +100,16 @@ for i in "${!stages[@]}"; do
   else
     missing+=("${stages[$i]}")
   fi
+  [ "${stages[$i]}" = "$until" ] && break
 done
+if [ -n "$until" ] && [ "$target" != "$until" ]; then
+  [[ " ${stages[*]} " == *" $until "* ]] || die 2 "--until: unknown stage '$until' (stages: ${stages[*]})"
+fi
 [ -n "$target" ] || die 1 "no stage is implemented yet"
 repro_args=()
 status_args=()
-if [ ${#missing[@]} -gt 0 ]; then
-  echo "== not implemented yet, skipped: ${missing[*]}"
+if [ ${#missing[@]} -gt 0 ] || [ -n "$until" ]; then
+  [ ${#missing[@]} -gt 0 ] && echo "== not implemented yet, skipped: ${missing[*]}"
   repro_args=("$target")
   status_args=(--with-deps "$target")
 fi
@@ -97,9 +126,8 @@ else
   log=$(mktemp)
   echo "== dvc repro ${repro_args[*]}"
   set +e
-  dvc repro "${repro_args[@]}" 2> >(tee "$log" >&2)
-  rc=$?
-  wait $! 2>/dev/null # let tee finish writing the log
+  dvc repro "${repro_args[@]}" 2>&1 | tee "$log"
+  rc=${PIPESTATUS[0]}
   set -e
   trap - INT TERM
   if [ "$rc" -ne 0 ]; then

@@ -191,3 +191,57 @@ def test_run_pipeline_refuses_without_data_dvc(project, tmp_path):
     out = sh(bare, "bash", "scripts/run_pipeline.sh", "--data-only", check=False)
     assert out.returncode == 2
     assert "data.dvc is missing" in out.stderr
+
+
+def test_data_check_does_not_depend_on_the_dvc_cache(project):
+    """On a fresh clone the cache is empty and `dvc status` says 'not in cache' for good and bad data alike."""
+    labelled = project / "data" / "labelled.jsonl"
+    original = labelled.read_bytes()
+    shutil.rmtree(project / ".dvc" / "cache", ignore_errors=True)
+    out = sh(project, "bash", "scripts/run_pipeline.sh", "--data-only")
+    assert "data/ matches data.dvc" in out.stdout
+    assert json.loads(dvc(project, "status", "--json", "data.dvc").stdout) == {}  # now cached
+    shutil.rmtree(project / ".dvc" / "cache")
+    try:
+        labelled.write_bytes(original.replace(b"Response number 3.", b"Response number three.", 1))
+        out = sh(project, "bash", "scripts/run_pipeline.sh", "--data-only", check=False)
+        assert out.returncode == 2, out.stdout + out.stderr
+        assert "does not match data.dvc" in out.stderr and "modified" in out.stderr
+    finally:
+        labelled.write_bytes(original)
+    sh(project, "bash", "scripts/run_pipeline.sh", "--data-only")
+
+
+def test_run_pipeline_nests_stages_under_a_parent_run_and_skips_when_unchanged(project):
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["data"]["min_rows"] = 101  # a params change makes validate rerun even if an earlier test ran it
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    out = sh(project, "bash", "scripts/run_pipeline.sh", "--until", "validate")
+    parent = out.stdout.split("== MLflow parent run ")[1].split()[0]
+    assert "Running stage 'validate'" in out.stdout
+    assert "artifacts/validation/report.html" in out.stdout and "mlflow ui" in out.stdout
+
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
+    assert client.get_run(parent).info.status == "FINISHED"
+    children = client.search_runs(
+        [client.get_run(parent).info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent}'"
+    )
+    assert [(r.data.tags["safealign.stage"], r.info.status) for r in children] == [("validate", "FINISHED")]
+
+    again = sh(project, "bash", "scripts/run_pipeline.sh", "--until", "validate")
+    assert "every stage is up to date" in again.stdout and "MLflow parent run" not in again.stdout
+
+
+def test_fresh_clone_rebuilds_data_that_dvc_confirms(tmp_path):
+    """The committed data.dvc must match what `safealign data build` produces (no cache, no network)."""
+    if not (REPO / ".git").exists() or sh(REPO, "git", "ls-files", "data.dvc").stdout.strip() != "data.dvc":
+        pytest.skip("data.dvc is not committed in this checkout")
+    clone = tmp_path / "clone"
+    sh(tmp_path, "git", "clone", "-q", str(REPO), str(clone))
+    (clone / ".venv").symlink_to(REPO / ".venv")
+    shutil.copy2(REPO / "scripts" / "run_pipeline.sh", clone / "scripts" / "run_pipeline.sh")  # this script
+    out = sh(clone, "bash", "scripts/run_pipeline.sh", "--data-only")
+    assert "rebuilding it deterministically" in out.stdout
+    assert "data/ matches data.dvc" in out.stdout
