@@ -119,7 +119,7 @@ def test_dvc_yaml_agrees_with_layout_params_and_cli():
         next(iter(o)): o[next(iter(o))] for o in doc["stages"]["grpo"]["outs"] if isinstance(o, dict)
     }
     assert grpo_outs[str(layout.checkpoints_dir)]["persist"] is True
-    assert {"x": "step", "y": "reward"}.items() <= doc["stages"]["grpo"]["plots"][0][
+    assert {"x": "step", "y": "reward_mean"}.items() <= doc["stages"]["grpo"]["plots"][0][
         str(layout.grpo_steps_csv)
     ].items()
 
