@@ -1,7 +1,5 @@
 """calibrate: the reward model's gate. Outputs ``passed`` instead of failing, so dsl.If can skip."""
 
-from typing import NamedTuple
-
 from kfp import dsl
 from kfp.dsl import HTML, Dataset, Input, Metrics, Model, Output
 
@@ -20,13 +18,15 @@ def calibrate_op(
     report: Output[HTML],
     stage_metrics: Output[Dataset],
     metrics: Output[Metrics],
-) -> NamedTuple("CalibrateOutputs", [("passed", bool), ("reason", str)]):
-    """Score the held-out split and the probes. GateFailed becomes ``passed=False`` with the reason;
-    any other error still fails the step (a broken stage is not a failed gate)."""
-    from collections import namedtuple
+) -> bool:
+    """Score the held-out split and the probes; return whether the gate passed.
 
+    GateFailed becomes ``False`` (the reason is in the report and the metrics), so dsl.If can skip the
+    rest; any other error still fails the step (a broken stage is not a failed gate). A single unnamed
+    output on purpose: kfp.local cannot resolve a named output inside a dsl.If condition.
+    """
     from safealign.errors import GateFailed
-    from safealign.kfp_stage import StageWorkspace, pipeline_key
+    from safealign.kfp_stage import StageWorkspace, calibration_html, pipeline_key
     from safealign.reward.calibrate import calibrate
 
     ws = StageWorkspace("calibrate", params, overrides, tracking_uri, data_dir=dataset.path + "/data")
@@ -39,15 +39,7 @@ def calibrate_op(
         calibrate(ws.settings)
     except GateFailed as exc:
         passed, reason = False, str(exc)
-    html = sorted(ws.layout.calibration_dir.glob("*.html")) if ws.layout.calibration_dir.exists() else []
-    if html:
-        ws.publish(html[0], report.path)
-    else:
-        with open(report.path, "w", encoding="utf-8") as handle:
-            handle.write(f"<html><body><h1>Calibration gate: {'passed' if passed else 'FAILED'}</h1>"
-                         f"<pre>{reason}</pre></body></html>")
-    for key, value in ws.publish_metrics(stage_metrics.path).items():
-        metrics.log_metric(key, value)
-    metrics.log_metric("gate_passed", float(passed))
-    outputs = namedtuple("CalibrateOutputs", ["passed", "reason"])
-    return outputs(passed, reason)
+    with open(report.path, "w", encoding="utf-8") as handle:
+        handle.write(calibration_html(ws.layout, passed, reason))
+    ws.log_metrics(metrics, {**ws.publish_metrics(stage_metrics.path), "gate_passed": float(passed)})
+    return passed

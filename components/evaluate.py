@@ -39,5 +39,4 @@ def evaluate_op(
     md = sorted(ws.layout.evaluation_dir.glob("*.md"))
     if md:
         ws.publish(md[0], report.path)
-    for key, value in ws.publish_metrics(stage_metrics.path).items():
-        metrics.log_metric(key, value)
+    ws.log_metrics(metrics, ws.publish_metrics(stage_metrics.path))

@@ -43,5 +43,4 @@ def grpo_op(
     train_grpo(ws.settings, resume=True)
     ws.publish(ws.layout.adapter_dir, adapter.path)
     adapter.metadata["data_version"] = data_version
-    for key_, value in ws.publish_metrics(stage_metrics.path).items():
-        metrics.log_metric(key_, value)
+    ws.log_metrics(metrics, ws.publish_metrics(stage_metrics.path))

@@ -39,8 +39,8 @@ def promote_op(
     ws.parent_run(pipeline_key(data_version, params, overrides))
     try:
         result = promote(ws.settings, dry_run=False)
-        promoted = not (isinstance(result, dict) and result.get("promoted") is False)
-        reason = json.dumps(result, indent=2, sort_keys=True, default=str)
+        promoted = bool(result.get("passed", True))
+        reason = json.dumps(result.get("gates", result), indent=2, sort_keys=True, default=str)
     except GateFailed as exc:
         promoted, reason = False, str(exc)
     with open(decision.path, "w", encoding="utf-8") as handle:

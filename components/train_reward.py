@@ -29,5 +29,4 @@ def train_reward_op(
     train_reward(ws.settings)
     ws.publish(ws.layout.reward_model_dir, reward_model.path)
     reward_model.metadata["data_version"] = data_version
-    for key, value in ws.publish_metrics(stage_metrics.path).items():
-        metrics.log_metric(key, value)
+    ws.log_metrics(metrics, ws.publish_metrics(stage_metrics.path))

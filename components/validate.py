@@ -38,8 +38,6 @@ def validate_op(
     ws.publish(ws.layout.data_dir, dataset.path + "/data")
     ws.publish(ws.layout.splits_dir, dataset.path + "/splits")
     dataset.metadata["data_version"] = data_version
-    html = sorted(ws.layout.validation_dir.glob("*.html"))
-    if html:
-        ws.publish(html[0], report.path)
-    for key, value in ws.publish_metrics(stage_metrics.path).items():
-        metrics.log_metric(key, value)
+    # report.html links GX's per-suite pages under gx/: publish the folder, KFP shows report.html.
+    ws.publish(ws.layout.validation_dir / "report.html", report.path)
+    ws.log_metrics(metrics, ws.publish_metrics(stage_metrics.path))

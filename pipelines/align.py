@@ -63,7 +63,7 @@ def align_pipeline(
     tracking_uri: str = SETTINGS.tracking.tracking_uri,
     checkpoint_root: str = "",
     cache_dir: str = "",
-):
+) -> bool:
     version = data_version_op(data_version=data_version, data_dir=data_dir, params=params, overrides=overrides)
     version.set_caching_options(False).set_display_name("data-version")
     common = {"data_version": version.output, "params": params, "overrides": overrides, "tracking_uri": tracking_uri}
@@ -81,7 +81,7 @@ def align_pipeline(
         )
     ).set_display_name("calibrate")
 
-    with dsl.If(calib.outputs["passed"] == True, name="calibration-passed"):  # noqa: E712
+    with dsl.If(calib.outputs["Output"] == True, name="calibration-passed"):  # noqa: E712
         grpo = _resources(
             grpo_op(
                 checkpoint_root=checkpoint_root,
@@ -119,6 +119,8 @@ def align_pipeline(
         ).set_display_name("promote")
         # Registering in MLflow is a side effect: never serve it from the cache.
         promote.set_caching_options(False)
+    # The gate's verdict is the pipeline's output (shown on the run; returned by a local run).
+    return calib.outputs["Output"]
 
 
 if __name__ == "__main__":

@@ -48,7 +48,9 @@ def test_calibration_gate_guards_grpo_evaluate_promote():
     assert not {"grpo-op", "evaluate-op", "promote-op"} & set(root_tasks)
     (cond_name,) = [n for n in root_tasks if n.startswith("condition")]
     cond = root_tasks[cond_name]
-    assert "calibrate-op-passed" in cond["triggerPolicy"]["condition"]
+    assert cond["triggerPolicy"]["condition"] == (
+        "inputs.parameter_values['pipelinechannel--calibrate-op-Output'] == true"
+    )
     gated = spec["components"][cond["componentRef"]["name"]]["dag"]["tasks"]
     assert {"grpo-op", "evaluate-op", "promote-op"} == set(gated)
 

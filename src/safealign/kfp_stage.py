@@ -26,6 +26,15 @@ from safealign.layout import Layout
 from safealign.tracking import PARENT_ENV
 
 METRICS_SUBDIR = "metrics"
+# Stage -> the name of its metrics/<name>.json, as the library writes it.
+METRICS_NAME = {
+    "validate": "validation",
+    "reward": "train_reward",
+    "calibrate": "calibration",
+    "grpo": "grpo",
+    "evaluate": "evaluation",
+    "promote": "promotion",
+}
 
 
 def data_hash(data_dir: str | Path) -> str:
@@ -155,10 +164,40 @@ class StageWorkspace:
     def publish_metrics(self, metrics_artifact_path: str) -> dict[str, float]:
         """Copy metrics/ to the chained metrics artifact; return this stage's numbers for KFP Metrics."""
         _copy(self.layout.metrics_dir, Path(metrics_artifact_path))
-        own = self.layout.metrics_file(self.stage)
+        own = self.layout.metrics_file(METRICS_NAME.get(self.stage, self.stage))
         if own.exists():
             return numeric_leaves(json.loads(own.read_text(encoding="utf-8")))
         return {}
+
+
+    def log_metrics(self, metrics: Any, values: dict[str, float]) -> None:
+        """Log to a KFP Metrics artifact and also write its file: KFP only keeps the metadata, and
+        a cache entry whose artifact file is missing counts as a miss (kfp.local checks)."""
+        for key, value in values.items():
+            metrics.log_metric(key, value)
+        Path(metrics.path).parent.mkdir(parents=True, exist_ok=True)
+        Path(metrics.path).write_text(json.dumps(values, indent=2, sort_keys=True), encoding="utf-8")
+
+
+def calibration_html(layout: Layout, passed: bool, reason: str) -> str:
+    """One self-contained HTML page for the KFP UI: the verdict, the reliability plots, the numbers."""
+    import base64
+    import html
+
+    parts = [
+        "<html><head><meta charset='utf-8'><title>Calibration gate</title></head><body>",
+        f"<h1>Calibration gate: {'passed' if passed else 'FAILED'}</h1>",
+        f"<pre>{html.escape(reason)}</pre>",
+    ]
+    if layout.calibration_dir.is_dir():
+        for png in sorted(layout.calibration_dir.glob("*.png")):
+            data = base64.b64encode(png.read_bytes()).decode("ascii")
+            parts.append(f"<h3>{html.escape(png.stem)}</h3><img src='data:image/png;base64,{data}'>")
+    metrics = layout.metrics_file(METRICS_NAME["calibrate"])
+    if metrics.exists():
+        parts.append(f"<h2>metrics</h2><pre>{html.escape(metrics.read_text(encoding='utf-8'))}</pre>")
+    parts.append("</body></html>")
+    return "\n".join(parts)
 
 
 def pipeline_key(data_version: str, params: str | dict[str, Any], overrides: list[str] | None) -> str:
