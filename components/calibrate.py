@@ -42,4 +42,6 @@ def calibrate_op(
     with open(report.path, "w", encoding="utf-8") as handle:
         handle.write(calibration_html(ws.layout, passed, reason))
     ws.log_metrics(metrics, {**ws.publish_metrics(stage_metrics.path), "gate_passed": float(passed)})
+    if not passed:
+        ws.end_parent_run()  # nothing runs after a refusal
     return passed

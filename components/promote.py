@@ -43,6 +43,7 @@ def promote_op(
         reason = json.dumps(result.get("gates", result), indent=2, sort_keys=True, default=str)
     except GateFailed as exc:
         promoted, reason = False, str(exc)
+    ws.end_parent_run()
     with open(decision.path, "w", encoding="utf-8") as handle:
         handle.write(f"# Promotion: {'promoted' if promoted else 'refused'}\n\n"
                      f"data version: `{data_version}`\n\n```\n{reason}\n```\n")

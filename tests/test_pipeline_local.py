@@ -113,6 +113,17 @@ def test_failing_gate_skips_grpo_and_promote_and_cache_follows_data(tmp_path, da
     version = _executor_output(run, "data-version-op")["parameterValues"]["Output"]
     assert version.startswith("sha256:")  # resolved from the data: nothing was passed
 
+    # MLflow: one parent run, closed by the refusing gate, with the three stage runs nested in it.
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = mlflow.search_runs(search_all_experiments=True, output_format="list")
+    (parent,) = [r for r in runs if "safealign.pipeline_key" in r.data.tags]
+    assert parent.info.status == "FINISHED"
+    stages = {r.data.tags.get("safealign.stage") for r in runs
+              if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
+    assert stages == {"validate", "train_reward", "calibrate"}
+
     # The same data again: every cached step is served from the cache, nothing retrains.
     caplog.clear()
     _run(tmp_path, data_dir, gate_fails, caching=True)
@@ -164,7 +175,7 @@ def test_full_pipeline_on_tiny_models(tmp_path, data_dir):
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
     runs = mlflow.search_runs(search_all_experiments=True, output_format="list")
     parents = [r for r in runs if "safealign.pipeline_key" in r.data.tags]
-    assert len(parents) == 1
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     children = {r.data.tags.get("safealign.stage") for r in runs
                 if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id}
     assert {"validate", "train_reward", "calibrate", "grpo", "promote"} <= children

@@ -151,6 +151,16 @@ class StageWorkspace:
             mlflow.MlflowClient().set_tag(run_id, "safealign.pipeline_key", key)
         os.environ[PARENT_ENV] = run_id
 
+    def end_parent_run(self) -> None:
+        """Close the parent run: called by the pipeline's last step (promote, or calibrate on a refusal).
+
+        A failed step leaves it open (RUNNING), which is what MLflow should show for an unfinished run.
+        """
+        from safealign.tracking import end_parent_run
+
+        if os.environ.get(PARENT_ENV):
+            end_parent_run(self.settings)
+
     # ---- outputs ----
     def publish(self, produced: Path, artifact_path: str) -> None:
         """Copy a produced file or folder to an output artifact path (KFP uploads it after the step)."""
