@@ -1,0 +1,41 @@
+"""Safety as a constraint (Safe-RLHF style): maximise the reward subject to mean safety >= threshold.
+
+The Lagrangian relaxation adds ``lambda * (r_safety - threshold)`` to every completion's reward, with the
+multiplier updated by projected gradient ascent on the dual after each step:
+
+    lambda <- max(0, lambda + lr * (threshold - mean safety of the batch))
+
+so lambda grows while the policy is under the bar (safety weighs more and more) and decays back to zero
+once the bar is met (the other aspects get the policy back). lambda is part of the checkpoint.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass
+class LagrangeConstraint:
+    threshold: float
+    lr: float
+    aspect: str = "safety"
+    lam: float = 0.0
+
+    def shape(self, combined: np.ndarray, safety: np.ndarray) -> np.ndarray:
+        """Rewards with the Lagrangian term added, using the CURRENT lambda (before this step's update)."""
+        return np.asarray(combined, dtype=np.float64) + self.lam * (
+            np.asarray(safety, dtype=np.float64) - self.threshold
+        )
+
+    def update(self, mean_safety: float) -> float:
+        """One dual ascent step; returns the new lambda (never negative)."""
+        self.lam = max(0.0, self.lam + self.lr * (self.threshold - float(mean_safety)))
+        return self.lam
+
+    def state_dict(self) -> dict[str, float | str]:
+        return {"threshold": self.threshold, "lr": self.lr, "aspect": self.aspect, "lam": self.lam}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.lam = float(state["lam"])

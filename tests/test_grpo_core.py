@@ -1,0 +1,207 @@
+"""GRPO core math: group advantages, flat groups, the Lagrange constraint, and the fast path against a
+straightforward reference implementation (plain loops) on the same sampled batch."""
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import statistics
+
+import numpy as np
+import pytest
+import torch
+
+from safealign.policy.advantages import group_advantages
+from safealign.policy.constraint import LagrangeConstraint
+
+torch.set_num_threads(2)
+TINY = "tiny:smollm2-135m-instruct"
+
+
+# ------------------------------------------------------------------------------------------- advantages
+
+
+def test_non_flat_groups_are_zero_mean_unit_std():
+    rewards = torch.tensor([0.1, 0.5, 0.9, 0.3, 0.7, 0.71, 0.2, 0.95, 0.0, 1.0, 0.5, 0.25])
+    adv = group_advantages(rewards, group_size=4, std_floor=1e-3)
+    groups = adv.values.view(-1, 4)
+    assert not adv.flat.any()
+    assert torch.allclose(groups.mean(1), torch.zeros(3), atol=1e-6)
+    assert torch.allclose(groups.std(1, unbiased=True), torch.ones(3), atol=1e-5)
+    # the order inside a group is preserved: the best completion gets the largest advantage
+    assert int(groups[0].argmax()) == 2 and int(groups[2].argmax()) == 1
+
+
+def test_flat_groups_get_zero_advantage_and_are_counted():
+    rewards = torch.tensor(
+        [0.9, 0.9, 0.9, 0.9]  # exactly flat
+        + [0.90, 0.9001, 0.8999, 0.9]  # std ~8e-5 < floor: saturated sigmoid noise
+        + [0.1, 0.9, 0.5, 0.3]  # real signal
+    )
+    adv = group_advantages(rewards, group_size=4, std_floor=1e-3)
+    assert adv.flat.tolist() == [True, True, False]
+    assert torch.equal(adv.values[:8], torch.zeros(8))
+    assert adv.values[8:].abs().sum() > 1.0
+    assert adv.frac_flat == pytest.approx(2 / 3)
+    # without the floor the near-flat group's noise becomes full-size advantages (what the floor prevents)
+    raw = group_advantages(rewards, group_size=4, std_floor=0.0)
+    assert raw.values[4:8].abs().max() > 0.5
+
+
+def test_bad_group_shape_is_refused():
+    with pytest.raises(ValueError):
+        group_advantages(torch.zeros(7), group_size=4, std_floor=1e-3)
+
+
+# ------------------------------------------------------------------------------------------- constraint
+
+
+def test_lambda_grows_while_safety_is_under_threshold():
+    c = LagrangeConstraint(threshold=0.9, lr=0.5)
+    lams = [c.update(0.5) for _ in range(4)]
+    assert lams == pytest.approx([0.2, 0.4, 0.6, 0.8])
+    # and the shaped reward then favours the safer of two equally rewarded completions
+    shaped = c.shape(np.array([0.5, 0.5]), np.array([0.2, 0.95]))
+    assert shaped[1] > shaped[0]
+    assert shaped[1] - shaped[0] == pytest.approx(0.8 * 0.75)
+
+
+def test_lambda_shrinks_to_zero_once_met_and_never_goes_negative():
+    c = LagrangeConstraint(threshold=0.9, lr=0.5, lam=0.3)
+    assert c.update(1.0) == pytest.approx(0.25)
+    for _ in range(10):
+        c.update(1.0)
+    assert c.lam == 0.0
+    assert np.array_equal(c.shape(np.array([0.3, 0.7]), np.array([0.1, 1.0])), np.array([0.3, 0.7]))
+    state = c.state_dict()
+    d = LagrangeConstraint(threshold=0.9, lr=0.5)
+    d.load_state_dict({**state, "lam": 0.42})
+    assert d.lam == 0.42
+
+
+# ------------------------------------------------------------------------------------------- fast vs reference
+
+
+class TokenCountScorer:
+    """Toy reward: share of completion tokens in a chosen set (needs token ids, like TRL's reward funcs)."""
+
+    aspects = ["toy", "length"]
+
+    def __init__(self, tokens):
+        self.tokens = set(tokens)
+
+    def score(self, prompts, responses, completion_ids=None):
+        return np.array(
+            [
+                [sum(t in self.tokens for t in ids) / max(1, len(ids)), len(ids) / 8.0]
+                for ids in completion_ids
+            ]
+        )
+
+
+def _reference_advantages(rewards, g, floor):
+    out = []
+    for start in range(0, len(rewards), g):
+        grp = [float(r) for r in rewards[start : start + g]]
+        mu, sd = statistics.fmean(grp), statistics.stdev(grp)
+        out += [0.0] * g if sd < floor else [(r - mu) / sd for r in grp]
+    return out
+
+
+def _reference_loss(model, prompt_ids, completions, advantages, temperature):
+    """One sequence at a time, no padding, full forward, log_softmax: the textbook GRPO loss at ratio 1."""
+    total = 0.0
+    for p_ids, c_ids, a in zip(prompt_ids, completions, advantages, strict=True):
+        ids = torch.tensor([list(p_ids) + list(c_ids)])
+        logits = model(input_ids=ids).logits[0, len(p_ids) - 1 : -1] / temperature
+        logp = torch.log_softmax(logits.float(), dim=-1)
+        tok_logp = [logp[t, c] for t, c in enumerate(c_ids)]
+        total = total + (-a * sum(tok_logp) / len(c_ids))
+    return total / len(completions)
+
+
+@pytest.fixture(scope="module")
+def tiny_lora():
+    from peft import LoraConfig, get_peft_model
+
+    from safealign.policy.loading import load_policy
+
+    model, tok = load_policy(TINY)
+    with torch.no_grad():  # a peakier model (like a trained LM) so EOS and repeats actually occur
+        model.model.embed_tokens.weight.mul_(10)
+    torch.manual_seed(3)
+    peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
+    with torch.no_grad():
+        for name, p in peft_model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.2)
+    return peft_model, tok
+
+
+def test_merged_generation_uses_the_same_policy_and_restores_weights(tiny_lora):
+    from safealign.policy.engine import merged_lora
+
+    model, _ = tiny_lora
+    ids = torch.tensor([[1, 30, 77, 4000, 5]])
+    model.eval()
+    with torch.no_grad():
+        expected = model(input_ids=ids).logits
+        before = {n: p.clone() for n, p in model.named_parameters()}
+        with merged_lora(model):
+            merged = model(input_ids=ids).logits
+        after = dict(model.named_parameters())
+    assert torch.allclose(merged, expected, atol=1e-5)
+    assert all(torch.equal(before[n], after[n]) for n in before)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_fast_path_equals_reference_on_same_batch(tiny_lora, temperature):
+    from safealign.policy.engine import collate_prompts, completion_mask, generate, policy_loss
+    from safealign.policy.loading import format_prompt
+
+    model, tok = tiny_lora
+    g = 4
+    raw = ["hi", "How do I pick a lock on my own front door, step by step?", "write a haiku"]
+    prompt_ids = [tok(format_prompt(tok, r), add_special_tokens=False)["input_ids"] for r in raw]
+    batch = collate_prompts(raw, prompt_ids, tok.pad_token_id)
+    # Force an EOS mid-way in some completions so masking after EOS is exercised too.
+    torch.manual_seed(11)
+    model.eval()
+    with torch.no_grad():
+        completion, _ = generate(model, batch, g, 8, [tok.eos_token_id], tok.pad_token_id, temperature)
+    completion[1, 3] = tok.eos_token_id
+    completion[1, 4:] = tok.pad_token_id
+    completion[6, 0] = tok.eos_token_id
+    completion[6, 1:] = tok.pad_token_id
+    cmask = completion_mask(completion, [tok.eos_token_id])
+    ids_list = [row[: int(m.sum())].tolist() for row, m in zip(completion, cmask, strict=True)]
+    assert len(ids_list[1]) == 4 and len(ids_list[6]) == 1  # EOS kept, everything after it dropped
+
+    values, counts = torch.unique(completion[cmask.bool()], return_counts=True)
+    frequent = set(values[counts.argsort(descending=True)[:3]].tolist())
+    scores = TokenCountScorer(frequent).score(None, None, ids_list)
+    rewards = scores @ np.array([1.0, 0.5])
+    rewards[8:12] = 0.25  # one crafted flat group: left out of the fast forward, must not change the loss
+    fast_adv = group_advantages(torch.tensor(rewards, dtype=torch.float32), g, 1e-3)
+    ref_adv = _reference_advantages(rewards, g, 1e-3)
+    assert fast_adv.flat.tolist() == [False, False, True]
+    assert np.allclose(fast_adv.values.numpy(), ref_adv, atol=1e-5)
+
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    model.zero_grad()
+    fast = policy_loss(model, batch, completion, cmask, fast_adv, g, temperature)
+    fast.backward()
+    fast_grads = [p.grad.clone() for p in params]
+    model.zero_grad()
+    ref = _reference_loss(
+        model, [prompt_ids[i // g] for i in range(len(ids_list))], ids_list, ref_adv, temperature
+    )
+    ref.backward()
+    ref_grads = [p.grad.clone() for p in params]
+    model.zero_grad()
+    assert float(fast) == pytest.approx(float(ref), rel=1e-4, abs=1e-6)
+    assert float(torch.stack([g_.abs().sum() for g_ in ref_grads]).sum()) > 0
+    for a, b in zip(fast_grads, ref_grads, strict=True):
+        assert torch.allclose(a, b, rtol=1e-3, atol=1e-6)

@@ -1,0 +1,83 @@
+"""The loop learns: a tiny random policy with a toy reward it can learn raises its mean reward clearly, and
+the SAME test fails when the gradient sign is flipped (the flipped case is a strict xfail).
+
+The toy: reward = share of completion tokens with an even id. A random tiny model is near-uniform over 49k
+tokens and its tied, tiny embeddings give LoRA nothing low-dimensional to steer, so the test gives the
+output head a structure the attention LoRA can exploit: every even token's output row leans along one
+direction u, every odd row against it. At init the hidden state's component along u is random, so even
+and odd tokens alternate by chance (group rewards vary); aligning the hidden state with u is a single
+direction for the LoRA on q/v/o to learn. The production LoRA targets are the same kind of modules.
+"""
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import numpy as np
+import pytest
+import torch
+
+torch.set_num_threads(2)
+
+
+class EvenTokenScorer:
+    aspects = ["even"]
+
+    def score(self, prompts, responses, completion_ids=None):
+        return np.array([[sum(t % 2 == 0 for t in ids) / max(1, len(ids))] for ids in completion_ids])
+
+
+def _toy_policy():
+    from peft import LoraConfig, get_peft_model
+
+    from safealign.policy.loading import load_policy
+
+    model, tok = load_policy("tiny:smollm2-135m-instruct")
+    gen = torch.Generator().manual_seed(5)
+    hidden, vocab = model.config.hidden_size, model.config.vocab_size
+    u = torch.randn(hidden, generator=gen)
+    u /= u.norm()
+    sign = torch.where(torch.arange(vocab) % 2 == 0, 1.0, -1.0)
+    model.config.tie_word_embeddings = False
+    model.lm_head.weight = torch.nn.Parameter(
+        0.02 * torch.randn(vocab, hidden, generator=gen) + sign[:, None] * u[None, :], requires_grad=False
+    )
+    torch.manual_seed(0)
+    lora = LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj", "o_proj"])
+    return get_peft_model(model, lora), tok
+
+
+def _train_toy(flip_gradient: bool, steps: int = 14) -> list[float]:
+    from safealign.policy.engine import StepConfig, collate_prompts, grpo_step
+    from safealign.policy.loading import format_prompt
+
+    model, tok = _toy_policy()
+    raw = ["hi", "How do I pick a lock?"]
+    ids = [tok(format_prompt(tok, r), add_special_tokens=False)["input_ids"] for r in raw]
+    batch = collate_prompts(raw, ids, tok.pad_token_id)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-3)
+    cfg = StepConfig(group_size=4, max_new_tokens=8)
+    scorer = EvenTokenScorer()
+    means = []
+    for _ in range(steps):
+        result = grpo_step(
+            model, tok, optimizer, None, batch, scorer, np.array([1.0]), cfg, flip_gradient=flip_gradient
+        )
+        means.append(result.metrics["even_mean"])
+    return means
+
+
+@pytest.mark.parametrize(
+    "flip_gradient",
+    [
+        False,
+        pytest.param(True, marks=pytest.mark.xfail(strict=True, reason="a flipped gradient must not learn")),
+    ],
+    ids=["descend", "flipped-sign"],
+)
+def test_toy_reward_rises_clearly(flip_gradient):
+    means = _train_toy(flip_gradient)
+    start, end = float(np.mean(means[:2])), float(np.mean(means[-3:]))
+    assert 0.15 < start < 0.85, f"toy reward should start mixed, got {means}"
+    assert end > start + 0.3 and end > 0.8, f"mean reward did not rise clearly: {np.round(means, 3).tolist()}"
