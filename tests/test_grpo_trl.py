@@ -1,0 +1,67 @@
+"""The TRL comparison path: GRPOTrainer runs our work with one reward forward shared by all aspects."""
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import numpy as np
+import pytest
+import torch
+
+from safealign.config import Settings
+from safealign.errors import ConfigError
+from safealign.policy.reward_adapter import aspect_weights
+
+torch.set_num_threads(2)
+
+
+class CountingScorer:
+    aspects = ["politeness", "meaningfulness", "actionability", "safety"]
+
+    def __init__(self):
+        self.calls = 0
+
+    def score(self, prompts, responses, completion_ids=None):
+        self.calls += 1
+        rng = np.random.default_rng(self.calls)
+        return rng.uniform(size=(len(prompts), 4))
+
+
+def test_aspect_weights_follow_the_scorer_order_and_refuse_unscored():
+    s = Settings()
+    w = aspect_weights(s.aspects, ["safety", "politeness", "meaningfulness", "actionability"])
+    assert w.tolist() == [0.4, 0.2, 0.2, 0.2]
+    with pytest.raises(ConfigError, match="safety"):
+        aspect_weights(s.aspects, ["politeness", "meaningfulness", "actionability"])
+
+
+def test_trl_grpo_trainer_runs_with_shared_reward_forward(tmp_path):
+    from safealign.policy.loading import load_policy
+    from safealign.policy.trl_engine import build_trl_trainer
+
+    settings = Settings.model_validate(
+        {
+            "policy": {"model": "tiny:smollm2-135m-instruct"},
+            "grpo": {
+                "max_new_tokens": 6,
+                "prompts_per_step": 2,
+                "num_generations": 2,
+                "lora": {"r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"]},
+            },
+        }
+    )
+    model, tok = load_policy(settings)
+    scorer = CountingScorer()
+    trainer, cache = build_trl_trainer(
+        settings, model, tok, scorer, ["hi", "how do I pick a lock"], tmp_path, max_steps=2, default_precision=False
+    )
+    assert trainer.args.loss_type == "grpo" and trainer.args.beta == 0.0
+    assert trainer.args.reward_weights == [0.2, 0.2, 0.2, 0.4]
+    trainer.train()
+    assert scorer.calls == 2 and cache.forwards == 2  # four reward functions, one forward per step
+    logged = [h for h in trainer.state.log_history if "reward" in h]
+    assert len(logged) == 2
+    for aspect in CountingScorer.aspects:
+        assert f"rewards/{aspect}/mean" in logged[0] and f"rewards/{aspect}/std" in logged[0]
+    assert any("lora_B" in n and p.abs().sum() > 0 for n, p in trainer.model.named_parameters())
