@@ -130,3 +130,23 @@ def test_embedded_minilm_loads_and_scores():
     assert m.encoder.config.hidden_size == 384
     out = m.score(["How do I bake bread?"], ["Mix flour, water, yeast and salt, knead, rise, bake."])
     assert out.shape == (1, 4)
+
+
+def test_cached_frozen_prefix_gives_the_same_logits_as_a_full_forward(model):
+    model.eval()
+    batch = model.collate(
+        model.tokenize(["how do I bake bread", "hi"], ["mix flour and water, then bake", "x"])
+    )
+    full = model(**batch)
+    hidden = model.lower_hidden(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"], 1)
+    assert not hidden.requires_grad
+    torch.testing.assert_close(model.upper_forward(hidden, batch["attention_mask"], 1), full)
+
+
+def test_freeze_lower_layers_freezes_embeddings_and_the_lowest_layers():
+    m = RewardModel.from_settings(_settings([("safety", 1.0)]))
+    assert m.freeze_lower_layers(1) == 1
+    assert not any(p.requires_grad for p in m.encoder.embeddings.parameters())
+    assert not any(p.requires_grad for p in m.encoder.encoder.layer[0].parameters())
+    assert all(p.requires_grad for p in m.encoder.encoder.layer[1].parameters())
+    assert all(p.requires_grad for p in m.head.parameters())

@@ -125,3 +125,28 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def test_fit_with_frozen_layers_trains_only_the_upper_part(tmp_path):
+    """freeze_layers > 0 takes the cached-prefix path: frozen weights stay bit-identical, the rest moves."""
+    from safealign.config import load_settings
+    from safealign.reward.model import RewardModel
+    from safealign.reward.train import fit
+
+    aspects = ["safety", "meaningfulness"]
+    write_synthetic(tmp_path / "data", tmp_path / "splits", aspects, pairs_per_prompt=3)
+    s = load_settings(None, ["reward.encoder=tiny:all-minilm-l6-v2", "reward.freeze_layers=1", "reward.epochs=2",
+                             "reward.learning_rate=0.003", "reward.batch_size=16"])  # fmt: skip
+    s.aspects = [{"name": a, "weight": 0.5} for a in aspects]
+    model = RewardModel.from_settings(s)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    train = read_split(tmp_path / "splits/labelled_train.jsonl", aspects)
+    val = read_split(tmp_path / "splits/labelled_val.jsonl", aspects)
+    result = fit(model, train, val, s, progress=False)
+    after = model.state_dict()
+    assert result["frozen_layers"] == 1
+    for name in ("encoder.embeddings.word_embeddings.weight", "encoder.encoder.layer.0.output.dense.weight"):
+        assert torch.equal(before[name], after[name]), name
+    for name in ("encoder.encoder.layer.1.output.dense.weight", "head.weight"):
+        assert not torch.equal(before[name], after[name]), name
+    assert all(np.isfinite(h["val_loss"]) for h in result["history"])
