@@ -147,14 +147,27 @@ def test_dvc_sees_every_stage_in_order(project):
     assert not (project / "artifacts").exists()
 
 
-def test_validate_stage_runs_then_a_data_change_is_detected(project):
-    dvc(project, "repro", "validate")
+def test_pipeline_runs_validate_under_a_parent_run_skips_it_unchanged_and_detects_a_data_change(project):
+    out = sh(project, "bash", "scripts/run_pipeline.sh", "--until", "validate")
+    parent = out.stdout.split("== MLflow parent run ")[1].split()[0]
+    assert "Running stage 'validate'" in out.stdout
+    assert "artifacts/validation/report.html" in out.stdout and "mlflow ui" in out.stdout
     assert (project / "artifacts" / "splits" / "labelled_train.jsonl").is_file()
     assert json.loads((project / "metrics" / "validation.json").read_text())["success"] is True
     assert "validate" in yaml.safe_load((project / "dvc.lock").read_text())["stages"]
     assert json.loads(dvc(project, "status", "--json", "validate").stdout) == {}
-    again = dvc(project, "repro", "validate").stdout
-    assert "didn't change, skipping" in again
+
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
+    assert client.get_run(parent).info.status == "FINISHED"
+    children = client.search_runs(
+        [client.get_run(parent).info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent}'"
+    )
+    assert [(r.data.tags["safealign.stage"], r.info.status) for r in children] == [("validate", "FINISHED")]
+
+    again = sh(project, "bash", "scripts/run_pipeline.sh", "--until", "validate")
+    assert "every stage is up to date" in again.stdout and "MLflow parent run" not in again.stdout
 
     labelled = project / "data" / "labelled.jsonl"
     original = labelled.read_bytes()
@@ -165,9 +178,9 @@ def test_validate_stage_runs_then_a_data_change_is_detected(project):
         stage_status = json.loads(dvc(project, "status", "--json", "validate").stdout)
         assert stage_status["validate"][0]["changed deps"]["data"] == "modified"
         # the pipeline refuses to run on data that DVC does not confirm, and leaves it alone
-        out = sh(project, "bash", "scripts/run_pipeline.sh", "--data-only", check=False)
+        out = sh(project, "bash", "scripts/run_pipeline.sh", "--until", "validate", check=False)
         assert out.returncode == 2, out.stdout + out.stderr
-        assert "data/ does not match data.dvc" in out.stderr
+        assert "data/ does not match data.dvc" in out.stderr and "Running stage" not in out.stdout
         assert labelled.read_bytes() != original
     finally:
         labelled.write_bytes(original)
@@ -210,28 +223,6 @@ def test_data_check_does_not_depend_on_the_dvc_cache(project):
     finally:
         labelled.write_bytes(original)
     sh(project, "bash", "scripts/run_pipeline.sh", "--data-only")
-
-
-def test_run_pipeline_nests_stages_under_a_parent_run_and_skips_when_unchanged(project):
-    params = yaml.safe_load((project / "params.yaml").read_text())
-    params["data"]["min_rows"] = 101  # a params change makes validate rerun even if an earlier test ran it
-    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    out = sh(project, "bash", "scripts/run_pipeline.sh", "--until", "validate")
-    parent = out.stdout.split("== MLflow parent run ")[1].split()[0]
-    assert "Running stage 'validate'" in out.stdout
-    assert "artifacts/validation/report.html" in out.stdout and "mlflow ui" in out.stdout
-
-    import mlflow
-
-    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
-    assert client.get_run(parent).info.status == "FINISHED"
-    children = client.search_runs(
-        [client.get_run(parent).info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent}'"
-    )
-    assert [(r.data.tags["safealign.stage"], r.info.status) for r in children] == [("validate", "FINISHED")]
-
-    again = sh(project, "bash", "scripts/run_pipeline.sh", "--until", "validate")
-    assert "every stage is up to date" in again.stdout and "MLflow parent run" not in again.stdout
 
 
 def test_fresh_clone_rebuilds_data_that_dvc_confirms(tmp_path):
