@@ -186,6 +186,21 @@ def test_pipeline_runs_validate_under_a_parent_run_skips_it_unchanged_and_detect
         labelled.write_bytes(original)
     assert json.loads(dvc(project, "status", "--json", "data.dvc").stdout) == {}
 
+    # a failing stage: the script exits with the stage's own code (DVC itself exits 255), the parent run FAILED
+    params_path = project / "params.yaml"
+    params_text = params_path.read_text()
+    params = yaml.safe_load(params_text)
+    params["data"]["min_rows"] = 1_000_000
+    params_path.write_text(yaml.safe_dump(params, sort_keys=False))
+    try:
+        out = sh(project, "bash", "scripts/run_pipeline.sh", "--until", "validate", check=False)
+    finally:
+        params_path.write_text(params_text)
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert "1000000" in out.stdout and "FAILED (exit 2)" in out.stdout
+    failed_parent = out.stdout.split("== MLflow parent run ")[1].split()[0]
+    assert client.get_run(failed_parent).info.status == "FAILED"
+
 
 def test_run_pipeline_restores_missing_data_from_the_dvc_cache(project):
     before = {p.name: p.read_bytes() for p in (project / "data").iterdir()}
