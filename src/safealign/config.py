@@ -78,11 +78,17 @@ class RewardSettings(_Section):
     max_length: int = Field(default=128, gt=8)
     batch_size: int = Field(default=32, gt=0)
     epochs: int = Field(default=3, gt=0)
-    learning_rate: float = Field(default=5e-5, gt=0)
+    learning_rate: float = Field(
+        default=2e-4, gt=0, description="2e-4 with 4 frozen layers: 5e-5 left politeness at R^2 0.64 after 3 epochs"
+    )
     weight_decay: float = Field(default=0.01, ge=0)
     warmup_ratio: float = Field(default=0.1, ge=0, lt=1)
     patience: int = Field(default=2, ge=1, description="epochs without held-out loss improvement before stopping")
-    freeze_layers: int = Field(default=0, ge=0, description="lower encoder layers kept frozen (speed on CPU)")
+    freeze_layers: int = Field(
+        default=4,
+        ge=0,
+        description="lower encoder layers kept frozen; their output is computed once and cached (CPU speed)",
+    )
     seed: int = 1234
 
 

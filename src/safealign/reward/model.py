@@ -375,7 +375,7 @@ class RewardModel(nn.Module):
         if emb is not None:
             for p in emb.parameters():
                 p.requires_grad_(False)
-        n = min(n, len(layers))
+        n = min(n, len(layers) - 1)  # at least one layer keeps learning (the tiny test encoder has two)
         for layer in list(layers)[:n]:
             for p in layer.parameters():
                 p.requires_grad_(False)
