@@ -119,6 +119,8 @@ def test_dvc_yaml_agrees_with_layout_params_and_cli():
         next(iter(o)): o[next(iter(o))] for o in doc["stages"]["grpo"]["outs"] if isinstance(o, dict)
     }
     assert grpo_outs[str(layout.checkpoints_dir)]["persist"] is True
+    validate = doc["stages"]["validate"]
+    assert all(next(iter(o.values()))["persist"] is True for o in validate["outs"] + validate["metrics"])
     assert {"x": "step", "y": "reward_mean"}.items() <= doc["stages"]["grpo"]["plots"][0][
         str(layout.grpo_steps_csv)
     ].items()
@@ -192,11 +194,22 @@ def test_pipeline_runs_validate_under_a_parent_run_skips_it_unchanged_and_detect
     params = yaml.safe_load(params_text)
     params["data"]["min_rows"] = 1_000_000
     params_path.write_text(yaml.safe_dump(params, sort_keys=False))
+
+    def outputs() -> dict[str, bytes]:
+        files = [
+            *(project / "artifacts" / "splits").rglob("*"),
+            *(project / "artifacts" / "validation").rglob("*"),
+        ]
+        files.append(project / "metrics" / "validation.json")
+        return {str(f.relative_to(project)): f.read_bytes() for f in files if f.is_file()}
+
+    before = outputs()
     try:
         out = sh(project, "bash", "scripts/run_pipeline.sh", "--until", "validate", check=False)
     finally:
         params_path.write_text(params_text)
     assert out.returncode == 2, out.stdout + out.stderr
+    assert outputs() == before  # DVC did not delete them first (persist), validate did not replace them
     assert "1000000" in out.stdout and "FAILED (exit 2)" in out.stdout
     failed_parent = out.stdout.split("== MLflow parent run ")[1].split()[0]
     assert client.get_run(failed_parent).info.status == "FAILED"
