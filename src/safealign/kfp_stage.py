@@ -11,6 +11,7 @@ code is the very function the CLI calls.
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import json
 import os
@@ -93,7 +94,11 @@ class StageWorkspace:
         root: str | None = None,
     ) -> None:
         self.stage = stage
-        self.root = Path(root or tempfile.mkdtemp(prefix=f"safealign-{stage}-"))
+        if root is None:
+            # Outputs are copied into KFP's artifact folders, so the scratch space goes when the step ends.
+            root = tempfile.mkdtemp(prefix=f"safealign-{stage}-")
+            atexit.register(shutil.rmtree, root, True)
+        self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         if tracking_uri:
             # tracking.tracking_uri() lets the environment win over params: one place for the server URL.
