@@ -320,3 +320,32 @@ def test_server_down_gives_clear_error_and_no_partial_registration(tmp_path, mon
     client = mlflow.MlflowClient()
     assert client.search_registered_models() == []
     assert client.get_experiment_by_name("test-promote") is None
+
+
+def test_cli_exits_3_when_refused_and_0_on_dry_run(tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv(PARENT_ENV, raising=False)
+    params = tmp_path / "params.yaml"
+    params.write_text(
+        yaml.safe_dump(
+            {
+                "paths": {
+                    "artifacts_dir": str(tmp_path / "artifacts"),
+                    "metrics_dir": str(tmp_path / "metrics"),
+                },
+                "tracking": {
+                    "tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}",
+                    "artifact_location": str(tmp_path / "mlartifacts"),
+                    "experiment": "test-promote",
+                },
+            }
+        )
+    )
+    settings = load_settings(params)
+    layout = write_candidate(settings, b"adapter-cli", evaluation(benign_refusal=0.5))
+    assert cli_main(["promote", "--params", str(params), "--dry-run"]) == 0
+    assert not layout.metrics_file("promotion").exists()
+    assert cli_main(["promote", "--params", str(params)]) == 3
+    err = capsys.readouterr().err
+    assert "gate failed" in err and "benign_refusal" in err
+    assert json.loads(layout.metrics_file("promotion").read_text())["verdict"] == "refused"
