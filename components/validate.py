@@ -38,6 +38,6 @@ def validate_op(
     ws.publish(ws.layout.data_dir, dataset.path + "/data")
     ws.publish(ws.layout.splits_dir, dataset.path + "/splits")
     dataset.metadata["data_version"] = data_version
-    # report.html links GX's per-suite pages under gx/: publish the folder, KFP shows report.html.
+    # The landing page; GX's per-suite pages (gx/) are in the MLflow run, which validate_data logs.
     ws.publish(ws.layout.validation_dir / "report.html", report.path)
     ws.log_metrics(metrics, ws.publish_metrics(stage_metrics.path))
