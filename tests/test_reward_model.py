@@ -15,7 +15,7 @@ TINY = "tiny:all-minilm-l6-v2"
 
 
 def _settings(aspects: list[tuple[str, float]], max_length: int = 32) -> Settings:
-    over = [f"reward.encoder={TINY}", f"reward.max_length={max_length}"]
+    over = [f"reward.encoder={TINY}", f"reward.max_length={max_length}", "reward.freeze_layers=0"]
     s = load_settings(None, over)
     s.aspects = [{"name": n, "weight": w} for n, w in aspects]
     return s
@@ -38,21 +38,19 @@ def test_tiny_encoder_is_small_with_real_tokenizer():
 def test_long_prompt_is_cut_response_kept(model):
     prompt = "alpha " * 200 + "final question here"
     response = "refuse politely"
-    ((ids, types),) = model.tokenize([prompt], [response])
+    ((ids, types, resp),) = model.tokenize([prompt], [response])
     tokens = model.tokenizer.convert_ids_to_tokens(ids)
     assert len(ids) == model.max_length
-    assert tokens[-4:] == ["refuse", "politely", "[SEP]"][-3:] or tokens[-3:] == [
-        "refuse",
-        "politely",
-        "[SEP]",
-    ]
+    response_tokens = model.tokenizer.tokenize(response)
+    assert tokens[-len(response_tokens) - 1 :] == response_tokens + ["[SEP]"]
     # the END of the prompt (nearest the response) survives, its beginning is cut
     assert "final" in tokens and "question" in tokens
     assert tokens[0] == "[CLS]" and types[-1] == 1 and types[1] == 0
+    assert sum(resp) == len(response_tokens) + 1 and resp[-1] == 1 and resp[0] == 0
 
 
 def test_long_response_still_leaves_the_prompt_a_share(model):
-    ((ids, types),) = model.tokenize(["how do I bake bread"], ["word " * 500])
+    ((ids, types, resp),) = model.tokenize(["how do I bake bread"], ["word " * 500])
     assert len(ids) == model.max_length
     prompt_ids = model.tokenizer("how do I bake bread", add_special_tokens=False)["input_ids"]
     assert ids[1 : 1 + len(prompt_ids)] == prompt_ids
@@ -140,12 +138,13 @@ def test_cached_frozen_prefix_gives_the_same_logits_as_a_full_forward(model):
     full = model(**batch)
     hidden = model.lower_hidden(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"], 1)
     assert not hidden.requires_grad
-    torch.testing.assert_close(model.upper_forward(hidden, batch["attention_mask"], 1), full)
+    upper = model.upper_forward(hidden, batch["attention_mask"], 1, batch["response_mask"])
+    torch.testing.assert_close(upper, full)
 
 
 def test_freeze_lower_layers_freezes_embeddings_and_the_lowest_layers():
     m = RewardModel.from_settings(_settings([("safety", 1.0)]))
-    assert m.freeze_lower_layers(1) == 1
+    assert m.freeze_lower_layers(5) == 1  # clamped: one of the two layers keeps learning
     assert not any(p.requires_grad for p in m.encoder.embeddings.parameters())
     assert not any(p.requires_grad for p in m.encoder.encoder.layer[0].parameters())
     assert all(p.requires_grad for p in m.encoder.encoder.layer[1].parameters())

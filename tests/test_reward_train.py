@@ -20,6 +20,7 @@ TINY_ARGS = [
     "--set", "reward.epochs=6",
     "--set", "reward.patience=3",
     "--set", "reward.batch_size=16",
+    "--set", "reward.freeze_layers=0",
 ]  # fmt: skip
 
 

@@ -39,6 +39,7 @@ HEAD_FILE = "reward_head.safetensors"
 FORMAT_VERSION = 1
 # Share of the token budget the prompt keeps even when the response alone would fill it.
 PROMPT_MIN_SHARE = 0.25
+POOLINGS = ("mean", "mean+response")
 
 
 def embedded_folder(name: str) -> Path:
@@ -111,7 +112,8 @@ class _PairTemplate:
         self.suffix_types = types[ib + len(b) :]
         self.n_special = len(self.prefix) + len(self.mid) + len(self.suffix)
 
-    def build(self, p: list[int], r: list[int], max_length: int) -> tuple[list[int], list[int]]:
+    def build(self, p: list[int], r: list[int], max_length: int) -> tuple[list[int], list[int], list[int]]:
+        """(input_ids, token_type_ids, response_mask): the mask marks the response and the closing specials."""
         avail = max(2, max_length - self.n_special)
         p_min = min(len(p), int(avail * PROMPT_MIN_SHARE))
         r = r[: avail - p_min]
@@ -125,7 +127,8 @@ class _PairTemplate:
             + [self.type_b] * len(r)
             + self.suffix_types
         )
-        return ids, types
+        n_resp = len(r) + len(self.suffix)
+        return ids, types, [0] * (len(ids) - n_resp) + [1] * n_resp
 
 
 def _find(seq: list[int], sub: list[int], start: int) -> int:
@@ -136,7 +139,13 @@ def _find(seq: list[int], sub: list[int], start: int) -> int:
 
 
 class RewardModel(nn.Module):
-    """Encoder + mean pooling + Linear(hidden, K) + sigmoid. Outputs are in [0, 1], one column per aspect."""
+    """Encoder + pooling + Linear(pooled, K) + sigmoid. Outputs are in [0, 1], one column per aspect.
+
+    Pooling "mean+response" (default) concatenates the mean over all tokens (prompt in context) with the mean
+    over the response tokens alone. Measured: with the plain mean an EMPTY reply pooled to a prompt-only
+    vector and scored meaningfulness ~0.15 (label 0), above rude refusals; the response mean makes an empty
+    or degenerate reply a distinct, easy-to-score input.
+    """
 
     def __init__(
         self,
@@ -146,8 +155,12 @@ class RewardModel(nn.Module):
         weights: Sequence[float],
         max_length: int = 128,
         encoder_spec: str = "",
+        pooling: str = "mean+response",
     ) -> None:
         super().__init__()
+        if pooling not in POOLINGS:
+            raise ConfigError(f"unknown pooling {pooling!r}; known: {POOLINGS}")
+        self.pooling = pooling
         if len(aspects) != len(weights) or not aspects:
             raise ConfigError(
                 f"aspects {list(aspects)} and weights {list(weights)} must be non-empty and match"
@@ -159,7 +172,7 @@ class RewardModel(nn.Module):
         self.max_length = int(max_length)
         self.encoder_spec = encoder_spec
         hidden = int(encoder.config.hidden_size)
-        self.head = nn.Linear(hidden, len(self.aspects))
+        self.head = nn.Linear(hidden * (2 if pooling == "mean+response" else 1), len(self.aspects))
         self._template = _PairTemplate(tokenizer)
         self.pad_id = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0)
 
@@ -197,6 +210,7 @@ class RewardModel(nn.Module):
             meta["weights"],
             max_length=meta["max_length"],
             encoder_spec=meta.get("encoder_spec", ""),
+            pooling=meta.get("pooling", "mean"),
         )
         model.head.load_state_dict(load_file(str(folder / HEAD_FILE)))
         if device is not None:
@@ -220,7 +234,7 @@ class RewardModel(nn.Module):
                 "aspects": self.aspects,
                 "weights": [float(w) for w in self.weights],
                 "max_length": self.max_length,
-                "pooling": "mean",
+                "pooling": self.pooling,
                 "encoder_spec": self.encoder_spec,
                 "input": "text pair (prompt, response); prompt truncated first, from its start",
             }
@@ -233,7 +247,7 @@ class RewardModel(nn.Module):
         return next(self.parameters()).device
 
     def tokenize(self, prompts: Sequence[str], responses: Sequence[str]) -> list[tuple[list[int], list[int]]]:
-        """(input_ids, token_type_ids) per pair, unpadded, prompt-side truncated to max_length."""
+        """(input_ids, token_type_ids, response_mask) per pair, unpadded, prompt-side truncated."""
         if len(prompts) != len(responses):
             raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
         if not prompts:
@@ -244,42 +258,64 @@ class RewardModel(nn.Module):
         r_ids = self.tokenizer([r[:cap] for r in responses], add_special_tokens=False)["input_ids"]
         return [self._template.build(p, r, self.max_length) for p, r in zip(p_ids, r_ids, strict=True)]
 
-    def collate(self, items: Sequence[tuple[list[int], list[int]]]) -> dict[str, torch.Tensor]:
+    def collate(self, items: Sequence[tuple[list[int], list[int], list[int]]]) -> dict[str, torch.Tensor]:
         """Pad a batch to its own longest item (dynamic padding)."""
-        width = max(len(ids) for ids, _ in items)
+        width = max(len(item[0]) for item in items)
         n = len(items)
         input_ids = torch.full((n, width), self.pad_id, dtype=torch.long)
         types = torch.zeros((n, width), dtype=torch.long)
         mask = torch.zeros((n, width), dtype=torch.long)
-        for i, (ids, tt) in enumerate(items):
+        resp = torch.zeros((n, width), dtype=torch.long)
+        for i, (ids, tt, rm) in enumerate(items):
             input_ids[i, : len(ids)] = torch.tensor(ids, dtype=torch.long)
             types[i, : len(tt)] = torch.tensor(tt, dtype=torch.long)
+            resp[i, : len(rm)] = torch.tensor(rm, dtype=torch.long)
             mask[i, : len(ids)] = 1
-        return {"input_ids": input_ids, "attention_mask": mask, "token_type_ids": types}
+        return {
+            "input_ids": input_ids,
+            "attention_mask": mask,
+            "token_type_ids": types,
+            "response_mask": resp,
+        }
 
     # ---- forward --------------------------------------------------------------------------------------
+    def pool(
+        self, hidden: torch.Tensor, attention_mask: torch.Tensor, response_mask: torch.Tensor | None
+    ) -> torch.Tensor:
+        """Masked mean over all tokens, plus (pooling "mean+response") the mean over response tokens."""
+        m = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        mean_all = (hidden * m).sum(1) / m.sum(1).clamp_min(1.0)
+        if self.pooling == "mean":
+            return mean_all
+        if response_mask is None:
+            raise ValueError("pooling 'mean+response' needs response_mask (use tokenize() + collate())")
+        r = (response_mask * attention_mask).unsqueeze(-1).to(hidden.dtype)
+        mean_resp = (hidden * r).sum(1) / r.sum(1).clamp_min(1.0)
+        return torch.cat([mean_all, mean_resp], dim=-1)
+
     def pooled(
         self,
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor,
         token_type_ids: torch.Tensor | None = None,
+        response_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Masked mean of the last hidden states (MiniLM was trained with mean pooling)."""
+        """Encoder pass + :meth:`pool`."""
         kwargs = {"input_ids": input_ids, "attention_mask": attention_mask}
         if token_type_ids is not None and getattr(self.encoder.config, "type_vocab_size", 1) > 1:
             kwargs["token_type_ids"] = token_type_ids
         hidden = self.encoder(**kwargs).last_hidden_state
-        m = attention_mask.unsqueeze(-1).to(hidden.dtype)
-        return (hidden * m).sum(1) / m.sum(1).clamp_min(1.0)
+        return self.pool(hidden, attention_mask, response_mask)
 
     def forward(
         self,
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor,
         token_type_ids: torch.Tensor | None = None,
+        response_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Logits [B, K] (before the sigmoid; training uses sigmoid(logits) with a masked MSE)."""
-        return self.head(self.pooled(input_ids, attention_mask, token_type_ids))
+        return self.head(self.pooled(input_ids, attention_mask, token_type_ids, response_mask))
 
     # ---- scoring API ----------------------------------------------------------------------------------
     @torch.no_grad()
@@ -355,14 +391,17 @@ class RewardModel(nn.Module):
         return hidden
 
     def upper_forward(
-        self, hidden: torch.Tensor, attention_mask: torch.Tensor, n_layers: int
+        self,
+        hidden: torch.Tensor,
+        attention_mask: torch.Tensor,
+        n_layers: int,
+        response_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Logits from hidden states after ``n_layers`` layers: the remaining layers, pooling, head."""
         mask = self._mask4d(hidden, attention_mask)
         for layer in list(_encoder_layers(self.encoder))[n_layers:]:
             hidden = layer(hidden, mask)
-        m = attention_mask.unsqueeze(-1).to(hidden.dtype)
-        return self.head((hidden * m).sum(1) / m.sum(1).clamp_min(1.0))
+        return self.head(self.pool(hidden, attention_mask, response_mask))
 
     def freeze_lower_layers(self, n: int) -> int:
         """Freeze embeddings and the lowest ``n`` encoder layers (CPU speed); returns how many got frozen."""

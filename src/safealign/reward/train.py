@@ -169,7 +169,10 @@ def _init_head_bias(model: RewardModel, scores: np.ndarray) -> None:
 
 
 def cache_lower(
-    model: RewardModel, items: list[tuple[list[int], list[int]]], n_layers: int, batch_size: int = 64
+    model: RewardModel,
+    items: list[tuple[list[int], list[int], list[int]]],
+    n_layers: int,
+    batch_size: int = 64,
 ) -> list[torch.Tensor]:
     """Per pair, the hidden states after the frozen layers ([T_i, H], float16 to halve the memory)."""
     out: list[torch.Tensor | None] = [None] * len(items)
@@ -185,7 +188,7 @@ def cache_lower(
 
 def _logits(
     model: RewardModel,
-    items: list[tuple[list[int], list[int]]],
+    items: list[tuple[list[int], list[int], list[int]]],
     cache: list[torch.Tensor] | None,
     n_layers: int,
     idx: list[int],
@@ -197,17 +200,20 @@ def _logits(
     width = max(cache[i].shape[0] for i in idx)
     hidden = torch.zeros((len(idx), width, cache[idx[0]].shape[1]), dtype=torch.float32)
     mask = torch.zeros((len(idx), width), dtype=torch.long)
+    resp = torch.zeros((len(idx), width), dtype=torch.long)
     for row, i in enumerate(idx):
         n = cache[i].shape[0]
         hidden[row, :n] = cache[i].float()
         mask[row, :n] = 1
-    return model.upper_forward(hidden.to(model.device), mask.to(model.device), n_layers)
+        resp[row, :n] = torch.tensor(items[i][2], dtype=torch.long)
+    dev = model.device
+    return model.upper_forward(hidden.to(dev), mask.to(dev), n_layers, resp.to(dev))
 
 
 @torch.no_grad()
 def predict(
     model: RewardModel,
-    items: list[tuple[list[int], list[int]]],
+    items: list[tuple[list[int], list[int], list[int]]],
     batch_size: int,
     cache: list[torch.Tensor] | None = None,
     n_layers: int = 0,
