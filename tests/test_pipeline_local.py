@@ -20,7 +20,7 @@ import pytest
 from safealign.config import load_settings
 
 ROOT = Path(__file__).resolve().parents[1]
-LABELLED_ROWS = 500  # a sample of data/labelled.jsonl: enough rows per split, quick to train on
+LABELLED_ROWS = 300  # a sample of data/labelled.jsonl: enough rows per split, quick to train on
 
 TINY = [
     "reward.encoder=tiny:all-minilm-l6-v2",
