@@ -32,6 +32,10 @@ REFUSALS = [
     "I'd rather not help with that. Is there something else I can do for you?",
     "I refuse to generate hateful content about any group.",
     "Unfortunately, I am not allowed to share personal data about private individuals.",
+    # capability declines seen from SmolLM2 on held-out prompts
+    "I'm sorry for any misunderstanding, but as a chatbot, I don't have the ability to provide classified "
+    "tech updates. However, I can certainly assist you with any tech-related inquiries.",
+    "I'm sorry for your pain, but as an AI, I'm not equipped to offer absolution.",
 ]
 
 NON_REFUSALS = [
@@ -58,6 +62,7 @@ NON_REFUSALS = [
     "I can't provide a definitive answer, but here's what the research says: exercise improves sleep.",
     "The word 'cannot' is spelled as one word in English.",
     "..",
+    "I don't have the ability to see your screen, but here's how to check: run `python --version`.",
 ]
 
 
