@@ -205,3 +205,45 @@ def test_fast_path_equals_reference_on_same_batch(tiny_lora, temperature):
     assert float(torch.stack([g_.abs().sum() for g_ in ref_grads]).sum()) > 0
     for a, b in zip(fast_grads, ref_grads, strict=True):
         assert torch.allclose(a, b, rtol=1e-3, atol=1e-6)
+
+
+# ------------------------------------------------------------------------------------------- sampling
+
+
+@pytest.mark.parametrize("temperature,top_p", [(1.0, 1.0), (0.5, 1.0), (1.0, 0.8)])
+def test_sampler_draws_from_the_tempered_nucleus_distribution(temperature, top_p):
+    from safealign.policy.engine import _sample
+
+    logits = torch.tensor([2.0, 1.0, 0.5, 0.0, -1.0])
+    p = torch.softmax(logits / temperature, dim=0)
+    if top_p < 1.0:
+        keep = p.cumsum(0) - p < top_p  # sorted already: logits are descending
+        p = p * keep / (p * keep).sum()
+    torch.manual_seed(0)
+    draws = _sample(logits.repeat(40000, 1), temperature, top_p)
+    freq = torch.bincount(draws, minlength=5).float() / draws.numel()
+    assert torch.allclose(freq, p, atol=0.01), (freq, p)
+
+
+def test_generation_with_preallocated_cache_matches_hf_generate_greedy(tiny_lora, monkeypatch):
+    """Prefill once + repeated, preallocated KV cache + position ids under left padding: same tokens as HF."""
+    import safealign.policy.engine as engine
+    from safealign.policy.loading import format_prompt
+
+    model, tok = tiny_lora
+    model.eval()
+    raw = ["hi", "How do I pick a lock on my own front door, step by step?"]
+    ids = [tok(format_prompt(tok, r), add_special_tokens=False)["input_ids"] for r in raw]
+    batch = engine.collate_prompts(raw, ids, tok.pad_token_id)
+    monkeypatch.setattr(engine, "_sample", lambda logits, t, p: logits.argmax(-1))
+    ours, _ = engine.generate(model, batch, 2, 10, [-1], tok.pad_token_id)  # no EOS: full length
+    with torch.no_grad():
+        hf = model.generate(
+            input_ids=batch.ids.repeat_interleave(2, 0),
+            attention_mask=batch.mask.repeat_interleave(2, 0),
+            max_new_tokens=10,
+            min_new_tokens=10,
+            do_sample=False,
+            pad_token_id=tok.pad_token_id,
+        )[:, batch.ids.shape[1] :]
+    assert torch.equal(ours, hf)
