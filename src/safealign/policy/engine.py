@@ -267,7 +267,9 @@ def completion_logprobs(
         logits = torch.cat([first, rest], dim=1)
     else:
         logits = first
-    logits = logits.float() / temperature
+    logits = logits.float()
+    if temperature != 1.0:  # a [N, Lc, V] division is ~0.2 s on this CPU: skip it when it is a no-op
+        logits = logits / temperature
     nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), completion.reshape(-1), reduction="none")
     return -nll.view(completion.shape)
 

@@ -447,6 +447,20 @@ def train_grpo(settings: Settings, resume: bool = True, scorer: Scorer | None = 
                 s=f"{row['s_step']:.1f}",
             )
             bar.update(1)
+            if step % cfg.checkpoint_every == 0 or step == cfg.steps or step == start_step + 1:
+                # what the policy actually says, next to the numbers (reward hacking shows here first)
+                g = cfg.num_generations
+                samples = [
+                    {
+                        "prompt": prompts.raw[i // g],
+                        "completion": text,
+                        "scores": dict(zip(scorer.aspects, map(float, sc), strict=True)),
+                    }
+                    for i, (text, sc) in enumerate(zip(result.completions, result.scores, strict=True))
+                ]
+                mlflow.log_text(
+                    json.dumps(samples, indent=1, ensure_ascii=False), f"samples/step-{step:06d}.json"
+                )
             if step % cfg.checkpoint_every == 0 or step == cfg.steps:
                 elapsed = elapsed_before + time.perf_counter() - t_start
                 save_checkpoint(
