@@ -121,3 +121,17 @@ def test_runner_script_entry_point_starts_and_ends_the_parent(tmp_path):
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'm.db'}")
     assert mlflow.MlflowClient().get_run(run_id).info.status == "FAILED"
     assert Path(tmp_path / "m.db").exists()
+
+
+def test_relative_sqlite_uri_follows_the_working_directory(tmp_path, monkeypatch):
+    """MLflow caches stores per URI string; a relative sqlite URI must not stick to the first directory."""
+    from safealign.config import Settings
+    from safealign.tracking import stage_run
+
+    for name in ("a", "b"):
+        work = tmp_path / name
+        work.mkdir()
+        monkeypatch.chdir(work)
+        with stage_run(Settings(), "validate"):
+            pass
+        assert (work / "mlflow.db").exists(), f"run of {name} went elsewhere"

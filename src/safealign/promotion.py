@@ -39,8 +39,8 @@ from safealign.tracking import (
     common_tags,
     configure,
     log_flat_metrics,
+    resolved_tracking_uri,
     stage_run,
-    tracking_uri,
 )
 
 log = logging.getLogger(__name__)
@@ -393,7 +393,7 @@ def _client(settings: Settings, dry_run: bool) -> Any | None:
     if not dry_run:
         configure(settings)
         return mlflow.MlflowClient()
-    uri = tracking_uri(settings)
+    uri = resolved_tracking_uri(settings)
     check_reachable(uri)
     if uri.startswith("sqlite:///"):
         db = Path(uri[len("sqlite:///") :])

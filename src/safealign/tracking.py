@@ -27,6 +27,19 @@ def tracking_uri(settings: Settings) -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or settings.tracking.tracking_uri
 
 
+def resolved_tracking_uri(settings: Settings) -> str:
+    """The tracking URI with a relative SQLite path made absolute.
+
+    MLflow caches one store per URI string for the life of the process, so ``sqlite:///mlflow.db`` would keep
+    pointing at the file in whatever directory was current when it was first used.
+    """
+    uri = tracking_uri(settings)
+    prefix = "sqlite:///"
+    if uri.startswith(prefix) and not uri.startswith(prefix + "/") and uri != prefix + ":memory:":
+        return prefix + str(Path(uri[len(prefix) :]).resolve())
+    return uri
+
+
 def git_commit(cwd: str | Path = ".") -> str:
     try:
         out = subprocess.run(
@@ -77,7 +90,7 @@ def configure(settings: Settings) -> str:
     """
     import mlflow
 
-    uri = tracking_uri(settings)
+    uri = resolved_tracking_uri(settings)
     check_reachable(uri)
     mlflow.set_tracking_uri(uri)
     try:
