@@ -40,6 +40,7 @@ from safealign.tracking import (
     configure,
     log_flat_metrics,
     resolved_tracking_uri,
+    set_mlflow_uri,
     stage_run,
 )
 
@@ -399,7 +400,7 @@ def _client(settings: Settings, dry_run: bool) -> Any | None:
         db = Path(uri[len("sqlite:///") :])
         if not db.exists():
             return None
-    mlflow.set_tracking_uri(uri)
+    set_mlflow_uri(uri)
     return mlflow.MlflowClient()
 
 

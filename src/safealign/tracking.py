@@ -27,6 +27,22 @@ def tracking_uri(settings: Settings) -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or settings.tracking.tracking_uri
 
 
+def set_mlflow_uri(uri: str) -> None:
+    """``mlflow.set_tracking_uri`` without its side effect of exporting MLFLOW_TRACKING_URI.
+
+    MLflow writes the URI into the environment for subprocesses; safealign reads that variable as the
+    user's choice, so leaving MLflow's copy there would pin every later stage in the process to it.
+    """
+    import mlflow
+
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(uri)
+    if before is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = before
+
+
 def resolved_tracking_uri(settings: Settings) -> str:
     """The tracking URI with a relative SQLite path made absolute.
 
@@ -92,7 +108,7 @@ def configure(settings: Settings) -> str:
 
     uri = resolved_tracking_uri(settings)
     check_reachable(uri)
-    mlflow.set_tracking_uri(uri)
+    set_mlflow_uri(uri)
     try:
         experiment_id = _ensure_experiment(settings)
     except Exception as exc:  # noqa: BLE001 - MLflow raises many types for an unreachable store
