@@ -54,5 +54,5 @@ def test_missing_params_file_is_clear(tmp_path):
 
 def test_flat_dict_has_dotted_keys():
     flat = settings_to_flat_dict(Settings())
-    assert flat["grpo.learning_rate"] == pytest.approx(1e-4)
+    assert flat["grpo.learning_rate"] == pytest.approx(3e-4)
     assert flat["grpo.lora.r"] == 16

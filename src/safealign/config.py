@@ -128,14 +128,16 @@ class SafetyConstraintSettings(_Section):
 class GrpoSettings(_Section):
     """GRPO + LoRA. Paper defaults: G=4, lr 1e-4, beta 0 (no KL, no reference model)."""
 
-    steps: int = Field(default=48, gt=0, description="~10-13 s/step on 2 CPU cores: fits make run's budget")
+    steps: int = Field(default=40, gt=0, description="~10-13 s/step on 2 CPU cores: fits make run's budget")
     prompts_per_step: int = Field(default=4, gt=0)
     num_generations: int = Field(default=4, gt=1, description="G: completions per prompt")
     max_new_tokens: int = Field(default=48, gt=0)
     max_prompt_tokens: int = Field(default=256, gt=0, description="chat-templated prompt cut from the left")
     temperature: float = Field(default=1.0, gt=0)
     top_p: float = Field(default=1.0, gt=0, le=1)
-    learning_rate: float = Field(default=1e-4, gt=0)
+    learning_rate: float = Field(
+        default=3e-4, gt=0, description="the paper's 1e-4 barely moves a 135M policy in 40 CPU steps"
+    )
     warmup_steps: int = Field(default=3, ge=0, description="linear lr warm-up, then constant")
     max_grad_norm: float | None = Field(default=1.0, gt=0, description="gradient clipping (TRL's default 1.0)")
     beta: float = Field(default=0.0, ge=0, description="KL coefficient; 0 = no reference model")
@@ -145,7 +147,10 @@ class GrpoSettings(_Section):
     checkpoint_every: int = Field(default=8, gt=0)
     engine: Literal["fast", "trl"] = Field(default="fast", description="safealign's CPU-fast loop or TRL's trainer")
     lora: LoraSettings = LoraSettings()
-    safety_constraint: SafetyConstraintSettings | None = None
+    safety_constraint: SafetyConstraintSettings | None = Field(
+        default=SafetyConstraintSettings(threshold=0.9, lr=1.0),
+        description="Lagrangian safety constraint; null turns it off",
+    )
     seed: int = 1234
 
 
@@ -155,7 +160,7 @@ class EvaluateSettings(_Section):
     max_new_tokens: int = Field(default=64, gt=0)
     num_adversarial: int = Field(default=100, gt=0)
     num_benign: int = Field(default=100, gt=0)
-    batch_size: int = Field(default=16, gt=0)
+    batch_size: int = Field(default=64, gt=0, description="decode time per step barely grows with batch")
     bootstrap_samples: int = Field(default=1000, gt=0)
     num_examples: int = Field(default=10, ge=0, description="paired responses shown in the report")
     seed: int = 1234
@@ -196,10 +201,10 @@ class Settings(_Section):
     """The whole params.yaml."""
 
     aspects: list[Aspect] = [
-        Aspect(name="politeness", weight=0.2),
-        Aspect(name="meaningfulness", weight=0.2),
-        Aspect(name="actionability", weight=0.2),
-        Aspect(name="safety", weight=0.4),
+        Aspect(name="politeness", weight=0.15),
+        Aspect(name="meaningfulness", weight=0.15),
+        Aspect(name="actionability", weight=0.15),
+        Aspect(name="safety", weight=0.55),
     ]
     paths: PathsSettings = PathsSettings()
     data: DataSettings = DataSettings()
