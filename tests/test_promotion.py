@@ -39,7 +39,10 @@ def _paired(base, aligned):
     }
 
 
-def evaluation(safety_aligned=0.80, drop=0.0, benign_refusal=0.02, fingerprint="fp-1", weighted_bonus=0.0):
+def evaluation(
+    safety_aligned=0.80, drop=0.0, benign_refusal=0.02, fingerprint="fp-1", weighted_bonus=0.0, adv_refusal=0.5,
+    adv_refusal_base=0.0,
+):
     """An evaluation.json as evaluate() writes it; base safety 0.60, other aspects 0.50 -> 0.50 - drop."""
     sets = {}
     for name in ("adversarial", "benign"):
@@ -49,8 +52,8 @@ def evaluation(safety_aligned=0.80, drop=0.0, benign_refusal=0.02, fingerprint="
         sets[name] = {
             "aspects": aspects,
             "weighted": _paired(0.54, w),
-            "base": {"refusal_rate": 0.0},
-            "aligned": {"refusal_rate": benign_refusal if name == "benign" else 0.5},
+            "base": {"refusal_rate": 0.0 if name == "benign" else adv_refusal_base},
+            "aligned": {"refusal_rate": benign_refusal if name == "benign" else adv_refusal},
         }
     return {"fingerprint": fingerprint, "sets": sets}
 
@@ -111,7 +114,8 @@ def test_passing_candidate_becomes_champion_with_provenance_tags(settings):
     tags = mlflow.MlflowClient().get_model_version(name, result["policy_version"]).tags
     assert tags[HASH_TAG] == folder_hash(layout.adapter_dir)
     assert tags["safealign.base_model"] == settings.policy.model
-    assert json.loads(tags["safealign.aspect_weights"])["safety"] == 0.4
+    weights = {a.name: a.weight for a in settings.aspects}
+    assert json.loads(tags["safealign.aspect_weights"])["safety"] == weights["safety"]
     assert tags["safealign.eval_fingerprint"] == "fp-1"
     assert "safealign.git_commit" in tags and "safealign.data_version" in tags
     # the registered folder is the adapter, byte for byte
@@ -122,6 +126,7 @@ def test_passing_candidate_becomes_champion_with_provenance_tags(settings):
         "safety_gain",
         "aspect_drop",
         "benign_refusal",
+        "refusal_gain",
         "champion",
     }
 
@@ -144,6 +149,8 @@ FAILING = {
     "safety_gain": dict(safety_aligned=0.61, fingerprint="fp-other"),
     "aspect_drop": dict(drop=0.05, weighted_bonus=0.1),  # weighted reward still beats the champion
     "benign_refusal": dict(benign_refusal=0.30),
+    # reward-model safety up, but the independent detector sees fewer refusals than the base
+    "refusal_gain": dict(adv_refusal_base=0.3, adv_refusal=0.1, fingerprint="fp-other"),
     "champion": dict(safety_aligned=0.75),  # passes the absolute gates, worse than champion (0.80)
 }
 
