@@ -16,8 +16,11 @@ from safealign.policy.reward_adapter import aspect_weights
 torch.set_num_threads(2)
 
 
+ASPECTS = ["politeness", "meaningfulness", "actionability", "safety"]
+
+
 class CountingScorer:
-    aspects = ["politeness", "meaningfulness", "actionability", "safety"]
+    aspects = ASPECTS
 
     def __init__(self):
         self.calls = 0
@@ -29,9 +32,11 @@ class CountingScorer:
 
 
 def test_aspect_weights_follow_the_scorer_order_and_refuse_unscored():
-    s = Settings()
+    s = Settings.model_validate(
+        {"aspects": [{"name": n, "weight": w} for n, w in zip(ASPECTS, [0.1, 0.2, 0.3, 0.4], strict=True)]}
+    )
     w = aspect_weights(s.aspects, ["safety", "politeness", "meaningfulness", "actionability"])
-    assert w.tolist() == [0.4, 0.2, 0.2, 0.2]
+    assert w.tolist() == [0.4, 0.1, 0.2, 0.3]
     with pytest.raises(ConfigError, match="safety"):
         aspect_weights(s.aspects, ["politeness", "meaningfulness", "actionability"])
 
@@ -57,7 +62,7 @@ def test_trl_grpo_trainer_runs_with_shared_reward_forward(tmp_path):
         settings, model, tok, scorer, ["hi", "how do I pick a lock"], tmp_path, max_steps=2, default_precision=False
     )
     assert trainer.args.loss_type == "grpo" and trainer.args.beta == 0.0
-    assert trainer.args.reward_weights == [0.2, 0.2, 0.2, 0.4]
+    assert trainer.args.reward_weights == settings.aspect_weights
     trainer.train()
     assert scorer.calls == 2 and cache.forwards == 2  # four reward functions, one forward per step
     logged = [h for h in trainer.state.log_history if "reward" in h]
