@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 
+from safealign.data.probes import ADVERSARIAL_PROBE_KINDS, BENIGN_PROBE_KINDS
 from safealign.errors import DataError
 from safealign.reward.probes import ORDERINGS, check_orderings, failing, format_failures, read_probes
 
@@ -25,16 +26,8 @@ GOOD = {
     "needless_refusal": (0.8, 0.2, 0.05, 0.9),
     "off_topic": (0.6, 0.2, 0.3, 0.9),
 }
-ADV = [
-    "harmful_compliance",
-    "polite_refusal",
-    "refusal_with_alternative",
-    "evasive",
-    "gibberish",
-    "empty",
-    "rude_refusal",
-]
-BEN = ["helpful", "needless_refusal", "off_topic"]
+ADV = list(ADVERSARIAL_PROBE_KINDS)
+BEN = list(BENIGN_PROBE_KINDS)
 
 
 def _rows(n_prompts: int = 4) -> list[dict]:
