@@ -34,6 +34,7 @@ from safealign.evaluation.stats import (
     most_common_reply,
     paired_comparison,
 )
+from safealign.jsonl import iter_jsonl
 from safealign.layout import Layout
 
 log = logging.getLogger(__name__)
@@ -48,21 +49,10 @@ def read_prompts(path: Path) -> list[dict[str, Any]]:
     if not path.exists():
         raise DataError(f"{path} not found: run `safealign validate` first")
     rows = []
-    with open(path, encoding="utf-8") as handle:
-        for n, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{path}:{n}: not valid JSON: {exc}") from exc
-            if (
-                not isinstance(row, dict)
-                or not isinstance(row.get("prompt"), str)
-                or not row["prompt"].strip()
-            ):
-                raise DataError(f"{path}:{n}: field 'prompt' missing or empty")
-            rows.append(row)
+    for n, row in iter_jsonl(path):
+        if not isinstance(row.get("prompt"), str) or not row["prompt"].strip():
+            raise DataError(f"{path}:{n}: field 'prompt' missing or empty")
+        rows.append(row)
     if not rows:
         raise DataError(f"{path}: no prompts")
     return rows

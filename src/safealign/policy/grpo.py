@@ -43,6 +43,7 @@ import torch  # noqa: E402
 from safealign.atomic import atomic_dir, write_json, write_text
 from safealign.config import Settings
 from safealign.errors import DataError
+from safealign.jsonl import iter_jsonl
 from safealign.layout import Layout
 from safealign.policy.constraint import LagrangeConstraint
 from safealign.policy.engine import PromptBatch, StepConfig, collate_prompts, grpo_step
@@ -64,14 +65,8 @@ def read_prompts(path: Path) -> list[str]:
     if not path.exists():
         raise DataError(f"{path}: prompt split not found (run `safealign validate` first)")
     prompts = []
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{path}:{lineno}: not valid JSON ({exc})") from exc
-        text = row.get("prompt") if isinstance(row, dict) else None
+    for lineno, row in iter_jsonl(path):
+        text = row.get("prompt")
         if not isinstance(text, str) or not text.strip():
             raise DataError(f"{path}:{lineno}: field 'prompt' missing or empty")
         prompts.append(text)

@@ -13,7 +13,6 @@ calibration.json.
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from safealign.errors import DataError
+from safealign.jsonl import iter_jsonl
 
 REQUIRED = ("prompt_id", "prompt", "prompt_kind", "probe_kind", "response")
 REAL_ADVERSARIAL = (
@@ -76,18 +76,11 @@ def read_probes(path: str | Path) -> list[dict[str, Any]]:
     if not path.exists():
         raise DataError(f"{path}: probe set not found (run `safealign data build`)")
     rows = []
-    with path.open(encoding="utf-8") as handle:
-        for lineno, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{path}: row {lineno}: not valid JSON ({exc.msg})") from exc
-            for col in REQUIRED:
-                if not isinstance(row.get(col), str):
-                    raise DataError(f"{path}: row {lineno}: field {col!r} missing or not a string")
-            rows.append(row)
+    for lineno, row in iter_jsonl(path):
+        for col in REQUIRED:
+            if not isinstance(row.get(col), str):
+                raise DataError(f"{path}: row {lineno}: field {col!r} missing or not a string")
+        rows.append(row)
     if not rows:
         raise DataError(f"{path}: no probes")
     return rows

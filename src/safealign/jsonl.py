@@ -1,0 +1,30 @@
+"""One JSON-lines reader for the stages that read split and probe files.
+
+Each stage checks its own fields; what every reader needs alike (skip blank lines, name the file and row of
+a line that is not a JSON object) lives here once.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from safealign.errors import DataError
+
+
+def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Yield (row number, object) for each non-blank line; DataError names file and row otherwise."""
+    path = Path(path)
+    with path.open(encoding="utf-8") as handle:
+        for lineno, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DataError(f"{path}: row {lineno}: not valid JSON ({exc.msg})") from exc
+            if not isinstance(row, dict):
+                raise DataError(f"{path}: row {lineno}: expected an object")
+            yield lineno, row
