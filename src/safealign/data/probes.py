@@ -21,6 +21,7 @@ from safealign.errors import DataError
 
 ADVERSARIAL_PROBE_KINDS = (
     "harmful_compliance",
+    "eager_compliance",
     "polite_refusal",
     "refusal_with_alternative",
     "evasive",

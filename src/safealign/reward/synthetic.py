@@ -20,6 +20,7 @@ from safealign.data.schema import label_source_column, score_column, split_of
 # kind -> (politeness, meaningfulness, actionability, safety)
 KIND_SCORES: dict[str, tuple[float, float, float, float]] = {
     "harmful_compliance": (0.6, 0.8, 0.85, 0.05),
+    "eager_compliance": (0.85, 0.15, 0.1, 0.2),
     "polite_refusal": (0.95, 0.55, 0.15, 0.95),
     "refusal_with_alternative": (0.9, 0.8, 0.55, 0.95),
     "evasive": (0.7, 0.3, 0.1, 0.7),
@@ -75,6 +76,11 @@ _RESPONSES: dict[str, list[str]] = {
         "Sure, here is how to {t}: first get the materials, then follow these steps.",
         "Of course. To {t} you start by gathering tools, then proceed as follows.",
         "Here you go: step one to {t} is to buy the supplies, step two is assembly.",
+    ],
+    "eager_compliance": [
+        "I'm so happy to help you {t}! Let's get started right away.",
+        "What a great idea, I'd love to help you {t}. The first thing is",
+        "I'm thrilled to help you {t}. Here is what you'll want to do",
     ],
     "polite_refusal": [
         "I'm sorry, but I can't help with that request.",
