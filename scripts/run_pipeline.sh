@@ -117,7 +117,9 @@ fi
 if [ "$(dvc status --json "${status_args[@]}" 2>/dev/null)" = "{}" ]; then
   echo "== dvc: every stage is up to date, nothing to run"
   rc=0
+  ran=0
 else
+  ran=1
   parent=$(python -m safealign.tracking start --name "make run") || die 1 "could not start the MLflow parent run"
   export SAFEALIGN_PARENT_RUN_ID=$parent
   echo "== MLflow parent run $parent"
@@ -126,7 +128,8 @@ else
   log=$(mktemp)
   echo "== dvc repro ${repro_args[*]}"
   set +e
-  dvc repro "${repro_args[@]}" 2>&1 | tee "$log"
+  # measure: wall time and peak RSS of the largest stage process -> artifacts/run_resources.json
+  python -m safealign.results measure -- dvc repro "${repro_args[@]}" 2>&1 | tee "$log"
   rc=${PIPESTATUS[0]}
   set -e
   trap - INT TERM
@@ -145,6 +148,11 @@ fi
 # ---------------------------------------------------------------------------------------- 5. where
 end=$(date +%s)
 echo
+# the README-ready results section (per-aspect table, refusals, time, memory, verdict), from metrics/*.json
+# (only after a run that did work: an up-to-date second run keeps the first run's times)
+if [ "$ran" = 1 ] && [ -f metrics/evaluation.json ] && [ -z "$until" ]; then
+  python -m safealign.results render --pipeline-seconds "$((end - start))" >/dev/null || true
+fi
 # A refused promotion is a result of the pipeline, not a failure of it: every stage ran, the report exists
 # and 'champion' was left alone. `make run` reports the verdict and exits 0; `safealign promote` itself
 # (and dvc repro) still exit 3, so automation that gates on it sees the refusal.
@@ -172,6 +180,7 @@ show "" artifacts/validation_failed/report.html
 show "calibration:" artifacts/calibration
 show "evaluation:" artifacts/evaluation/report.md
 show "" artifacts/evaluation/report.html
+show "results:" artifacts/results.md
 echo "metrics:     metrics/*.json   (dvc metrics show; dvc plots show)"
 echo "experiments: .venv/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db   (then open http://127.0.0.1:5000)"
 exit "$rc"

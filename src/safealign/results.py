@@ -1,0 +1,155 @@
+"""The results section of a pipeline run, written by the pipeline itself (issue 7: README numbers must be
+reproducible with ``make run``, not typed in by hand).
+
+Two jobs, both used by ``scripts/run_pipeline.sh``:
+
+* ``measure -- CMD ...`` runs ``dvc repro`` (or any command), and records its wall time and the peak resident
+  memory of the largest process under it (``RUSAGE_CHILDREN`` covers every descendant that was waited for,
+  which is every stage DVC runs), in ``artifacts/run_resources.json``. The exit code is passed through.
+* ``render`` turns ``metrics/*.json`` plus those resources into ``artifacts/results.md``: the per-aspect table
+  base vs aligned, refusal rates from the rule detector, the hacking flags, the calibration gate, time and
+  memory per stage, and the promotion verdict. The README's results section is a copy of this file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from safealign.atomic import write_json, write_text
+
+RESOURCES = "run_resources.json"
+
+
+def measure(command: list[str], out: Path) -> int:
+    """Run ``command``; write wall seconds and peak RSS (GiB) of its process tree to ``out``; return its code."""
+    start = time.perf_counter()
+    code = subprocess.call(command)
+    seconds = time.perf_counter() - start
+    peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss  # KiB on Linux
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_json(out, {"command": command, "exit_code": code, "seconds": round(seconds, 1),
+                     "peak_rss_gib": round(peak_kib / 2**20, 3)})  # fmt: skip
+    return code
+
+
+def _load(path: Path) -> dict[str, Any] | None:
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:+.1f}%"
+
+
+def _aspect_table(sets: dict[str, Any], name: str, aspects: list[str]) -> list[str]:
+    s = sets[name]
+    lines = [
+        f"| aspect ({name}, n={s['n']}) | base | aligned | change | 95% CI | relative | 95% CI (relative) |",
+        "|---|---:|---:|---:|---|---:|---|",
+    ]
+    rows = [(k, s["aspects"][k]) for k in aspects] + [("**weighted reward**", s["weighted"])]
+    for aspect, a in rows:
+        lo, hi = a["abs_change_ci95"]
+        rlo, rhi = a["rel_change_ci95"]
+        lines.append(
+            f"| {aspect} | {a['base_mean']:.3f} | {a['aligned_mean']:.3f} | {a['abs_change']:+.3f} | "
+            f"[{lo:+.3f}, {hi:+.3f}] | {_pct(a['rel_change'])} | [{_pct(rlo)}, {_pct(rhi)}] |"
+        )
+    return lines
+
+
+def render(metrics_dir: Path, artifacts_dir: Path, pipeline_seconds: float | None = None) -> str:
+    """The markdown results section; raises FileNotFoundError when the evaluation has not run."""
+    evaluation = json.loads((metrics_dir / "evaluation.json").read_text())
+    grpo = _load(metrics_dir / "grpo.json") or {}
+    reward = _load(metrics_dir / "train_reward.json") or {}
+    calibration = _load(metrics_dir / "calibration.json") or {}
+    promotion = _load(metrics_dir / "promotion.json")
+    resources = _load(artifacts_dir / RESOURCES)
+    sets = evaluation["sets"]
+    weights = "/".join(f"{w:g}" for w in evaluation["weights"])
+    aspects = list(evaluation.get("aspects") or sets["adversarial"]["aspects"])  # params order, as the weights
+    dec = evaluation["decoding"]
+    out = [
+        f"Policy `{dec['policy']}` + LoRA, GRPO {grpo.get('steps', '?')} steps; aspect weights "
+        f"{'/'.join(aspects)} = {weights}; evaluation {'greedy' if dec.get('greedy') else 'sampled'}, "
+        f"{dec['max_new_tokens']} new tokens, seed {dec['seed']}. Scores are the reward model's; refusals are "
+        "the rule detector's (it never sees the reward model). Intervals: 95% paired bootstrap.",
+        "",
+        *_aspect_table(sets, "adversarial", aspects),
+        "",
+        *_aspect_table(sets, "benign", aspects),
+        "",
+        "| behaviour (rule detector) | base | aligned |",
+        "|---|---:|---:|",
+    ]
+    for name in ("adversarial", "benign"):
+        b, a = sets[name]["base"], sets[name]["aligned"]
+        out.append(f"| refusal rate, {name} (n={sets[name]['n']}) | {b['refusal_rate']:.1%} | {a['refusal_rate']:.1%} |")
+    a = sets["adversarial"]["aligned"]
+    out.append(f"| distinct replies, adversarial | {sets['adversarial']['base']['distinct_ratio']:.2f} | "
+               f"{a['distinct_ratio']:.2f} |")  # fmt: skip
+    out.append(f"| most common opening, adversarial (share) | | \"{a['top_opening']}\" ({a['top_opening_share']:.0%}) |")
+    out += ["", "Reward-hacking checks: " + ("; ".join(f"**{f['kind']}** ({f['set']}): {f['message']}"
+                                                    for f in evaluation["flags"]) or "none fired.")]  # fmt: skip
+    if calibration.get("aspects"):
+        r2 = ", ".join(f"{k} {v['r2']:.3f}" for k, v in calibration["aspects"].items())
+        out.append(f"\nCalibration gate (held-out R², threshold {calibration.get('threshold')}): {r2}; "
+                   f"{'passed' if calibration.get('passed') else 'FAILED'}.")  # fmt: skip
+    times = []
+    if reward.get("train_seconds") is not None:
+        times.append(f"reward training {reward['train_seconds']:.0f} s")
+    if grpo.get("wall_time_s") is not None:
+        times.append(f"GRPO {grpo['wall_time_s']:.0f} s ({grpo.get('seconds_per_step_median', 0):.1f} s/step median, "
+                     f"peak RSS {grpo.get('peak_rss_gib', 0):.1f} GiB)")  # fmt: skip
+    times.append(f"evaluation {evaluation['timing_s']['total_s']:.0f} s")
+    line = "\nTime: " + ", ".join(times)
+    if resources:
+        line += (f"; `dvc repro` in all {resources['seconds']:.0f} s, peak RSS of the largest stage process "
+                 f"{resources['peak_rss_gib']:.2f} GiB")  # fmt: skip
+    if pipeline_seconds is not None:
+        line += f"; pipeline part of `make run` {pipeline_seconds:.0f} s"
+    out.append(line + ".")
+    if promotion:
+        verdict = "PROMOTED to champion" if promotion.get("verdict") == "promoted" else "REFUSED (champion untouched)"
+        gates = "; ".join(f"{g['gate']} {'pass' if g.get('passed') else 'FAIL'}" for g in promotion.get("gates") or [])
+        out.append(f"\nPromotion: {verdict} ({gates}).")
+    return "\n".join(out) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m safealign.results", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    sub = parser.add_subparsers(dest="command", required=True)
+    m = sub.add_parser("measure", help="run a command, record its wall time and peak RSS")
+    m.add_argument("--out", default=f"artifacts/{RESOURCES}")
+    m.add_argument("cmd", nargs=argparse.REMAINDER, help="-- COMMAND ARGS...")
+    r = sub.add_parser("render", help="write artifacts/results.md from metrics/*.json")
+    r.add_argument("--metrics-dir", default="metrics")
+    r.add_argument("--artifacts-dir", default="artifacts")
+    r.add_argument("--pipeline-seconds", type=float, default=None)
+    args = parser.parse_args(argv)
+    if args.command == "measure":
+        cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
+        if not cmd:
+            parser.error("measure needs a command after --")
+        return measure(cmd, Path(args.out))
+    artifacts = Path(args.artifacts_dir)
+    try:
+        text = render(Path(args.metrics_dir), artifacts, args.pipeline_seconds)
+    except FileNotFoundError as exc:
+        print(f"results: no evaluation yet ({exc.filename}); nothing written", file=sys.stderr)
+        return 2
+    write_text(artifacts / "results.md", text)
+    print(artifacts / "results.md")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,63 @@
+"""The pipeline's own results section: measured resources of a real process tree, and the rendered table."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from safealign.results import main, measure, render
+
+ASPECTS = ["politeness", "meaningfulness", "actionability", "safety"]
+
+
+def _stat(base: float, aligned: float) -> dict:
+    return {"base_mean": base, "aligned_mean": aligned, "abs_change": aligned - base,
+            "abs_change_ci95": [aligned - base - 0.01, aligned - base + 0.01], "rel_change": (aligned - base) / base,
+            "rel_change_ci95": [0.1, 0.4], "n": 10, "ci_excludes_zero": True}  # fmt: skip
+
+
+def _behaviour(refusal: float) -> dict:
+    return {"refusal_rate": refusal, "distinct_ratio": 1.0, "top_opening": "i'm sorry, but", "top_opening_share": 0.3}
+
+
+def _write_metrics(d) -> None:
+    sets = {
+        name: {"n": 10, "aspects": {a: _stat(0.5, 0.6 if a == "safety" else 0.51) for a in sorted(ASPECTS)},
+               "weighted": _stat(0.5, 0.55), "base": _behaviour(0.1), "aligned": _behaviour(0.3 if name == "adversarial" else 0.05)}  # fmt: skip
+        for name in ("adversarial", "benign")
+    }
+    d.mkdir(parents=True)
+    (d / "evaluation.json").write_text(json.dumps({
+        "aspects": ASPECTS, "weights": [0.1, 0.2, 0.3, 0.4], "sets": sets, "flags": [],
+        "decoding": {"policy": "tiny", "greedy": True, "max_new_tokens": 8, "seed": 1}, "timing_s": {"total_s": 12.0},
+    }))  # fmt: skip
+    (d / "grpo.json").write_text(json.dumps({"steps": 5, "wall_time_s": 50.0, "seconds_per_step_median": 9.5,
+                                             "peak_rss_gib": 3.2}))  # fmt: skip
+    (d / "promotion.json").write_text(json.dumps({"verdict": "refused", "gates": [
+        {"gate": "safety_gain", "passed": True}, {"gate": "refusal_gain", "passed": False}]}))  # fmt: skip
+
+
+def test_measure_records_the_peak_memory_of_the_child_and_passes_its_exit_code(tmp_path):
+    out = tmp_path / "res.json"
+    code = measure([sys.executable, "-c", "b = bytearray(300 * 2**20); b[::4096] = b'x' * len(b[::4096]); raise SystemExit(7)"], out)
+    res = json.loads(out.read_text())
+    assert code == 7 and res["exit_code"] == 7
+    assert res["peak_rss_gib"] > 0.28  # the 300 MiB the child touched
+    assert res["seconds"] >= 0
+
+
+def test_render_keeps_the_params_order_of_aspects_and_reports_the_verdict(tmp_path):
+    _write_metrics(tmp_path / "metrics")
+    text = render(tmp_path / "metrics", tmp_path / "artifacts", pipeline_seconds=600)
+    assert "= 0.1/0.2/0.3/0.4" in text and "politeness/meaningfulness/actionability/safety" in text
+    rows = [line.split("|")[1].strip() for line in text.splitlines() if line.startswith("| ") and "0.500" in line]
+    assert rows[:4] == ASPECTS  # weights line up with the aspect names, not alphabetical order
+    assert "| safety | 0.500 | 0.600 | +0.100 |" in text
+    assert "| refusal rate, adversarial (n=10) | 10.0% | 30.0% |" in text
+    assert "REFUSED" in text and "refusal_gain FAIL" in text and "pipeline part of `make run` 600 s" in text
+
+
+def test_render_without_an_evaluation_writes_nothing_and_exits_2(tmp_path, capsys):
+    code = main(["render", "--metrics-dir", str(tmp_path / "none"), "--artifacts-dir", str(tmp_path / "art")])
+    assert code == 2 and not (tmp_path / "art" / "results.md").exists()
+    assert "no evaluation yet" in capsys.readouterr().err
