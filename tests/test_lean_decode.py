@@ -202,3 +202,29 @@ def test_sliding_window_qwen2_falls_back():
     model = _qwen2(use_sliding_window=True, sliding_window=8, max_window_layers=0)
     assert "sliding_attention" in model.config.layer_types
     assert LeanDecoder.build(model) is None
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_fused_head_logprobs_equal_the_logits_path(monkeypatch, temperature):
+    """completion_logprobs via hidden states + _TokenLogProb == via HF logits + cross_entropy, values and grads
+    (the lm_head made trainable here so its weight/bias gradients are checked too)."""
+    model = _qwen2().train()
+    head = model.get_output_embeddings()
+    head.bias = torch.nn.Parameter(torch.randn(head.out_features) * 0.1)
+    batch = _prompts([5, 11, 2], model.config.vocab_size, 0)
+    completion = torch.randint(3, model.config.vocab_size, (batch.ids.shape[0] * 2, 7))
+    weights = torch.randn(completion.shape)
+    results = []
+    for fused in (True, False):
+        if not fused:
+            monkeypatch.setattr(engine, "_head_split", lambda m: None)
+        model.zero_grad()
+        logp = engine.completion_logprobs(model, batch, completion, 2, temperature)
+        (logp * weights).sum().backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        results.append((logp.detach(), grads))
+    (a, ga), (b, gb) = results
+    assert torch.allclose(a, b, atol=1e-5)
+    assert "lm_head.weight" in ga and "lm_head.bias" in ga and ga.keys() == gb.keys()
+    for name in ga:
+        assert torch.allclose(ga[name], gb[name], rtol=1e-4, atol=1e-6), name
