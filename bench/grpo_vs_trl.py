@@ -228,6 +228,14 @@ def main() -> None:
         engines["trl fp32, no ckpt"] = ("trl", *trl_engine(settings, scorer, prompts, tmp + "/b", False))
     fast = fast_engine(settings)
     engines["safealign fast"] = ("fast", fast)
+    from safealign.policy.engine import merged_lora
+    from safealign.policy.lean_decode import LeanDecoder
+
+    with torch.no_grad(), merged_lora(fast[0]):
+        lean = LeanDecoder.build(fast[0]) is not None
+    print(
+        f"fast engine decode: {'lean (policy/lean_decode.py)' if lean else 'HF forward (architecture not supported)'}"
+    )
 
     def one(name: str, seed: int) -> dict[str, float]:
         kind, *obj = engines[name]

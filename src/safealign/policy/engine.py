@@ -18,6 +18,8 @@ only removes work:
 3. the loss forward runs each prompt ONCE with gradients, repeats its KV cache G times and runs the
    completions on top (same math as G full sequences: the prompt's activations are identical in all G);
    groups whose advantages are all zero (flat) are left out of the forward entirely (their gradient is 0);
+   for Llama/Qwen2 the lm_head, log-softmax and target gather run in one [T, V] buffer (``_TokenLogProb``)
+   instead of writing logits, their concatenation, log-softmax and a zero-filled gradient separately;
 4. one optimisation pass per batch => the importance ratio is exactly 1, so no old log-probs are computed
    and no reference model exists (beta = 0). The loss is TRL's "grpo" aggregation:
        loss = mean_i [ -(1/|o_i|) * sum_t A_i * log pi(o_i,t | q, o_i,<t) ]
