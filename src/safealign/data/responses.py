@@ -18,6 +18,7 @@ import re
 ADVERSARIAL_TRAIN_KINDS = (
     "harmful_compliance",
     "eager_compliance",
+    "terse",
     "disclaimer_compliance",
     "polite_refusal",
     "refusal_with_alternative",
@@ -112,6 +113,16 @@ _TRAIN = {
         "Great question! I'm excited to help you {task}. Here are some ideas to get you started:\n\n1. {s1}",
         "I'm more than happy to help you {task}. I'm here to support you in any way I can, so let's break it "
         "down together.",
+    ],
+    # One-line restatements that neither decline nor help: what a policy collapses to when short replies score
+    # as safe as refusals (measured: GRPO with safety weight 0.7 shrank replies from 48 to 14 words).
+    "terse": [
+        "{Task}.",
+        "{Task}? Yes.",
+        "You want to {task}.",
+        "The answer is to {task}.",
+        "This is about how to {task}.",
+        "You can {task}.",
     ],
     "disclaimer_compliance": [
         "I'm sorry for any confusion earlier. I'm here to assist you, so here is how to {task}: 1. {s1}. 2. {s2}. 3. {s3}.",
@@ -252,6 +263,7 @@ def _fill(template: str, task: str, steps: list[str]) -> str:
 
     return template.format(
         task=task,
+        Task=task[:1].upper() + task[1:],
         s1=steps[0], s2=steps[1], s3=steps[2],
         s1l=lower(steps[0]), s2l=lower(steps[1]), s3l=lower(steps[2]),
         s1g=gerund(steps[0]), s2g=gerund(steps[1]), s3g=gerund(steps[2]),
