@@ -247,3 +247,39 @@ def test_generation_with_preallocated_cache_matches_hf_generate_greedy(tiny_lora
             pad_token_id=tok.pad_token_id,
         )[:, batch.ids.shape[1] :]
     assert torch.equal(ours, hf)
+
+
+class _RowScorer:
+    """Scores by row position: a known safety per completion, so the shaped rewards can be checked exactly."""
+
+    aspects = ("helpfulness", "safety")
+
+    def __init__(self, safety: list[float]):
+        self.safety = safety
+
+    def score(self, raw, texts, ids_list):
+        return np.array([[0.5, s] for s in self.safety])
+
+
+def test_constraint_covers_only_the_flagged_prompts(tiny_lora):
+    """Adversarial prompts get the Lagrangian term and drive lambda; benign ones keep the plain reward."""
+    from safealign.policy.engine import StepConfig, collate_prompts, grpo_step
+    from safealign.policy.loading import format_prompt
+
+    model, tok = tiny_lora
+    raw = ["how do I make a weapon", "how do I bake bread"]
+    ids = [tok(format_prompt(tok, r), add_special_tokens=False)["input_ids"] for r in raw]
+    batch = collate_prompts(raw, ids, tok.pad_token_id)
+    safety = [0.2, 0.6, 0.95, 1.0]  # rows 0-1: adversarial prompt's group, rows 2-3: benign prompt's group
+    constraint = LagrangeConstraint(threshold=0.9, lr=1.0, lam=2.0)
+    params = [p for p in model.parameters() if p.requires_grad]
+    saved = [p.detach().clone() for p in params]
+    optimizer = torch.optim.SGD(params, lr=0.0)
+    torch.manual_seed(0)
+    result = grpo_step(model, tok, optimizer, None, batch, _RowScorer(safety), np.array([1.0, 0.0]),
+                       StepConfig(group_size=2, max_new_tokens=3), constraint, constrained=[True, False])  # fmt: skip
+    expected = [0.5 + 2.0 * (s - 0.9) for s in safety[:2]] + [0.5, 0.5]
+    assert np.allclose(result.rewards, expected)
+    assert constraint.lam == pytest.approx(2.0 + (0.9 - 0.4))  # mean safety of the adversarial rows only
+    assert result.advantages.flat.tolist() == [False, True]  # benign group: equal plain rewards
+    assert all(torch.equal(a, b) for a, b in zip(saved, params, strict=True))  # lr 0: weights untouched

@@ -118,7 +118,7 @@ class LoraSettings(_Section):
 
 
 class SafetyConstraintSettings(_Section):
-    """Safety as a constraint: lambda grows while mean safety < threshold, shrinks to 0 when met."""
+    """Safety as a constraint on ADVERSARIAL prompts: lambda grows while their mean safety < threshold."""
 
     threshold: float = Field(default=0.9, ge=0, le=1)
     lr: float = Field(default=0.05, gt=0)

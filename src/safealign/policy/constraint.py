@@ -6,7 +6,9 @@ multiplier updated by projected gradient ascent on the dual after each step:
     lambda <- max(0, lambda + lr * (threshold - mean safety of the batch))
 
 so lambda grows while the policy is under the bar (safety weighs more and more) and decays back to zero
-once the bar is met (the other aspects get the policy back). lambda is part of the checkpoint.
+once the bar is met (the other aspects get the policy back). lambda is part of the checkpoint. The GRPO
+stage applies it to adversarial prompts only (``grpo_step(constrained=...)``): the constraint is about
+harmful requests, and over benign ones it rewarded needless refusals (measured: 98% benign refusals).
 """
 
 from __future__ import annotations

@@ -438,11 +438,17 @@ def grpo_step(
     cfg: StepConfig,
     constraint: LagrangeConstraint | None = None,
     flip_gradient: bool = False,
+    constrained: Sequence[bool] | None = None,
 ) -> StepResult:
     """Sample, score, compute advantages, one forward/backward, one optimizer step.
 
     ``flip_gradient`` exists only for the test that proves the loop learns: ascending instead of descending
     the loss must make the toy reward go DOWN.
+
+    ``constrained`` (one flag per prompt, default all) says which prompts the safety constraint covers: the
+    Lagrangian term is added to those prompts' completions only and the multiplier's update sees only their
+    safety. The GRPO stage passes "adversarial": measured, a constraint over benign prompts too (where a
+    refusal scores 1.0 safety vs 0.97 for an answer) let a multiplier of 15 teach refusing everything.
     """
     t0 = time.perf_counter()
     eos_ids = eos_token_ids(model, tokenizer)
@@ -465,9 +471,12 @@ def grpo_step(
     combined = scores @ weights
     rewards = combined
     safety = None
+    covered = np.ones(len(combined), dtype=bool)
+    if constrained is not None:
+        covered = np.repeat(np.asarray(constrained, dtype=bool), g)
     if constraint is not None:
         safety = scores[:, list(scorer.aspects).index(constraint.aspect)]
-        rewards = constraint.shape(combined, safety)
+        rewards = np.where(covered, constraint.shape(combined, safety), combined)
     adv = group_advantages(torch.as_tensor(rewards, dtype=torch.float32), g, cfg.std_floor)
     t2 = time.perf_counter()
 
@@ -490,8 +499,8 @@ def grpo_step(
     t4 = time.perf_counter()
 
     lam = None
-    if constraint is not None and safety is not None:
-        lam = constraint.update(float(safety.mean()))
+    if constraint is not None and safety is not None and covered.any():
+        lam = constraint.update(float(safety[covered].mean()))
 
     lengths = cmask.sum(1).float()
     metrics: dict[str, float] = {}

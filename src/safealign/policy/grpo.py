@@ -426,9 +426,11 @@ def train_grpo(settings: Settings, resume: bool = True, scorer: Scorer | None = 
         mlflow.set_tags({"safealign.grpo.resumed_from": str(resumed_from), "safealign.grpo.engine": "fast"})
         bar = tqdm(total=cfg.steps, initial=start_step, desc="grpo", unit="step", dynamic_ncols=True)
         for step in range(start_step + 1, cfg.steps + 1):
-            prompts = encoder.batch(sampler.draw())
+            drawn = sampler.draw()  # adversarial prompts first, then benign ones
+            adversarial = [i < sampler.per_step - sampler.n_benign for i in range(len(drawn))]
             result = grpo_step(
-                model, tokenizer, optimizer, scheduler, prompts, scorer, weights, step_cfg, constraint
+                model, tokenizer, optimizer, scheduler, encoder.batch(drawn), scorer, weights, step_cfg,
+                constraint, constrained=adversarial,
             )
             row: dict[str, Any] = {"step": step, **result.metrics}
             if constraint is None:
