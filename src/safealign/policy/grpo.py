@@ -449,7 +449,7 @@ def train_grpo(settings: Settings, resume: bool = True, scorer: Scorer | None = 
                 g = cfg.num_generations
                 samples = [
                     {
-                        "prompt": prompts.raw[i // g],
+                        "prompt": drawn[i // g],
                         "completion": text,
                         "scores": dict(zip(scorer.aspects, map(float, sc), strict=True)),
                     }
