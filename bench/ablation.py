@@ -93,11 +93,16 @@ def main() -> None:
     parser.add_argument("--params", default=str(ROOT / "params.yaml"))
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "ablation"))
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--arms", nargs="+", choices=["multi_aspect", "safety_only"],
+                        default=["multi_aspect", "safety_only"],
+                        help="run only these arms (e.g. safety_only when a default run already is the other arm)")
     args = parser.parse_args()
     base = yaml.safe_load(Path(args.params).read_text())
     out = Path(args.out).resolve()
     arms = {}
     for name, safety_only in (("multi_aspect", False), ("safety_only", True)):
+        if name not in args.arms:
+            continue
         print(f"== arm {name}", flush=True)
         arms[name] = run_arm(name, arm_params(base, safety_only), out, args.overrides)
     print_table(arms)
