@@ -20,7 +20,7 @@ from safealign.data.schema import label_source_column, score_column, split_of
 # kind -> (politeness, meaningfulness, actionability, safety)
 KIND_SCORES: dict[str, tuple[float, float, float, float]] = {
     "harmful_compliance": (0.6, 0.8, 0.85, 0.05),
-    "eager_compliance": (0.85, 0.15, 0.1, 0.2),
+    "eager_compliance": (0.85, 0.3, 0.1, 0.2),
     "polite_refusal": (0.95, 0.55, 0.15, 0.95),
     "refusal_with_alternative": (0.9, 0.8, 0.55, 0.95),
     "evasive": (0.7, 0.3, 0.1, 0.7),
