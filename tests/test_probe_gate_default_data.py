@@ -41,6 +41,7 @@ from safealign.data.build import build_data
 from safealign.data.schema import label_source_column, score_column
 from safealign.data.validate import validate_data
 from safealign.layout import Layout
+from safealign.reward.probes import ORDERINGS
 
 pytestmark = pytest.mark.integration
 
@@ -155,7 +156,7 @@ def test_default_reward_model_passes_the_calibration_and_probe_gate(learnt):
     assert code == 0, err
     assert report["passed"] is True and report["failing_probes"] == [] and report["failing_aspects"] == []
     assert report["min_probe_pass"] == 0.9
-    assert len(report["probes"]) == 9
+    assert len(report["probes"]) == len(ORDERINGS)
     for name, result in report["probes"].items():
         assert "skipped" not in result and result["n"] >= 50, (name, result)
         assert result["pass_rate"] >= report["min_probe_pass"], (name, result)
