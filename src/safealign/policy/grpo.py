@@ -92,7 +92,8 @@ class PromptSampler:
         self.n_benign = min(self.n_benign, per_step - 1) if adversarial else per_step
         self.rng = np.random.default_rng(seed)
 
-    def draw(self) -> list[str]:
+    def draw(self) -> tuple[list[str], list[bool]]:
+        """This step's prompts and, per prompt, whether it is adversarial (what the safety constraint covers)."""
         n_adv = self.per_step - self.n_benign
         adv = [
             self.adversarial[i]
@@ -108,7 +109,7 @@ class PromptSampler:
             if self.n_benign
             else []
         )
-        return adv + ben
+        return adv + ben, [True] * len(adv) + [False] * len(ben)
 
 
 class PromptEncoder:
@@ -426,8 +427,7 @@ def train_grpo(settings: Settings, resume: bool = True, scorer: Scorer | None = 
         mlflow.set_tags({"safealign.grpo.resumed_from": str(resumed_from), "safealign.grpo.engine": "fast"})
         bar = tqdm(total=cfg.steps, initial=start_step, desc="grpo", unit="step", dynamic_ncols=True)
         for step in range(start_step + 1, cfg.steps + 1):
-            drawn = sampler.draw()  # adversarial prompts first, then benign ones
-            adversarial = [i < sampler.per_step - sampler.n_benign for i in range(len(drawn))]
+            drawn, adversarial = sampler.draw()
             result = grpo_step(
                 model, tokenizer, optimizer, scheduler, encoder.batch(drawn), scorer, weights, step_cfg,
                 constraint, constrained=adversarial,
