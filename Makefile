@@ -11,9 +11,8 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
-# OpenMP threads that spin while waiting starve each other on a busy 2-core machine (decode fell from ~50
-# to ~4 tokens/s under load); passive waiting keeps it steady.
-export OMP_WAIT_POLICY := PASSIVE
+# OpenMP's thread wait policy is chosen per process from the machine's load (src/safealign/openmp_wait.py):
+# brief spinning on an idle CPU, passive sleeping on a shared one. An OMP_WAIT_POLICY you export wins.
 
 .PHONY: setup run test lint bench compile image clean-outputs
 
@@ -36,8 +35,9 @@ $(OPS_STAMP): requirements-ops.txt
 run: setup
 	bash scripts/run_pipeline.sh
 
+# Tests share the CPU with the subprocesses they start: sleeping OpenMP threads keep both steady.
 test: setup
-	$(VENV)/bin/pytest -q -p no:cacheprovider
+	OMP_WAIT_POLICY=PASSIVE $(VENV)/bin/pytest -q -p no:cacheprovider
 
 lint: setup
 	$(VENV)/bin/ruff check .

@@ -23,15 +23,16 @@ from typing import Any
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-os.environ.setdefault(
-    "OMP_WAIT_POLICY", "PASSIVE"
-)  # see safealign.policy.grpo: spinning threads + shared CPU
-
-import numpy as np
-import torch
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
+
+from safealign.openmp_wait import choose_wait_policy  # noqa: E402
+
+# The same choice `safealign grpo` makes (spin on an idle CPU, sleep on a shared one), before torch loads.
+WAIT_POLICY = choose_wait_policy()
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
 
 from safealign.config import Settings, load_settings  # noqa: E402
 from safealign.layout import Layout  # noqa: E402

@@ -31,15 +31,14 @@ from typing import Any
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-os.environ.setdefault(
-    "OMP_WAIT_POLICY", "PASSIVE"
-)  # see safealign.policy.grpo: spinning threads + shared CPU
-
-import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+# grpo_step chooses the OpenMP wait policy (as `safealign grpo` does) before torch loads; both engines
+# then run under that one policy in this process.
+import torch  # noqa: E402
 from grpo_step import (  # noqa: E402
     ROOT,
+    WAIT_POLICY,
     bench_prompts,
     bench_scorer,
     bench_settings,
@@ -213,7 +212,7 @@ def main() -> None:
     prompts = bench_prompts(settings, settings.grpo.prompts_per_step)
     machine = measure_machine()
     print(
-        f"machine: fp32 matmul {machine['gflops']:.0f} GFLOP/s, copy {machine['copy_gbs']:.1f} GB/s; torch threads {torch.get_num_threads()}, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}",
+        f"machine: fp32 matmul {machine['gflops']:.0f} GFLOP/s, copy {machine['copy_gbs']:.1f} GB/s; torch threads {torch.get_num_threads()}, OpenMP wait {WAIT_POLICY}",
         flush=True,
     )
     print(f"reward: {scorer_kind}; work: {' '.join(WORK + args.overrides)}", flush=True)

@@ -85,6 +85,10 @@ def _cmd_evaluate(settings: Settings, args: argparse.Namespace) -> Any:
     return evaluate(settings)
 
 
+# Commands that run torch: the OpenMP wait policy must be chosen before their lazy imports load it.
+TORCH_COMMANDS = frozenset({_cmd_train_reward, _cmd_calibrate, _cmd_grpo, _cmd_evaluate})
+
+
 def _cmd_promote(settings: Settings, args: argparse.Namespace) -> Any:
     from safealign.promotion import promote
 
@@ -240,6 +244,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if args.func in TORCH_COMMANDS:
+        from safealign.openmp_wait import choose_wait_policy
+
+        log.info("OpenMP thread wait: %s", choose_wait_policy())
     try:
         settings = load_settings(args.params, args.overrides)
         result = args.func(settings, args)

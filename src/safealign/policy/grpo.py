@@ -22,7 +22,6 @@ import hashlib
 import io
 import json
 import logging
-import os
 import random
 import resource
 import shutil
@@ -31,14 +30,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-# On a shared or oversubscribed CPU, OpenMP threads that spin at barriers wait on descheduled siblings:
-# measured here, 2-thread decoding fell from ~50 to ~4 tokens/s under load with the default (active) wait
-# policy, and stayed at ~50 with PASSIVE. Only effective if torch is not imported yet (the CLI imports it
-# lazily); an explicit OMP_WAIT_POLICY in the environment wins.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+# libgomp's thread wait policy (spin briefly on an idle CPU, sleep on a shared one) must be set before torch
+# loads: the CLI calls safealign.openmp_wait.choose_wait_policy() before importing this module.
+import numpy as np
+import torch
 
 from safealign.atomic import atomic_dir, write_json, write_text
 from safealign.config import Settings
@@ -429,8 +424,16 @@ def train_grpo(settings: Settings, resume: bool = True, scorer: Scorer | None = 
         for step in range(start_step + 1, cfg.steps + 1):
             drawn, adversarial = sampler.draw()
             result = grpo_step(
-                model, tokenizer, optimizer, scheduler, encoder.batch(drawn), scorer, weights, step_cfg,
-                constraint, constrained=adversarial,
+                model,
+                tokenizer,
+                optimizer,
+                scheduler,
+                encoder.batch(drawn),
+                scorer,
+                weights,
+                step_cfg,
+                constraint,
+                constrained=adversarial,
             )
             row: dict[str, Any] = {"step": step, **result.metrics}
             if constraint is None:
