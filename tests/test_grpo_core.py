@@ -6,6 +6,7 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
+import copy
 import statistics
 
 import numpy as np
@@ -109,15 +110,31 @@ def _reference_advantages(rewards, g, floor):
     return out
 
 
-def _reference_loss(model, prompt_ids, completions, advantages, temperature):
-    """One sequence at a time, no padding, full forward, log_softmax: the textbook GRPO loss at ratio 1."""
+def _reference_loss(model, prompt_ids, completions, advantages, temperature, beta=0.0):
+    """One sequence at a time, no padding, full forward, log_softmax: the textbook GRPO loss at ratio 1,
+    plus beta * the k3 KL estimate against the base model (a deep copy with the LoRA delta dropped)."""
+
+    def token_logps(m, ids, p_len, c_ids):
+        logits = m(input_ids=ids).logits[0, p_len - 1 : -1] / temperature
+        logp = torch.log_softmax(logits.float(), dim=-1)
+        return torch.stack([logp[t, c] for t, c in enumerate(c_ids)])
+
+    base = copy.deepcopy(model.get_base_model()) if beta else None
+    if base is not None:
+        with torch.no_grad():
+            for name, p in base.named_parameters():
+                if "lora_B" in name:
+                    p.zero_()
     total = 0.0
     for p_ids, c_ids, a in zip(prompt_ids, completions, advantages, strict=True):
         ids = torch.tensor([list(p_ids) + list(c_ids)])
-        logits = model(input_ids=ids).logits[0, len(p_ids) - 1 : -1] / temperature
-        logp = torch.log_softmax(logits.float(), dim=-1)
-        tok_logp = [logp[t, c] for t, c in enumerate(c_ids)]
-        total = total + (-a * sum(tok_logp) / len(c_ids))
+        logp = token_logps(model, ids, len(p_ids), c_ids)
+        per_token = -a * logp
+        if base is not None:
+            with torch.no_grad():
+                ref = token_logps(base, ids, len(p_ids), c_ids)
+            per_token = per_token + beta * (torch.exp(ref - logp) - (ref - logp) - 1)
+        total = total + per_token.sum() / len(c_ids)
     return total / len(completions)
 
 
@@ -155,8 +172,8 @@ def test_merged_generation_uses_the_same_policy_and_restores_weights(tiny_lora):
     assert all(torch.equal(before[n], after[n]) for n in before)
 
 
-@pytest.mark.parametrize("temperature", [1.0, 0.7])
-def test_fast_path_equals_reference_on_same_batch(tiny_lora, temperature):
+@pytest.mark.parametrize("temperature,beta", [(1.0, 0.0), (0.7, 0.0), (1.0, 0.3)])
+def test_fast_path_equals_reference_on_same_batch(tiny_lora, temperature, beta):
     from safealign.policy.engine import collate_prompts, completion_mask, generate, policy_loss
     from safealign.policy.loading import format_prompt
 
@@ -182,7 +199,7 @@ def test_fast_path_equals_reference_on_same_batch(tiny_lora, temperature):
     frequent = set(values[counts.argsort(descending=True)[:3]].tolist())
     scores = TokenCountScorer(frequent).score(None, None, ids_list)
     rewards = scores @ np.array([1.0, 0.5])
-    rewards[8:12] = 0.25  # one crafted flat group: left out of the fast forward, must not change the loss
+    rewards[8:12] = 0.25  # a flat group: left out of the fast forward at beta=0, its KL counts at beta>0
     fast_adv = group_advantages(torch.tensor(rewards, dtype=torch.float32), g, 1e-3)
     ref_adv = _reference_advantages(rewards, g, 1e-3)
     assert fast_adv.flat.tolist() == [False, False, True]
@@ -191,17 +208,19 @@ def test_fast_path_equals_reference_on_same_batch(tiny_lora, temperature):
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     model.zero_grad()
-    fast = policy_loss(model, batch, completion, cmask, fast_adv, g, temperature)
+    parts = policy_loss(model, batch, completion, cmask, fast_adv, g, temperature, beta)
+    fast = parts.loss
     fast.backward()
     fast_grads = [p.grad.clone() for p in params]
     model.zero_grad()
     ref = _reference_loss(
-        model, [prompt_ids[i // g] for i in range(len(ids_list))], ids_list, ref_adv, temperature
+        model, [prompt_ids[i // g] for i in range(len(ids_list))], ids_list, ref_adv, temperature, beta
     )
     ref.backward()
     ref_grads = [p.grad.clone() for p in params]
     model.zero_grad()
     assert float(fast) == pytest.approx(float(ref), rel=1e-4, abs=1e-6)
+    assert (parts.kl > 1e-4) if beta else parts.kl == 0.0  # the random LoRA delta moved pi away from base
     assert float(torch.stack([g_.abs().sum() for g_ in ref_grads]).sum()) > 0
     for a, b in zip(fast_grads, ref_grads, strict=True):
         assert torch.allclose(a, b, rtol=1e-3, atol=1e-6)

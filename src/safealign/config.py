@@ -140,7 +140,7 @@ class GrpoSettings(_Section):
     )
     warmup_steps: int = Field(default=3, ge=0, description="linear lr warm-up, then constant")
     max_grad_norm: float | None = Field(default=1.0, gt=0, description="gradient clipping (TRL's default 1.0)")
-    beta: float = Field(default=0.0, ge=0, description="KL coefficient; 0 = no reference model")
+    beta: float = Field(default=0.0, ge=0, description="KL(policy || base) coefficient; 0 = no reference forward (paper)")
     std_floor: float = Field(default=1e-3, ge=0, description="groups with reward std below this get zero advantage")
     include_benign: bool = Field(default=True, description="mix benign prompts into training")
     benign_fraction: float = Field(default=0.3, ge=0, le=1)

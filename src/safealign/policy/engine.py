@@ -3,7 +3,7 @@
 Why not TRL's GRPOTrainer for the default run (issue 8): with its defaults on this CPU (bf16, gradient
 checkpointing, LoRA applied unmerged at every decode step, every prompt prefilled G times, the prompt part of
 the loss forward computed G times) one step costs ~2.5x what the same arithmetic needs. This engine runs the
-SAME algorithm (group-relative advantages, loss_type="grpo", beta=0, one optimisation pass per batch) and
+SAME algorithm (group-relative advantages, loss_type="grpo", optional KL, one optimisation pass per batch) and
 only removes work:
 
 1. generation in fp32 with the LoRA delta MERGED into the base weights (no extra matmuls per token), a
@@ -20,10 +20,12 @@ only removes work:
    groups whose advantages are all zero (flat) are left out of the forward entirely (their gradient is 0);
    for Llama/Qwen2 the lm_head, log-softmax and target gather run in one [T, V] buffer (``_TokenLogProb``)
    instead of writing logits, their concatenation, log-softmax and a zero-filled gradient separately;
-4. one optimisation pass per batch => the importance ratio is exactly 1, so no old log-probs are computed
-   and no reference model exists (beta = 0). The loss is TRL's "grpo" aggregation:
-       loss = mean_i [ -(1/|o_i|) * sum_t A_i * log pi(o_i,t | q, o_i,<t) ]
-   whose gradient equals TRL's clipped-ratio form at ratio 1.
+4. one optimisation pass per batch => the importance ratio is exactly 1, so no old log-probs are computed.
+   The loss is TRL's "grpo" aggregation:
+       loss = mean_i [ (1/|o_i|) * sum_t ( -A_i * log pi(o_i,t | q, o_i,<t) + beta * KL_t ) ]
+   whose gradient equals TRL's clipped-ratio form at ratio 1. beta = 0 (the paper's default) needs no
+   reference at all; beta > 0 takes the reference log-probs from the same model with its LoRA adapter
+   switched off (one extra no-grad forward, no second model), with TRL's k3 estimator for KL_t.
 
 Shapes: B prompts, G completions per prompt, N = B*G sequences, Lp prompt tokens (left padded),
 Lc completion tokens (right padded after the first EOS; the EOS itself is kept in the loss, as in TRL).
@@ -350,17 +352,54 @@ def completion_logprobs(
     return -nll.view(completion.shape)
 
 
+def token_kl(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
+    """Per-token KL(pi || pi_ref) by the k3 estimator TRL's GRPO uses: exp(d) - d - 1 with d = ref - logp.
+
+    Unbiased for samples from pi, never negative, and with gradient only through ``logprobs``.
+    """
+    d = ref_logprobs - logprobs
+    return torch.exp(d) - d - 1
+
+
 def grpo_loss(
-    logprobs: torch.Tensor, mask: torch.Tensor, advantages: torch.Tensor, num_sequences: int
+    logprobs: torch.Tensor,
+    mask: torch.Tensor,
+    advantages: torch.Tensor,
+    num_sequences: int,
+    ref_logprobs: torch.Tensor | None = None,
+    beta: float = 0.0,
 ) -> torch.Tensor:
-    """TRL loss_type="grpo" at ratio 1: per-sequence token mean of -A*logp, averaged over ``num_sequences``.
+    """TRL loss_type="grpo" at ratio 1: per-sequence token mean of -A*logp (+ beta*KL), averaged over N.
 
     ``num_sequences`` is the batch's full N even when flat groups were left out of ``logprobs``, so the
     result (and its gradient) equals the loss over all N sequences.
     """
     m = mask.to(logprobs.dtype)
-    per_seq = -(advantages[:, None] * logprobs * m).sum(dim=1) / m.sum(dim=1).clamp(min=1.0)
+    per_token = -advantages[:, None] * logprobs
+    if beta != 0.0:
+        if ref_logprobs is None:
+            raise ValueError("beta != 0 needs the reference log-probs")
+        per_token = per_token + beta * token_kl(logprobs, ref_logprobs)
+    per_seq = (per_token * m).sum(dim=1) / m.sum(dim=1).clamp(min=1.0)
     return per_seq.sum() / num_sequences
+
+
+@dataclass
+class PolicyLoss:
+    loss: torch.Tensor
+    kl: float  # mean per-token KL(pi || pi_ref) over the completion tokens in the forward; 0 when beta = 0
+
+
+def reference_logprobs(
+    model: Any, prompts: PromptBatch, completion: torch.Tensor, group_size: int, temperature: float = 1.0
+) -> torch.Tensor:
+    """log pi_ref per completion token: the same model with its LoRA adapter switched off (no copy, no grad).
+
+    The adapter starts as a zero delta, so the base model IS the initial policy: the reference TRL would
+    keep as a second model costs here one extra forward and no memory.
+    """
+    with torch.no_grad(), model.disable_adapter():
+        return completion_logprobs(model, prompts, completion, group_size, temperature)
 
 
 def policy_loss(
@@ -371,15 +410,17 @@ def policy_loss(
     adv: Advantages,
     group_size: int,
     temperature: float = 1.0,
-) -> torch.Tensor | None:
+    beta: float = 0.0,
+) -> PolicyLoss | None:
     """The GRPO loss of a sampled batch, computed over the NON-flat groups only (None if all are flat).
 
-    Flat groups have zero advantage, so they add nothing to the loss or its gradient; leaving them out of
-    the forward is exact because the mean still divides by the full N. Columns that are padding in every
-    kept row are trimmed, so the forward is as short as the longest kept prompt and completion.
+    Flat groups have zero advantage, so with beta = 0 they add nothing to the loss or its gradient; leaving
+    them out of the forward is exact because the mean still divides by the full N. With beta > 0 their KL
+    term does have a gradient, so every group stays in. Columns that are padding in every kept row are
+    trimmed, so the forward is as short as the longest kept prompt and completion.
     """
     g = group_size
-    keep = (~adv.flat).nonzero().flatten()
+    keep = torch.arange(len(adv.flat)) if beta != 0.0 else (~adv.flat).nonzero().flatten()
     if not keep.numel():
         return None
     rows = (keep[:, None] * g + torch.arange(g)[None, :]).flatten()
@@ -388,8 +429,15 @@ def policy_loss(
         [prompts.raw[i] for i in keep.tolist()], prompts.ids[keep, -lp:], prompts.mask[keep, -lp:]
     )
     lc = int(cmask[rows].sum(1).max())
-    logp = completion_logprobs(model, sub, completion[rows, :lc], g, temperature)
-    return grpo_loss(logp, cmask[rows, :lc], adv.values[rows], num_sequences=completion.shape[0])
+    comp, mask = completion[rows, :lc], cmask[rows, :lc]
+    ref = reference_logprobs(model, sub, comp, g, temperature) if beta != 0.0 else None
+    logp = completion_logprobs(model, sub, comp, g, temperature)
+    loss = grpo_loss(logp, mask, adv.values[rows], completion.shape[0], ref_logprobs=ref, beta=beta)
+    kl = 0.0
+    if ref is not None:
+        m = mask.to(logp.dtype)
+        kl = float((token_kl(logp.detach(), ref) * m).sum() / m.sum().clamp(min=1.0))
+    return PolicyLoss(loss, kl)
 
 
 # ----------------------------------------------------------------------------------------------- one step
@@ -414,6 +462,7 @@ class StepConfig:
     top_p: float = 1.0
     std_floor: float = 1e-3
     max_grad_norm: float | None = 1.0
+    beta: float = 0.0  # KL(pi || base) coefficient; 0 = no reference forward (the paper's default)
 
 
 @dataclass
@@ -483,11 +532,11 @@ def grpo_step(
     # 3. one forward/backward over the non-flat groups only, then the optimizer step
     model.train()
     optimizer.zero_grad(set_to_none=False)
-    loss_value = 0.0
-    loss = policy_loss(model, prompts, completion, cmask, adv, g, cfg.temperature)
-    if loss is not None:
-        (-loss if flip_gradient else loss).backward()
-        loss_value = float(loss.detach())
+    loss_value = kl = 0.0
+    parts = policy_loss(model, prompts, completion, cmask, adv, g, cfg.temperature, cfg.beta)
+    if parts is not None:
+        (-parts.loss if flip_gradient else parts.loss).backward()
+        loss_value, kl = float(parts.loss.detach()), parts.kl
     t3 = time.perf_counter()
     params = [p for group in optimizer.param_groups for p in group["params"]]
     grad_norm = 0.0
@@ -513,6 +562,7 @@ def grpo_step(
         shaped_reward_mean=float(np.mean(rewards)),
         **adv.stats(),
         loss=loss_value,
+        kl=kl,
         grad_norm=grad_norm,
         lr=float(optimizer.param_groups[0]["lr"]),
         completion_len_mean=float(lengths.mean()),

@@ -366,11 +366,6 @@ def train_grpo(settings: Settings, resume: bool = True, scorer: Scorer | None = 
 
     cfg = settings.grpo
     layout = Layout.from_settings(settings)
-    if cfg.beta != 0:
-        raise DataError(
-            "grpo.beta != 0 needs a reference model; the fast engine implements beta = 0 (use engine=trl)"
-        )
-
     adversarial = read_prompts(layout.adversarial_split("train"))
     benign = (
         read_prompts(layout.benign_split("train")) if cfg.include_benign and cfg.benign_fraction > 0 else []
@@ -398,6 +393,7 @@ def train_grpo(settings: Settings, resume: bool = True, scorer: Scorer | None = 
         top_p=cfg.top_p,
         std_floor=cfg.std_floor,
         max_grad_norm=cfg.max_grad_norm,
+        beta=cfg.beta,
     )
 
     fingerprint = run_fingerprint(settings, scorer)
