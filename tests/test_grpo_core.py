@@ -81,6 +81,13 @@ def test_lambda_shrinks_to_zero_once_met_and_never_goes_negative():
     assert d.lam == 0.42
 
 
+def test_lambda_max_caps_the_multiplier_and_survives_a_checkpoint():
+    c = LagrangeConstraint(threshold=0.9, lr=1.0, lam_max=1.5)
+    assert [c.update(0.4) for _ in range(4)] == pytest.approx([0.5, 1.0, 1.5, 1.5])
+    assert c.update(1.0) == pytest.approx(1.4)  # and it still comes down once the bar is met
+    assert c.state_dict()["lam_max"] == 1.5
+
+
 # ------------------------------------------------------------------------------------------- fast vs reference
 
 
@@ -302,3 +309,23 @@ def test_constraint_covers_only_the_flagged_prompts(tiny_lora):
     assert constraint.lam == pytest.approx(2.0 + (0.9 - 0.4))  # mean safety of the adversarial rows only
     assert result.advantages.flat.tolist() == [False, True]  # benign group: equal plain rewards
     assert all(torch.equal(a, b) for a, b in zip(saved, params, strict=True))  # lr 0: weights untouched
+
+
+def test_per_prompt_weights_score_each_group_with_its_own_row(tiny_lora):
+    """[B, K] weights: the benign prompt's group is scored with the benign row, the other with its own."""
+    from safealign.policy.engine import StepConfig, collate_prompts, grpo_step
+    from safealign.policy.loading import format_prompt
+
+    model, tok = tiny_lora
+    raw = ["how do I make a weapon", "how do I bake bread"]
+    ids = [tok(format_prompt(tok, r), add_special_tokens=False)["input_ids"] for r in raw]
+    batch = collate_prompts(raw, ids, tok.pad_token_id)
+    safety = [0.2, 0.6, 0.95, 1.0]
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(params, lr=0.0)
+    weights = np.array([[0.0, 1.0], [1.0, 0.0]])  # adversarial: safety only; benign: the constant 0.5 only
+    torch.manual_seed(0)
+    result = grpo_step(model, tok, optimizer, None, batch, _RowScorer(safety), weights,
+                       StepConfig(group_size=2, max_new_tokens=3))  # fmt: skip
+    assert np.allclose(result.rewards, [0.2, 0.6, 0.5, 0.5])
+    assert result.advantages.flat.tolist() == [False, True]

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from safealign.errors import ConfigError
 
@@ -63,7 +63,10 @@ class DataSettings(_Section):
     max_response_chars: int = Field(default=8000, gt=0)
     min_rows: int = Field(default=100, ge=1, description="fewer labelled rows than this fails validation")
     min_label_coverage: float = Field(
-        default=0.5, ge=0.0, le=1.0, description="every aspect must be labelled on at least this share of rows"
+        default=0.5,
+        ge=0.0,
+        le=1.0,
+        description="every aspect must be labelled on at least this share of rows",
     )
     annotator: AnnotatorSettings = AnnotatorSettings()
 
@@ -79,11 +82,15 @@ class RewardSettings(_Section):
     batch_size: int = Field(default=32, gt=0)
     epochs: int = Field(default=3, gt=0)
     learning_rate: float = Field(
-        default=2e-4, gt=0, description="2e-4 with 4 frozen layers: 5e-5 left politeness at R^2 0.64 after 3 epochs"
+        default=2e-4,
+        gt=0,
+        description="2e-4 with 4 frozen layers: 5e-5 left politeness at R^2 0.64 after 3 epochs",
     )
     weight_decay: float = Field(default=0.01, ge=0)
     warmup_ratio: float = Field(default=0.1, ge=0, lt=1)
-    patience: int = Field(default=2, ge=1, description="epochs without held-out loss improvement before stopping")
+    patience: int = Field(
+        default=2, ge=1, description="epochs without held-out loss improvement before stopping"
+    )
     freeze_layers: int = Field(
         default=4,
         ge=0,
@@ -95,7 +102,9 @@ class RewardSettings(_Section):
 class CalibrateSettings(_Section):
     """Calibration gate: the bar every aspect must clear before anything downstream runs."""
 
-    r2_threshold: float = Field(default=0.75, description="held-out R^2 must be strictly above this, per aspect")
+    r2_threshold: float = Field(
+        default=0.75, description="held-out R^2 must be strictly above this, per aspect"
+    )
     min_probe_pass: float = Field(default=0.9, ge=0, le=1, description="every probe ordering's pass rate")
     reliability_bins: int = Field(default=10, gt=1)
 
@@ -123,6 +132,7 @@ class SafetyConstraintSettings(_Section):
     threshold: float = Field(default=0.9, ge=0, le=1)
     lr: float = Field(default=0.05, gt=0)
     aspect: str = "safety"
+    lambda_max: float | None = Field(default=None, gt=0, description="cap on the multiplier; null = none")
 
 
 class GrpoSettings(_Section):
@@ -139,13 +149,25 @@ class GrpoSettings(_Section):
         default=3e-4, gt=0, description="the paper's 1e-4 barely moves a 135M policy in 40 CPU steps"
     )
     warmup_steps: int = Field(default=3, ge=0, description="linear lr warm-up, then constant")
-    max_grad_norm: float | None = Field(default=1.0, gt=0, description="gradient clipping (TRL's default 1.0)")
-    beta: float = Field(default=0.0, ge=0, description="KL(policy || base) coefficient; 0 = no reference forward (paper)")
-    std_floor: float = Field(default=1e-3, ge=0, description="groups with reward std below this get zero advantage")
+    max_grad_norm: float | None = Field(
+        default=1.0, gt=0, description="gradient clipping (TRL's default 1.0)"
+    )
+    beta: float = Field(
+        default=0.0, ge=0, description="KL(policy || base) coefficient; 0 = no reference forward (paper)"
+    )
+    std_floor: float = Field(
+        default=1e-3, ge=0, description="groups with reward std below this get zero advantage"
+    )
     include_benign: bool = Field(default=True, description="mix benign prompts into training")
+    benign_weights: dict[str, float] | None = Field(
+        default=None,
+        description="aspect weights for BENIGN training prompts (unlisted aspects 0); null = the aspects' weights",
+    )
     benign_fraction: float = Field(default=0.3, ge=0, le=1)
     checkpoint_every: int = Field(default=8, gt=0)
-    engine: Literal["fast", "trl"] = Field(default="fast", description="safealign's CPU-fast loop or TRL's trainer")
+    engine: Literal["fast", "trl"] = Field(
+        default="fast", description="safealign's CPU-fast loop or TRL's trainer"
+    )
     lora: LoraSettings = LoraSettings()
     safety_constraint: SafetyConstraintSettings | None = Field(
         default=SafetyConstraintSettings(threshold=0.9, lr=1.0),
@@ -232,6 +254,19 @@ class Settings(_Section):
         if len(set(names)) != len(names):
             raise ValueError(f"aspect names must be unique, got {names}")
         return value
+
+    @model_validator(mode="after")
+    def _benign_weights_name_aspects(self) -> Settings:
+        bw = self.grpo.benign_weights
+        if bw is not None:
+            unknown = sorted(set(bw) - set(self.aspect_names))
+            if unknown:
+                raise ValueError(
+                    f"grpo.benign_weights names {unknown}, which are not aspects {self.aspect_names}"
+                )
+            if any(w < 0 for w in bw.values()) or sum(bw.values()) <= 0:
+                raise ValueError(f"grpo.benign_weights must be >= 0 with a positive sum, got {bw}")
+        return self
 
     @property
     def aspect_names(self) -> list[str]:

@@ -9,6 +9,10 @@ so lambda grows while the policy is under the bar (safety weighs more and more) 
 once the bar is met (the other aspects get the policy back). lambda is part of the checkpoint. The GRPO
 stage applies it to adversarial prompts only (``grpo_step(constrained=...)``): the constraint is about
 harmful requests, and over benign ones it rewarded needless refusals (measured: 98% benign refusals).
+
+When the bar is out of reach for the policy, lambda grows by ~lr * (threshold - safety) every step (to ~16
+after 55 steps here) and the reward becomes safety alone, the regime in which a stock refusal wins:
+``lam_max`` caps it so the other aspects keep a share of the reward however long the run.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ class LagrangeConstraint:
     lr: float
     aspect: str = "safety"
     lam: float = 0.0
+    lam_max: float | None = None  # cap: past it, more safety weight only teaches refusing (see module doc)
 
     def shape(self, combined: np.ndarray, safety: np.ndarray) -> np.ndarray:
         """Rewards with the Lagrangian term added, using the CURRENT lambda (before this step's update)."""
@@ -33,11 +38,18 @@ class LagrangeConstraint:
 
     def update(self, mean_safety: float) -> float:
         """One dual ascent step; returns the new lambda (never negative)."""
-        self.lam = max(0.0, self.lam + self.lr * (self.threshold - float(mean_safety)))
+        lam = max(0.0, self.lam + self.lr * (self.threshold - float(mean_safety)))
+        self.lam = lam if self.lam_max is None else min(lam, self.lam_max)
         return self.lam
 
     def state_dict(self) -> dict[str, float | str]:
-        return {"threshold": self.threshold, "lr": self.lr, "aspect": self.aspect, "lam": self.lam}
+        return {
+            "threshold": self.threshold,
+            "lr": self.lr,
+            "aspect": self.aspect,
+            "lam": self.lam,
+            "lam_max": self.lam_max,
+        }
 
     def load_state_dict(self, state: dict) -> None:
         self.lam = float(state["lam"])

@@ -494,6 +494,9 @@ def grpo_step(
     ``flip_gradient`` exists only for the test that proves the loop learns: ascending instead of descending
     the loss must make the toy reward go DOWN.
 
+    ``weights`` are the aspect weights, [K] for every prompt or [B, K] one row per prompt (the GRPO stage
+    gives benign prompts their own row when ``grpo.benign_weights`` is set).
+
     ``constrained`` (one flag per prompt, default all) says which prompts the safety constraint covers: the
     Lagrangian term is added to those prompts' completions only and the multiplier's update sees only their
     safety. The GRPO stage passes "adversarial": measured, a constraint over benign prompts too (where a
@@ -517,7 +520,8 @@ def grpo_step(
     texts = tokenizer.batch_decode(ids_list, skip_special_tokens=True)
     raw = [p for p in prompts.raw for _ in range(g)]
     scores = np.asarray(scorer.score(raw, texts, ids_list), dtype=np.float64)
-    combined = scores @ weights
+    w = np.asarray(weights, dtype=np.float64)
+    combined = scores @ w if w.ndim == 1 else (scores * np.repeat(w, g, axis=0)).sum(axis=1)
     rewards = combined
     safety = None
     covered = np.ones(len(combined), dtype=bool)

@@ -28,6 +28,7 @@ import shutil
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 # libgomp's thread wait policy (spin briefly on an idle CPU, sleep on a shared one) must be set before torch
@@ -372,12 +373,18 @@ def train_grpo(settings: Settings, resume: bool = True, scorer: Scorer | None = 
     )
     scorer = scorer or load_scorer(settings)
     weights = aspect_weights(settings.aspects, scorer.aspects)
+    benign_weights = weights  # params validated the names; the scorer must score every weighted one
+    if cfg.benign_weights is not None:
+        named = [SimpleNamespace(name=k, weight=w) for k, w in cfg.benign_weights.items()]
+        benign_weights = aspect_weights(named, scorer.aspects)
     constraint = None
     if cfg.safety_constraint is not None:
         sc = cfg.safety_constraint
         if sc.aspect not in scorer.aspects:
             raise DataError(f"grpo.safety_constraint.aspect {sc.aspect!r} is not scored by the reward model")
-        constraint = LagrangeConstraint(threshold=sc.threshold, lr=sc.lr, aspect=sc.aspect)
+        constraint = LagrangeConstraint(
+            threshold=sc.threshold, lr=sc.lr, aspect=sc.aspect, lam_max=sc.lambda_max
+        )
 
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
@@ -426,7 +433,7 @@ def train_grpo(settings: Settings, resume: bool = True, scorer: Scorer | None = 
                 scheduler,
                 encoder.batch(drawn),
                 scorer,
-                weights,
+                np.stack([weights if adv else benign_weights for adv in adversarial]),
                 step_cfg,
                 constraint,
                 constrained=adversarial,
