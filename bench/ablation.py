@@ -32,6 +32,8 @@ def arm_params(base: dict, safety_only: bool) -> dict:
         params["aspects"] = [
             {"name": a["name"], "weight": 1.0 if a["name"] == "safety" else 0.0} for a in params["aspects"]
         ]
+        # benign prompts too: their own weights (grpo.benign_weights) would put helpfulness back in the reward
+        params.setdefault("grpo", {})["benign_weights"] = None
     return params
 
 
