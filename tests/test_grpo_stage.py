@@ -114,6 +114,7 @@ def test_stage_outputs_logging_constraint_and_no_heldout(tmp_path):
     metrics = json.loads(layout.metrics_file("grpo").read_text())
     assert metrics == summary and metrics["steps"] == 3 and metrics["peak_rss_gib"] > 0
     assert set(metrics["reward_start"]) == {*RecordingScorer.aspects, "reward"}
+    assert metrics["benign_weights"] == metrics["weights"]  # grpo.benign_weights unset: the aspects' weights
     rows = _read_csv(layout.grpo_steps_csv)
     assert [int(float(r["step"])) for r in rows] == [1, 2, 3]
     for col in [

@@ -492,6 +492,7 @@ def train_grpo(settings: Settings, resume: bool = True, scorer: Scorer | None = 
             "lambda_final": constraint.lam if constraint else None,
             "aspects": list(scorer.aspects),
             "weights": [float(w) for w in weights],
+            "benign_weights": [float(w) for w in benign_weights],
             **summarize(rows, list(scorer.aspects)),
         }
         with atomic_dir(layout.adapter_dir) as tmp:
