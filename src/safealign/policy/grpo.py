@@ -28,7 +28,6 @@ import shutil
 import sys
 import time
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 # libgomp's thread wait policy (spin briefly on an idle CPU, sleep on a shared one) must be set before torch
@@ -373,10 +372,7 @@ def train_grpo(settings: Settings, resume: bool = True, scorer: Scorer | None = 
     )
     scorer = scorer or load_scorer(settings)
     weights = aspect_weights(settings.aspects, scorer.aspects)
-    benign_weights = weights  # params validated the names; the scorer must score every weighted one
-    if cfg.benign_weights is not None:
-        named = [SimpleNamespace(name=k, weight=w) for k, w in cfg.benign_weights.items()]
-        benign_weights = aspect_weights(named, scorer.aspects)
+    benign_weights = weights if cfg.benign_weights is None else aspect_weights(cfg.benign_weights, scorer.aspects)
     constraint = None
     if cfg.safety_constraint is not None:
         sc = cfg.safety_constraint

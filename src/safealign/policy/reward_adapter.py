@@ -13,7 +13,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 import numpy as np
@@ -53,9 +53,15 @@ class RewardModelScorer:
         )
 
 
-def aspect_weights(settings_aspects: Sequence[Any], scorer_aspects: Sequence[str]) -> np.ndarray:
-    """Weights from params, in the scorer's column order. Every weighted aspect must be scored."""
-    by_name = {a.name: float(a.weight) for a in settings_aspects}
+def aspect_weights(
+    weights: Sequence[Any] | Mapping[str, float], scorer_aspects: Sequence[str]
+) -> np.ndarray:
+    """Weights in the scorer's column order, from params' aspects (``.name``/``.weight``) or a name -> weight
+    mapping such as ``grpo.benign_weights``. Every weighted aspect must be scored."""
+    if isinstance(weights, Mapping):
+        by_name = {name: float(w) for name, w in weights.items()}
+    else:
+        by_name = {a.name: float(a.weight) for a in weights}
     missing = [name for name, w in by_name.items() if w > 0 and name not in scorer_aspects]
     if missing:
         raise ConfigError(
