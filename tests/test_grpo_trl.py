@@ -41,6 +41,14 @@ def test_aspect_weights_follow_the_scorer_order_and_refuse_unscored():
         aspect_weights(s.aspects, ["politeness", "meaningfulness", "actionability"])
 
 
+def test_trl_engine_refuses_benign_weights_it_would_ignore():
+    from safealign.policy.trl_engine import train_grpo_trl
+
+    s = Settings.model_validate({"grpo": {"engine": "trl", "benign_weights": {"actionability": 1.0}}})
+    with pytest.raises(ConfigError, match="grpo.engine=fast"):
+        train_grpo_trl(s, scorer=CountingScorer())
+
+
 def test_trl_grpo_trainer_runs_with_shared_reward_forward(tmp_path):
     from safealign.policy.loading import load_policy
     from safealign.policy.trl_engine import build_trl_trainer
