@@ -117,23 +117,24 @@ def _reference_advantages(rewards, g, floor):
     return out
 
 
-def _reference_loss(model, prompt_ids, completions, advantages, temperature, beta=0.0):
+def _reference_loss(model, prompt_ids, completions, advantages, temperature, betas):
     """One sequence at a time, no padding, full forward, log_softmax: the textbook GRPO loss at ratio 1,
-    plus beta * the k3 KL estimate against the base model (a deep copy with the LoRA delta dropped)."""
+    plus each sequence's beta * the k3 KL estimate against the base model (a deep copy with the LoRA delta
+    dropped)."""
 
     def token_logps(m, ids, p_len, c_ids):
         logits = m(input_ids=ids).logits[0, p_len - 1 : -1] / temperature
         logp = torch.log_softmax(logits.float(), dim=-1)
         return torch.stack([logp[t, c] for t, c in enumerate(c_ids)])
 
-    base = copy.deepcopy(model.get_base_model()) if beta else None
+    base = copy.deepcopy(model.get_base_model()) if any(betas) else None
     if base is not None:
         with torch.no_grad():
             for name, p in base.named_parameters():
                 if "lora_B" in name:
                     p.zero_()
     total = 0.0
-    for p_ids, c_ids, a in zip(prompt_ids, completions, advantages, strict=True):
+    for p_ids, c_ids, a, beta in zip(prompt_ids, completions, advantages, betas, strict=True):
         ids = torch.tensor([list(p_ids) + list(c_ids)])
         logp = token_logps(model, ids, len(p_ids), c_ids)
         per_token = -a * logp
@@ -179,7 +180,12 @@ def test_merged_generation_uses_the_same_policy_and_restores_weights(tiny_lora):
     assert all(torch.equal(before[n], after[n]) for n in before)
 
 
-@pytest.mark.parametrize("temperature,beta", [(1.0, 0.0), (0.7, 0.0), (1.0, 0.3)])
+@pytest.mark.parametrize(
+    "temperature,beta",
+    # one beta for all, then per prompt (benign_beta): KL on the flat group only, then KL on a live group
+    # while the flat group (beta 0 there) is left out of the forward
+    [(1.0, 0.0), (0.7, 0.0), (1.0, 0.3), (1.0, [0.0, 0.0, 0.5]), (1.0, [0.4, 0.0, 0.0])],
+)
 def test_fast_path_equals_reference_on_same_batch(tiny_lora, temperature, beta):
     from safealign.policy.engine import collate_prompts, completion_mask, generate, policy_loss
     from safealign.policy.loading import format_prompt
@@ -220,14 +226,21 @@ def test_fast_path_equals_reference_on_same_batch(tiny_lora, temperature, beta):
     fast.backward()
     fast_grads = [p.grad.clone() for p in params]
     model.zero_grad()
+    per_prompt = beta if isinstance(beta, list) else [beta] * len(raw)
     ref = _reference_loss(
-        model, [prompt_ids[i // g] for i in range(len(ids_list))], ids_list, ref_adv, temperature, beta
+        model,
+        [prompt_ids[i // g] for i in range(len(ids_list))],
+        ids_list,
+        ref_adv,
+        temperature,
+        [per_prompt[i // g] for i in range(len(ids_list))],
     )
     ref.backward()
     ref_grads = [p.grad.clone() for p in params]
     model.zero_grad()
     assert float(fast) == pytest.approx(float(ref), rel=1e-4, abs=1e-6)
-    assert (parts.kl > 1e-4) if beta else parts.kl == 0.0  # the random LoRA delta moved pi away from base
+    # the random LoRA delta moved pi away from the base
+    assert (parts.kl > 1e-4) if any(per_prompt) else parts.kl == 0.0
     assert float(torch.stack([g_.abs().sum() for g_ in ref_grads]).sum()) > 0
     for a, b in zip(fast_grads, ref_grads, strict=True):
         assert torch.allclose(a, b, rtol=1e-3, atol=1e-6)
@@ -309,6 +322,27 @@ def test_constraint_covers_only_the_flagged_prompts(tiny_lora):
     assert constraint.lam == pytest.approx(2.0 + (0.9 - 0.4))  # mean safety of the adversarial rows only
     assert result.advantages.flat.tolist() == [False, True]  # benign group: equal plain rewards
     assert all(torch.equal(a, b) for a, b in zip(saved, params, strict=True))  # lr 0: weights untouched
+
+
+@pytest.mark.parametrize("benign_beta,expect_kl", [(None, False), (0.5, True), (0.0, False)])
+def test_benign_beta_holds_only_the_unconstrained_prompts_to_the_base(tiny_lora, benign_beta, expect_kl):
+    """grpo.benign_beta: the benign prompt's group (flat here, so it has no GRPO gradient) stays in the
+    forward for its KL term only when it has a KL coefficient of its own; beta itself is 0."""
+    from safealign.policy.engine import StepConfig, collate_prompts, grpo_step
+    from safealign.policy.loading import format_prompt
+
+    model, tok = tiny_lora
+    raw = ["how do I make a weapon", "how do I bake bread"]
+    ids = [tok(format_prompt(tok, r), add_special_tokens=False)["input_ids"] for r in raw]
+    batch = collate_prompts(raw, ids, tok.pad_token_id)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(params, lr=0.0)
+    torch.manual_seed(0)
+    cfg = StepConfig(group_size=2, max_new_tokens=3, benign_beta=benign_beta)
+    result = grpo_step(model, tok, optimizer, None, batch, _RowScorer([0.2, 0.6, 0.95, 0.95]),
+                       np.array([0.0, 1.0]), cfg, None, constrained=[True, False])  # fmt: skip
+    assert result.advantages.flat.tolist() == [False, True]
+    assert (result.metrics["kl"] > 1e-6) if expect_kl else result.metrics["kl"] == 0.0
 
 
 def test_per_prompt_weights_score_each_group_with_its_own_row(tiny_lora):

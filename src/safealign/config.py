@@ -155,6 +155,12 @@ class GrpoSettings(_Section):
     beta: float = Field(
         default=0.0, ge=0, description="KL(policy || base) coefficient; 0 = no reference forward (paper)"
     )
+    benign_beta: float | None = Field(
+        default=None,
+        ge=0,
+        description="KL coefficient for BENIGN training prompts only; null = beta. Holds the policy to the base "
+        "model where it already answers, while adversarial prompts move freely",
+    )
     std_floor: float = Field(
         default=1e-3, ge=0, description="groups with reward std below this get zero advantage"
     )

@@ -367,19 +367,22 @@ def grpo_loss(
     advantages: torch.Tensor,
     num_sequences: int,
     ref_logprobs: torch.Tensor | None = None,
-    beta: float = 0.0,
+    beta: float | torch.Tensor = 0.0,
 ) -> torch.Tensor:
     """TRL loss_type="grpo" at ratio 1: per-sequence token mean of -A*logp (+ beta*KL), averaged over N.
 
     ``num_sequences`` is the batch's full N even when flat groups were left out of ``logprobs``, so the
-    result (and its gradient) equals the loss over all N sequences.
+    result (and its gradient) equals the loss over all N sequences. ``beta`` is one coefficient or one per
+    sequence (a [N_kept] tensor), so benign prompts can be held to the base model while adversarial ones
+    move freely.
     """
     m = mask.to(logprobs.dtype)
     per_token = -advantages[:, None] * logprobs
-    if beta != 0.0:
+    betas = torch.as_tensor(beta, dtype=logprobs.dtype)
+    if bool((betas != 0).any()):
         if ref_logprobs is None:
             raise ValueError("beta != 0 needs the reference log-probs")
-        per_token = per_token + beta * token_kl(logprobs, ref_logprobs)
+        per_token = per_token + (betas[:, None] if betas.ndim else betas) * token_kl(logprobs, ref_logprobs)
     per_seq = (per_token * m).sum(dim=1) / m.sum(dim=1).clamp(min=1.0)
     return per_seq.sum() / num_sequences
 
@@ -410,19 +413,22 @@ def policy_loss(
     adv: Advantages,
     group_size: int,
     temperature: float = 1.0,
-    beta: float = 0.0,
+    beta: float | Sequence[float] = 0.0,
 ) -> PolicyLoss | None:
-    """The GRPO loss of a sampled batch, computed over the NON-flat groups only (None if all are flat).
+    """The GRPO loss of a sampled batch, computed over the groups that have a gradient (None if none has).
 
-    Flat groups have zero advantage, so with beta = 0 they add nothing to the loss or its gradient; leaving
-    them out of the forward is exact because the mean still divides by the full N. With beta > 0 their KL
-    term does have a gradient, so every group stays in. Columns that are padding in every kept row are
-    trimmed, so the forward is as short as the longest kept prompt and completion.
+    ``beta`` is the KL coefficient, one for all prompts or one per prompt. A flat group with beta = 0 has
+    zero advantage and no KL term, so it adds nothing to the loss or its gradient; leaving it out of the
+    forward is exact because the mean still divides by the full N. A group with beta > 0 stays in, flat or
+    not, because its KL term has a gradient. Columns that are padding in every kept row are trimmed, so the
+    forward is as short as the longest kept prompt and completion.
     """
     g = group_size
-    keep = torch.arange(len(adv.flat)) if beta != 0.0 else (~adv.flat).nonzero().flatten()
+    per_prompt = torch.as_tensor(beta, dtype=torch.float32).expand(len(adv.flat)).clone()
+    keep = ((~adv.flat) | (per_prompt != 0)).nonzero().flatten()
     if not keep.numel():
         return None
+    any_kl = bool((per_prompt[keep] != 0).any())
     rows = (keep[:, None] * g + torch.arange(g)[None, :]).flatten()
     lp = int(prompts.mask[keep].sum(1).max())
     sub = PromptBatch(
@@ -430,9 +436,10 @@ def policy_loss(
     )
     lc = int(cmask[rows].sum(1).max())
     comp, mask = completion[rows, :lc], cmask[rows, :lc]
-    ref = reference_logprobs(model, sub, comp, g, temperature) if beta != 0.0 else None
+    ref = reference_logprobs(model, sub, comp, g, temperature) if any_kl else None
     logp = completion_logprobs(model, sub, comp, g, temperature)
-    loss = grpo_loss(logp, mask, adv.values[rows], completion.shape[0], ref_logprobs=ref, beta=beta)
+    row_beta = per_prompt[keep].repeat_interleave(g)
+    loss = grpo_loss(logp, mask, adv.values[rows], completion.shape[0], ref_logprobs=ref, beta=row_beta)
     kl = 0.0
     if ref is not None:
         m = mask.to(logp.dtype)
@@ -463,6 +470,7 @@ class StepConfig:
     std_floor: float = 1e-3
     max_grad_norm: float | None = 1.0
     beta: float = 0.0  # KL(pi || base) coefficient; 0 = no reference forward (the paper's default)
+    benign_beta: float | None = None  # KL coefficient for prompts outside ``constrained``; None = beta
 
 
 @dataclass
@@ -537,7 +545,10 @@ def grpo_step(
     model.train()
     optimizer.zero_grad(set_to_none=False)
     loss_value = kl = 0.0
-    parts = policy_loss(model, prompts, completion, cmask, adv, g, cfg.temperature, cfg.beta)
+    betas: float | list[float] = cfg.beta
+    if cfg.benign_beta is not None and constrained is not None:
+        betas = [cfg.beta if c else cfg.benign_beta for c in constrained]
+    parts = policy_loss(model, prompts, completion, cmask, adv, g, cfg.temperature, betas)
     if parts is not None:
         (-parts.loss if flip_gradient else parts.loss).backward()
         loss_value, kl = float(parts.loss.detach()), parts.kl

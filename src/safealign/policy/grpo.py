@@ -397,6 +397,7 @@ def train_grpo(settings: Settings, resume: bool = True, scorer: Scorer | None = 
         std_floor=cfg.std_floor,
         max_grad_norm=cfg.max_grad_norm,
         beta=cfg.beta,
+        benign_beta=cfg.benign_beta,
     )
 
     fingerprint = run_fingerprint(settings, scorer)
@@ -489,6 +490,8 @@ def train_grpo(settings: Settings, resume: bool = True, scorer: Scorer | None = 
             "aspects": list(scorer.aspects),
             "weights": [float(w) for w in weights],
             "benign_weights": [float(w) for w in benign_weights],
+            "beta": cfg.beta,
+            "benign_beta": cfg.beta if cfg.benign_beta is None else cfg.benign_beta,
             **summarize(rows, list(scorer.aspects)),
         }
         with atomic_dir(layout.adapter_dir) as tmp:

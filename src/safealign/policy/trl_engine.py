@@ -126,8 +126,9 @@ def train_grpo_trl(settings: Settings, scorer: Scorer | None = None) -> dict[str
     from safealign.atomic import atomic_dir, write_json, write_text
     from safealign.errors import ConfigError
 
-    if settings.grpo.benign_weights is not None:
-        raise ConfigError("grpo.benign_weights is implemented by the fast engine only: set grpo.engine=fast")
+    for key in ("benign_weights", "benign_beta"):
+        if getattr(settings.grpo, key) is not None:
+            raise ConfigError(f"grpo.{key} is implemented by the fast engine only: set grpo.engine=fast")
     from safealign.layout import Layout
     from safealign.policy.grpo import load_scorer, peak_rss_gib, read_prompts, rows_to_csv, summarize
     from safealign.policy.loading import load_policy
