@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import pytest
 import yaml
 
 from safealign.config import load_settings
+from safealign.policy.trl_engine import check_trl_supported
 
 ROOT = Path(__file__).resolve().parents[1]
 OPS = ROOT / ".venv-ops" / "bin"
@@ -149,6 +151,9 @@ def test_scheduled_retraining_and_trainjob(rendered):
         assert trainer["image"].endswith(f"safealign:{tag}-cuda")
         script = " ".join(trainer["args"])
         assert "accelerate launch --multi_gpu" in script and "grpo.engine=trl" in script
+        # the job's overrides on params.yaml must be settings the TRL engine accepts (it refuses what it ignores)
+        overrides = re.findall(r"--set (\S+)", script)
+        check_trl_supported(load_settings(ROOT / "params.yaml", overrides))
         gpus = trainer["resourcesPerNode"]["limits"]["nvidia.com/gpu"]
         assert {e["name"]: e["value"] for e in trainer["env"]}["GPUS_PER_NODE"] == gpus
     assert objects[("TrainJob", "safealign-grpo")]["spec"]["trainer"]["numNodes"] == 2  # prod

@@ -111,6 +111,18 @@ def build_trl_trainer(
     return trainer, cache
 
 
+def check_trl_supported(settings: Settings) -> None:
+    """Refuse settings TRL's trainer would silently ignore (per-kind rewards and KL are the fast engine's)."""
+    from safealign.errors import ConfigError
+
+    for key in ("benign_weights", "benign_beta"):
+        if getattr(settings.grpo, key) is not None:
+            raise ConfigError(
+                f"grpo.{key} is implemented by the fast engine only: set grpo.engine=fast, "
+                "or grpo.benign_weights=null and grpo.benign_beta=null for TRL"
+            )
+
+
 def train_grpo_trl(settings: Settings, scorer: Scorer | None = None) -> dict[str, Any]:
     """``safealign grpo`` with ``grpo.engine=trl``: TRL does the loop; outputs in the same places.
 
@@ -124,11 +136,8 @@ def train_grpo_trl(settings: Settings, scorer: Scorer | None = None) -> dict[str
 
     from safealign import tracking
     from safealign.atomic import atomic_dir, write_json, write_text
-    from safealign.errors import ConfigError
 
-    for key in ("benign_weights", "benign_beta"):
-        if getattr(settings.grpo, key) is not None:
-            raise ConfigError(f"grpo.{key} is implemented by the fast engine only: set grpo.engine=fast")
+    check_trl_supported(settings)
     from safealign.layout import Layout
     from safealign.policy.grpo import load_scorer, peak_rss_gib, read_prompts, rows_to_csv, summarize
     from safealign.policy.loading import load_policy
