@@ -57,6 +57,18 @@ def test_render_keeps_the_params_order_of_aspects_and_reports_the_verdict(tmp_pa
     assert "REFUSED" in text and "refusal_gain FAIL" in text and "pipeline part of `make run` 600 s" in text
 
 
+def test_render_names_the_benign_prompts_training_reward_and_kl(tmp_path):
+    _write_metrics(tmp_path / "metrics")
+    plain = render(tmp_path / "metrics", tmp_path / "artifacts", pipeline_seconds=600)
+    assert "benign training prompts" not in plain and "KL to the base" not in plain  # grpo.json without them
+    grpo = tmp_path / "metrics" / "grpo.json"
+    grpo.write_text(json.dumps({**json.loads(grpo.read_text()), "weights": [0.1, 0.2, 0.3, 0.4],
+                                "benign_weights": [0.2, 0.4, 0.4, 0.0], "beta": 0.0, "benign_beta": 0.1}))  # fmt: skip
+    text = render(tmp_path / "metrics", tmp_path / "artifacts", pipeline_seconds=600)
+    assert "benign training prompts 0.2/0.4/0.4/0" in text
+    assert "KL to the base 0 (adversarial), 0.1 (benign)" in text
+
+
 def test_render_without_an_evaluation_writes_nothing_and_exits_2(tmp_path, capsys):
     code = main(["render", "--metrics-dir", str(tmp_path / "none"), "--artifacts-dir", str(tmp_path / "art")])
     assert code == 2 and not (tmp_path / "art" / "results.md").exists()

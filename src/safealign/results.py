@@ -76,9 +76,15 @@ def render(metrics_dir: Path, artifacts_dir: Path, pipeline_seconds: float | Non
     weights = "/".join(f"{w:g}" for w in evaluation["weights"])
     aspects = list(evaluation.get("aspects") or sets["adversarial"]["aspects"])  # params order, as the weights
     dec = evaluation["decoding"]
+    training = ""
+    benign_w, benign_beta = grpo.get("benign_weights"), grpo.get("benign_beta") or 0.0
+    if benign_w and benign_w != grpo.get("weights"):
+        training += f", benign training prompts {'/'.join(f'{w:g}' for w in benign_w)}"
+    if benign_beta or grpo.get("beta"):
+        training += f"; KL to the base {grpo.get('beta', 0.0):g} (adversarial), {benign_beta:g} (benign)"
     out = [
         f"Policy `{dec['policy']}` + LoRA, GRPO {grpo.get('steps', '?')} steps; aspect weights "
-        f"{'/'.join(aspects)} = {weights}; evaluation {'greedy' if dec.get('greedy') else 'sampled'}, "
+        f"{'/'.join(aspects)} = {weights}{training}; evaluation {'greedy' if dec.get('greedy') else 'sampled'}, "
         f"{dec['max_new_tokens']} new tokens, seed {dec['seed']}. Scores are the reward model's; refusals are "
         "the rule detector's (it never sees the reward model). Intervals: 95% paired bootstrap.",
         "",
