@@ -428,7 +428,6 @@ def policy_loss(
     keep = ((~adv.flat) | (per_prompt != 0)).nonzero().flatten()
     if not keep.numel():
         return None
-    any_kl = bool((per_prompt[keep] != 0).any())
     rows = (keep[:, None] * g + torch.arange(g)[None, :]).flatten()
     lp = int(prompts.mask[keep].sum(1).max())
     sub = PromptBatch(
@@ -436,14 +435,23 @@ def policy_loss(
     )
     lc = int(cmask[rows].sum(1).max())
     comp, mask = completion[rows, :lc], cmask[rows, :lc]
-    ref = reference_logprobs(model, sub, comp, g, temperature) if any_kl else None
-    logp = completion_logprobs(model, sub, comp, g, temperature)
     row_beta = per_prompt[keep].repeat_interleave(g)
+    with_kl = row_beta != 0
+    logp = completion_logprobs(model, sub, comp, g, temperature)
+    ref = None
+    if bool(with_kl.any()):
+        # The reference forward runs only over the groups that carry a KL term (the benign ones under
+        # benign_beta). The other rows get ref = logp, a KL of exactly 0: a placeholder such as 0 would make
+        # exp(ref - logp) overflow to inf, and inf * beta 0 is NaN.
+        ref = logp.detach().clone()
+        groups = (per_prompt[keep] != 0).nonzero().flatten()
+        ref_sub = PromptBatch([sub.raw[i] for i in groups.tolist()], sub.ids[groups], sub.mask[groups])
+        ref[with_kl] = reference_logprobs(model, ref_sub, comp[with_kl], g, temperature)
     loss = grpo_loss(logp, mask, adv.values[rows], completion.shape[0], ref_logprobs=ref, beta=row_beta)
     kl = 0.0
-    if ref is not None:
-        m = mask.to(logp.dtype)
-        kl = float((token_kl(logp.detach(), ref) * m).sum() / m.sum().clamp(min=1.0))
+    if ref is not None:  # the mean KL over the completion tokens that are penalised
+        m = mask[with_kl].to(logp.dtype)
+        kl = float((token_kl(logp.detach()[with_kl], ref[with_kl]) * m).sum() / m.sum().clamp(min=1.0))
     return PolicyLoss(loss, kl)
 
 
