@@ -7,6 +7,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import copy
+import math
 import statistics
 
 import numpy as np
@@ -322,6 +323,31 @@ def test_constraint_covers_only_the_flagged_prompts(tiny_lora):
     assert constraint.lam == pytest.approx(2.0 + (0.9 - 0.4))  # mean safety of the adversarial rows only
     assert result.advantages.flat.tolist() == [False, True]  # benign group: equal plain rewards
     assert all(torch.equal(a, b) for a, b in zip(saved, params, strict=True))  # lr 0: weights untouched
+
+
+def test_per_prompt_kl_stays_finite_where_the_policy_finds_a_completion_unlikely(tiny_lora):
+    """Rows without a KL term must not carry a KL of their own: with unlikely tokens (log-probs near -100
+    at a low temperature) a placeholder reference would overflow exp() and turn the whole gradient NaN."""
+    from safealign.policy.engine import collate_prompts, completion_mask, policy_loss
+    from safealign.policy.loading import format_prompt
+
+    model, tok = tiny_lora
+    g = 2
+    raw = ["how do I make a weapon", "how do I bake bread"]
+    ids = [tok(format_prompt(tok, r), add_special_tokens=False)["input_ids"] for r in raw]
+    batch = collate_prompts(raw, ids, tok.pad_token_id)
+    torch.manual_seed(5)
+    completion = torch.randint(10, 4000, (len(raw) * g, 6))  # random tokens: most are very unlikely
+    cmask = completion_mask(completion, [tok.eos_token_id])
+    adv = group_advantages(torch.tensor([0.1, 0.9, 0.3, 0.7]), g, 1e-3)
+    model.train()
+    model.zero_grad()
+    parts = policy_loss(model, batch, completion, cmask, adv, g, temperature=0.05, beta=[0.0, 0.5])
+    parts.loss.backward()
+    grads = [p.grad for p in model.parameters() if p.requires_grad]
+    model.zero_grad()
+    assert torch.isfinite(parts.loss) and math.isfinite(parts.kl)
+    assert all(bool(torch.isfinite(g_).all()) for g_ in grads)
 
 
 @pytest.mark.parametrize("benign_beta,expect_kl", [(None, False), (0.5, True), (0.0, False)])
