@@ -364,9 +364,10 @@ def test_benign_beta_holds_only_the_unconstrained_prompts_to_the_base(tiny_lora,
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=0.0)
     torch.manual_seed(0)
-    cfg = StepConfig(group_size=2, max_new_tokens=3, benign_beta=benign_beta)
+    cfg = StepConfig(group_size=2, max_new_tokens=3)
+    betas = None if benign_beta is None else [0.0, benign_beta]  # what the GRPO stage passes
     result = grpo_step(model, tok, optimizer, None, batch, _RowScorer([0.2, 0.6, 0.95, 0.95]),
-                       np.array([0.0, 1.0]), cfg, None, constrained=[True, False])  # fmt: skip
+                       np.array([0.0, 1.0]), cfg, None, constrained=[True, False], betas=betas)  # fmt: skip
     assert result.advantages.flat.tolist() == [False, True]
     assert (result.metrics["kl"] > 1e-6) if expect_kl else result.metrics["kl"] == 0.0
 

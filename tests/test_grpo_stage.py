@@ -92,16 +92,34 @@ def _read_csv(path: Path) -> list[dict]:
     return list(csv.DictReader(path.read_text().splitlines()))
 
 
+def _stage_inputs(tmp: Path, **grpo) -> tuple:
+    """params.yaml with these grpo keys, loaded as the CLI would, and the train splits in place."""
+    (tmp / "params.yaml").write_text(yaml.safe_dump(_params(tmp, **grpo)))
+    settings = load_settings(tmp / "params.yaml")
+    layout = Layout.from_settings(settings)
+    _write_splits(layout)
+    return settings, layout
+
+
+def test_benign_beta_reaches_the_step_only_for_benign_prompts(tmp_path):
+    """The stage hands grpo.benign_beta to the step for the benign prompts it drew: with beta 0, a KL
+    metric above 0 can only come from them."""
+    from safealign.policy.grpo import train_grpo
+
+    settings, layout = _stage_inputs(tmp_path, benign_beta=0.5, benign_fraction=0.5, steps=4)
+    scorer = RecordingScorer()
+    summary = train_grpo(settings, resume=False, scorer=scorer)
+    assert summary["beta"] == 0.0 and summary["benign_beta"] == 0.5
+    kls = [float(r["kl"]) for r in _read_csv(layout.grpo_steps_csv)]
+    assert any(k > 0 for k in kls)  # 2 prompts per step at share 0.5: every step draws one benign prompt
+
+
 def test_stage_outputs_logging_constraint_and_no_heldout(tmp_path):
     import mlflow
 
     from safealign.policy.grpo import train_grpo
 
-    params = _params(tmp_path, safety_constraint={"threshold": 0.95, "lr": 0.5})
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    settings = load_settings(tmp_path / "params.yaml")
-    layout = Layout.from_settings(settings)
-    _write_splits(layout)
+    settings, layout = _stage_inputs(tmp_path, safety_constraint={"threshold": 0.95, "lr": 0.5})
     scorer = RecordingScorer()
 
     summary = train_grpo(settings, resume=True, scorer=scorer)

@@ -436,7 +436,8 @@ def policy_loss(
     lc = int(cmask[rows].sum(1).max())
     comp, mask = completion[rows, :lc], cmask[rows, :lc]
     row_beta = per_prompt[keep].repeat_interleave(g)
-    with_kl = row_beta != 0
+    group_kl = per_prompt[keep] != 0
+    with_kl = group_kl.repeat_interleave(g)
     logp = completion_logprobs(model, sub, comp, g, temperature)
     ref = None
     if bool(with_kl.any()):
@@ -444,7 +445,7 @@ def policy_loss(
         # benign_beta). The other rows get ref = logp, a KL of exactly 0: a placeholder such as 0 would make
         # exp(ref - logp) overflow to inf, and inf * beta 0 is NaN.
         ref = logp.detach().clone()
-        groups = (per_prompt[keep] != 0).nonzero().flatten()
+        groups = group_kl.nonzero().flatten()
         ref_sub = PromptBatch([sub.raw[i] for i in groups.tolist()], sub.ids[groups], sub.mask[groups])
         ref[with_kl] = reference_logprobs(model, ref_sub, comp[with_kl], g, temperature)
     loss = grpo_loss(logp, mask, adv.values[rows], completion.shape[0], ref_logprobs=ref, beta=row_beta)
@@ -478,7 +479,6 @@ class StepConfig:
     std_floor: float = 1e-3
     max_grad_norm: float | None = 1.0
     beta: float = 0.0  # KL(pi || base) coefficient; 0 = no reference forward (the paper's default)
-    benign_beta: float | None = None  # KL coefficient for prompts outside ``constrained``; None = beta
 
 
 @dataclass
@@ -504,6 +504,7 @@ def grpo_step(
     constraint: LagrangeConstraint | None = None,
     flip_gradient: bool = False,
     constrained: Sequence[bool] | None = None,
+    betas: Sequence[float] | None = None,
 ) -> StepResult:
     """Sample, score, compute advantages, one forward/backward, one optimizer step.
 
@@ -517,6 +518,9 @@ def grpo_step(
     Lagrangian term is added to those prompts' completions only and the multiplier's update sees only their
     safety. The GRPO stage passes "adversarial": measured, a constraint over benign prompts too (where a
     refusal scores 1.0 safety vs 0.97 for an answer) let a multiplier of 15 teach refusing everything.
+
+    ``betas`` are per-prompt KL coefficients (default ``cfg.beta`` for all); the GRPO stage gives benign
+    prompts ``grpo.benign_beta``, as it gives them their own weights row.
     """
     t0 = time.perf_counter()
     eos_ids = eos_token_ids(model, tokenizer)
@@ -553,10 +557,8 @@ def grpo_step(
     model.train()
     optimizer.zero_grad(set_to_none=False)
     loss_value = kl = 0.0
-    betas: float | list[float] = cfg.beta
-    if cfg.benign_beta is not None and constrained is not None:
-        betas = [cfg.beta if c else cfg.benign_beta for c in constrained]
-    parts = policy_loss(model, prompts, completion, cmask, adv, g, cfg.temperature, betas)
+    kl_coefs = cfg.beta if betas is None else betas
+    parts = policy_loss(model, prompts, completion, cmask, adv, g, cfg.temperature, kl_coefs)
     if parts is not None:
         (-parts.loss if flip_gradient else parts.loss).backward()
         loss_value, kl = float(parts.loss.detach()), parts.kl

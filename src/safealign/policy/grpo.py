@@ -397,8 +397,8 @@ def train_grpo(settings: Settings, resume: bool = True, scorer: Scorer | None = 
         std_floor=cfg.std_floor,
         max_grad_norm=cfg.max_grad_norm,
         beta=cfg.beta,
-        benign_beta=cfg.benign_beta,
     )
+    benign_beta = cfg.beta if cfg.benign_beta is None else cfg.benign_beta
 
     fingerprint = run_fingerprint(settings, scorer)
     start_step, rows, elapsed_before = 0, [], 0.0
@@ -434,6 +434,7 @@ def train_grpo(settings: Settings, resume: bool = True, scorer: Scorer | None = 
                 step_cfg,
                 constraint,
                 constrained=adversarial,
+                betas=[cfg.beta if adv else benign_beta for adv in adversarial],
             )
             row: dict[str, Any] = {"step": step, **result.metrics}
             if constraint is None:
@@ -491,7 +492,7 @@ def train_grpo(settings: Settings, resume: bool = True, scorer: Scorer | None = 
             "weights": [float(w) for w in weights],
             "benign_weights": [float(w) for w in benign_weights],
             "beta": cfg.beta,
-            "benign_beta": cfg.beta if cfg.benign_beta is None else cfg.benign_beta,
+            "benign_beta": benign_beta,
             **summarize(rows, list(scorer.aspects)),
         }
         with atomic_dir(layout.adapter_dir) as tmp:
