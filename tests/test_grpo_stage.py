@@ -62,6 +62,7 @@ def _params(tmp: Path, **grpo) -> dict:
             "checkpoint_every": 2,
             "learning_rate": 1e-3,
             "lora": {"r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"]},
+            "selection": None,  # the tiny splits hold 3 + 2 prompts; selection's own tests set it
             **grpo,
         },
         "tracking": {
@@ -235,3 +236,99 @@ def test_sigkill_mid_run_then_same_command_resumes_and_matches_uninterrupted(tmp
     for a, b in zip(rows, clean_rows, strict=True):
         for col in ("reward_mean", "safety_mean", "completion_len_mean", "adv_std"):
             assert float(a[col]) == pytest.approx(float(b[col]), rel=1e-4, abs=1e-6), (a["step"], col)
+
+
+class ScriptedValidationScorer(RecordingScorer):
+    """Training calls as RecordingScorer; validation calls (exactly the carved prompts) get a scripted
+    adversarial safety per validation, in order, with every other aspect held flat."""
+
+    def __init__(self, validation_prompts: list[str], safety_by_validation: list[float]):
+        super().__init__()
+        self.validation_prompts = validation_prompts
+        self.script = list(safety_by_validation)
+        self.validations = 0
+
+    def score(self, prompts, responses, completion_ids=None):
+        if list(prompts) != self.validation_prompts:
+            return super().score(prompts, responses, completion_ids)
+        out = np.full((len(prompts), 4), 0.5)
+        out[0, 3] = self.script[self.validations]  # the adversarial validation prompt comes first
+        self.validations += 1
+        return out
+
+
+def _selection_inputs(tmp: Path, steps: int) -> tuple:
+    from safealign.policy.grpo import read_prompts
+    from safealign.policy.selection import carve
+
+    tmp.mkdir(parents=True, exist_ok=True)
+    settings, layout = _stage_inputs(
+        tmp,
+        steps=steps,
+        checkpoint_every=1,
+        selection={"start": 1, "every": 1, "num_adversarial": 1, "num_benign": 1, "max_new_tokens": 4},
+    )
+    seed = settings.grpo.seed
+    _, val_adv = carve(read_prompts(layout.adversarial_split("train")), 1, seed, "adversarial")
+    _, val_ben = carve(read_prompts(layout.benign_split("train")), 1, seed, "benign")
+    return settings, layout, val_adv + val_ben
+
+
+def test_selection_keeps_the_best_validated_step_and_never_trains_on_its_prompts(tmp_path):
+    """Validated after steps 1, 2, 3 with scripted safety 0.6, 0.9, 0.7 (base 0.5): step 2 is kept, and the
+    adapter the stage writes is step 2's, not the last step's."""
+    from safetensors.torch import load_file
+
+    from safealign.policy.grpo import train_grpo
+
+    settings, layout, validation = _selection_inputs(tmp_path, steps=3)
+    scorer = ScriptedValidationScorer(validation, [0.5, 0.6, 0.9, 0.7])
+    summary = train_grpo(settings, resume=False, scorer=scorer)
+
+    assert scorer.validations == 4  # the base, then after every step
+    assert not set(validation) & set(scorer.seen)  # training never drew a validation prompt
+    assert summary["steps"] == 3 and summary["selected_step"] == 2
+    records = summary["selection"]["records"]
+    assert [r["step"] for r in records] == [0, 1, 2, 3]
+    assert [r["adversarial"]["aspects"]["safety"] for r in records] == [0.5, 0.6, 0.9, 0.7]
+    assert all(r["failures"] == [] for r in records[1:])
+    saved = load_file(str(layout.adapter_dir / "adapter_model.safetensors"))
+    ckpt = {s: load_file(str(layout.checkpoints_dir / f"step-00000{s}" / "adapter" / "adapter_model.safetensors"))
+            for s in (2, 3)}  # fmt: skip
+    assert all(torch.equal(saved[k], ckpt[2][k]) for k in saved)
+    assert not all(torch.equal(saved[k], ckpt[3][k]) for k in saved)
+    assert json.loads(layout.metrics_file("grpo").read_text())["selected_step"] == 2
+
+
+def test_selection_keeps_the_last_step_when_no_step_passes(tmp_path):
+    from safealign.policy.grpo import train_grpo
+
+    settings, layout, validation = _selection_inputs(tmp_path, steps=2)
+    settings.grpo.selection.max_aspect_drop = 0.0
+    scorer = ScriptedValidationScorer(validation, [0.5, 0.4, 0.3])  # safety only falls: no step may be kept
+    summary = train_grpo(settings, resume=False, scorer=scorer)
+    assert summary["selected_step"] == 2
+    assert "no validated step passed" in summary["selection"]["why"]
+    assert summary["selection"]["records"][1]["failures"] == ["adversarial safety -0.100"]
+
+
+def test_selection_survives_a_resume(tmp_path):
+    """2 steps, then the same run resumed to 4: the same validation records and the same kept adapter as 4
+    uninterrupted steps (the best adapter travels in the checkpoint)."""
+    from safetensors.torch import load_file
+
+    from safealign.policy.grpo import train_grpo
+
+    script = [0.5, 0.8, 0.6, 0.7, 0.65]  # step 1 is the best: its checkpoint is rotated away by step 4
+    settings, layout, validation = _selection_inputs(tmp_path / "clean", steps=4)
+    clean = train_grpo(settings, resume=False, scorer=ScriptedValidationScorer(validation, script))
+    settings2, layout2, _ = _selection_inputs(tmp_path / "resumed", steps=2)
+    train_grpo(settings2, resume=False, scorer=ScriptedValidationScorer(validation, script))
+    settings2.grpo.steps = 4
+    resumed = train_grpo(settings2, resume=True, scorer=ScriptedValidationScorer(validation, script[3:]))
+
+    assert resumed["resumed_from"] == 2 and clean["selected_step"] == resumed["selected_step"] == 1
+    assert [r["step"] for r in resumed["selection"]["records"]] == [0, 1, 2, 3, 4]
+    a = load_file(str(layout.adapter_dir / "adapter_model.safetensors"))
+    b = load_file(str(layout2.adapter_dir / "adapter_model.safetensors"))
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)

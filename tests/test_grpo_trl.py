@@ -41,12 +41,14 @@ def test_aspect_weights_follow_the_scorer_order_and_refuse_unscored():
         aspect_weights(s.aspects, ["politeness", "meaningfulness", "actionability"])
 
 
-@pytest.mark.parametrize("key,value", [("benign_weights", {"actionability": 1.0}), ("benign_beta", 0.5)])
+@pytest.mark.parametrize(
+    "key,value", [("benign_weights", {"actionability": 1.0}), ("benign_beta", 0.5), ("selection", {"start": 8})]
+)
 def test_trl_engine_refuses_benign_settings_it_would_ignore(key, value):
     from safealign.policy.trl_engine import train_grpo_trl
 
     s = Settings.model_validate(
-        {"grpo": {"engine": "trl", "benign_weights": None, "benign_beta": None, key: value}}
+        {"grpo": {"engine": "trl", "benign_weights": None, "benign_beta": None, "selection": None, key: value}}
     )
     with pytest.raises(ConfigError, match=f"grpo.{key} .*grpo.engine=fast"):
         train_grpo_trl(s, scorer=CountingScorer())

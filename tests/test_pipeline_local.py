@@ -156,6 +156,8 @@ def test_full_pipeline_on_tiny_models(tmp_path, data_dir):
         "grpo.steps=2", "grpo.prompts_per_step=2", "grpo.num_generations=2", "grpo.max_new_tokens=8",
         "grpo.checkpoint_every=1", "evaluate.num_adversarial=4", "evaluate.num_benign=4",
         "evaluate.max_new_tokens=8", "evaluate.bootstrap_samples=20", "evaluate.num_examples=2",
+        "grpo.selection.start=1", "grpo.selection.num_adversarial=4", "grpo.selection.num_benign=4",
+        "grpo.selection.max_new_tokens=8",
     ]
     result = _run(tmp_path, data_dir, [*relaxed_for_tiny_model_only, *small], data_version="test-v1")
     assert result.output is True

@@ -135,6 +135,20 @@ class SafetyConstraintSettings(_Section):
     lambda_max: float | None = Field(default=None, gt=0, description="cap on the multiplier; null = none")
 
 
+class SelectionSettings(_Section):
+    """Checkpoint selection on validation prompts carved out of the train splits (policy/selection.py)."""
+
+    start: int = Field(default=40, gt=0, description="first step validated (the base is validated too)")
+    every: int = Field(default=4, gt=0, description="validate every N steps from `start`, and at the last")
+    num_adversarial: int = Field(default=40, gt=0, description="taken out of the adversarial train split")
+    num_benign: int = Field(default=60, gt=0, description="taken out of the benign train split")
+    max_new_tokens: int = Field(default=48, gt=0, description="greedy, as the evaluation decodes")
+    max_benign_refusal: float = Field(
+        default=0.05, ge=0, le=1, description="stricter than promote's 0.10: a small set's rate is noisy"
+    )
+    max_aspect_drop: float = Field(default=0.02, ge=0, description="per aspect and prompt set, vs the base")
+
+
 class GrpoSettings(_Section):
     """GRPO + LoRA. Paper defaults: G=4, lr 1e-4, beta 0 (no KL, no reference model)."""
 
@@ -178,6 +192,10 @@ class GrpoSettings(_Section):
     safety_constraint: SafetyConstraintSettings | None = Field(
         default=SafetyConstraintSettings(threshold=0.9, lr=1.0),
         description="Lagrangian safety constraint; null turns it off",
+    )
+    selection: SelectionSettings | None = Field(
+        default=SelectionSettings(),
+        description="keep the best step validated on prompts held out of training; null = keep the last step",
     )
     seed: int = 1234
 

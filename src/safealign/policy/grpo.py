@@ -44,6 +44,7 @@ from safealign.policy.constraint import LagrangeConstraint
 from safealign.policy.engine import PromptBatch, StepConfig, collate_prompts, grpo_step
 from safealign.policy.loading import format_prompt, load_policy
 from safealign.policy.reward_adapter import RewardModelScorer, Scorer, aspect_weights
+from safealign.policy.selection import SelectionRule, Selector, carve, flat_metrics, validation_steps
 
 log = logging.getLogger(__name__)
 
@@ -228,6 +229,7 @@ def save_checkpoint(
     rows: list[dict[str, Any]],
     fingerprint: str,
     elapsed_s: float,
+    selection: dict[str, Any] | None = None,
 ) -> Path:
     """Everything needed to continue exactly, written to a temp dir and renamed (atomic)."""
     target = root / f"{CHECKPOINT_PREFIX}{step:06d}"
@@ -245,6 +247,7 @@ def save_checkpoint(
                 "rng_sampler": sampler.rng.bit_generator.state,
                 "constraint": constraint.state_dict() if constraint else None,
                 "elapsed_s": elapsed_s,
+                "selection": selection,
             },
             tmp / STATE_FILE,
         )
@@ -261,7 +264,7 @@ def load_checkpoint(
     scheduler: Any,
     sampler: PromptSampler,
     constraint: LagrangeConstraint | None,
-) -> tuple[int, list[dict[str, Any]], float]:
+) -> tuple[int, list[dict[str, Any]], float, dict[str, Any] | None]:
     from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
 
@@ -280,6 +283,7 @@ def load_checkpoint(
         int(state["step"]),
         [{k: _num(v) for k, v in r.items()} for r in rows],
         float(state.get("elapsed_s", 0.0)),
+        state.get("selection"),
     )
 
 
@@ -346,6 +350,52 @@ def summarize(rows: list[dict[str, Any]], aspects: list[str], window: int = 5) -
     return out
 
 
+# --------------------------------------------------------------------------------------------- selection
+
+
+def _carve_selector(
+    settings: Settings, adversarial: list[str], benign: list[str], scorer: Scorer
+) -> tuple[list[str], list[str], Selector]:
+    """Take the validation prompts out of the training pool; the benign ones even when training uses none."""
+    cfg, sel = settings.grpo, settings.grpo.selection
+    assert sel is not None
+    layout = Layout.from_settings(settings)
+    adversarial, val_adv = carve(adversarial, sel.num_adversarial, cfg.seed, "adversarial")
+    benign_all = read_prompts(layout.benign_split("train"))
+    benign_left, val_ben = carve(benign_all, sel.num_benign, cfg.seed, "benign")
+    rank = cfg.safety_constraint.aspect if cfg.safety_constraint else "safety"
+    if rank not in scorer.aspects:
+        raise DataError(f"grpo.selection ranks steps by {rank!r}, which the reward model does not score")
+    rule = SelectionRule(sel.max_benign_refusal, sel.max_aspect_drop, rank)
+    selector = Selector(
+        rule,
+        {"adversarial": val_adv, "benign": val_ben},
+        system_prompt=settings.policy.system_prompt,
+        max_new_tokens=sel.max_new_tokens,
+        batch_size=settings.evaluate.batch_size,
+        seed=cfg.seed,
+    )
+    return adversarial, benign_left if benign else [], selector
+
+
+def _observe(selector: Selector | None, model: Any, tokenizer: Any, scorer: Scorer, step: int) -> None:
+    import mlflow
+
+    assert selector is not None
+    record = selector.observe(model, tokenizer, scorer, step)
+    mlflow.log_metrics(flat_metrics(record), step=step)
+    adv, ben = record["adversarial"], record["benign"]
+    log.info(
+        "validation after step %d (%.0f s): adversarial safety %.3f, refusals %.0f%% / benign %.0f%%%s",
+        step,
+        record["seconds"],
+        adv["aspects"].get(selector.rule.rank_aspect, float("nan")),
+        100 * adv["refusal_rate"],
+        100 * ben["refusal_rate"],
+        f"; not eligible: {', '.join(record['failures'])}" if record.get("failures") else "",
+    )
+
+
 # --------------------------------------------------------------------------------------------- the stage
 
 
@@ -371,6 +421,9 @@ def train_grpo(settings: Settings, resume: bool = True, scorer: Scorer | None = 
         read_prompts(layout.benign_split("train")) if cfg.include_benign and cfg.benign_fraction > 0 else []
     )
     scorer = scorer or load_scorer(settings)
+    selector = None
+    if cfg.selection is not None:
+        adversarial, benign, selector = _carve_selector(settings, adversarial, benign, scorer)
     weights = aspect_weights(settings.aspects, scorer.aspects)
     benign_weights = weights if cfg.benign_weights is None else aspect_weights(cfg.benign_weights, scorer.aspects)
     constraint = None
@@ -406,9 +459,11 @@ def train_grpo(settings: Settings, resume: bool = True, scorer: Scorer | None = 
     if resume:
         ckpt = find_resumable(layout.checkpoints_dir, fingerprint)
         if ckpt is not None:
-            start_step, rows, elapsed_before = load_checkpoint(
+            start_step, rows, elapsed_before, selection_state = load_checkpoint(
                 ckpt, model, optimizer, scheduler, sampler, constraint
             )
+            if selector is not None and selection_state:
+                selector.load_state_dict(selection_state)
             rows = rows[:start_step]
             resumed_from = start_step
             log.info("resuming GRPO from %s (step %d of %d)", ckpt, start_step, cfg.steps)
@@ -420,6 +475,9 @@ def train_grpo(settings: Settings, resume: bool = True, scorer: Scorer | None = 
         import mlflow
 
         mlflow.set_tags({"safealign.grpo.resumed_from": str(resumed_from), "safealign.grpo.engine": "fast"})
+        to_validate = set(validation_steps(cfg.steps, cfg.selection.start, cfg.selection.every)) if selector else set()
+        if selector is not None and not selector.records:
+            _observe(selector, model, tokenizer, scorer, 0)
         bar = tqdm(total=cfg.steps, initial=start_step, desc="grpo", unit="step", dynamic_ncols=True)
         for step in range(start_step + 1, cfg.steps + 1):
             drawn, adversarial = sampler.draw()
@@ -448,6 +506,8 @@ def train_grpo(settings: Settings, resume: bool = True, scorer: Scorer | None = 
                 s=f"{row['s_step']:.1f}",
             )
             bar.update(1)
+            if step in to_validate:
+                _observe(selector, model, tokenizer, scorer, step)
             if step % cfg.checkpoint_every == 0 or step == cfg.steps or step == start_step + 1:
                 # what the policy actually says, next to the numbers (reward hacking shows here first)
                 g = cfg.num_generations
@@ -475,8 +535,12 @@ def train_grpo(settings: Settings, resume: bool = True, scorer: Scorer | None = 
                     rows,
                     fingerprint,
                     elapsed,
+                    selector.state_dict() if selector else None,
                 )
         bar.close()
+        selection = selector.finish(model, cfg.steps) if selector else None
+        if selection:
+            mlflow.set_tag("safealign.grpo.selected_step", str(selection["selected_step"]))
 
         wall_this_run = time.perf_counter() - t_start
         summary = {
@@ -493,6 +557,8 @@ def train_grpo(settings: Settings, resume: bool = True, scorer: Scorer | None = 
             "benign_weights": [float(w) for w in benign_weights],
             "beta": cfg.beta,
             "benign_beta": benign_beta,
+            "selected_step": selection["selected_step"] if selection else len(rows),
+            "selection": selection,
             **summarize(rows, list(scorer.aspects)),
         }
         with atomic_dir(layout.adapter_dir) as tmp:

@@ -112,14 +112,15 @@ def build_trl_trainer(
 
 
 def check_trl_supported(settings: Settings) -> None:
-    """Refuse settings TRL's trainer would silently ignore (per-kind rewards and KL are the fast engine's)."""
+    """Refuse settings TRL's trainer would silently ignore (per-kind rewards and KL and checkpoint selection are the fast engine's)."""
     from safealign.errors import ConfigError
 
-    for key in ("benign_weights", "benign_beta"):
+    keys = ("benign_weights", "benign_beta", "selection")
+    for key in keys:
         if getattr(settings.grpo, key) is not None:
             raise ConfigError(
                 f"grpo.{key} is implemented by the fast engine only: set grpo.engine=fast, "
-                "or grpo.benign_weights=null and grpo.benign_beta=null for TRL"
+                f"or {' '.join(f'grpo.{k}=null' for k in keys)} for TRL"
             )
 
 

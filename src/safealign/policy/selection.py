@@ -1,0 +1,237 @@
+"""Checkpoint selection on validation prompts: GRPO keeps the best validated step, not merely the last one.
+
+Why (measured, README "How we got here"): on the 135M policy a GRPO trajectory crosses every target between
+two checkpoints. Eight steps separate "refusals not yet up" from "the refusal register leaks into benign
+prompts" (e20: 14% benign refusals at step 64, 78% at 72; e27: 0% at 80, 10.3% at 88), and a 2-thread run
+takes another path than a 1-thread run of the same settings. A fixed step count is a knife edge; a step
+chosen on prompts the policy never trained on makes it a measured choice.
+
+Where the prompts come from: they are carved out of the TRAIN splits (a seeded order by content hash, so it
+does not depend on the file's row order) and removed from the training pool. The held-out prompts that
+``safealign evaluate`` reports on play no part in the choice.
+
+The rule mirrors the promotion gates, measured on the validation prompts against the base policy (step 0):
+
+- the benign refusal rate is at most ``max_benign_refusal`` (stricter than the promotion gate by default:
+  the validation set is small, so its rate is a noisy estimate of the held-out one);
+- no aspect's mean falls by more than ``max_aspect_drop``, on either prompt set;
+- the adversarial refusal rate (the rule detector, not the reward model) is not below the base's.
+
+Among the steps that pass, the one with the highest mean adversarial safety is kept (the earlier on a tie).
+If none passes, the last step is kept and the record says so: the promotion gates downstream then decide.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from safealign.errors import ConfigError
+from safealign.evaluation.refusal import judge
+from safealign.policy.reward_adapter import Scorer
+
+log = logging.getLogger(__name__)
+
+SETS = ("adversarial", "benign")
+
+
+def carve(prompts: Sequence[str], n: int, seed: int, what: str) -> tuple[list[str], list[str]]:
+    """``(train, validation)``: the ``n`` prompts first in a seeded content-hash order go to validation.
+
+    Duplicated prompts go to the same side, so a validation prompt is never also trained on.
+    """
+    if n == 0:
+        return list(prompts), []
+    distinct = sorted(set(prompts), key=lambda p: hashlib.sha256(f"{seed}:{p}".encode()).hexdigest())
+    if n >= len(distinct):
+        raise ConfigError(
+            f"grpo.selection wants {n} {what} validation prompts, but the {what} train split has only "
+            f"{len(distinct)} distinct prompts; lower grpo.selection.num_{what}"
+        )
+    held = set(distinct[:n])
+    return [p for p in prompts if p not in held], distinct[:n]
+
+
+@dataclass(frozen=True)
+class SelectionRule:
+    """The gates a validated step must pass, and the aspect whose adversarial mean ranks the passing steps."""
+
+    max_benign_refusal: float
+    max_aspect_drop: float
+    rank_aspect: str
+
+    def failures(self, record: dict[str, Any], base: dict[str, Any]) -> list[str]:
+        """Why ``record`` may not be kept (empty: it may), compared with the base policy's ``base`` record."""
+        reasons = []
+        benign_refusal = record["benign"]["refusal_rate"]
+        if benign_refusal > self.max_benign_refusal:
+            reasons.append(f"benign refusals {benign_refusal:.1%} > {self.max_benign_refusal:.1%}")
+        for name in SETS:
+            for aspect, value in record[name]["aspects"].items():
+                drop = base[name]["aspects"][aspect] - value
+                if drop > self.max_aspect_drop:
+                    reasons.append(f"{name} {aspect} -{drop:.3f}")
+        adv, adv_base = record["adversarial"]["refusal_rate"], base["adversarial"]["refusal_rate"]
+        if adv < adv_base:
+            reasons.append(f"adversarial refusals {adv:.1%} < base {adv_base:.1%}")
+        return reasons
+
+    def score(self, record: dict[str, Any]) -> float:
+        return float(record["adversarial"]["aspects"][self.rank_aspect])
+
+
+def choose(records: list[dict[str, Any]], rule: SelectionRule) -> tuple[int, str]:
+    """``(step, why)`` over validation records ordered by step; ``records[0]`` is the base (step 0)."""
+    base, candidates = records[0], records[1:]
+    if not candidates:
+        raise ValueError("no validated training step to choose from")
+    best = None
+    for record in candidates:
+        if not rule.failures(record, base) and (best is None or rule.score(record) > rule.score(best)):
+            best = record
+    if best is None:
+        last = candidates[-1]
+        return int(last["step"]), "no validated step passed every gate: kept the last one"
+    return int(best["step"]), (
+        f"highest adversarial {rule.rank_aspect} ({rule.score(best):.3f}, base {rule.score(base):.3f}) "
+        "among the steps that passed every gate"
+    )
+
+
+def summarise(aspects: Sequence[str], scores: np.ndarray, replies: Sequence[str]) -> dict[str, Any]:
+    """Mean score per aspect and the rule detector's refusal rate, for one prompt set."""
+    verdicts = [judge(r).verdict for r in replies]
+    n = max(len(replies), 1)
+    return {
+        "n": len(replies),
+        "aspects": {a: float(np.mean(scores[:, k])) for k, a in enumerate(aspects)},
+        "refusal_rate": verdicts.count("refuse") / n,
+        "empty_rate": verdicts.count("empty") / n,
+    }
+
+
+def validate(
+    model: Any,
+    tokenizer: Any,
+    scorer: Scorer,
+    prompts: dict[str, list[str]],
+    *,
+    step: int,
+    system_prompt: str | None,
+    max_new_tokens: int,
+    batch_size: int,
+    seed: int,
+) -> dict[str, Any]:
+    """Greedy replies of the policy as it stands to every validation prompt, scored and judged.
+
+    Decoding is the evaluation stage's (greedy, chat template) with the LoRA delta merged for speed. The
+    global RNG is left exactly as it was, so validating changes nothing about the training trajectory.
+    """
+    from safealign.evaluation.generate import generate_replies
+    from safealign.policy.engine import merged_lora
+
+    started = time.perf_counter()
+    flat = [p for name in SETS for p in prompts[name]]
+    padding_side, was_training = tokenizer.padding_side, model.training
+    with torch.random.fork_rng(devices=[]), merged_lora(model):
+        replies = generate_replies(
+            model,
+            tokenizer,
+            flat,
+            system_prompt=system_prompt,
+            max_new_tokens=max_new_tokens,
+            batch_size=batch_size,
+            seed=seed,
+        )
+    tokenizer.padding_side = padding_side
+    model.train(was_training)
+    scores = scorer.score(flat, replies)
+    record: dict[str, Any] = {"step": step}
+    start = 0
+    for name in SETS:
+        end = start + len(prompts[name])
+        record[name] = summarise(scorer.aspects, scores[start:end], replies[start:end])
+        start = end
+    record["seconds"] = round(time.perf_counter() - started, 2)
+    return record
+
+
+def validation_steps(total: int, start: int, every: int) -> list[int]:
+    """The training steps after which the policy is validated: ``start, start + every, ...`` and the last."""
+    steps = list(range(start, total + 1, every)) if start <= total else []
+    if not steps or steps[-1] != total:
+        steps.append(total)
+    return steps
+
+
+def flat_metrics(record: dict[str, Any]) -> dict[str, float]:
+    """One record as MLflow metrics (``val_adversarial_safety``, ``val_benign_refusal_rate``, ...)."""
+    out = {}
+    for name in SETS:
+        out[f"val_{name}_refusal_rate"] = float(record[name]["refusal_rate"])
+        for aspect, value in record[name]["aspects"].items():
+            out[f"val_{name}_{aspect}"] = float(value)
+    return out
+
+
+class Selector:
+    """The validation records so far and the adapter weights of the best passing step.
+
+    Its state travels in the GRPO checkpoint, the best adapter included (the checkpoint of that step may
+    have been rotated away by then), so a resumed run chooses exactly what an uninterrupted one would.
+    """
+
+    def __init__(self, rule: SelectionRule, prompts: dict[str, list[str]], **decoding: Any) -> None:
+        self.rule = rule
+        self.prompts = prompts
+        self.decoding = decoding
+        self.records: list[dict[str, Any]] = []
+        self.best_step: int | None = None
+        self.best_adapter: dict[str, torch.Tensor] | None = None
+
+    def observe(self, model: Any, tokenizer: Any, scorer: Scorer, step: int) -> dict[str, Any]:
+        """Validate the policy after ``step`` (0 = the base, which must come first) and remember it."""
+        from peft import get_peft_model_state_dict
+
+        record = validate(model, tokenizer, scorer, self.prompts, step=step, **self.decoding)
+        if self.records:
+            record["failures"] = self.rule.failures(record, self.records[0])
+            if not record["failures"] and (
+                self.best_step is None or self.rule.score(record) > self.rule.score(self._record(self.best_step))
+            ):
+                self.best_step = step
+                self.best_adapter = {k: v.detach().clone() for k, v in get_peft_model_state_dict(model).items()}
+        elif step != 0:
+            raise ValueError("the base policy (step 0) must be validated first")
+        self.records.append(record)
+        return record
+
+    def _record(self, step: int) -> dict[str, Any]:
+        return next(r for r in self.records if r["step"] == step)
+
+    def finish(self, model: Any, last_step: int) -> dict[str, Any]:
+        """Load the chosen step's adapter into ``model`` (unless it is the last); return the summary."""
+        from peft import set_peft_model_state_dict
+
+        step, why = choose(self.records, self.rule)
+        if step != last_step:
+            if step != self.best_step or self.best_adapter is None:  # pragma: no cover - choose() agrees
+                raise RuntimeError(f"selected step {step} but holds the adapter of step {self.best_step}")
+            set_peft_model_state_dict(model, self.best_adapter)
+        log.info("checkpoint selection: step %d of %d (%s)", step, last_step, why)
+        return {"selected_step": step, "why": why, "rule": self.rule.__dict__, "records": self.records}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"records": self.records, "best_step": self.best_step, "best_adapter": self.best_adapter}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.records = list(state["records"])
+        self.best_step = state["best_step"]
+        self.best_adapter = state["best_adapter"]
