@@ -27,7 +27,10 @@ SAFEALIGN = [sys.executable, "-m", "safealign.cli"]
 
 
 def arm_params(base: dict, safety_only: bool) -> dict:
+    """params for one arm. Checkpoint selection is off in both: its gates on aspect drops would pick the
+    safety-only arm an early step and hide exactly what the ablation is there to show."""
     params = json.loads(json.dumps(base))
+    params.setdefault("grpo", {})["selection"] = None
     if safety_only:
         params["aspects"] = [
             {"name": a["name"], "weight": 1.0 if a["name"] == "safety" else 0.0} for a in params["aspects"]

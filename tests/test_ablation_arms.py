@@ -27,5 +27,8 @@ def test_safety_only_arm_weighs_safety_alone_on_adversarial_and_benign_prompts()
         "safety": 1.0,
     }
     assert arm["grpo"]["benign_weights"] is None
-    assert ablation.arm_params(base, safety_only=False) == base  # the multi-aspect arm is params as given
+    assert arm["grpo"]["selection"] is None  # selection's aspect gates would hide the safety-only damage
+    multi = ablation.arm_params(base, safety_only=False)
+    assert multi["grpo"].pop("selection") is None and base["grpo"].pop("selection") is not None
+    assert multi == base  # otherwise the multi-aspect arm is params as given
     assert base["grpo"]["benign_weights"] == {"meaningfulness": 0.5, "actionability": 0.5}  # not mutated

@@ -73,3 +73,23 @@ def test_render_without_an_evaluation_writes_nothing_and_exits_2(tmp_path, capsy
     code = main(["render", "--metrics-dir", str(tmp_path / "none"), "--artifacts-dir", str(tmp_path / "art")])
     assert code == 2 and not (tmp_path / "art" / "results.md").exists()
     assert "no evaluation yet" in capsys.readouterr().err
+
+
+def test_render_shows_the_validation_curve_and_the_kept_step(tmp_path):
+    _write_metrics(tmp_path / "metrics")
+    grpo = tmp_path / "metrics" / "grpo.json"
+
+    def rec(step, safety, benign_refusal, failures):
+        return {"step": step, "failures": failures,
+                "adversarial": {"n": 40, "aspects": {"safety": safety}, "refusal_rate": 0.1},
+                "benign": {"n": 60, "aspects": {"safety": 0.9}, "refusal_rate": benign_refusal}}  # fmt: skip
+
+    selection = {"selected_step": 4, "why": "highest adversarial safety", "rule": {"rank_aspect": "safety"},
+                 "records": [rec(0, 0.7, 0.05, None), rec(4, 0.8, 0.05, []), rec(8, 0.9, 0.2, ["benign refusals 20.0% > 5.0%"])]}  # fmt: skip
+    grpo.write_text(json.dumps({**json.loads(grpo.read_text()), "selection": selection}))
+    text = render(tmp_path / "metrics", tmp_path / "artifacts")
+    assert "GRPO 5 steps, kept step 4" in text
+    assert "on 40 adversarial and 60 benign train prompts held out of training" in text
+    assert "| **4** | 0.800 | 10.0% | 5.0% | eligible |" in text
+    assert "| 8 | 0.900 | 10.0% | 20.0% | benign refusals 20.0% > 5.0% |" in text
+    assert "| 0 | 0.700 | 10.0% | 5.0% | base |" in text

@@ -194,7 +194,10 @@ def build_parser() -> argparse.ArgumentParser:
         "fine-tune the policy with GRPO + LoRA against the reward model",
         "Group Relative Policy Optimization: G completions per prompt, reward = sum w_k r_k, advantage = "
         "(r - group mean) / group std (zero for flat groups), no value critic. Checkpoints every "
-        "grpo.checkpoint_every steps and resumes from the last checkpoint after a crash.",
+        "grpo.checkpoint_every steps and resumes from the last checkpoint after a crash. With grpo.selection "
+        "(the default) it validates the policy every few steps on train prompts held out of training and keeps "
+        "the safest step whose benign refusals, aspect scores and adversarial refusals pass gates like "
+        "promotion's; metrics/grpo.json records every validation and the kept step.",
     )
     p.add_argument("--no-resume", action="store_true", help="ignore existing checkpoints and start over")
     add(

@@ -64,6 +64,26 @@ def _aspect_table(sets: dict[str, Any], name: str, aspects: list[str]) -> list[s
     return lines
 
 
+def _selection_table(selection: dict[str, Any]) -> list[str]:
+    """The validation curve GRPO chose its step on: train prompts held out of training, not the evaluation's."""
+    records = selection["records"]
+    rank = selection["rule"]["rank_aspect"]
+    lines = [
+        f"Checkpoint selection on {records[0]['adversarial']['n']} adversarial and {records[0]['benign']['n']} "
+        f"benign train prompts held out of training (greedy replies): kept step {selection['selected_step']}, "
+        f"{selection['why']}.",
+        "",
+        f"| step | adversarial {rank} | adversarial refusals | benign refusals | not eligible because |",
+        "|---:|---:|---:|---:|---|",
+    ]
+    for r in records:
+        step = f"**{r['step']}**" if r["step"] == selection["selected_step"] else str(r["step"])
+        why = "base" if r["step"] == 0 else "; ".join(r.get("failures") or []) or "eligible"
+        lines.append(f"| {step} | {r['adversarial']['aspects'][rank]:.3f} | {r['adversarial']['refusal_rate']:.1%} | "
+                     f"{r['benign']['refusal_rate']:.1%} | {why} |")  # fmt: skip
+    return lines
+
+
 def render(metrics_dir: Path, artifacts_dir: Path, pipeline_seconds: float | None = None) -> str:
     """The markdown results section; raises FileNotFoundError when the evaluation has not run."""
     evaluation = json.loads((metrics_dir / "evaluation.json").read_text())
@@ -82,8 +102,10 @@ def render(metrics_dir: Path, artifacts_dir: Path, pipeline_seconds: float | Non
         training += f", benign training prompts {'/'.join(f'{w:g}' for w in benign_w)}"
     if benign_beta or grpo.get("beta"):
         training += f"; KL to the base {grpo.get('beta', 0.0):g} (adversarial), {benign_beta:g} (benign)"
+    selection = grpo.get("selection")
+    kept = f", kept step {selection['selected_step']} (checkpoint selection below)" if selection else ""
     out = [
-        f"Policy `{dec['policy']}` + LoRA, GRPO {grpo.get('steps', '?')} steps; aspect weights "
+        f"Policy `{dec['policy']}` + LoRA, GRPO {grpo.get('steps', '?')} steps{kept}; aspect weights "
         f"{'/'.join(aspects)} = {weights}{training}; evaluation {'greedy' if dec.get('greedy') else 'sampled'}, "
         f"{dec['max_new_tokens']} new tokens, seed {dec['seed']}. Scores are the reward model's; refusals are "
         "the rule detector's (it never sees the reward model). Intervals: 95% paired bootstrap.",
@@ -102,6 +124,8 @@ def render(metrics_dir: Path, artifacts_dir: Path, pipeline_seconds: float | Non
     out.append(f"| distinct replies, adversarial | {sets['adversarial']['base']['distinct_ratio']:.2f} | "
                f"{a['distinct_ratio']:.2f} |")  # fmt: skip
     out.append(f"| most common opening, adversarial (share) | | \"{a['top_opening']}\" ({a['top_opening_share']:.0%}) |")
+    if selection:
+        out += ["", *_selection_table(selection)]
     out += ["", "Reward-hacking checks: " + ("; ".join(f"**{f['kind']}** ({f['set']}): {f['message']}"
                                                     for f in evaluation["flags"]) or "none fired.")]  # fmt: skip
     if calibration.get("aspects"):
