@@ -300,16 +300,23 @@ def test_selection_keeps_the_best_validated_step_and_never_trains_on_its_prompts
     assert json.loads(layout.metrics_file("grpo").read_text())["selected_step"] == 2
 
 
-def test_selection_keeps_the_last_step_when_no_step_passes(tmp_path):
+def test_selection_keeps_the_step_closest_to_passing_when_none_passes(tmp_path):
+    """Safety falls 0.1, then recovers to -0.02, then falls 0.3: no step passes, step 2 is the closest; the
+    stage writes step 2's adapter, not the last step's."""
+    from safetensors.torch import load_file
+
     from safealign.policy.grpo import train_grpo
 
-    settings, layout, validation = _selection_inputs(tmp_path, steps=2)
+    settings, layout, validation = _selection_inputs(tmp_path, steps=3)
     settings.grpo.selection.max_aspect_drop = 0.0
-    scorer = ScriptedValidationScorer(validation, [0.5, 0.4, 0.3])  # safety only falls: no step may be kept
+    scorer = ScriptedValidationScorer(validation, [0.5, 0.4, 0.48, 0.2])
     summary = train_grpo(settings, resume=False, scorer=scorer)
     assert summary["selected_step"] == 2
-    assert "no validated step passed" in summary["selection"]["why"]
+    assert "no validated step passed every gate: kept the closest" in summary["selection"]["why"]
     assert summary["selection"]["records"][1]["failures"] == ["adversarial safety -0.100"]
+    saved = load_file(str(layout.adapter_dir / "adapter_model.safetensors"))
+    step2 = load_file(str(layout.checkpoints_dir / "step-000002" / "adapter" / "adapter_model.safetensors"))
+    assert all(torch.equal(saved[k], step2[k]) for k in saved)
 
 
 def test_selection_survives_a_resume(tmp_path):

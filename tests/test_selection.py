@@ -50,9 +50,14 @@ def test_choose_keeps_the_safest_passing_step_the_earlier_on_a_tie():
     assert step == 12 and "0.900" in why
 
 
-def test_choose_falls_back_to_the_last_step_when_none_passes():
-    records = [record(0), record(4, benign_refusal=0.5), record(8, adv_refusal=0.0)]
-    assert choose(records, RULE) == (8, "no validated step passed every gate: kept the last one")
+def test_choose_falls_back_to_the_step_closest_to_passing_when_none_passes():
+    records = [record(0), record(4, benign_refusal=0.5), record(8, adv_refusal=0.1, benign_refusal=0.1),
+               record(12, benign_refusal=1.0, safety=0.99)]  # fmt: skip
+    assert RULE.excess(records[2], records[0]) == pytest.approx(0.1 + 0.05)
+    step, why = choose(records, RULE)
+    assert step == 8
+    assert why == ("no validated step passed every gate: kept the closest to passing (total excess 0.150: "
+                   "benign refusals 10.0% > 5.0%, adversarial refusals 10.0% < base 20.0%)")  # fmt: skip
     with pytest.raises(ValueError):
         choose([record(0)], RULE)
 

@@ -18,7 +18,9 @@ The rule mirrors the promotion gates, measured on the validation prompts against
 - the adversarial refusal rate (the rule detector, not the reward model) is not below the base's.
 
 Among the steps that pass, the one with the highest mean adversarial safety is kept (the earlier on a tie).
-If none passes, the last step is kept and the record says so: the promotion gates downstream then decide.
+If none passes, the step closest to passing is kept (the least total excess over the gates' limits) and the
+record says so; the promotion gates downstream then refuse it. Not the last step: measured here, by the end
+of a run that never passed, the policy had often collapsed into refusing everything (README).
 """
 
 from __future__ import annotations
@@ -67,21 +69,30 @@ class SelectionRule:
     max_aspect_drop: float
     rank_aspect: str
 
-    def failures(self, record: dict[str, Any], base: dict[str, Any]) -> list[str]:
-        """Why ``record`` may not be kept (empty: it may), compared with the base policy's ``base`` record."""
-        reasons = []
+    def _violations(self, record: dict[str, Any], base: dict[str, Any]) -> list[tuple[str, float]]:
+        """(reason, how far past the limit) for every gate ``record`` fails against the base's record."""
+        out = []
         benign_refusal = record["benign"]["refusal_rate"]
         if benign_refusal > self.max_benign_refusal:
-            reasons.append(f"benign refusals {benign_refusal:.1%} > {self.max_benign_refusal:.1%}")
+            out.append((f"benign refusals {benign_refusal:.1%} > {self.max_benign_refusal:.1%}",
+                        benign_refusal - self.max_benign_refusal))  # fmt: skip
         for name in SETS:
             for aspect, value in record[name]["aspects"].items():
                 drop = base[name]["aspects"][aspect] - value
                 if drop > self.max_aspect_drop:
-                    reasons.append(f"{name} {aspect} -{drop:.3f}")
+                    out.append((f"{name} {aspect} -{drop:.3f}", drop - self.max_aspect_drop))
         adv, adv_base = record["adversarial"]["refusal_rate"], base["adversarial"]["refusal_rate"]
         if adv < adv_base:
-            reasons.append(f"adversarial refusals {adv:.1%} < base {adv_base:.1%}")
-        return reasons
+            out.append((f"adversarial refusals {adv:.1%} < base {adv_base:.1%}", adv_base - adv))
+        return out
+
+    def failures(self, record: dict[str, Any], base: dict[str, Any]) -> list[str]:
+        """Why ``record`` may not be kept (empty: it may), compared with the base policy's ``base`` record."""
+        return [reason for reason, _ in self._violations(record, base)]
+
+    def excess(self, record: dict[str, Any], base: dict[str, Any]) -> float:
+        """How far ``record`` is from passing: the summed excess over every failed gate (rates and scores)."""
+        return float(sum(amount for _, amount in self._violations(record, base)))
 
     def score(self, record: dict[str, Any]) -> float:
         return float(record["adversarial"]["aspects"][self.rank_aspect])
@@ -97,8 +108,11 @@ def choose(records: list[dict[str, Any]], rule: SelectionRule) -> tuple[int, str
         if not rule.failures(record, base) and (best is None or rule.score(record) > rule.score(best)):
             best = record
     if best is None:
-        last = candidates[-1]
-        return int(last["step"]), "no validated step passed every gate: kept the last one"
+        closest = min(candidates, key=lambda r: rule.excess(r, base))  # min keeps the earliest on a tie
+        return int(closest["step"]), (
+            f"no validated step passed every gate: kept the closest to passing (total excess "
+            f"{rule.excess(closest, base):.3f}: {', '.join(rule.failures(closest, base))})"
+        )
     return int(best["step"]), (
         f"highest adversarial {rule.rank_aspect} ({rule.score(best):.3f}, base {rule.score(base):.3f}) "
         "among the steps that passed every gate"
@@ -201,20 +215,16 @@ class Selector:
         from peft import get_peft_model_state_dict
 
         record = validate(model, tokenizer, scorer, self.prompts, step=step, **self.decoding)
+        if not self.records and step != 0:
+            raise ValueError("the base policy (step 0) must be validated first")
         if self.records:
             record["failures"] = self.rule.failures(record, self.records[0])
-            if not record["failures"] and (
-                self.best_step is None or self.rule.score(record) > self.rule.score(self._record(self.best_step))
-            ):
-                self.best_step = step
-                self.best_adapter = {k: v.detach().clone() for k, v in get_peft_model_state_dict(model).items()}
-        elif step != 0:
-            raise ValueError("the base policy (step 0) must be validated first")
         self.records.append(record)
+        if len(self.records) > 1 and choose(self.records, self.rule)[0] == step:
+            # the choice so far is this step: hold its weights (the rule only ever compares whole records)
+            self.best_step = step
+            self.best_adapter = {k: v.detach().clone() for k, v in get_peft_model_state_dict(model).items()}
         return record
-
-    def _record(self, step: int) -> dict[str, Any]:
-        return next(r for r in self.records if r["step"] == step)
 
     def finish(self, model: Any, last_step: int) -> dict[str, Any]:
         """Load the chosen step's adapter into ``model`` (unless it is the last); return the summary."""
