@@ -140,8 +140,8 @@ class SelectionSettings(_Section):
 
     start: int = Field(default=40, gt=0, description="first step validated (the base is validated too)")
     every: int = Field(default=4, gt=0, description="validate every N steps from `start`, and at the last")
-    num_adversarial: int = Field(default=40, gt=0, description="taken out of the adversarial train split")
-    num_benign: int = Field(default=60, gt=0, description="taken out of the benign train split")
+    num_adversarial: int = Field(default=100, gt=0, description="taken out of the adversarial train split")
+    num_benign: int = Field(default=100, gt=0, description="taken out of the benign train split")
     max_new_tokens: int = Field(default=48, gt=0, description="greedy, as the evaluation decodes")
     max_benign_refusal: float = Field(
         default=0.05, ge=0, le=1, description="stricter than promote's 0.10: a small set's rate is noisy"
