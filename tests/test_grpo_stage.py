@@ -339,3 +339,21 @@ def test_selection_survives_a_resume(tmp_path):
     a = load_file(str(layout.adapter_dir / "adapter_model.safetensors"))
     b = load_file(str(layout2.adapter_dir / "adapter_model.safetensors"))
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+
+
+def test_validating_leaves_the_training_trajectory_unchanged(tmp_path):
+    """Validation after every step vs only after the last: the same prompts, samples and rewards per step
+    (validation forks the RNG and restores the merged weights exactly)."""
+    from safealign.policy.grpo import train_grpo
+
+    per_step: list[list[dict]] = []
+    for name, start in (("every", 1), ("last_only", 4)):
+        settings, layout, validation = _selection_inputs(tmp_path / name, steps=4)
+        settings.grpo.selection.start = start
+        scorer = ScriptedValidationScorer(validation, [0.5] * 5)
+        train_grpo(settings, resume=False, scorer=scorer)
+        assert scorer.validations == (5 if start == 1 else 2)
+        per_step.append(_read_csv(layout.grpo_steps_csv))
+    for a, b in zip(*per_step, strict=True):
+        for col in ("reward_mean", "safety_mean", "completion_len_mean", "adv_std", "distinct_completions"):
+            assert a[col] == b[col], (a["step"], col)
