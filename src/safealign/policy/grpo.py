@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from safealign.atomic import atomic_dir, write_json, write_text
-from safealign.config import Settings
+from safealign.config import SelectionSettings, Settings
 from safealign.errors import DataError
 from safealign.jsonl import iter_jsonl
 from safealign.layout import Layout
@@ -354,14 +354,12 @@ def summarize(rows: list[dict[str, Any]], aspects: list[str], window: int = 5) -
 
 
 def _carve_selector(
-    settings: Settings, adversarial: list[str], benign: list[str], scorer: Scorer
+    settings: Settings, sel: SelectionSettings, adversarial: list[str], benign: list[str], scorer: Scorer
 ) -> tuple[list[str], list[str], Selector]:
     """Take the validation prompts out of the training pool; the benign ones even when training uses none."""
-    cfg, sel = settings.grpo, settings.grpo.selection
-    assert sel is not None
-    layout = Layout.from_settings(settings)
+    cfg = settings.grpo
     adversarial, val_adv = carve(adversarial, sel.num_adversarial, cfg.seed, "adversarial")
-    benign_all = read_prompts(layout.benign_split("train"))
+    benign_all = benign or read_prompts(Layout.from_settings(settings).benign_split("train"))
     benign_left, val_ben = carve(benign_all, sel.num_benign, cfg.seed, "benign")
     rank = cfg.safety_constraint.aspect if cfg.safety_constraint else "safety"
     if rank not in scorer.aspects:
@@ -378,10 +376,9 @@ def _carve_selector(
     return adversarial, benign_left if benign else [], selector
 
 
-def _observe(selector: Selector | None, model: Any, tokenizer: Any, scorer: Scorer, step: int) -> None:
+def _observe(selector: Selector, model: Any, tokenizer: Any, scorer: Scorer, step: int) -> None:
     import mlflow
 
-    assert selector is not None
     record = selector.observe(model, tokenizer, scorer, step)
     mlflow.log_metrics(flat_metrics(record), step=step)
     adv, ben = record["adversarial"], record["benign"]
@@ -423,7 +420,7 @@ def train_grpo(settings: Settings, resume: bool = True, scorer: Scorer | None = 
     scorer = scorer or load_scorer(settings)
     selector = None
     if cfg.selection is not None:
-        adversarial, benign, selector = _carve_selector(settings, adversarial, benign, scorer)
+        adversarial, benign, selector = _carve_selector(settings, cfg.selection, adversarial, benign, scorer)
     weights = aspect_weights(settings.aspects, scorer.aspects)
     benign_weights = weights if cfg.benign_weights is None else aspect_weights(cfg.benign_weights, scorer.aspects)
     constraint = None
@@ -475,7 +472,7 @@ def train_grpo(settings: Settings, resume: bool = True, scorer: Scorer | None = 
         import mlflow
 
         mlflow.set_tags({"safealign.grpo.resumed_from": str(resumed_from), "safealign.grpo.engine": "fast"})
-        to_validate = set(validation_steps(cfg.steps, cfg.selection.start, cfg.selection.every)) if selector else set()
+        to_validate = set(validation_steps(cfg.steps, cfg.selection.start, cfg.selection.every)) if cfg.selection else set()
         if selector is not None and not selector.records:
             _observe(selector, model, tokenizer, scorer, 0)
         bar = tqdm(total=cfg.steps, initial=start_step, desc="grpo", unit="step", dynamic_ncols=True)
@@ -506,7 +503,7 @@ def train_grpo(settings: Settings, resume: bool = True, scorer: Scorer | None = 
                 s=f"{row['s_step']:.1f}",
             )
             bar.update(1)
-            if step in to_validate:
+            if selector is not None and step in to_validate:
                 _observe(selector, model, tokenizer, scorer, step)
             if step % cfg.checkpoint_every == 0 or step == cfg.steps or step == start_step + 1:
                 # what the policy actually says, next to the numbers (reward hacking shows here first)

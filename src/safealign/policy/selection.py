@@ -36,12 +36,11 @@ import numpy as np
 import torch
 
 from safealign.errors import ConfigError
-from safealign.evaluation.refusal import judge
+from safealign.evaluation.evaluate import SETS
+from safealign.evaluation.refusal import refusal_rates
 from safealign.policy.reward_adapter import Scorer
 
 log = logging.getLogger(__name__)
-
-SETS = ("adversarial", "benign")
 
 
 def carve(prompts: Sequence[str], n: int, seed: int, what: str) -> tuple[list[str], list[str]]:
@@ -121,13 +120,12 @@ def choose(records: list[dict[str, Any]], rule: SelectionRule) -> tuple[int, str
 
 def summarise(aspects: Sequence[str], scores: np.ndarray, replies: Sequence[str]) -> dict[str, Any]:
     """Mean score per aspect and the rule detector's refusal rate, for one prompt set."""
-    verdicts = [judge(r).verdict for r in replies]
-    n = max(len(replies), 1)
+    rates = refusal_rates(replies)
     return {
         "n": len(replies),
         "aspects": {a: float(np.mean(scores[:, k])) for k, a in enumerate(aspects)},
-        "refusal_rate": verdicts.count("refuse") / n,
-        "empty_rate": verdicts.count("empty") / n,
+        "refusal_rate": rates["refusal_rate"],
+        "empty_rate": rates["empty_rate"],
     }
 
 
