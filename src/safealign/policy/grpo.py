@@ -386,7 +386,7 @@ def _observe(selector: Selector, model: Any, tokenizer: Any, scorer: Scorer, ste
         "validation after step %d (%.0f s): adversarial safety %.3f, refusals %.0f%% / benign %.0f%%%s",
         step,
         record["seconds"],
-        adv["aspects"].get(selector.rule.rank_aspect, float("nan")),
+        adv["aspects"][selector.rule.rank_aspect],  # checked to be scored when the selector was built
         100 * adv["refusal_rate"],
         100 * ben["refusal_rate"],
         f"; not eligible: {', '.join(record['failures'])}" if record.get("failures") else "",

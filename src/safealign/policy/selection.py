@@ -194,7 +194,7 @@ def flat_metrics(record: dict[str, Any]) -> dict[str, float]:
 
 
 class Selector:
-    """The validation records so far and the adapter weights of the best passing step.
+    """The validation records so far and the adapter weights of the step ``choose`` keeps among them.
 
     Its state travels in the GRPO checkpoint, the best adapter included (the checkpoint of that step may
     have been rotated away by then), so a resumed run chooses exactly what an uninterrupted one would.
