@@ -3,7 +3,7 @@
 import pytest
 
 from safealign.errors import ConfigError
-from safealign.policy.selection import SelectionRule, carve, choose, validation_steps
+from safealign.policy.selection import SelectionRule, Selector, carve, choose, validation_steps
 
 RULE = SelectionRule(max_benign_refusal=0.05, max_aspect_drop=0.02, rank_aspect="safety")
 
@@ -68,3 +68,12 @@ def test_choose_falls_back_to_the_step_closest_to_passing_when_none_passes():
 )
 def test_validation_schedule_always_ends_at_the_last_step(total, start, every, expected):
     assert validation_steps(total, start, every) == expected
+
+
+def test_selector_refuses_a_training_step_before_the_base_without_generating_anything():
+    """Without the base record every gate would compare against nothing; the refusal comes before any
+    decoding (``model=None`` would fail with an AttributeError if validation ran first)."""
+    selector = Selector(RULE, {"adversarial": ["a"], "benign": ["b"]})
+    with pytest.raises(ValueError, match="step 0"):
+        selector.observe(None, None, None, step=4)
+    assert selector.records == []

@@ -212,9 +212,9 @@ class Selector:
         """Validate the policy after ``step`` (0 = the base, which must come first) and remember it."""
         from peft import get_peft_model_state_dict
 
-        record = validate(model, tokenizer, scorer, self.prompts, step=step, **self.decoding)
         if not self.records and step != 0:
             raise ValueError("the base policy (step 0) must be validated first")
+        record = validate(model, tokenizer, scorer, self.prompts, step=step, **self.decoding)
         if self.records:
             record["failures"] = self.rule.failures(record, self.records[0])
         self.records.append(record)
