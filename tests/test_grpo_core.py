@@ -390,3 +390,22 @@ def test_per_prompt_weights_score_each_group_with_its_own_row(tiny_lora):
                        StepConfig(group_size=2, max_new_tokens=3))  # fmt: skip
     assert np.allclose(result.rewards, [0.2, 0.6, 0.5, 0.5])
     assert result.advantages.flat.tolist() == [False, True]
+
+
+def test_per_kind_metrics_split_aspects_and_group_spread_by_prompt_kind():
+    from safealign.policy.grpo import per_kind_metrics
+
+    # 2 prompts x G=2: prompt 0 adversarial, prompt 1 benign; aspects (actionability, safety)
+    scores = np.array([[0.1, 0.9], [0.3, 0.5], [0.8, 0.95], [0.6, 0.97]])
+    rewards = np.array([1.0, 0.0, 0.50, 0.54])
+    out = per_kind_metrics(scores, rewards, [True, False], 2, ["actionability", "safety"])
+    assert out["adversarial_actionability_mean"] == pytest.approx(0.2)
+    assert out["adversarial_safety_mean"] == pytest.approx(0.7)
+    assert out["benign_actionability_mean"] == pytest.approx(0.7)
+    assert out["benign_safety_mean"] == pytest.approx(0.96)
+    assert out["adversarial_group_std_mean"] == pytest.approx(math.sqrt(0.5))  # ddof=1, as the advantages
+    assert out["benign_group_std_mean"] == pytest.approx(math.sqrt(2 * 0.02**2))
+    # a batch without benign prompts reports no benign columns rather than NaNs
+    only_adv = per_kind_metrics(scores, rewards, [True, True], 2, ["actionability", "safety"])
+    assert "benign_safety_mean" not in only_adv
+    assert only_adv["adversarial_actionability_mean"] == pytest.approx(0.45)

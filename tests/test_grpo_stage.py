@@ -155,8 +155,15 @@ def test_stage_outputs_logging_constraint_and_no_heldout(tmp_path):
         "s_optimizer",
         "s_step",
         "gen_tokens_per_s",
+        "adversarial_safety_mean",
+        "benign_actionability_mean",
+        "adversarial_group_std_mean",
+        "benign_group_std_mean",
     ]:
         assert col in rows[0], col
+    for row in rows:  # one adversarial and one benign prompt per step, G each: the halves of the batch mean
+        halves = (float(row["adversarial_safety_mean"]) + float(row["benign_safety_mean"])) / 2
+        assert halves == pytest.approx(float(row["safety_mean"]), abs=1e-5)
     lams = [float(r["lambda"]) for r in rows]
     assert lams[0] > 0 and lams[0] < lams[1] < lams[2]  # safety under the bar: lambda keeps growing
     assert metrics["lambda_final"] == pytest.approx(lams[-1], rel=1e-4)

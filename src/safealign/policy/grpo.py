@@ -350,6 +350,28 @@ def summarize(rows: list[dict[str, Any]], aspects: list[str], window: int = 5) -
     return out
 
 
+def per_kind_metrics(
+    scores: np.ndarray, rewards: np.ndarray, adversarial: list[bool], group_size: int, aspects: list[str]
+) -> dict[str, float]:
+    """Each aspect's mean, and the mean spread of a group's rewards, per kind of prompt.
+
+    The batch-wide means mix both kinds, and the failure this project keeps meeting is exactly a split
+    between them: adversarial safety rises while benign answers lose their steps (README, checkpoint
+    selection). ``rewards`` are those the advantages were computed from (Lagrangian term included), so
+    ``{kind}_group_std_mean`` is what the division by the group std sees.
+    """
+    per_completion = np.repeat(np.asarray(adversarial, dtype=bool), group_size)
+    out: dict[str, float] = {}
+    for kind, mask in (("adversarial", per_completion), ("benign", ~per_completion)):
+        if not mask.any():
+            continue
+        for k, aspect in enumerate(aspects):
+            out[f"{kind}_{aspect}_mean"] = float(np.mean(scores[mask, k]))
+        groups = np.asarray(rewards, dtype=np.float64)[mask].reshape(-1, group_size)
+        out[f"{kind}_group_std_mean"] = float(np.mean(groups.std(axis=1, ddof=1)))
+    return out
+
+
 # --------------------------------------------------------------------------------------------- selection
 
 
@@ -492,6 +514,11 @@ def train_grpo(settings: Settings, resume: bool = True, scorer: Scorer | None = 
                 betas=[cfg.beta if adv else benign_beta for adv in adversarial],
             )
             row: dict[str, Any] = {"step": step, **result.metrics}
+            row.update(
+                per_kind_metrics(
+                    result.scores, result.rewards, adversarial, cfg.num_generations, list(scorer.aspects)
+                )
+            )
             if constraint is None:
                 row["lambda"] = 0.0
             rows.append(row)
