@@ -52,9 +52,11 @@ class Command:
     arguments: Callable[[argparse.ArgumentParser], None] | None = None
     torch: bool = False  # choose the OpenMP wait policy before the handler imports torch
     settings_options: bool = True  # --params / --set
+    loads_settings: bool = True  # False: the handler gets None (it must work while params.yaml is broken)
 
 
 GROUPS = {
+    "config": "the settings: params.yaml is generated from src/safealign/config.py",
     "data": "assemble the input data set in data/",
     "pipeline": "Kubeflow Pipelines: compile, submit, schedule",
 }
@@ -88,6 +90,19 @@ def _stage_arguments(stage: stages.Stage) -> Callable[[argparse.ArgumentParser],
     return add
 
 
+def _cmd_config_dump(settings: None, args: argparse.Namespace) -> Any:
+    from safealign.params_file import render_params
+
+    text = render_params()
+    if args.output is None:
+        sys.stdout.write(text)
+        return None
+    from safealign.atomic import write_text
+
+    write_text(args.output, text)
+    return {"written": args.output}
+
+
 def _cmd_data_build(settings: Settings, args: argparse.Namespace) -> Any:
     from safealign.data.build import build_data
 
@@ -117,6 +132,10 @@ def _cmd_pipeline_schedule(settings: Settings, args: argparse.Namespace) -> Any:
 # ------------------------------------------------------------------------------------------ arguments
 
 
+def _dump_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--output", default=None, metavar="FILE", help="write here (default: stdout)")
+
+
 def _compile_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", default="pipelines/align.yaml")
 
@@ -141,6 +160,10 @@ DATA_BUILD_DESCRIPTION = (
     "data.annotator.kind (rule: offline rubric; judge: an OpenAI-compatible endpoint)."
 )
 COMMANDS: tuple[Command, ...] = (
+    Command(("config", "dump"), _cmd_config_dump, "print params.yaml as config.py defines it, with comments",
+            "Render every setting's default from src/safealign/config.py with its description as a comment. "
+            "`safealign config dump --output params.yaml` regenerates the committed file.",
+            _dump_arguments, settings_options=False, loads_settings=False),
     Command(("data", "build"), _cmd_data_build, "build data/ from installed packages, deterministically",
             DATA_BUILD_DESCRIPTION),
     *(
@@ -227,7 +250,8 @@ def _record_exit(args: argparse.Namespace, code: int) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     try:
-        settings = load_settings(args.params, args.overrides)
+        spec = args.command_spec
+        settings = load_settings(args.params, args.overrides) if spec.loads_settings else None
         _print_result(args.func(settings, args))
         return 0
     except SafealignError as exc:
