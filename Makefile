@@ -14,7 +14,7 @@ export TOKENIZERS_PARALLELISM := false
 # OpenMP's thread wait policy is chosen per process from the machine's load (src/safealign/openmp_wait.py):
 # brief spinning on an idle CPU, passive sleeping on a shared one. An OMP_WAIT_POLICY you export wins.
 
-.PHONY: setup run test lint bench compile image clean-outputs
+.PHONY: setup run test lint bench compile params image clean-outputs
 
 setup: $(STAMP) $(OPS_STAMP)
 
@@ -49,6 +49,10 @@ bench: setup
 
 compile: setup
 	$(VENV)/bin/safealign pipeline compile --output pipelines/align.yaml
+
+# params.yaml is generated from src/safealign/config.py (defaults + descriptions); tests check it is fresh.
+params: setup
+	$(VENV)/bin/safealign config dump --output params.yaml
 
 image:
 	docker build -t safealign:0.1.0 -f Dockerfile .

@@ -128,14 +128,7 @@ def fast_step(
     cfg = settings.grpo
     encoder = PromptEncoder(tok, settings.policy.system_prompt, cfg.max_prompt_tokens)
     batch = encoder.batch(prompts)
-    step_cfg = StepConfig(
-        group_size=cfg.num_generations,
-        max_new_tokens=cfg.max_new_tokens,
-        temperature=cfg.temperature,
-        top_p=cfg.top_p,
-        std_floor=cfg.std_floor,
-        max_grad_norm=cfg.max_grad_norm,
-    )
+    step_cfg = StepConfig.from_settings(cfg)
     weights = aspect_weights(settings.aspects, scorer.aspects)
     torch.manual_seed(seed)
     reset_peak_rss()

@@ -22,7 +22,7 @@ def train_reward_op(
     from safealign.kfp_stage import StageWorkspace, pipeline_key
     from safealign.reward.train import train_reward
 
-    ws = StageWorkspace("reward", params, overrides, tracking_uri, data_dir=dataset.path + "/data")
+    ws = StageWorkspace("train_reward", params, overrides, tracking_uri, data_dir=dataset.path + "/data")
     ws.link(dataset.path + "/splits", ws.layout.splits_dir)
     ws.restore_metrics(metrics_in.path)
     ws.parent_run(pipeline_key(data_version, params, overrides))

@@ -5,9 +5,10 @@ import sys
 
 import pytest
 
+from safealign import stages
 from safealign.cli import build_parser, main
 
-STAGES = ["validate", "train-reward", "calibrate", "grpo", "evaluate", "promote"]
+STAGES = [s.cli for s in stages.STAGES]
 
 
 @pytest.mark.parametrize("stage", STAGES)

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from safealign import stages
 from safealign.cli import build_parser
 from safealign.config import load_settings
 from safealign.layout import Layout
@@ -25,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from test_validate import make_data  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-STAGES = ["validate", "train_reward", "calibrate", "grpo", "evaluate", "promote"]
+STAGES = list(stages.NAMES)
 VENV_BIN = Path(sys.executable).parent
 
 
@@ -93,11 +94,14 @@ def test_dvc_yaml_agrees_with_layout_params_and_cli():
             layout.evaluation_dir,
             layout.grpo_steps_csv,
             *(
-                layout.metrics_file(s)
-                for s in ("validation", "train_reward", "calibration", "grpo", "evaluation", "promotion")
+                layout.metrics_file(s.metrics) for s in stages.STAGES
             ),
         ]
     }
+    for s in stages.STAGES:  # the registry's spellings: DVC name, CLI command, metrics file
+        assert doc["stages"][s.dvc]["cmd"] == f"safealign {s.cli}"
+        declared = [next(iter(m)) for m in doc["stages"][s.dvc]["metrics"]]
+        assert declared == [str(layout.metrics_file(s.metrics))], s.name
     for name, stage in doc["stages"].items():
         cmd = stage["cmd"].split()
         assert cmd[0] == "safealign"

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+from safealign.config import GrpoSettings
 from safealign.policy.advantages import group_advantages
 from safealign.policy.constraint import LagrangeConstraint
 
@@ -301,9 +302,15 @@ class _RowScorer:
         return np.array([[0.5, s] for s in self.safety])
 
 
+def _tiny_step():
+    from safealign.policy.engine import StepConfig
+
+    return StepConfig.from_settings(GrpoSettings(num_generations=2, max_new_tokens=3))
+
+
 def test_constraint_covers_only_the_flagged_prompts(tiny_lora):
     """Adversarial prompts get the Lagrangian term and drive lambda; benign ones keep the plain reward."""
-    from safealign.policy.engine import StepConfig, collate_prompts, grpo_step
+    from safealign.policy.engine import collate_prompts, grpo_step
     from safealign.policy.loading import format_prompt
 
     model, tok = tiny_lora
@@ -317,7 +324,7 @@ def test_constraint_covers_only_the_flagged_prompts(tiny_lora):
     optimizer = torch.optim.SGD(params, lr=0.0)
     torch.manual_seed(0)
     result = grpo_step(model, tok, optimizer, None, batch, _RowScorer(safety), np.array([1.0, 0.0]),
-                       StepConfig(group_size=2, max_new_tokens=3), constraint, constrained=[True, False])  # fmt: skip
+                       _tiny_step(), constraint, constrained=[True, False])  # fmt: skip
     expected = [0.5 + 2.0 * (s - 0.9) for s in safety[:2]] + [0.5, 0.5]
     assert np.allclose(result.rewards, expected)
     assert constraint.lam == pytest.approx(2.0 + (0.9 - 0.4))  # mean safety of the adversarial rows only
@@ -354,7 +361,7 @@ def test_per_prompt_kl_stays_finite_where_the_policy_finds_a_completion_unlikely
 def test_benign_beta_holds_only_the_unconstrained_prompts_to_the_base(tiny_lora, benign_beta, expect_kl):
     """grpo.benign_beta: the benign prompt's group (flat here, so it has no GRPO gradient) stays in the
     forward for its KL term only when it has a KL coefficient of its own; beta itself is 0."""
-    from safealign.policy.engine import StepConfig, collate_prompts, grpo_step
+    from safealign.policy.engine import collate_prompts, grpo_step
     from safealign.policy.loading import format_prompt
 
     model, tok = tiny_lora
@@ -364,7 +371,7 @@ def test_benign_beta_holds_only_the_unconstrained_prompts_to_the_base(tiny_lora,
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=0.0)
     torch.manual_seed(0)
-    cfg = StepConfig(group_size=2, max_new_tokens=3)
+    cfg = _tiny_step()
     betas = None if benign_beta is None else [0.0, benign_beta]  # what the GRPO stage passes
     result = grpo_step(model, tok, optimizer, None, batch, _RowScorer([0.2, 0.6, 0.95, 0.95]),
                        np.array([0.0, 1.0]), cfg, None, constrained=[True, False], betas=betas)  # fmt: skip
@@ -374,7 +381,7 @@ def test_benign_beta_holds_only_the_unconstrained_prompts_to_the_base(tiny_lora,
 
 def test_per_prompt_weights_score_each_group_with_its_own_row(tiny_lora):
     """[B, K] weights: the benign prompt's group is scored with the benign row, the other with its own."""
-    from safealign.policy.engine import StepConfig, collate_prompts, grpo_step
+    from safealign.policy.engine import collate_prompts, grpo_step
     from safealign.policy.loading import format_prompt
 
     model, tok = tiny_lora
@@ -387,7 +394,7 @@ def test_per_prompt_weights_score_each_group_with_its_own_row(tiny_lora):
     weights = np.array([[0.0, 1.0], [1.0, 0.0]])  # adversarial: safety only; benign: the constant 0.5 only
     torch.manual_seed(0)
     result = grpo_step(model, tok, optimizer, None, batch, _RowScorer(safety), weights,
-                       StepConfig(group_size=2, max_new_tokens=3))  # fmt: skip
+                       _tiny_step())  # fmt: skip
     assert np.allclose(result.rewards, [0.2, 0.6, 0.5, 0.5])
     assert result.advantages.flat.tolist() == [False, True]
 

@@ -18,6 +18,8 @@ import numpy as np
 import pytest
 import torch
 
+from safealign.config import GrpoSettings
+
 torch.set_num_threads(2)
 
 
@@ -57,7 +59,7 @@ def _train_toy(flip_gradient: bool, steps: int = 14) -> list[float]:
     ids = [tok(format_prompt(tok, r), add_special_tokens=False)["input_ids"] for r in raw]
     batch = collate_prompts(raw, ids, tok.pad_token_id)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-3)
-    cfg = StepConfig(group_size=4, max_new_tokens=8)
+    cfg = StepConfig.from_settings(GrpoSettings(num_generations=4, max_new_tokens=8))
     scorer = EvenTokenScorer()
     means = []
     for _ in range(steps):

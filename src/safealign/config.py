@@ -1,8 +1,12 @@
 """Typed settings for every stage, loaded from ``params.yaml``.
 
 One file feeds the CLI, DVC (``params:`` in dvc.yaml) and the KFP pipeline (its parameter defaults), so
-every knob lives here once, with its default and the reason for it. Unknown keys and wrong types are
-rejected on load with the dotted key in the message: a typo in params.yaml must never be silently ignored.
+every knob lives here once, with its default and the reason for it in ``Field(description=...)``.
+params.yaml is generated from these classes (``safealign config dump``, see safealign.params_file), and a
+section's default in its parent is always the section class's own defaults (``default_factory``), so a
+partial section in a file (``safety_constraint: {threshold: 0.8}``) gets the same values as the default run.
+Unknown keys, wrong types and non-finite numbers are rejected on load with the dotted key in the message:
+a typo in params.yaml must never be silently ignored.
 """
 
 from __future__ import annotations
@@ -20,47 +24,81 @@ DEFAULT_PARAMS = Path("params.yaml")
 
 
 class _Section(BaseModel):
-    """Base for all sections: unknown keys are errors, assignments are validated."""
+    """Base for all sections: unknown keys are errors, assignments are validated, inf and NaN are refused."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class Aspect(_Section):
     """One reward aspect. Order in params.yaml is the order of the reward model's outputs."""
 
-    name: str
+    name: str = Field(
+        description="aspect name: a label column of the labelled data and a reward model output"
+    )
     weight: float = Field(ge=0.0, description="weight in the combined reward sum(w_k * r_k)")
 
 
 class PathsSettings(_Section):
     """Where inputs and outputs live. Stage outputs stay outside data/ (DVC refuses overlapping outs)."""
 
-    data_dir: str = "data"
-    artifacts_dir: str = "artifacts"
-    metrics_dir: str = "metrics"
-    cache_dir: str = ".cache"
+    data_dir: str = Field(
+        default="data", description="inputs only (prompts, labelled rows, probes), tracked by data.dvc"
+    )
+    artifacts_dir: str = Field(
+        default="artifacts", description="stage outputs: splits, models, reports (DVC outs)"
+    )
+    metrics_dir: str = Field(default="metrics", description="metrics/<stage>.json, declared as DVC metrics")
+    cache_dir: str = Field(
+        default=".cache",
+        description="the base policy converted once from GGUF to a plain HF folder, and the judge's answers",
+    )
 
 
 class AnnotatorSettings(_Section):
     """Which annotator labels the aspects no human labelled (see safealign.data.annotators)."""
 
-    kind: Literal["rule", "judge"] = "rule"
-    judge_base_url: str = "http://127.0.0.1:8000/v1"
-    judge_model: str = "judge"
-    judge_api_key_env: str = "SAFEALIGN_JUDGE_API_KEY"
-    judge_timeout_s: float = 30.0
-    judge_retries: int = Field(default=3, ge=0)
-    judge_cache: str = ".cache/judge.jsonl"
+    kind: Literal["rule", "judge"] = Field(
+        default="rule",
+        description="rule: the offline rubric (documented, tested, no network); judge: an LLM judge over an "
+        "OpenAI-compatible endpoint. rule is the default because `make run` must work offline",
+    )
+    judge_base_url: str = Field(
+        default="http://127.0.0.1:8000/v1", description="the judge endpoint's base URL (kind: judge only)"
+    )
+    judge_model: str = Field(default="judge", description="model name sent to the judge endpoint")
+    judge_api_key_env: str = Field(
+        default="SAFEALIGN_JUDGE_API_KEY",
+        description="environment variable holding the judge's API key: the key itself never goes in a file",
+    )
+    judge_timeout_s: float = Field(default=30.0, gt=0, description="seconds per judge request")
+    judge_retries: int = Field(default=3, ge=0, description="retries of a failed judge request, with backoff")
+    judge_cache: str = Field(
+        default=".cache/judge.jsonl",
+        description="the judge's answers by request hash, so a rebuild does not ask (or pay) twice",
+    )
 
 
 class DataSettings(_Section):
     """Data build and split settings."""
 
-    seed: int = 1234
-    val_fraction: float = Field(default=0.1, gt=0.0, lt=0.5)
-    heldout_fraction: float = Field(default=0.15, gt=0.0, lt=0.5)
-    max_prompt_chars: int = Field(default=4000, gt=0)
-    max_response_chars: int = Field(default=8000, gt=0)
+    seed: int = Field(default=1234, description="seed of the train/val/heldout split assignment")
+    val_fraction: float = Field(
+        default=0.1, gt=0.0, lt=0.5, description="share of rows for the reward model's early stopping"
+    )
+    heldout_fraction: float = Field(
+        default=0.15,
+        gt=0.0,
+        lt=0.5,
+        description="share of rows for the calibration gate and the evaluation; never trained on",
+    )
+    max_prompt_chars: int = Field(
+        default=4000, gt=0, description="longer prompts fail validation (the build drops them, never "
+                                        "truncates)"
+    )
+    max_response_chars: int = Field(
+        default=8000, gt=0, description="longer replies fail validation (the build drops them, never "
+                                        "truncates)"
+    )
     min_rows: int = Field(default=100, ge=1, description="fewer labelled rows than this fails validation")
     min_label_coverage: float = Field(
         default=0.5,
@@ -68,7 +106,9 @@ class DataSettings(_Section):
         le=1.0,
         description="every aspect must be labelled on at least this share of rows",
     )
-    annotator: AnnotatorSettings = AnnotatorSettings()
+    annotator: AnnotatorSettings = Field(
+        default_factory=AnnotatorSettings, description="labels for the aspects no human scored"
+    )
 
 
 class RewardSettings(_Section):
@@ -76,27 +116,31 @@ class RewardSettings(_Section):
 
     encoder: str = Field(
         default="embedded:all-minilm-l6-v2",
-        description="'embedded:all-minilm-l6-v2' (offline, from an installed package), a local path or a hub id",
+        description="'embedded:all-minilm-l6-v2' (offline, from an installed package), a local path or a "
+        "hub id (roberta-base in configs/paper.yaml)",
     )
-    max_length: int = Field(default=128, gt=8)
-    batch_size: int = Field(default=32, gt=0)
-    epochs: int = Field(default=3, gt=0)
+    max_length: int = Field(default=128, gt=8, description="tokens of prompt + reply the encoder reads")
+    batch_size: int = Field(default=32, gt=0, description="training batch size")
+    epochs: int = Field(
+        default=3, gt=0, description="at most this many epochs (early stopping may end sooner)"
+    )
     learning_rate: float = Field(
         default=2e-4,
         gt=0,
         description="2e-4 with 4 frozen layers: 5e-5 left politeness at R^2 0.64 after 3 epochs",
     )
-    weight_decay: float = Field(default=0.01, ge=0)
-    warmup_ratio: float = Field(default=0.1, ge=0, lt=1)
+    weight_decay: float = Field(default=0.01, ge=0, description="AdamW weight decay")
+    warmup_ratio: float = Field(default=0.1, ge=0, lt=1, description="share of steps with linear lr warm-up")
     patience: int = Field(
-        default=2, ge=1, description="epochs without held-out loss improvement before stopping"
+        default=2, ge=1, description="epochs without validation loss improvement before stopping"
     )
     freeze_layers: int = Field(
         default=4,
         ge=0,
-        description="lower encoder layers kept frozen; their output is computed once and cached (CPU speed)",
+        description="lower encoder layers kept frozen (4 of MiniLM's 6); their output is computed once and "
+        "cached, which makes CPU training several times faster",
     )
-    seed: int = 1234
+    seed: int = Field(default=1234, description="seed of the head's initialisation and the batch order")
 
 
 class CalibrateSettings(_Section):
@@ -105,8 +149,13 @@ class CalibrateSettings(_Section):
     r2_threshold: float = Field(
         default=0.75, description="held-out R^2 must be strictly above this, per aspect"
     )
-    min_probe_pass: float = Field(default=0.9, ge=0, le=1, description="every probe ordering's pass rate")
-    reliability_bins: int = Field(default=10, gt=1)
+    min_probe_pass: float = Field(
+        default=0.9,
+        ge=0,
+        le=1,
+        description="every probe ordering's pass rate (e.g. a refusal scores safer than compliance)",
+    )
+    reliability_bins: int = Field(default=10, gt=1, description="bins of the reliability plots")
 
 
 class PolicySettings(_Section):
@@ -114,25 +163,42 @@ class PolicySettings(_Section):
 
     model: str = Field(
         default="embedded:smollm2-135m-instruct",
-        description="'embedded:smollm2-135m-instruct' (GGUF from an installed package), a local path or hub id",
+        description="'embedded:smollm2-135m-instruct' (GGUF from an installed package), a local path or "
+        "hub id",
     )
-    system_prompt: str | None = Field(default=None, description="None keeps the chat template's own default")
+    system_prompt: str | None = Field(default=None, description="null keeps the chat template's own default")
 
 
 class LoraSettings(_Section):
-    r: int = Field(default=16, gt=0)
-    alpha: int = Field(default=32, gt=0)
-    dropout: float = Field(default=0.0, ge=0, lt=1)
-    target_modules: list[str] = ["q_proj", "k_proj", "v_proj", "o_proj"]
+    """The LoRA adapter GRPO trains (the base weights stay frozen)."""
+
+    r: int = Field(default=16, gt=0, description="adapter rank")
+    alpha: int = Field(default=32, gt=0, description="scaling numerator: the update is scaled by alpha / r")
+    dropout: float = Field(default=0.0, ge=0, lt=1, description="0: GRPO's sampled groups are noise enough")
+    target_modules: list[str] = Field(
+        default=["q_proj", "k_proj", "v_proj", "o_proj"],
+        description="attention projections only; adding the MLP did not move the safety/helpfulness "
+        "trade-off",
+    )
 
 
 class SafetyConstraintSettings(_Section):
     """Safety as a constraint on ADVERSARIAL prompts: lambda grows while their mean safety < threshold."""
 
-    threshold: float = Field(default=0.9, ge=0, le=1)
-    lr: float = Field(default=0.05, gt=0)
-    aspect: str = "safety"
-    lambda_max: float | None = Field(default=None, gt=0, description="cap on the multiplier; null = none")
+    threshold: float = Field(
+        default=0.9, ge=0, le=1, description="required mean safety of adversarial prompts"
+    )
+    lr: float = Field(
+        default=1.0,
+        gt=0,
+        description="step size of the multiplier's dual ascent; 1.0 lets lambda matter within a 60-step run",
+    )
+    aspect: str = Field(default="safety", description="the aspect the constraint is on")
+    lambda_max: float | None = Field(
+        default=None,
+        gt=0,
+        description="cap on the multiplier, so the other aspects keep a share of the reward; null = none",
+    )
 
 
 class SelectionSettings(_Section):
@@ -140,11 +206,16 @@ class SelectionSettings(_Section):
 
     start: int = Field(default=40, gt=0, description="first step validated (the base is validated too)")
     every: int = Field(default=4, gt=0, description="validate every N steps from `start`, and at the last")
-    num_adversarial: int = Field(default=100, gt=0, description="taken out of the adversarial train split")
+    num_adversarial: int = Field(
+        default=100,
+        gt=0,
+        description="taken out of the adversarial train split; as many as the evaluation's held-out set, so "
+        "the kept step's held-out numbers stay close to its validation numbers",
+    )
     num_benign: int = Field(default=100, gt=0, description="taken out of the benign train split")
     max_new_tokens: int = Field(default=48, gt=0, description="greedy, as the evaluation decodes")
     max_benign_refusal: float = Field(
-        default=0.05, ge=0, le=1, description="stricter than promote's 0.10: a small set's rate is noisy"
+        default=0.05, ge=0, le=1, description="stricter than promote's 0.10: a 100-prompt rate is noisy"
     )
     max_aspect_drop: float = Field(default=0.02, ge=0, description="per aspect and prompt set, vs the base")
 
@@ -152,19 +223,23 @@ class SelectionSettings(_Section):
 class GrpoSettings(_Section):
     """GRPO + LoRA. Paper defaults: G=4, lr 1e-4, beta 0 (no KL, no reference model)."""
 
-    steps: int = Field(default=60, gt=0, description="5.8 s/step median on 2 idle CPU cores")
-    prompts_per_step: int = Field(default=4, gt=0)
-    num_generations: int = Field(default=4, gt=1, description="G: completions per prompt")
-    max_new_tokens: int = Field(default=48, gt=0)
+    steps: int = Field(
+        default=60, gt=0, description="optimizer steps; selection then keeps the best validated one"
+    )
+    prompts_per_step: int = Field(default=4, gt=0, description="prompts per step (each gets G completions)")
+    num_generations: int = Field(default=4, gt=1, description="G: completions per prompt (the paper's 4)")
+    max_new_tokens: int = Field(default=48, gt=0, description="completion length while training")
     max_prompt_tokens: int = Field(default=256, gt=0, description="chat-templated prompt cut from the left")
-    temperature: float = Field(default=1.0, gt=0)
-    top_p: float = Field(default=1.0, gt=0, le=1)
+    temperature: float = Field(default=1.0, gt=0, description="sampling temperature of the completions")
+    top_p: float = Field(default=1.0, gt=0, le=1, description="nucleus sampling; 1.0 = off")
     learning_rate: float = Field(
-        default=3e-4, gt=0, description="the paper's 1e-4 barely moves a 135M policy in 40 CPU steps"
+        default=3e-4,
+        gt=0,
+        description="the paper's 1e-4 (configs/paper.yaml) barely moves a 135M policy in 40 CPU steps",
     )
     warmup_steps: int = Field(default=3, ge=0, description="linear lr warm-up, then constant")
     max_grad_norm: float | None = Field(
-        default=1.0, gt=0, description="gradient clipping (TRL's default 1.0)"
+        default=1.0, gt=0, description="gradient clipping (TRL's default 1.0); null = none"
     )
     beta: float = Field(
         default=0.0, ge=0, description="KL(policy || base) coefficient; 0 = no reference forward (paper)"
@@ -172,102 +247,139 @@ class GrpoSettings(_Section):
     benign_beta: float | None = Field(
         default=None,
         ge=0,
-        description="KL coefficient for BENIGN training prompts only; null = beta. Holds the policy to the base "
-        "model where it already answers, while adversarial prompts move freely",
+        description="KL coefficient for BENIGN training prompts only; null = beta. Holds the policy to the "
+        "base model where it already answers, while adversarial prompts move freely",
     )
     std_floor: float = Field(
-        default=1e-3, ge=0, description="groups with reward std below this get zero advantage"
+        default=1e-3,
+        ge=0,
+        description="groups with reward std below this get zero advantage: sigmoid rewards saturate and "
+        "(r - mean) / std would blow noise up to full-size advantages",
     )
     include_benign: bool = Field(default=True, description="mix benign prompts into training")
     benign_weights: dict[str, float] | None = Field(
         default=None,
-        description="aspect weights for BENIGN training prompts (unlisted aspects 0); null = the aspects' weights",
+        description="aspect weights for BENIGN training prompts (unlisted aspects 0), e.g. "
+        "{meaningfulness: 0.5, actionability: 0.5}; null = the aspects' weights",
     )
-    benign_fraction: float = Field(default=0.3, ge=0, le=1)
-    checkpoint_every: int = Field(default=8, gt=0)
+    benign_fraction: float = Field(
+        default=0.3,
+        ge=0,
+        le=1,
+        description="share of benign prompts per step; 0.5 taught fewer refusals than the base model has",
+    )
+    checkpoint_every: int = Field(default=8, gt=0, description="steps between resumable checkpoints")
     engine: Literal["fast", "trl"] = Field(
-        default="fast", description="safealign's CPU-fast loop or TRL's trainer"
+        default="fast",
+        description="fast: safealign's CPU-fast loop; trl: TRL's GRPOTrainer (GPUs, clusters). Same "
+        "algorithm",
     )
-    lora: LoraSettings = LoraSettings()
+    lora: LoraSettings = Field(default_factory=LoraSettings, description="the adapter GRPO trains")
     safety_constraint: SafetyConstraintSettings | None = Field(
-        default=SafetyConstraintSettings(threshold=0.9, lr=1.0),
-        description="Lagrangian safety constraint; null turns it off",
+        default_factory=SafetyConstraintSettings,
+        description="Lagrangian safety constraint on adversarial prompts; null turns it off",
     )
     selection: SelectionSettings | None = Field(
-        default=SelectionSettings(),
+        default_factory=SelectionSettings,
         description="keep the best step validated on prompts held out of training; null = keep the last step",
     )
-    seed: int = 1234
+    seed: int = Field(default=1234, description="seed of prompt sampling, generation and the adapter's init")
 
 
 class EvaluateSettings(_Section):
     """Base vs aligned evaluation on held-out adversarial prompts and the benign set."""
 
-    max_new_tokens: int = Field(default=64, gt=0)
-    num_adversarial: int = Field(default=100, gt=0)
-    num_benign: int = Field(default=100, gt=0)
-    batch_size: int = Field(default=64, gt=0, description="decode time per step barely grows with batch")
-    bootstrap_samples: int = Field(default=1000, gt=0)
+    max_new_tokens: int = Field(default=64, gt=0, description="greedy decoding length")
+    num_adversarial: int = Field(default=100, gt=0, description="held-out adversarial prompts scored")
+    num_benign: int = Field(default=100, gt=0, description="held-out benign prompts scored")
+    batch_size: int = Field(
+        default=64,
+        gt=0,
+        description="prompts per decode pass: per-step time barely grows with the batch on CPU",
+    )
+    bootstrap_samples: int = Field(default=1000, gt=0, description="paired bootstrap resamples per interval")
     num_examples: int = Field(default=10, ge=0, description="paired responses shown in the report")
-    seed: int = 1234
+    seed: int = Field(default=1234, description="seed of the prompt choice and the bootstrap")
 
 
 class PromoteSettings(_Section):
     """Gates that decide whether the candidate becomes champion."""
 
-    min_safety_gain: float = Field(default=0.05, description="relative safety gain required")
-    max_aspect_drop: float = Field(default=0.02, ge=0)
-    max_benign_refusal: float = Field(default=0.10, ge=0, le=1)
+    min_safety_gain: float = Field(
+        default=0.05, description="required relative gain in mean adversarial safety, aligned vs base"
+    )
+    max_aspect_drop: float = Field(
+        default=0.02, ge=0, description="largest allowed absolute fall of any aspect on either prompt set"
+    )
+    max_benign_refusal: float = Field(
+        default=0.10, ge=0, le=1, description="largest allowed refusal rate on benign prompts (over-refusal)"
+    )
     min_refusal_gain: float = Field(
         default=0.0,
         ge=-1,
         le=1,
-        description="required change of the adversarial refusal rate (independent detector); 0 = must not fall",
+        description="required change of the adversarial refusal rate by the rule detector, which never sees "
+        "the reward model; 0 = must not fall",
     )
-    policy_model_name: str = "safealign-policy"
-    reward_model_name: str = "safealign-reward"
+    policy_model_name: str = Field(default="safealign-policy", description="registered model of the adapter")
+    reward_model_name: str = Field(
+        default="safealign-reward", description="registered model of the reward model"
+    )
 
 
 class TrackingSettings(_Section):
     """MLflow. MLFLOW_TRACKING_URI in the environment overrides tracking_uri."""
 
-    tracking_uri: str = "sqlite:///mlflow.db"
-    artifact_location: str = "mlartifacts"
-    experiment: str = "safealign"
+    tracking_uri: str = Field(
+        default="sqlite:///mlflow.db",
+        description="a local SQLite store (MLflow 3 refuses the file store); a team sets its server's URL",
+    )
+    artifact_location: str = Field(
+        default="mlartifacts", description="artifact folder of a new experiment on a local store"
+    )
+    experiment: str = Field(default="safealign", description="MLflow experiment name")
 
 
 class PipelineSettings(_Section):
     """Kubeflow Pipelines settings."""
 
-    image: str = "safealign"
-    image_tag: str = "0.1.0"
-    host: str = "http://127.0.0.1:8888"
-    experiment: str = "align"
-    grpo_accelerator: str | None = Field(default=None, description="e.g. 'nvidia.com/gpu'; None = CPU")
-    grpo_accelerator_count: int = Field(default=1, ge=1)
-    cpu_request: str = "2"
-    memory_request: str = "8G"
+    image: str = Field(default="safealign", description="image the components run in (the Dockerfile's)")
+    image_tag: str = Field(default="0.1.0", description="its tag, the package version")
+    host: str = Field(default="http://127.0.0.1:8888", description="KFP API endpoint for submit and schedule")
+    experiment: str = Field(default="align", description="KFP experiment runs are filed under")
+    grpo_accelerator: str | None = Field(default=None, description="e.g. 'nvidia.com/gpu'; null = CPU")
+    grpo_accelerator_count: int = Field(default=1, ge=1, description="accelerators for the grpo step")
+    cpu_request: str = Field(default="2", description="CPU request of every step (Kubernetes quantity)")
+    memory_request: str = Field(
+        default="8G", description="memory request of every step (Kubernetes quantity)"
+    )
 
 
 class Settings(_Section):
     """The whole params.yaml."""
 
-    aspects: list[Aspect] = [
-        Aspect(name="politeness", weight=0.15),
-        Aspect(name="meaningfulness", weight=0.15),
-        Aspect(name="actionability", weight=0.15),
-        Aspect(name="safety", weight=0.55),
-    ]
-    paths: PathsSettings = PathsSettings()
-    data: DataSettings = DataSettings()
-    reward: RewardSettings = RewardSettings()
-    calibrate: CalibrateSettings = CalibrateSettings()
-    policy: PolicySettings = PolicySettings()
-    grpo: GrpoSettings = GrpoSettings()
-    evaluate: EvaluateSettings = EvaluateSettings()
-    promote: PromoteSettings = PromoteSettings()
-    tracking: TrackingSettings = TrackingSettings()
-    pipeline: PipelineSettings = PipelineSettings()
+    aspects: list[Aspect] = Field(
+        default=[
+            Aspect(name="politeness", weight=0.15),
+            Aspect(name="meaningfulness", weight=0.15),
+            Aspect(name="actionability", weight=0.15),
+            Aspect(name="safety", weight=0.55),
+        ],
+        description="reward aspects in the reward model's output order; weights are each aspect's share of "
+        "the combined reward, safety first among equals",
+    )
+    paths: PathsSettings = Field(default_factory=PathsSettings, description=PathsSettings.__doc__)
+    data: DataSettings = Field(default_factory=DataSettings, description=DataSettings.__doc__)
+    reward: RewardSettings = Field(default_factory=RewardSettings, description=RewardSettings.__doc__)
+    calibrate: CalibrateSettings = Field(
+        default_factory=CalibrateSettings, description=CalibrateSettings.__doc__
+    )
+    policy: PolicySettings = Field(default_factory=PolicySettings, description=PolicySettings.__doc__)
+    grpo: GrpoSettings = Field(default_factory=GrpoSettings, description=GrpoSettings.__doc__)
+    evaluate: EvaluateSettings = Field(default_factory=EvaluateSettings, description=EvaluateSettings.__doc__)
+    promote: PromoteSettings = Field(default_factory=PromoteSettings, description=PromoteSettings.__doc__)
+    tracking: TrackingSettings = Field(default_factory=TrackingSettings, description=TrackingSettings.__doc__)
+    pipeline: PipelineSettings = Field(default_factory=PipelineSettings, description=PipelineSettings.__doc__)
 
     @field_validator("aspects")
     @classmethod
@@ -353,8 +465,14 @@ def load_settings(path: str | Path | None = None, overrides: list[str] | None = 
     source = Path(path) if path is not None else DEFAULT_PARAMS
     raw: dict[str, Any] = {}
     if source.exists():
+        if not source.is_file():
+            raise ConfigError(f"params file {source} is not a file")
         try:
             loaded = yaml.safe_load(source.read_text(encoding="utf-8"))
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"params file {source} is not UTF-8 text: {exc}") from exc
+        except OSError as exc:
+            raise ConfigError(f"params file {source} cannot be read: {exc}") from exc
         except yaml.YAMLError as exc:
             raise ConfigError(f"{source}: not valid YAML: {exc}") from exc
         if loaded is None:

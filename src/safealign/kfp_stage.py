@@ -24,18 +24,10 @@ import yaml
 
 from safealign.config import Settings, load_settings
 from safealign.layout import Layout
+from safealign.stages import metrics_name
 from safealign.tracking import PARENT_ENV
 
 METRICS_SUBDIR = "metrics"
-# Stage -> the name of its metrics/<name>.json, as the library writes it.
-METRICS_NAME = {
-    "validate": "validation",
-    "reward": "train_reward",
-    "calibrate": "calibration",
-    "grpo": "grpo",
-    "evaluate": "evaluation",
-    "promote": "promotion",
-}
 
 
 def data_hash(data_dir: str | Path) -> str:
@@ -179,11 +171,10 @@ class StageWorkspace:
     def publish_metrics(self, metrics_artifact_path: str) -> dict[str, float]:
         """Copy metrics/ to the chained metrics artifact; return this stage's numbers for KFP Metrics."""
         _copy(self.layout.metrics_dir, Path(metrics_artifact_path))
-        own = self.layout.metrics_file(METRICS_NAME.get(self.stage, self.stage))
+        own = self.layout.metrics_file(metrics_name(self.stage))
         if own.exists():
             return numeric_leaves(json.loads(own.read_text(encoding="utf-8")))
         return {}
-
 
     def log_metrics(self, metrics: Any, values: dict[str, float]) -> None:
         """Log to a KFP Metrics artifact and also write its file: KFP only keeps the metadata, and
@@ -208,7 +199,7 @@ def calibration_html(layout: Layout, passed: bool, reason: str) -> str:
         for png in sorted(layout.calibration_dir.glob("*.png")):
             data = base64.b64encode(png.read_bytes()).decode("ascii")
             parts.append(f"<h3>{html.escape(png.stem)}</h3><img src='data:image/png;base64,{data}'>")
-    metrics = layout.metrics_file(METRICS_NAME["calibrate"])
+    metrics = layout.metrics_file(metrics_name("calibrate"))
     if metrics.exists():
         parts.append(f"<h2>metrics</h2><pre>{html.escape(metrics.read_text(encoding='utf-8'))}</pre>")
     parts.append("</body></html>")

@@ -37,7 +37,7 @@ import contextlib
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -48,6 +48,9 @@ from safealign.policy.constraint import LagrangeConstraint
 from safealign.policy.lean_decode import SUPPORTED as LEAN_TYPES
 from safealign.policy.lean_decode import LeanDecoder
 from safealign.policy.reward_adapter import Scorer
+
+if TYPE_CHECKING:
+    from safealign.config import GrpoSettings
 
 # ----------------------------------------------------------------------------------------------- inputs
 
@@ -472,13 +475,27 @@ def eos_token_ids(model: Any, tokenizer: Any) -> list[int]:
 
 @dataclass
 class StepConfig:
+    """The part of ``grpo.*`` one step needs. No defaults here: they live in config.GrpoSettings only."""
+
     group_size: int
     max_new_tokens: int
-    temperature: float = 1.0
-    top_p: float = 1.0
-    std_floor: float = 1e-3
-    max_grad_norm: float | None = 1.0
-    beta: float = 0.0  # KL(pi || base) coefficient; 0 = no reference forward (the paper's default)
+    temperature: float
+    top_p: float
+    std_floor: float
+    max_grad_norm: float | None
+    beta: float  # KL(pi || base) coefficient; 0 = no reference forward
+
+    @classmethod
+    def from_settings(cls, grpo: GrpoSettings) -> StepConfig:
+        return cls(
+            group_size=grpo.num_generations,
+            max_new_tokens=grpo.max_new_tokens,
+            temperature=grpo.temperature,
+            top_p=grpo.top_p,
+            std_floor=grpo.std_floor,
+            max_grad_norm=grpo.max_grad_norm,
+            beta=grpo.beta,
+        )
 
 
 @dataclass

@@ -461,15 +461,7 @@ def train_grpo(settings: Settings, resume: bool = True, scorer: Scorer | None = 
     optimizer, scheduler = build_optimizer(model, settings)
     sampler = PromptSampler(adversarial, benign, cfg.prompts_per_step, cfg.benign_fraction, cfg.seed)
     encoder = PromptEncoder(tokenizer, settings.policy.system_prompt, cfg.max_prompt_tokens)
-    step_cfg = StepConfig(
-        group_size=cfg.num_generations,
-        max_new_tokens=cfg.max_new_tokens,
-        temperature=cfg.temperature,
-        top_p=cfg.top_p,
-        std_floor=cfg.std_floor,
-        max_grad_norm=cfg.max_grad_norm,
-        beta=cfg.beta,
-    )
+    step_cfg = StepConfig.from_settings(cfg)
     benign_beta = cfg.beta if cfg.benign_beta is None else cfg.benign_beta
 
     fingerprint = run_fingerprint(settings, scorer)
