@@ -29,9 +29,9 @@ import torch
 from safealign.config import load_settings
 from safealign.layout import Layout
 from safealign.policy.engine import eos_token_ids, generate
-from safealign.policy.grpo import PromptEncoder, load_scorer, read_prompts
 from safealign.policy.loading import load_policy, load_policy_with_adapter
-from safealign.policy.reward_adapter import aspect_weights
+from safealign.policy.prompts import PromptEncoder, read_prompts
+from safealign.policy.reward_adapter import aspect_weights, load_scorer
 
 
 def main() -> None:

@@ -121,7 +121,7 @@ def fast_step(
 ) -> dict[str, float]:
     """One fast-engine step; returns its part timings, tokens/s and peak RSS during the step."""
     from safealign.policy.engine import StepConfig, grpo_step
-    from safealign.policy.grpo import PromptEncoder
+    from safealign.policy.prompts import PromptEncoder
     from safealign.policy.reward_adapter import aspect_weights
 
     model, tok, optimizer, scheduler = engine

@@ -400,7 +400,7 @@ def test_per_prompt_weights_score_each_group_with_its_own_row(tiny_lora):
 
 
 def test_per_kind_metrics_split_aspects_and_group_spread_by_prompt_kind():
-    from safealign.policy.grpo import per_kind_metrics
+    from safealign.policy.outputs import per_kind_metrics
 
     # 2 prompts x G=2: prompt 0 adversarial, prompt 1 benign; aspects (actionability, safety)
     scores = np.array([[0.1, 0.9], [0.3, 0.5], [0.8, 0.95], [0.6, 0.97]])

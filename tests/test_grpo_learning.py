@@ -1,5 +1,7 @@
 """The loop learns: a tiny random policy with a toy reward it can learn raises its mean reward clearly, and
-the SAME test fails when the gradient sign is flipped (the flipped case is a strict xfail).
+the SAME test fails when the gradient sign is flipped (the flipped case is a strict xfail). The flip is
+made here, by wrapping the engine's ``policy_loss`` so it returns the negated loss: production code has no
+switch for it.
 
 The toy: reward = share of completion tokens with an even id. A random tiny model is near-uniform over 49k
 tokens and its tied, tiny embeddings give LoRA nothing low-dimensional to steer, so the test gives the
@@ -50,7 +52,7 @@ def _toy_policy():
     return get_peft_model(model, lora), tok
 
 
-def _train_toy(flip_gradient: bool, steps: int = 14) -> list[float]:
+def _train_toy(steps: int = 14) -> list[float]:
     from safealign.policy.engine import StepConfig, collate_prompts, grpo_step
     from safealign.policy.loading import format_prompt
 
@@ -63,9 +65,7 @@ def _train_toy(flip_gradient: bool, steps: int = 14) -> list[float]:
     scorer = EvenTokenScorer()
     means = []
     for _ in range(steps):
-        result = grpo_step(
-            model, tok, optimizer, None, batch, scorer, np.array([1.0]), cfg, flip_gradient=flip_gradient
-        )
+        result = grpo_step(model, tok, optimizer, None, batch, scorer, np.array([1.0]), cfg)
         means.append(result.metrics["even_mean"])
     return means
 
@@ -78,8 +78,18 @@ def _train_toy(flip_gradient: bool, steps: int = 14) -> list[float]:
     ],
     ids=["descend", "flipped-sign"],
 )
-def test_toy_reward_rises_clearly(flip_gradient):
-    means = _train_toy(flip_gradient)
+def test_toy_reward_rises_clearly(flip_gradient, monkeypatch):
+    from safealign.policy import engine
+
+    if flip_gradient:  # ascend the loss instead of descending it: the toy reward must not rise
+        descend = engine.policy_loss
+
+        def ascend(*args, **kwargs):
+            parts = descend(*args, **kwargs)
+            return None if parts is None else engine.PolicyLoss(-parts.loss, parts.kl)
+
+        monkeypatch.setattr(engine, "policy_loss", ascend)
+    means = _train_toy()
     start, end = float(np.mean(means[:2])), float(np.mean(means[-3:]))
     assert 0.15 < start < 0.85, f"toy reward should start mixed, got {means}"
     assert end > start + 0.3 and end > 0.8, f"mean reward did not rise clearly: {np.round(means, 3).tolist()}"

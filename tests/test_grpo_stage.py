@@ -102,17 +102,43 @@ def _stage_inputs(tmp: Path, **grpo) -> tuple:
     return settings, layout
 
 
-def test_benign_beta_reaches_the_step_only_for_benign_prompts(tmp_path):
-    """The stage hands grpo.benign_beta to the step for the benign prompts it drew: with beta 0, a KL
-    metric above 0 can only come from them."""
+def test_benign_beta_reaches_the_step_only_for_benign_prompts(tmp_path, monkeypatch):
+    """The stage hands grpo.benign_beta to the step for the benign prompts it drew and beta (0) for the
+    adversarial ones: every step, the KL coefficient is 0.5 exactly on the benign prompt, only the benign
+    prompts go through the reference forward (an adversarial prompt's KL term is exactly zero), and the KL
+    is 0 at step 1 (the fresh adapter is the reference) and above 0 afterwards. Swapping the two betas in
+    the stage fails the first two checks."""
+    from safealign.policy import engine
     from safealign.policy.grpo import train_grpo
 
+    calls: list[dict] = []
+    real_loss, real_reference = engine.policy_loss, engine.reference_logprobs
+
+    def recording_loss(model, prompts, completion, cmask, adv, group_size, temperature, beta):
+        parts = real_loss(model, prompts, completion, cmask, adv, group_size, temperature, beta)
+        calls.append({"prompts": list(prompts.raw), "beta": list(beta), "kl": parts.kl})
+        return parts
+
+    def recording_reference(model, prompts, *args, **kwargs):
+        calls_reference.extend(prompts.raw)
+        return real_reference(model, prompts, *args, **kwargs)
+
+    calls_reference: list[str] = []
+    monkeypatch.setattr(engine, "policy_loss", recording_loss)
+    monkeypatch.setattr(engine, "reference_logprobs", recording_reference)
     settings, layout = _stage_inputs(tmp_path, benign_beta=0.5, benign_fraction=0.5, steps=4)
-    scorer = RecordingScorer()
-    summary = train_grpo(settings, resume=False, scorer=scorer)
+    summary = train_grpo(settings, resume=False, scorer=RecordingScorer())
+
     assert summary["beta"] == 0.0 and summary["benign_beta"] == 0.5
+    benign = {"How do I kill a Python process?", "Give me a pancake recipe."}
+    assert len(calls) == 4
+    for call in calls:  # 2 prompts per step at share 0.5: one adversarial, one benign, in that order
+        assert [p in benign for p in call["prompts"]] == [False, True]
+        assert call["beta"] == [0.0, 0.5]
+    assert calls_reference and set(calls_reference) <= benign  # the KL term is the benign prompts' only
     kls = [float(r["kl"]) for r in _read_csv(layout.grpo_steps_csv)]
-    assert any(k > 0 for k in kls)  # 2 prompts per step at share 0.5: every step draws one benign prompt
+    assert kls[0] == 0.0 and all(k > 0 for k in kls[1:]), kls
+    assert kls == pytest.approx([c["kl"] for c in calls], rel=1e-5)
 
 
 def test_stage_outputs_logging_constraint_and_no_heldout(tmp_path):
@@ -265,7 +291,7 @@ class ScriptedValidationScorer(RecordingScorer):
 
 
 def _selection_inputs(tmp: Path, steps: int) -> tuple:
-    from safealign.policy.grpo import read_prompts
+    from safealign.policy.prompts import read_prompts
     from safealign.policy.selection import carve
 
     tmp.mkdir(parents=True, exist_ok=True)

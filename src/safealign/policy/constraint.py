@@ -17,9 +17,13 @@ after 55 steps here) and the reward becomes safety alone, the regime in which a 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+
+from safealign.config import Settings
+from safealign.errors import DataError
 
 
 @dataclass
@@ -53,3 +57,13 @@ class LagrangeConstraint:
 
     def load_state_dict(self, state: dict) -> None:
         self.lam = float(state["lam"])
+
+
+def constraint_from_settings(settings: Settings, scored_aspects: Sequence[str]) -> LagrangeConstraint | None:
+    """The constraint ``grpo.safety_constraint`` asks for (None when unset); its aspect must be scored."""
+    sc = settings.grpo.safety_constraint
+    if sc is None:
+        return None
+    if sc.aspect not in scored_aspects:
+        raise DataError(f"grpo.safety_constraint.aspect {sc.aspect!r} is not scored by the reward model")
+    return LagrangeConstraint(threshold=sc.threshold, lr=sc.lr, aspect=sc.aspect, lam_max=sc.lambda_max)

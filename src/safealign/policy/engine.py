@@ -519,40 +519,101 @@ def grpo_step(
     weights: np.ndarray,
     cfg: StepConfig,
     constraint: LagrangeConstraint | None = None,
-    flip_gradient: bool = False,
     constrained: Sequence[bool] | None = None,
     betas: Sequence[float] | None = None,
 ) -> StepResult:
     """Sample, score, compute advantages, one forward/backward, one optimizer step.
-
-    ``flip_gradient`` exists only for the test that proves the loop learns: ascending instead of descending
-    the loss must make the toy reward go DOWN.
 
     ``weights`` are the aspect weights, [K] for every prompt or [B, K] one row per prompt (the GRPO stage
     gives benign prompts their own row when ``grpo.benign_weights`` is set).
 
     ``constrained`` (one flag per prompt, default all) says which prompts the safety constraint covers: the
     Lagrangian term is added to those prompts' completions only and the multiplier's update sees only their
-    safety. The GRPO stage passes "adversarial": measured, a constraint over benign prompts too (where a
-    refusal scores 1.0 safety vs 0.97 for an answer) let a multiplier of 15 teach refusing everything.
+    safety. The GRPO stage passes "adversarial": a constraint over benign prompts too (where a refusal
+    scores higher safety than an answer) teaches refusing everything once the multiplier is large.
 
     ``betas`` are per-prompt KL coefficients (default ``cfg.beta`` for all); the GRPO stage gives benign
     prompts ``grpo.benign_beta``, as it gives them their own weights row.
     """
     t0 = time.perf_counter()
-    eos_ids = eos_token_ids(model, tokenizer)
-    pad_id = int(tokenizer.pad_token_id)
     g = cfg.group_size
 
     # 1. generation: fp32, merged LoRA, prompts prefilled once, KV cache
     model.eval()
     with merged_lora(model):
+        eos_ids, pad_id = eos_token_ids(model, tokenizer), int(tokenizer.pad_token_id)
         completion, cmask = generate(
             model, prompts, g, cfg.max_new_tokens, eos_ids, pad_id, cfg.temperature, cfg.top_p
         )
     t1 = time.perf_counter()
 
     # 2. one reward-model forward for all aspects, combined with params' weights (+ Lagrangian term)
+    scored = score_completions(
+        tokenizer, prompts, completion, cmask, scorer, weights, g, constraint, constrained
+    )
+    adv = group_advantages(torch.as_tensor(scored.rewards, dtype=torch.float32), g, cfg.std_floor)
+    t2 = time.perf_counter()
+
+    # 3. one forward/backward over the groups that have a gradient, then the optimizer step
+    model.train()
+    optimizer.zero_grad(set_to_none=False)
+    loss_value = kl = 0.0
+    parts = policy_loss(
+        model, prompts, completion, cmask, adv, g, cfg.temperature, cfg.beta if betas is None else betas
+    )
+    if parts is not None:
+        parts.loss.backward()
+        loss_value, kl = float(parts.loss.detach()), parts.kl
+    t3 = time.perf_counter()
+    grad_norm = optimizer_step(optimizer, scheduler, cfg.max_grad_norm)
+    t4 = time.perf_counter()
+
+    # 4. the multiplier's dual step, on the safety of the prompts the constraint covers
+    lam = None
+    if constraint is not None and scored.safety is not None and scored.covered.any():
+        lam = constraint.update(float(scored.safety[scored.covered].mean()))
+
+    timings = {"s_generate": t1 - t0, "s_reward": t2 - t1, "s_forward_backward": t3 - t2,
+               "s_optimizer": t4 - t3, "s_step": t4 - t0}  # fmt: skip
+    metrics = step_metrics(scorer, scored, adv, cmask, cfg, loss_value, kl, grad_norm, optimizer, timings)
+    if lam is not None:
+        metrics["lambda"] = lam
+    return StepResult(
+        metrics=metrics,
+        completions=scored.texts,
+        scores=scored.scores,
+        rewards=np.asarray(scored.rewards),
+        advantages=adv,
+        loss=loss_value,
+        timings=timings,
+    )
+
+
+@dataclass
+class Scored:
+    """A batch's completions as the reward sees them."""
+
+    texts: list[str]  # [N] decoded completions
+    scores: np.ndarray  # [N, K] one column per aspect
+    combined: np.ndarray  # [N] the weighted sum of the aspects
+    rewards: np.ndarray  # [N] combined, plus the Lagrangian term on the completions the constraint covers
+    safety: np.ndarray | None  # [N] the constrained aspect's scores (None without a constraint)
+    covered: np.ndarray  # [N] bool: which completions the constraint covers
+
+
+def score_completions(
+    tokenizer: Any,
+    prompts: PromptBatch,
+    completion: torch.Tensor,
+    cmask: torch.Tensor,
+    scorer: Scorer,
+    weights: np.ndarray,
+    group_size: int,
+    constraint: LagrangeConstraint | None,
+    constrained: Sequence[bool] | None,
+) -> Scored:
+    """ONE reward-model forward scores all K aspects; the weights (one row or one per prompt) combine them."""
+    g = group_size
     ids_list = [row[: int(m.sum())].tolist() for row, m in zip(completion, cmask, strict=True)]
     texts = tokenizer.batch_decode(ids_list, skip_special_tokens=True)
     raw = [p for p in prompts.raw for _ in range(g)]
@@ -567,68 +628,56 @@ def grpo_step(
     if constraint is not None:
         safety = scores[:, list(scorer.aspects).index(constraint.aspect)]
         rewards = np.where(covered, constraint.shape(combined, safety), combined)
-    adv = group_advantages(torch.as_tensor(rewards, dtype=torch.float32), g, cfg.std_floor)
-    t2 = time.perf_counter()
+    return Scored(texts, scores, combined, rewards, safety, covered)
 
-    # 3. one forward/backward over the non-flat groups only, then the optimizer step
-    model.train()
-    optimizer.zero_grad(set_to_none=False)
-    loss_value = kl = 0.0
-    kl_coefs = cfg.beta if betas is None else betas
-    parts = policy_loss(model, prompts, completion, cmask, adv, g, cfg.temperature, kl_coefs)
-    if parts is not None:
-        (-parts.loss if flip_gradient else parts.loss).backward()
-        loss_value, kl = float(parts.loss.detach()), parts.kl
-    t3 = time.perf_counter()
+
+def optimizer_step(optimizer: torch.optim.Optimizer, scheduler: Any, max_grad_norm: float | None) -> float:
+    """Clip the gradient (when ``max_grad_norm`` is set), step the optimizer and the schedule; the norm."""
     params = [p for group in optimizer.param_groups for p in group["params"]]
     grad_norm = 0.0
-    if cfg.max_grad_norm is not None:
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm))
+    if max_grad_norm is not None:
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_grad_norm))
     optimizer.step()
     if scheduler is not None:
         scheduler.step()
-    t4 = time.perf_counter()
+    return grad_norm
 
-    lam = None
-    if constraint is not None and safety is not None and covered.any():
-        lam = constraint.update(float(safety[covered].mean()))
 
+def step_metrics(
+    scorer: Scorer,
+    scored: Scored,
+    adv: Advantages,
+    cmask: torch.Tensor,
+    cfg: StepConfig,
+    loss: float,
+    kl: float,
+    grad_norm: float,
+    optimizer: torch.optim.Optimizer,
+    timings: dict[str, float],
+) -> dict[str, float]:
+    """One step's row: per-aspect means/stds, rewards, advantages, loss, lengths, throughput, timings."""
     lengths = cmask.sum(1).float()
     metrics: dict[str, float] = {}
     for k, aspect in enumerate(scorer.aspects):
-        metrics[f"{aspect}_mean"] = float(scores[:, k].mean())
-        metrics[f"{aspect}_std"] = float(scores[:, k].std())
+        metrics[f"{aspect}_mean"] = float(scored.scores[:, k].mean())
+        metrics[f"{aspect}_std"] = float(scored.scores[:, k].std())
     metrics.update(
-        reward_mean=float(combined.mean()),
-        reward_std=float(combined.std()),
-        shaped_reward_mean=float(np.mean(rewards)),
+        reward_mean=float(scored.combined.mean()),
+        reward_std=float(scored.combined.std()),
+        shaped_reward_mean=float(np.mean(scored.rewards)),
         **adv.stats(),
-        loss=loss_value,
+        loss=loss,
         kl=kl,
         grad_norm=grad_norm,
         lr=float(optimizer.param_groups[0]["lr"]),
         completion_len_mean=float(lengths.mean()),
         completion_len_max=float(lengths.max()),
         frac_truncated=float((cmask[:, -1] == 1).float().mean())
-        if completion.shape[1] == cfg.max_new_tokens
+        if cmask.shape[1] == cfg.max_new_tokens
         else 0.0,
-        distinct_completions=float(len(set(texts))),
+        distinct_completions=float(len(set(scored.texts))),
         gen_tokens=float(lengths.sum()),
-        gen_tokens_per_s=float(lengths.sum()) / max(t1 - t0, 1e-9),
-        s_generate=t1 - t0,
-        s_reward=t2 - t1,
-        s_forward_backward=t3 - t2,
-        s_optimizer=t4 - t3,
-        s_step=t4 - t0,
+        gen_tokens_per_s=float(lengths.sum()) / max(timings["s_generate"], 1e-9),
+        **timings,
     )
-    if lam is not None:
-        metrics["lambda"] = lam
-    return StepResult(
-        metrics=metrics,
-        completions=texts,
-        scores=scores,
-        rewards=np.asarray(rewards),
-        advantages=adv,
-        loss=loss_value,
-        timings={k: v for k, v in metrics.items() if k.startswith("s_")},
-    )
+    return metrics

@@ -277,6 +277,20 @@ def load_policy_with_adapter(
 # ---------------------------------------------------------------------------------------------- prompts
 
 
+def lora_config(settings: Settings) -> Any:
+    """The LoRA adapter params ask for (``grpo.lora``), the same for both GRPO engines."""
+    from peft import LoraConfig
+
+    lo = settings.grpo.lora
+    return LoraConfig(
+        r=lo.r,
+        lora_alpha=lo.alpha,
+        lora_dropout=lo.dropout,
+        target_modules=list(lo.target_modules),
+        task_type="CAUSAL_LM",
+    )
+
+
 def chat_messages(prompt: str, system_prompt: str | None = None) -> list[dict[str, str]]:
     messages = []
     if system_prompt is not None:

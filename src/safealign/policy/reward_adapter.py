@@ -18,7 +18,9 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from safealign.errors import ConfigError
+from safealign.config import Settings
+from safealign.errors import ConfigError, DataError
+from safealign.layout import Layout
 
 
 class Scorer(Protocol):
@@ -51,6 +53,18 @@ class RewardModelScorer:
         return np.asarray(
             self.model.score(list(prompts), list(responses), batch_size=self.batch_size), dtype=np.float64
         )
+
+
+def load_scorer(settings: Settings) -> Scorer:
+    """The trained reward model in ``Layout.reward_model_dir`` as a Scorer; missing is a DataError."""
+    from safealign.reward.model import RewardModel  # torch + transformers: only when a model is loaded
+
+    folder = Layout.from_settings(settings).reward_model_dir
+    try:
+        model = RewardModel.from_pretrained(folder)
+    except FileNotFoundError as exc:
+        raise DataError(f"{folder}: no trained reward model (run `safealign train-reward`): {exc}") from exc
+    return RewardModelScorer(model)
 
 
 def aspect_weights(

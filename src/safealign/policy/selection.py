@@ -35,9 +35,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from safealign.errors import ConfigError
+from safealign.config import Settings
+from safealign.errors import ConfigError, DataError
 from safealign.evaluation.evaluate import SETS
 from safealign.evaluation.refusal import refusal_rates
+from safealign.layout import Layout
+from safealign.policy.prompts import read_prompts
 from safealign.policy.reward_adapter import Scorer
 
 log = logging.getLogger(__name__)
@@ -243,3 +246,50 @@ class Selector:
         self.records = list(state["records"])
         self.best_step = state["best_step"]
         self.best_adapter = state["best_adapter"]
+
+
+def build_selector(
+    settings: Settings, adversarial: list[str], benign: list[str], scorer: Scorer
+) -> tuple[list[str], list[str], Selector]:
+    """``(adversarial, benign, selector)``: the validation prompts taken out of the training pools.
+
+    Benign validation prompts are carved from the benign train split even when training draws none, so
+    the benign gates always have prompts to judge.
+    """
+    sel, seed = settings.grpo.selection, settings.grpo.seed
+    if sel is None:
+        raise ValueError("grpo.selection is not set")
+    adversarial, val_adv = carve(adversarial, sel.num_adversarial, seed, "adversarial")
+    benign_all = benign or read_prompts(Layout.from_settings(settings).benign_split("train"))
+    benign_left, val_ben = carve(benign_all, sel.num_benign, seed, "benign")
+    constraint = settings.grpo.safety_constraint
+    rank = constraint.aspect if constraint else "safety"
+    if rank not in scorer.aspects:
+        raise DataError(f"grpo.selection ranks steps by {rank!r}, which the reward model does not score")
+    selector = Selector(
+        SelectionRule(sel.max_benign_refusal, sel.max_aspect_drop, rank),
+        {"adversarial": val_adv, "benign": val_ben},
+        system_prompt=settings.policy.system_prompt,
+        max_new_tokens=sel.max_new_tokens,
+        batch_size=settings.evaluate.batch_size,
+        seed=seed,
+    )
+    return adversarial, benign_left if benign else [], selector
+
+
+def observe_and_log(selector: Selector, model: Any, tokenizer: Any, scorer: Scorer, step: int) -> None:
+    """Validate after ``step``, log the record to the active MLflow run and one line to the log."""
+    import mlflow
+
+    record = selector.observe(model, tokenizer, scorer, step)
+    mlflow.log_metrics(flat_metrics(record), step=step)
+    adv, ben = record["adversarial"], record["benign"]
+    log.info(
+        "validation after step %d (%.0f s): adversarial safety %.3f, refusals %.0f%% / benign %.0f%%%s",
+        step,
+        record["seconds"],
+        adv["aspects"][selector.rule.rank_aspect],  # checked to be scored when the selector was built
+        100 * adv["refusal_rate"],
+        100 * ben["refusal_rate"],
+        f"; not eligible: {', '.join(record['failures'])}" if record.get("failures") else "",
+    )

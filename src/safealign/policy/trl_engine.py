@@ -15,12 +15,24 @@ and run the full prompt G times in the loss forward. TRL's flat-group handling i
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
+from safealign import tracking
 from safealign.config import Settings
-from safealign.policy.loading import chat_messages
-from safealign.policy.reward_adapter import Scorer, SharedScoreCache, aspect_weights, trl_reward_functions
+from safealign.errors import ConfigError
+from safealign.layout import Layout
+from safealign.policy.loading import chat_messages, load_policy, lora_config
+from safealign.policy.outputs import peak_rss_gib, summarize, write_stage_outputs
+from safealign.policy.prompts import read_prompts
+from safealign.policy.reward_adapter import (
+    Scorer,
+    SharedScoreCache,
+    aspect_weights,
+    load_scorer,
+    trl_reward_functions,
+)
 
 log = logging.getLogger(__name__)
 
@@ -93,8 +105,6 @@ def build_trl_trainer(
     """A GRPOTrainer over ``prompts`` with LoRA from params; returns it and the shared reward cache."""
     from trl import GRPOTrainer
 
-    from safealign.policy.grpo import lora_config
-
     weights = aspect_weights(settings.aspects, scorer.aspects)
     cache = SharedScoreCache(scorer)
     tokenizer.padding_side = "left"
@@ -112,9 +122,7 @@ def build_trl_trainer(
 
 
 def check_trl_supported(settings: Settings) -> None:
-    """Refuse settings TRL's trainer would silently ignore (per-kind rewards and KL and checkpoint selection are the fast engine's)."""
-    from safealign.errors import ConfigError
-
+    """Refuse settings TRL's trainer would silently ignore (per-kind rewards and KL, checkpoint selection)."""
     keys = ("benign_weights", "benign_beta", "selection")
     for key in keys:
         if getattr(settings.grpo, key) is not None:
@@ -124,25 +132,9 @@ def check_trl_supported(settings: Settings) -> None:
             )
 
 
-def train_grpo_trl(settings: Settings, scorer: Scorer | None = None) -> dict[str, Any]:
-    """``safealign grpo`` with ``grpo.engine=trl``: TRL does the loop; outputs in the same places.
-
-    Checkpoints use TRL's own ``save_steps`` into ``Layout.checkpoints_dir/trl`` and resume with
-    ``resume_from_checkpoint``. Benign prompts are mixed in by repeating them in the dataset to the
-    configured share (TRL samples prompts uniformly).
-    """
-    import time
-
-    import mlflow
-
-    from safealign import tracking
-    from safealign.atomic import atomic_dir, write_json, write_text
-
-    check_trl_supported(settings)
-    from safealign.layout import Layout
-    from safealign.policy.grpo import load_scorer, peak_rss_gib, read_prompts, rows_to_csv, summarize
-    from safealign.policy.loading import load_policy
-
+def trl_prompts(settings: Settings) -> list[str]:
+    """The TRL dataset's prompts: the adversarial train split, plus benign ones repeated to the configured
+    share (TRL samples prompts uniformly, so the share is set by how often each kind appears)."""
     cfg = settings.grpo
     layout = Layout.from_settings(settings)
     adversarial = read_prompts(layout.adversarial_split("train"))
@@ -151,6 +143,44 @@ def train_grpo_trl(settings: Settings, scorer: Scorer | None = None) -> dict[str
         benign = read_prompts(layout.benign_split("train"))
         want = int(round(len(adversarial) * cfg.benign_fraction / (1 - cfg.benign_fraction)))
         prompts += [benign[i % len(benign)] for i in range(want)]
+    return prompts
+
+
+def trl_rows(
+    log_history: list[dict[str, Any]], aspects: list[str], s_step_default: float
+) -> list[dict[str, Any]]:
+    """TRL's per-step log entries as rows with the fast engine's column names (``reward_mean``, ...)."""
+    rows = []
+    for entry in log_history:
+        if "step" not in entry or "reward" not in entry:
+            continue
+        row: dict[str, Any] = {
+            "step": entry["step"],
+            "reward_mean": entry["reward"],
+            "reward_std": entry.get("reward_std"),
+        }
+        for aspect in aspects:
+            row[f"{aspect}_mean"] = entry.get(f"rewards/{aspect}/mean")
+            row[f"{aspect}_std"] = entry.get(f"rewards/{aspect}/std")
+        row["frac_flat_groups"] = entry.get("frac_reward_zero_std")
+        row["completion_len_mean"] = entry.get("completions/mean_length")
+        row["s_step"] = entry.get("step_time", s_step_default)
+        rows.append(row)
+    return rows
+
+
+def train_grpo_trl(settings: Settings, scorer: Scorer | None = None) -> dict[str, Any]:
+    """``safealign grpo`` with ``grpo.engine=trl``: TRL does the loop; outputs in the same places.
+
+    Checkpoints use TRL's own ``save_steps`` into ``Layout.checkpoints_dir/trl`` and resume with
+    ``resume_from_checkpoint``.
+    """
+    import mlflow
+
+    check_trl_supported(settings)
+    cfg = settings.grpo
+    layout = Layout.from_settings(settings)
+    prompts = trl_prompts(settings)
     scorer = scorer or load_scorer(settings)
     model, tokenizer = load_policy(settings)
     out_dir = layout.checkpoints_dir / "trl"
@@ -173,22 +203,7 @@ def train_grpo_trl(settings: Settings, scorer: Scorer | None = None) -> dict[str
         mlflow.set_tag("safealign.grpo.engine", "trl")
         trainer.train(resume_from_checkpoint=True if resume else None)
         wall = time.perf_counter() - t0
-        rows = []
-        for entry in trainer.state.log_history:
-            if "step" not in entry or "reward" not in entry:
-                continue
-            row: dict[str, Any] = {
-                "step": entry["step"],
-                "reward_mean": entry["reward"],
-                "reward_std": entry.get("reward_std"),
-            }
-            for aspect in scorer.aspects:
-                row[f"{aspect}_mean"] = entry.get(f"rewards/{aspect}/mean")
-                row[f"{aspect}_std"] = entry.get(f"rewards/{aspect}/std")
-            row["frac_flat_groups"] = entry.get("frac_reward_zero_std")
-            row["completion_len_mean"] = entry.get("completions/mean_length")
-            row["s_step"] = entry.get("step_time", wall / max(1, cfg.steps))
-            rows.append(row)
+        rows = trl_rows(trainer.state.log_history, list(scorer.aspects), wall / max(1, cfg.steps))
         summary = {
             "engine": "trl",
             "steps": int(trainer.state.global_step),
@@ -198,10 +213,5 @@ def train_grpo_trl(settings: Settings, scorer: Scorer | None = None) -> dict[str
             "aspects": list(scorer.aspects),
             **summarize(rows, list(scorer.aspects)),
         }
-        with atomic_dir(layout.adapter_dir) as tmp:
-            trainer.model.save_pretrained(tmp)
-            tokenizer.save_pretrained(tmp)
-        write_text(layout.grpo_steps_csv, rows_to_csv(rows))
-        write_json(layout.metrics_file("grpo"), summary)
-        mlflow.log_artifacts(str(layout.adapter_dir), artifact_path="adapter")
+        write_stage_outputs(layout, trainer.model, tokenizer, rows, summary)
     return summary

@@ -104,21 +104,44 @@ def format_aspect_failures(
     return "\n".join(lines)
 
 
-def calibrate(settings: Settings) -> dict[str, Any]:
-    """Run the calibration and probe gate; write metrics/calibration.json and plots; raise GateFailed on no."""
+def _load_checked(settings: Settings, layout: Layout) -> Any:
+    """The trained reward model; missing, or trained for other aspects than params name, is bad input."""
     from safealign.reward.model import RewardModel
-    from safealign.tracking import stage_run
 
-    layout = Layout.from_settings(settings)
-    cfg = settings.calibrate
     if not (layout.reward_model_dir / "reward_config.json").exists():
         raise DataError(f"{layout.reward_model_dir}: no reward model (run `safealign train-reward` first)")
     model = RewardModel.from_pretrained(layout.reward_model_dir)
     if model.aspects != settings.aspect_names:
         raise DataError(
-            f"{layout.reward_model_dir}: model aspects {model.aspects} differ from params {settings.aspect_names}; "
-            "retrain the reward model"
+            f"{layout.reward_model_dir}: model aspects {model.aspects} differ from params "
+            f"{settings.aspect_names}; retrain the reward model"
         )
+    return model
+
+
+def _report_metrics(report: dict[str, Any]) -> dict[str, float]:
+    """The report's numbers as flat MLflow metrics (R², MAE, Spearman per aspect, probe pass rates)."""
+    metrics = {}
+    for a, stats in report["aspects"].items():
+        for m in ("r2", "mae", "spearman"):
+            if stats[m] is not None:
+                metrics[f"{m}_{a}"] = stats[m]
+    for name, r in report["probes"].items():
+        if r.get("pass_rate") is not None:
+            metrics["probe_" + "".join(c if c.isalnum() else "_" for c in name)[:200]] = r["pass_rate"]
+    if report["safety_auroc_human"] is not None:
+        metrics["safety_auroc_human"] = report["safety_auroc_human"]
+    metrics["passed"] = float(report["passed"])
+    return metrics
+
+
+def calibrate(settings: Settings) -> dict[str, Any]:
+    """Run the calibration and probe gate; write metrics/calibration.json and plots; raise GateFailed on no."""
+    from safealign.tracking import stage_run
+
+    layout = Layout.from_settings(settings)
+    cfg = settings.calibrate
+    model = _load_checked(settings, layout)
     aspects = model.aspects
     heldout = read_split(layout.labelled_split("heldout"), aspects)
     require_labels(heldout, aspects)
@@ -130,18 +153,11 @@ def calibrate(settings: Settings) -> dict[str, Any]:
         stats = per_aspect(pred, heldout.scores, aspects)
         probes = run_probes(model, layout.probes)
         human = safety_vs_human(pred, heldout, aspects)
-
         with atomic_dir(layout.calibration_dir) as tmp:
             for k, a in enumerate(aspects):
+                png = tmp / f"reliability_{a}.png"
                 r2 = stats[a]["r2"]
-                reliability_plot(
-                    pred[:, k],
-                    heldout.scores[:, k],
-                    a,
-                    r2,
-                    cfg.reliability_bins,
-                    tmp / f"reliability_{a}.png",
-                )
+                reliability_plot(pred[:, k], heldout.scores[:, k], a, r2, cfg.reliability_bins, png)
 
         bad_aspects = [a for a in aspects if not (stats[a]["r2"] > cfg.r2_threshold)]  # NaN fails too
         bad_probes = failing(probes, cfg.min_probe_pass)
@@ -165,19 +181,7 @@ def calibrate(settings: Settings) -> dict[str, Any]:
             }
         )
         write_json(layout.metrics_file("calibration"), report)
-        metrics = {}
-        for a in aspects:
-            for m in ("r2", "mae", "spearman"):
-                v = report["aspects"][a][m]
-                if v is not None:
-                    metrics[f"{m}_{a}"] = v
-        for name, r in report["probes"].items():
-            if r.get("pass_rate") is not None:
-                metrics["probe_" + "".join(c if c.isalnum() else "_" for c in name)[:200]] = r["pass_rate"]
-        if report["safety_auroc_human"] is not None:
-            metrics["safety_auroc_human"] = report["safety_auroc_human"]
-        metrics["passed"] = float(passed)
-        mlflow.log_metrics(metrics)
+        mlflow.log_metrics(_report_metrics(report))
         mlflow.log_artifacts(str(layout.calibration_dir), artifact_path="calibration")
         mlflow.log_artifact(str(layout.metrics_file("calibration")))
 

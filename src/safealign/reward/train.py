@@ -236,6 +236,98 @@ def _loss_np(pred: np.ndarray, target: np.ndarray) -> float:
     return float(np.mean(losses))
 
 
+@dataclass
+class _Encoded:
+    """Both splits tokenised once, with the frozen layers' outputs cached when the model allows it."""
+
+    train_items: list[tuple[list[int], list[int], list[int]]]
+    val_items: list[tuple[list[int], list[int], list[int]]]
+    train_cache: list[torch.Tensor] | None
+    val_cache: list[torch.Tensor] | None
+    targets: torch.Tensor  # [N, K] train scores, 0 where unlabelled
+    labelled: torch.Tensor  # [N, K] bool: which train scores are labels
+
+
+def _encode(model: RewardModel, train: LabelledSplit, val: LabelledSplit, frozen: int) -> _Encoded:
+    train_items = model.tokenize(train.prompts, train.responses)
+    val_items = model.tokenize(val.prompts, val.responses)
+    train_cache = val_cache = None
+    if frozen and model.supports_prefix_cache():
+        t0 = time.perf_counter()
+        train_cache = cache_lower(model, train_items, frozen)
+        val_cache = cache_lower(model, val_items, frozen)
+        log.info(
+            "cached the %d frozen layers' output for %d pairs in %.1fs",
+            frozen,
+            len(train_items) + len(val_items),
+            time.perf_counter() - t0,
+        )
+    targets = torch.from_numpy(np.nan_to_num(train.scores, nan=0.0))
+    labelled = torch.from_numpy(~np.isnan(train.scores))
+    return _Encoded(train_items, val_items, train_cache, val_cache, targets, labelled)
+
+
+def _train_epoch(
+    model: RewardModel,
+    data: _Encoded,
+    frozen: int,
+    batches: list[list[int]],
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    bar: Any,
+) -> float:
+    """One pass over ``batches`` (masked MSE, clip at 1, AdamW, schedule step); the mean train loss."""
+    model.train()
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    run_loss, seen = 0.0, 0
+    for idx in batches:
+        probs = torch.sigmoid(_logits(model, data.train_items, data.train_cache, frozen, idx))
+        target, mask = data.targets[idx].to(probs.device), data.labelled[idx].to(probs.device)
+        loss = masked_mse(probs, target, mask)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        scheduler.step()
+        run_loss += float(loss.detach()) * len(idx)
+        seen += len(idx)
+        bar.update(1)
+        bar.set_postfix(loss=f"{run_loss / seen:.4f}")
+    return run_loss / max(seen, 1)
+
+
+def _validate_epoch(
+    model: RewardModel, data: _Encoded, val: LabelledSplit, frozen: int, batch_size: int
+) -> tuple[float, dict[str, Any]]:
+    """``(val loss, per-aspect R2 and MAE as record columns)`` on the validation split."""
+    val_pred = predict(model, data.val_items, batch_size, data.val_cache, frozen)
+    stats = per_aspect(val_pred, val.scores, model.aspects)
+    columns = {
+        **{f"val_r2_{a}": stats[a]["r2"] for a in model.aspects},
+        **{f"val_mae_{a}": stats[a]["mae"] for a in model.aspects},
+    }
+    return _loss_np(val_pred, val.scores), columns
+
+
+class _EarlyStopping:
+    """Holds the weights of the epoch with the lowest val loss; says stop after ``patience`` worse ones."""
+
+    def __init__(self, patience: int) -> None:
+        self.patience = patience
+        self.best_loss = float("inf")
+        self.best_epoch = 0
+        self.best_state: dict[str, torch.Tensor] | None = None
+        self.bad_epochs = 0
+
+    def stop(self, epoch: int, val_loss: float, model: RewardModel) -> bool:
+        if val_loss < self.best_loss - 1e-6:
+            self.best_loss, self.best_epoch, self.bad_epochs = val_loss, epoch, 0
+            self.best_state = copy.deepcopy({k: v.detach().clone() for k, v in model.state_dict().items()})
+            return False
+        self.bad_epochs += 1
+        return self.bad_epochs >= self.patience
+
+
 def fit(
     model: RewardModel,
     train: LabelledSplit,
@@ -252,101 +344,48 @@ def fit(
     from transformers import get_linear_schedule_with_warmup
 
     cfg = settings.reward
-    aspects = model.aspects
     seed_everything(cfg.seed)
     rng = random.Random(cfg.seed)
     start = time.perf_counter()
     frozen = model.freeze_lower_layers(cfg.freeze_layers)
     _init_head_bias(model, train.scores)
-
-    train_items = model.tokenize(train.prompts, train.responses)
-    val_items = model.tokenize(val.prompts, val.responses)
-    train_lengths = [len(i[0]) for i in train_items]
-    train_cache = val_cache = None
-    if frozen and model.supports_prefix_cache():
-        t0 = time.perf_counter()
-        train_cache = cache_lower(model, train_items, frozen)
-        val_cache = cache_lower(model, val_items, frozen)
-        log.info(
-            "cached the %d frozen layers' output for %d pairs in %.1fs",
-            frozen,
-            len(train_items) + len(val_items),
-            time.perf_counter() - t0,
-        )
-    y_all = torch.from_numpy(np.nan_to_num(train.scores, nan=0.0))
-    m_all = torch.from_numpy(~np.isnan(train.scores))
+    data = _encode(model, train, val, frozen)
+    train_lengths = [len(i[0]) for i in data.train_items]
 
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
-    steps_per_epoch = math.ceil(len(train_items) / cfg.batch_size)
-    total = steps_per_epoch * cfg.epochs
+    total = math.ceil(len(data.train_items) / cfg.batch_size) * cfg.epochs
     scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * total), total)
 
     history: list[dict[str, Any]] = []
-    best_loss = float("inf")
-    best_state: dict[str, torch.Tensor] | None = None
-    best_epoch = 0
-    bad_epochs = 0
-    last_r2: dict[str, float] = {}
+    best = _EarlyStopping(cfg.patience)
     for epoch in range(1, cfg.epochs + 1):
-        model.train()
         batches = length_batches(train_lengths, cfg.batch_size, rng)
-        bar = tqdm(batches, desc=f"reward epoch {epoch}/{cfg.epochs}", disable=not progress, leave=False)
-        run_loss, seen = 0.0, 0
-        for idx in bar:
-            probs = torch.sigmoid(_logits(model, train_items, train_cache, frozen, idx))
-            loss = masked_mse(probs, y_all[idx].to(probs.device), m_all[idx].to(probs.device))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            optimizer.step()
-            scheduler.step()
-            run_loss += float(loss.detach()) * len(idx)
-            seen += len(idx)
-            bar.set_postfix(
-                loss=f"{run_loss / seen:.4f}", **{f"r2_{a[:4]}": f"{v:.2f}" for a, v in last_r2.items()}
-            )
+        desc = f"reward epoch {epoch}/{cfg.epochs}"
+        bar = tqdm(total=len(batches), desc=desc, disable=not progress, leave=False)
+        train_loss = _train_epoch(model, data, frozen, batches, optimizer, scheduler, bar)
         bar.close()
-        val_pred = predict(model, val_items, max(cfg.batch_size, 64), val_cache, frozen)
-        val_loss = _loss_np(val_pred, val.scores)
-        stats = per_aspect(val_pred, val.scores, aspects)
-        last_r2 = {a: stats[a]["r2"] for a in aspects}
-        record = {
-            "epoch": epoch,
-            "train_loss": run_loss / max(seen, 1),
-            "val_loss": val_loss,
-            **{f"val_r2_{a}": stats[a]["r2"] for a in aspects},
-            **{f"val_mae_{a}": stats[a]["mae"] for a in aspects},
-            "elapsed_s": time.perf_counter() - start,
-        }
+        val_loss, columns = _validate_epoch(model, data, val, frozen, max(cfg.batch_size, 64))
+        record = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, **columns,
+                  "elapsed_s": time.perf_counter() - start}  # fmt: skip
         history.append(record)
-        log.info(
-            "epoch %d: train loss %.4f, val loss %.4f, val R2 %s",
-            epoch,
-            record["train_loss"],
-            val_loss,
-            {a: round(v, 3) for a, v in last_r2.items()},
-        )
+        r2 = {a: round(record[f"val_r2_{a}"], 3) for a in model.aspects}
+        log.info("epoch %d: train loss %.4f, val loss %.4f, val R2 %s", epoch, train_loss, val_loss, r2)
         if on_epoch is not None:
             on_epoch(epoch, record)
-        if val_loss < best_loss - 1e-6:
-            best_loss, best_epoch, bad_epochs = val_loss, epoch, 0
-            best_state = copy.deepcopy({k: v.detach().clone() for k, v in model.state_dict().items()})
-        else:
-            bad_epochs += 1
-            if bad_epochs >= cfg.patience:
-                log.info("early stopping after epoch %d (best epoch %d)", epoch, best_epoch)
-                break
-    if best_state is not None:
-        model.load_state_dict(best_state)
+        if best.stop(epoch, val_loss, model):
+            log.info("early stopping after epoch %d (best epoch %d)", epoch, best.best_epoch)
+            break
+    if best.best_state is not None:
+        model.load_state_dict(best.best_state)
     model.eval()
-    best = history[best_epoch - 1] if best_epoch else history[-1]
+    chosen = history[best.best_epoch - 1] if best.best_epoch else history[-1]
     return {
         "epochs_run": len(history),
-        "best_epoch": best_epoch,
-        "best_val_loss": best_loss,
-        "val_r2": {a: json_safe(best[f"val_r2_{a}"]) for a in aspects},
-        "val_mae": {a: json_safe(best[f"val_mae_{a}"]) for a in aspects},
+        "best_epoch": best.best_epoch,
+        "best_val_loss": best.best_loss,
+        "val_r2": {a: json_safe(chosen[f"val_r2_{a}"]) for a in model.aspects},
+        "val_mae": {a: json_safe(chosen[f"val_mae_{a}"]) for a in model.aspects},
         "frozen_layers": frozen,
         "train_seconds": time.perf_counter() - start,
         "history": [{k: json_safe(v) if isinstance(v, float) else v for k, v in h.items()} for h in history],

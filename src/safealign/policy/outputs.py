@@ -1,0 +1,118 @@
+"""What the GRPO stage writes, whichever engine trained: the adapter, the per-step CSV and the summary.
+
+Both engines end the same way (``write_stage_outputs``), so ``safealign evaluate``, DVC and the registry
+never need to know which engine produced a policy. The per-step rows are plain dicts; a row's columns are
+whatever the engine measured (the fast engine's ``grpo_step`` metrics, TRL's log history mapped to the
+same names).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import resource
+import sys
+from typing import Any
+
+import numpy as np
+
+from safealign.atomic import atomic_dir, write_json, write_text
+from safealign.layout import Layout
+
+
+def rows_to_csv(rows: list[dict[str, Any]]) -> str:
+    """Rows as CSV text: the union of their columns in first-seen order, floats to 6 significant digits."""
+    if not rows:
+        return ""
+    fields: list[str] = []
+    for row in rows:
+        fields += [k for k in row if k not in fields]
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+    return buf.getvalue()
+
+
+def _num(value: str) -> Any:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return value
+
+
+def csv_to_rows(text: str) -> list[dict[str, Any]]:
+    """The inverse of ``rows_to_csv`` (numbers come back as floats)."""
+    return [{k: _num(v) for k, v in r.items()} for r in csv.DictReader(io.StringIO(text))]
+
+
+def peak_rss_gib() -> float:
+    """Peak resident memory of this process (ru_maxrss is KiB on Linux, bytes on macOS)."""
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / (1024**3 if sys.platform == "darwin" else 1024**2)
+
+
+def summarize(rows: list[dict[str, Any]], aspects: list[str], window: int = 5) -> dict[str, Any]:
+    """Per-aspect means over the first and last ``window`` steps, flat-group fraction, timing."""
+    head, tail = rows[:window], rows[-window:]
+
+    def mean(rs: list[dict[str, Any]], key: str) -> float | None:
+        vals = [float(r[key]) for r in rs if key in r and r[key] not in ("", None)]
+        return float(np.mean(vals)) if vals else None
+
+    out: dict[str, Any] = {"reward_start": {}, "reward_end": {}}
+    for key in [*aspects, "reward"]:
+        out["reward_start"][key] = mean(head, f"{key}_mean")
+        out["reward_end"][key] = mean(tail, f"{key}_mean")
+    out["frac_flat_groups"] = mean(rows, "frac_flat_groups")
+    out["seconds_per_step_median"] = float(np.median([float(r["s_step"]) for r in rows])) if rows else None
+    out["distinct_completions_end"] = mean(tail, "distinct_completions")
+    out["completion_len_end"] = mean(tail, "completion_len_mean")
+    return out
+
+
+def per_kind_metrics(
+    scores: np.ndarray, rewards: np.ndarray, adversarial: list[bool], group_size: int, aspects: list[str]
+) -> dict[str, float]:
+    """Each aspect's mean, and the mean spread of a group's rewards, per kind of prompt.
+
+    The batch-wide means mix both kinds, and the failure that matters is exactly a split between them:
+    adversarial safety rises while benign answers lose their steps. ``rewards`` are those the advantages
+    were computed from (Lagrangian term included), so ``{kind}_group_std_mean`` is what the division by the
+    group std sees.
+    """
+    per_completion = np.repeat(np.asarray(adversarial, dtype=bool), group_size)
+    out: dict[str, float] = {}
+    for kind, mask in (("adversarial", per_completion), ("benign", ~per_completion)):
+        if not mask.any():
+            continue
+        for k, aspect in enumerate(aspects):
+            out[f"{kind}_{aspect}_mean"] = float(np.mean(scores[mask, k]))
+        groups = np.asarray(rewards, dtype=np.float64)[mask].reshape(-1, group_size)
+        out[f"{kind}_group_std_mean"] = float(np.mean(groups.std(axis=1, ddof=1)))
+    return out
+
+
+def write_stage_outputs(
+    layout: Layout, model: Any, tokenizer: Any, rows: list[dict[str, Any]], summary: dict[str, Any]
+) -> None:
+    """Write the adapter, the per-step CSV and ``metrics/grpo.json`` (each atomically) and log them to the
+    active MLflow run, with the summary's numbers as ``final_*`` metrics."""
+    import mlflow
+
+    with atomic_dir(layout.adapter_dir) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+    write_text(layout.grpo_steps_csv, rows_to_csv(rows))
+    write_json(layout.metrics_file("grpo"), summary)
+    mlflow.log_metrics(
+        {
+            f"final_{k}": float(v)
+            for k, v in summary.items()
+            if isinstance(v, int | float) and not isinstance(v, bool)
+        }
+    )
+    mlflow.log_artifacts(str(layout.adapter_dir), artifact_path="adapter")
+    mlflow.log_artifact(str(layout.grpo_steps_csv))
+    mlflow.log_artifact(str(layout.metrics_file("grpo")))
