@@ -33,7 +33,7 @@ $(OPS_STAMP): requirements-ops.txt
 	@touch $(OPS_STAMP)
 
 run: setup
-	bash scripts/run_pipeline.sh
+	$(VENV)/bin/safealign run
 
 # Tests share the CPU with the subprocesses they start: sleeping OpenMP threads keep both steady.
 test: setup

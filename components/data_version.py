@@ -14,14 +14,10 @@ def data_version_op(data_version: str, data_dir: str, params: str, overrides: li
     KFP's cache hits while the data is unchanged and misses as soon as it changes. When ``data_dir`` does
     not exist it is rebuilt deterministically from the packages baked into the image (``data build``).
     """
-    from pathlib import Path
-
+    from safealign.data.build import ensure_data
     from safealign.kfp_stage import StageWorkspace, data_hash
 
     if data_version:
         return data_version
-    if not Path(data_dir).is_dir():
-        from safealign.data.build import build_data
-
-        build_data(StageWorkspace("data", params, overrides, data_dir=data_dir).settings)
+    ensure_data(StageWorkspace("data", params, overrides, data_dir=data_dir).settings)
     return data_hash(data_dir)

@@ -23,16 +23,12 @@ def validate_op(
     ``data_version`` is an input only so that KFP's cache key contains it: same data and params, cache hit.
     A validation failure (DataError) fails the step, like exit 2 on the CLI.
     """
-    from pathlib import Path
-
+    from safealign.data.build import ensure_data
     from safealign.data.validate import validate_data
     from safealign.kfp_stage import StageWorkspace, pipeline_key
 
     ws = StageWorkspace("validate", params, overrides, tracking_uri, data_dir=data_dir)
-    if not Path(data_dir).is_dir():
-        from safealign.data.build import build_data
-
-        build_data(ws.settings)
+    ensure_data(ws.settings)
     ws.parent_run(pipeline_key(data_version, params, overrides))
     validate_data(ws.settings)
     ws.publish(ws.layout.data_dir, dataset.path + "/data")

@@ -1,8 +1,8 @@
-"""dvc.yaml and scripts/run_pipeline.sh, checked with the real DVC in a temporary copy of the project.
+"""dvc.yaml and `safealign run`, checked with the real DVC in a temporary copy of the project.
 
-The copy holds the files DVC reads (dvc.yaml, params.yaml, .dvc/config, src/ for the code deps, the
-script) and a small valid data/ tracked by its own data.dvc; the project's .venv is linked in, so stage
-commands run the installed `safealign`. Only the validate stage runs for real; the rest is `--dry`.
+The copy holds the files DVC reads (dvc.yaml, params.yaml, .dvc/config, src/ for the code deps) and a
+small valid data/ tracked by its own data.dvc; the project's .venv is linked in, so stage commands run the
+installed `safealign`. Only the validate stage runs for real; the rest is `--dry`.
 """
 
 from __future__ import annotations
@@ -55,14 +55,22 @@ def dvc(root: Path, *args: str, check: bool = True) -> subprocess.CompletedProce
     return sh(root, str(VENV_BIN / "dvc"), *args, check=check)
 
 
+def run(root: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    """`safealign run ARGS` in ``root``, through the installed console script (what `make run` calls)."""
+    return sh(root, str(VENV_BIN / "safealign"), "run", *args, check=check)
+
+
 @pytest.fixture(scope="module")
 def project(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("project")
-    for name in ("dvc.yaml", "params.yaml", ".dvcignore", "scripts/run_pipeline.sh"):
+    return make_project(tmp_path_factory.mktemp("project"), (REPO / "dvc.yaml").read_text())
+
+
+def make_project(root: Path, dvc_yaml: str) -> Path:
+    """A git + DVC project in ``root`` with ``dvc_yaml``, the repository's params and code, a small data/."""
+    (root / "dvc.yaml").write_text(dvc_yaml)
+    for name in ("params.yaml", ".dvcignore", ".dvc/config"):
         (root / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(REPO / name, root / name)
-    (root / ".dvc").mkdir()
-    shutil.copy2(REPO / ".dvc" / "config", root / ".dvc" / "config")
     shutil.copytree(REPO / "src", root / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     (root / ".venv").symlink_to(REPO / ".venv")
     (root / ".gitignore").write_text("/.venv\n/artifacts/\n/metrics/\n/mlflow.db\n/mlartifacts/\n")
@@ -154,7 +162,7 @@ def test_dvc_sees_every_stage_in_order(project):
 
 
 def test_pipeline_runs_validate_under_a_parent_run_skips_it_unchanged_and_detects_a_data_change(project):
-    out = sh(project, "bash", "scripts/run_pipeline.sh", "--until", "validate")
+    out = run(project, "--until", "validate")
     parent = out.stdout.split("== MLflow parent run ")[1].split()[0]
     assert "Running stage 'validate'" in out.stdout
     assert "artifacts/validation/report.html" in out.stdout and "mlflow ui" in out.stdout
@@ -172,7 +180,7 @@ def test_pipeline_runs_validate_under_a_parent_run_skips_it_unchanged_and_detect
     )
     assert [(r.data.tags["safealign.stage"], r.info.status) for r in children] == [("validate", "FINISHED")]
 
-    again = sh(project, "bash", "scripts/run_pipeline.sh", "--until", "validate")
+    again = run(project, "--until", "validate")
     assert "every stage is up to date" in again.stdout and "MLflow parent run" not in again.stdout
 
     labelled = project / "data" / "labelled.jsonl"
@@ -184,7 +192,7 @@ def test_pipeline_runs_validate_under_a_parent_run_skips_it_unchanged_and_detect
         stage_status = json.loads(dvc(project, "status", "--json", "validate").stdout)
         assert stage_status["validate"][0]["changed deps"]["data"] == "modified"
         # the pipeline refuses to run on data that DVC does not confirm, and leaves it alone
-        out = sh(project, "bash", "scripts/run_pipeline.sh", "--until", "validate", check=False)
+        out = run(project, "--until", "validate", check=False)
         assert out.returncode == 2, out.stdout + out.stderr
         assert "data/ does not match data.dvc" in out.stderr and "Running stage" not in out.stdout
         assert labelled.read_bytes() != original
@@ -192,7 +200,7 @@ def test_pipeline_runs_validate_under_a_parent_run_skips_it_unchanged_and_detect
         labelled.write_bytes(original)
     assert json.loads(dvc(project, "status", "--json", "data.dvc").stdout) == {}
 
-    # a failing stage: the script exits with the stage's own code (DVC itself exits 255), the parent run FAILED
+    # a failing stage: the run exits with the stage's own code (DVC itself exits 255), the parent run FAILED
     params_path = project / "params.yaml"
     params_text = params_path.read_text()
     params = yaml.safe_load(params_text)
@@ -209,7 +217,7 @@ def test_pipeline_runs_validate_under_a_parent_run_skips_it_unchanged_and_detect
 
     before = outputs()
     try:
-        out = sh(project, "bash", "scripts/run_pipeline.sh", "--until", "validate", check=False)
+        out = run(project, "--until", "validate", check=False)
     finally:
         params_path.write_text(params_text)
     assert out.returncode == 2, out.stdout + out.stderr
@@ -219,42 +227,40 @@ def test_pipeline_runs_validate_under_a_parent_run_skips_it_unchanged_and_detect
     assert client.get_run(failed_parent).info.status == "FAILED"
 
 
-def test_run_pipeline_restores_missing_data_from_the_dvc_cache(project):
+def test_run_restores_missing_data_from_the_dvc_cache(project):
     before = {p.name: p.read_bytes() for p in (project / "data").iterdir()}
     shutil.rmtree(project / "data")
-    out = sh(project, "bash", "scripts/run_pipeline.sh", "--data-only")
+    out = run(project, "--data-only")
     assert "restored from the DVC cache" in out.stdout
     assert "data/ matches data.dvc" in out.stdout
     assert {p.name: p.read_bytes() for p in (project / "data").iterdir()} == before
 
 
-def test_run_pipeline_refuses_without_data_dvc(project, tmp_path):
+def test_run_refuses_without_data_dvc(project, tmp_path):
     bare = tmp_path / "bare"
     bare.mkdir()
-    (bare / "scripts").mkdir()
-    shutil.copy2(REPO / "scripts" / "run_pipeline.sh", bare / "scripts" / "run_pipeline.sh")
-    out = sh(bare, "bash", "scripts/run_pipeline.sh", "--data-only", check=False)
+    out = run(bare, "--data-only", check=False)
     assert out.returncode == 2
     assert "data.dvc is missing" in out.stderr
 
 
 def test_data_check_does_not_depend_on_the_dvc_cache(project):
-    """On a fresh clone the cache is empty and `dvc status` says 'not in cache' for good and bad data alike."""
+    """On a fresh clone the cache is empty: `dvc status` says 'not in cache' for good and bad data alike."""
     labelled = project / "data" / "labelled.jsonl"
     original = labelled.read_bytes()
     shutil.rmtree(project / ".dvc" / "cache", ignore_errors=True)
-    out = sh(project, "bash", "scripts/run_pipeline.sh", "--data-only")
+    out = run(project, "--data-only")
     assert "data/ matches data.dvc" in out.stdout
     assert json.loads(dvc(project, "status", "--json", "data.dvc").stdout) == {}  # now cached
     shutil.rmtree(project / ".dvc" / "cache")
     try:
         labelled.write_bytes(original.replace(b"Response number 3.", b"Response number three.", 1))
-        out = sh(project, "bash", "scripts/run_pipeline.sh", "--data-only", check=False)
+        out = run(project, "--data-only", check=False)
         assert out.returncode == 2, out.stdout + out.stderr
         assert "does not match data.dvc" in out.stderr and "modified" in out.stderr
     finally:
         labelled.write_bytes(original)
-    sh(project, "bash", "scripts/run_pipeline.sh", "--data-only")
+    run(project, "--data-only")
 
 
 def test_fresh_clone_rebuilds_data_that_dvc_confirms(tmp_path):
@@ -264,7 +270,12 @@ def test_fresh_clone_rebuilds_data_that_dvc_confirms(tmp_path):
     clone = tmp_path / "clone"
     sh(tmp_path, "git", "clone", "-q", str(REPO), str(clone))
     (clone / ".venv").symlink_to(REPO / ".venv")
-    shutil.copy2(REPO / "scripts" / "run_pipeline.sh", clone / "scripts" / "run_pipeline.sh")  # this script
-    out = sh(clone, "bash", "scripts/run_pipeline.sh", "--data-only")
+    out = run(clone, "--data-only")
     assert "rebuilding it deterministically" in out.stdout
     assert "data/ matches data.dvc" in out.stdout
+
+
+def test_run_until_an_unknown_stage_exits_2_naming_the_stages(project):
+    out = run(project, "--until", "reward", check=False)
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert "--until: unknown stage 'reward' (stages: validate, train_reward," in out.stderr

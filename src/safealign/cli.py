@@ -23,7 +23,7 @@ from typing import Any
 
 from safealign import __version__, stages
 from safealign.config import Settings, load_settings
-from safealign.errors import EXIT_BAD_INPUT, EXIT_GATE, EXIT_INTERNAL, SafealignError
+from safealign.errors import EXIT_BAD_INPUT, EXIT_FILE_ENV, EXIT_GATE, EXIT_INTERNAL, SafealignError
 
 log = logging.getLogger("safealign")
 
@@ -33,10 +33,6 @@ EPILOG = """exit codes:
   2  bad input: invalid params, malformed or failing data (the message names file, row and field)
   3  a gate said no (calibration, probes, promotion)
 """
-
-# When set, main() appends {"command": ..., "exit_code": N} to this file: `safealign run` learns a failed
-# stage's own exit code this way (DVC itself exits 255 for any failed stage).
-EXIT_FILE_ENV = "SAFEALIGN_EXIT_FILE"
 
 Handler = Callable[[Settings, argparse.Namespace], Any]
 
@@ -109,6 +105,14 @@ def _cmd_data_build(settings: Settings, args: argparse.Namespace) -> Any:
     return build_data(settings)
 
 
+def _cmd_run(settings: Settings, args: argparse.Namespace) -> Any:
+    from safealign.run import run_pipeline
+
+    code = run_pipeline(settings, until=args.until, data_only=args.data_only)
+    if code:
+        raise SystemExit(code)
+
+
 def _cmd_pipeline_compile(settings: Settings, args: argparse.Namespace) -> Any:
     from safealign.kfp_client import compile_pipeline
 
@@ -130,6 +134,16 @@ def _cmd_pipeline_schedule(settings: Settings, args: argparse.Namespace) -> Any:
 
 
 # ------------------------------------------------------------------------------------------ arguments
+
+
+def _run_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data-only", action="store_true", help="stop after restoring and checking data/")
+    parser.add_argument(
+        "--until",
+        default=None,
+        metavar="STAGE",
+        help=f"run only STAGE and what it depends on ({', '.join(stages.NAMES)})",
+    )
 
 
 def _dump_arguments(parser: argparse.ArgumentParser) -> None:
@@ -159,6 +173,13 @@ DATA_BUILD_DESCRIPTION = (
     "aspect, and the probe set. Labels for aspects no human scored come from the annotator chosen by "
     "data.annotator.kind (rule: offline rubric; judge: an OpenAI-compatible endpoint)."
 )
+RUN_DESCRIPTION = (
+    "The whole pipeline offline: restore data/ (DVC cache, else a deterministic rebuild), make DVC confirm "
+    "it matches data.dvc, open a parent MLflow run, `dvc repro`, render artifacts/results.md and print "
+    "where the results are. A refused promotion is a result, not a failure: it prints the verdict and "
+    "exits 0. Reads ./params.yaml, as the DVC stages do."
+)
+
 COMMANDS: tuple[Command, ...] = (
     Command(("config", "dump"), _cmd_config_dump, "print params.yaml as config.py defines it, with comments",
             "Render every setting's default from src/safealign/config.py with its description as a comment. "
@@ -170,6 +191,8 @@ COMMANDS: tuple[Command, ...] = (
         Command((s.cli,), _stage_handler(s), s.help, s.description, _stage_arguments(s), torch=s.torch)
         for s in stages.STAGES
     ),
+    Command(("run",), _cmd_run, "the whole pipeline: data check, dvc repro, results (what `make run` runs)",
+            RUN_DESCRIPTION, _run_arguments, settings_options=False),
     Command(("pipeline", "compile"), _cmd_pipeline_compile,
             "compile pipelines/align.py to pipelines/align.yaml", arguments=_compile_arguments),
     Command(("pipeline", "submit"), _cmd_pipeline_submit, "create one pipeline run (like `kfp run create`)",
@@ -223,8 +246,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="safealign",
         description=(
             "Align a language model for safety and helpfulness with multi-objective GRPO. Stages, in order: "
-            f"data build -> {' -> '.join(s.cli for s in stages.STAGES)}. `dvc repro` runs them all; "
-            "`make run` sets up and runs everything offline."
+            f"data build -> {' -> '.join(s.cli for s in stages.STAGES)}. `safealign run` (what "
+            "`make run` calls) runs them all through `dvc repro`."
         ),
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,

@@ -11,6 +11,10 @@ EXIT_INTERNAL = 1
 EXIT_BAD_INPUT = 2
 EXIT_GATE = 3
 
+# When set, every `safealign` command appends {"command": ..., "exit_code": N} to this file: `safealign run`
+# learns a failed stage's own exit code this way (DVC itself exits 255 for any failed stage).
+EXIT_FILE_ENV = "SAFEALIGN_EXIT_FILE"
+
 
 class SafealignError(Exception):
     """Base class; ``exit_code`` is what the CLI exits with."""

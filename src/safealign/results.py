@@ -1,7 +1,7 @@
 """The results section of a pipeline run, written by the pipeline itself (issue 7: README numbers must be
 reproducible with ``make run``, not typed in by hand).
 
-Two jobs, both used by ``scripts/run_pipeline.sh``:
+Two jobs, both used by ``safealign run`` (safealign.run):
 
 * ``measure -- CMD ...`` runs ``dvc repro`` (or any command), and records its wall time and the peak resident
   memory of the largest process under it (``RUSAGE_CHILDREN`` covers every descendant that was waited for,

@@ -19,7 +19,7 @@ import os
 import random
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -357,3 +357,32 @@ def build_data(settings: Settings, annotator: Annotator | None = None) -> dict[s
     summary["data_dir"] = str(layout.data_dir)
     summary["seconds"] = round(time.perf_counter() - start, 2)
     return summary
+
+
+def ensure_data(
+    settings: Settings,
+    restore: Callable[[], bool] | None = None,
+    report: Callable[[str], None] = log.info,
+) -> str:
+    """Make sure data/ exists: the one "build data/ if missing" check of every front end.
+
+    A missing or empty data/ is first handed to ``restore`` (``safealign run`` passes ``dvc checkout``,
+    which is cheaper and gives the tracked bytes), and rebuilt with :func:`build_data` when that gives
+    nothing (a fresh clone, a KFP step). A data/ that exists is never touched here: it may hold someone's
+    deliberate edit, which the DVC check after this must report rather than overwrite.
+    Returns "present", "restored" or "rebuilt".
+    """
+    data_dir = Layout.from_settings(settings).data_dir
+    if _has_files(data_dir):
+        return "present"
+    report(f"== {data_dir}/ is missing: restoring it")
+    if restore is not None and restore() and _has_files(data_dir):
+        report("   restored from the DVC cache (dvc checkout data.dvc)")
+        return "restored"
+    report("   not in the DVC cache: rebuilding it deterministically (safealign data build)")
+    build_data(settings)
+    return "rebuilt"
+
+
+def _has_files(folder: Path) -> bool:
+    return folder.is_dir() and any(folder.iterdir())

@@ -1,0 +1,258 @@
+"""``safealign run``: the pipeline part of ``make run``, offline, from the project root.
+
+1. restore data/ when it is missing: from the DVC cache (``dvc checkout data.dvc``) if the cache has it,
+   else rebuild it with ``safealign data build`` (deterministic: the same bytes on every machine);
+2. make DVC itself confirm that data/ matches data.dvc, else exit 2 (``--data-only`` stops here);
+3. open an MLflow parent run, and nest every stage under it (SAFEALIGN_PARENT_RUN_ID);
+4. ``dvc repro`` (``--until STAGE``: that stage and what it depends on); stages whose inputs did not
+   change are skipped, so a second run is fast;
+5. close the parent run (FINISHED, FAILED or KILLED), render artifacts/results.md, print where things are.
+
+Exit codes: 0 ok (a refused promotion included: see below), 2 data/ does not match data.dvc or a stage
+found bad input, 3 a gate said no, 1 otherwise. DVC exits 255 for any failed stage; the stage's own code
+comes from the record each ``safealign`` command appends to the file named by SAFEALIGN_EXIT_FILE.
+
+A refused promotion is a result of the pipeline, not a failure of it: every stage ran, the report exists
+and 'champion' was left alone, so ``safealign run`` prints the verdict and exits 0; ``safealign promote``
+itself (and ``dvc repro``) still exit 3, so automation that gates on it sees the refusal. The parent
+MLflow run is closed FINISHED then, like the promote run nested in it.
+A data/ that exists but differs from data.dvc is never overwritten: it may be someone's deliberate edit.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from safealign import stages
+from safealign.config import Settings
+from safealign.data.build import ensure_data
+from safealign.errors import EXIT_FILE_ENV, EXIT_GATE, EXIT_INTERNAL, ConfigError, DataError
+from safealign.layout import Layout
+from safealign.tracking import PARENT_ENV, data_version, end_parent_run, start_parent_run
+
+DVC_FILE = Path("data.dvc")
+PARENT_RUN_NAME = "make run"
+MISMATCH_HELP = """
+  To discard local changes:     dvc checkout --force data.dvc   (or: rm -rf data && make run)
+  To make them the new version: dvc add data && git commit data.dvc
+  If a fresh 'safealign data build' differs from data.dvc, the builder changed without 'dvc add data'."""
+
+
+def say(text: str = "") -> None:
+    print(text, flush=True)
+
+
+def subprocess_env() -> dict[str, str]:
+    """The stages' environment: this interpreter's bin/ first (its `dvc` and `safealign`), offline."""
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    offline = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "GX_ANALYTICS_ENABLED": "false"}
+    env.update(offline, DVC_NO_ANALYTICS="1")
+    return env
+
+
+def dvc(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["dvc", *args], env=env, capture_output=True, text=True)
+
+
+# ---------------------------------------------------------------------------------------- 1-2. data/
+
+
+def tracked_data_path() -> str:
+    """The folder data.dvc tracks (its single out)."""
+    if not DVC_FILE.is_file():
+        raise DataError(
+            f"{DVC_FILE} is missing: build the data with 'safealign data build', then 'dvc add data' and "
+            f"commit {DVC_FILE}"
+        )
+    doc = yaml.safe_load(DVC_FILE.read_text(encoding="utf-8")) or {}
+    outs = doc.get("outs") or [{}]
+    return str(outs[0].get("path", "data")).rstrip("/")
+
+
+def check_data(env: dict[str, str], tracked: str) -> None:
+    """Make DVC confirm data/ matches data.dvc; raises DataError (exit 2) naming what differs.
+
+    `dvc status data.dvc` alone cannot decide on a fresh clone: with an empty cache it reports "not in
+    cache" whether or not data/ matches. So DVC is asked twice: `dvc data status` hashes data/ and
+    compares it with data.dvc (independent of the cache); only if that is clean is data/ committed to the
+    local cache (which cannot change data.dvc, since the hashes are equal), and then `dvc status data.dvc`
+    must be up to date.
+    """
+    say(f"== DVC: checking {tracked}/ against {DVC_FILE}")
+    out = dvc(env, "data", "status", "--json")
+    if out.returncode != 0:
+        mismatch: Any = f"dvc data status failed: {out.stderr.strip()}"
+    else:
+        uncommitted = (json.loads(out.stdout or "{}").get("uncommitted") or {}).items()
+        mismatch = {
+            kind: hits
+            for kind, paths in uncommitted
+            if (hits := [p for p in paths if p.rstrip("/") == tracked or p.startswith(f"{tracked}/")])
+        }
+    if mismatch:
+        print(dvc(env, "status", str(DVC_FILE)).stdout, file=sys.stderr, end="")
+        detail = json.dumps(mismatch) if isinstance(mismatch, dict) else mismatch
+        raise DataError(
+            f"{tracked}/ does not match {DVC_FILE} (dvc data status, uncommitted: {detail})." + MISMATCH_HELP
+        )
+    if dvc(env, "commit", "--force", "--quiet", str(DVC_FILE)).returncode != 0:
+        raise DataError(f"dvc commit {DVC_FILE} failed")
+    status = dvc(env, "status", str(DVC_FILE), "--json")
+    if status.returncode != 0:
+        raise DataError(f"dvc status {DVC_FILE} failed: {status.stderr.strip() or status.stdout.strip()}")
+    if json.loads(status.stdout or "{}") != {}:
+        raise DataError(f"dvc status {DVC_FILE} is not up to date after commit: {status.stdout.strip()}")
+    say(f"   {tracked}/ matches {DVC_FILE}: {data_version(DVC_FILE)}")
+
+
+def restore_and_check_data(settings: Settings, env: dict[str, str]) -> None:
+    tracked = tracked_data_path()
+    configured = Layout.from_settings(settings).data_dir
+    if configured.resolve() != Path(tracked).resolve():
+        raise ConfigError(f"paths.data_dir is {configured} but {DVC_FILE} tracks {tracked}")
+    ensure_data(settings, restore=lambda: dvc(env, "checkout", str(DVC_FILE)).returncode == 0, report=say)
+    check_data(env, tracked)
+
+
+# ---------------------------------------------------------------------------------------- 3-4. repro
+
+
+def up_to_date(env: dict[str, str], target: str | None) -> bool:
+    out = dvc(env, "status", "--json", *(["--with-deps", target] if target else []))
+    try:
+        return out.returncode == 0 and json.loads(out.stdout) == {}
+    except json.JSONDecodeError:
+        return False
+
+
+def failed_stage(exit_file: Path) -> dict[str, Any] | None:
+    """The last ``safealign`` command that exited non-zero during ``dvc repro``, from their records."""
+    if not exit_file.exists():
+        return None
+    lines = exit_file.read_text(encoding="utf-8").splitlines()
+    records = [json.loads(line) for line in lines if line.strip()]
+    failed = [r for r in records if r.get("exit_code")]
+    return failed[-1] if failed else None
+
+
+def _raise_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def repro(settings: Settings, env: dict[str, str], target: str | None) -> tuple[int, dict[str, Any] | None]:
+    """Run `dvc repro [target]` under a parent MLflow run; (exit code, the failed stage's record)."""
+    parent = start_parent_run(settings, name=PARENT_RUN_NAME)
+    say(f"== MLflow parent run {parent}")
+    with tempfile.TemporaryDirectory(prefix="safealign-run-") as tmp:
+        exit_file = Path(tmp) / "exit_codes.jsonl"
+        child_env = {**env, PARENT_ENV: parent, EXIT_FILE_ENV: str(exit_file)}
+        # measure: wall time and peak RSS of the largest stage process -> artifacts/run_resources.json
+        command = [sys.executable, "-m", "safealign.results", "measure", "--", "dvc", "repro"]
+        command += [target] if target else []
+        say(f"== dvc repro {target or ''}".rstrip())
+        previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+        try:
+            code = subprocess.call(command, env=child_env, stderr=subprocess.STDOUT)
+        except KeyboardInterrupt:
+            end_parent_run(settings, parent, "KILLED")
+            raise
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+        failed = failed_stage(exit_file) if code else None
+    if code:
+        code = int(failed["exit_code"]) if failed else EXIT_INTERNAL
+    refused = is_refused_promotion(Layout.from_settings(settings), code, failed)
+    end_parent_run(settings, parent, "FAILED" if code and not refused else "FINISHED")
+    return code, failed
+
+
+# ---------------------------------------------------------------------------------------- 5. where
+
+
+def render_results(layout: Layout, seconds: float) -> None:
+    """artifacts/results.md from metrics/*.json; a rendering problem never fails the run."""
+    from safealign.atomic import write_text
+    from safealign.results import render
+
+    try:
+        text = render(layout.metrics_dir, layout.artifacts_dir, seconds)
+        write_text(layout.artifacts_dir / "results.md", text)
+    except Exception as exc:  # noqa: BLE001 - the run's own outcome is what counts
+        print(f"results: not rendered: {exc!r}", file=sys.stderr)
+
+
+def print_summary(layout: Layout, code: int, seconds: int, refused: bool) -> None:
+    say(f"== {'done' if code == 0 else f'FAILED (exit {code})'} in {seconds} s")
+    promotion = layout.metrics_file(stages.get("promote").metrics)
+    if promotion.exists():
+        verdict = json.loads(promotion.read_text(encoding="utf-8"))
+        promoted = verdict.get("verdict") == "promoted"
+        say(f"promotion:   {'PROMOTED to champion' if promoted else 'REFUSED (champion untouched)'}")
+        for gate in verdict.get("gates") or []:
+            mark = "pass" if gate.get("passed") else "FAIL"
+            say(f"   {mark}  {gate.get('gate')}: {gate.get('reason', '')}")
+    if refused:
+        say("   (promote exited 3: a gate said no; see metrics/promotion.json)")
+    for label, path in (
+        ("validation:", layout.validation_dir / "report.html"),
+        ("", layout.artifacts_dir / "validation_failed" / "report.html"),
+        ("calibration:", layout.calibration_dir),
+        ("evaluation:", layout.evaluation_dir / "report.md"),
+        ("", layout.evaluation_dir / "report.html"),
+        ("results:", layout.artifacts_dir / "results.md"),
+    ):
+        if path.exists():
+            say(f"{label:<12} {path}")
+    say("metrics:     metrics/*.json   (dvc metrics show; dvc plots show)")
+    say("experiments: .venv/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db   (then open http://127.0.0.1:5000)")
+
+
+def is_refused_promotion(layout: Layout, code: int, failed: dict[str, Any] | None) -> bool:
+    """True when the only failure is promote's gate saying no (its exit 3 and its verdict file agree)."""
+    promote = stages.get("promote")
+    if code != EXIT_GATE or not failed or failed.get("command") != promote.cli:
+        return False
+    path = layout.metrics_file(promote.metrics)
+    return path.exists() and json.loads(path.read_text(encoding="utf-8")).get("verdict") == "refused"
+
+
+def run_pipeline(settings: Settings, until: str | None = None, data_only: bool = False) -> int:
+    """The whole pipeline from the current directory (the project root); returns the exit code."""
+    start = time.time()
+    target = None
+    if until is not None:
+        try:
+            target = stages.get(until).dvc
+        except KeyError as exc:
+            raise ConfigError(f"--until: {exc.args[0]}") from exc
+    env = subprocess_env()
+    layout = Layout.from_settings(settings)
+    restore_and_check_data(settings, env)
+    if data_only:
+        return 0
+    code, failed, ran = 0, None, False
+    if up_to_date(env, target):
+        say("== dvc: every stage is up to date, nothing to run")
+    else:
+        ran = True
+        code, failed = repro(settings, env, target)
+    seconds = int(time.time() - start)
+    say()
+    # only after a run that did work: an up-to-date second run keeps the first run's times
+    if ran and target is None and layout.metrics_file(stages.get("evaluate").metrics).exists():
+        render_results(layout, float(seconds))
+    refused = is_refused_promotion(layout, code, failed)
+    code = 0 if refused else code
+    print_summary(layout, code, seconds, refused)
+    return code
