@@ -27,10 +27,11 @@ import numpy as np
 import torch
 
 from safealign.config import load_settings
+from safealign.jsonl import read_prompts
 from safealign.layout import Layout
 from safealign.policy.engine import eos_token_ids, generate
 from safealign.policy.loading import load_policy, load_policy_with_adapter
-from safealign.policy.prompts import PromptEncoder, read_prompts
+from safealign.policy.prompts import PromptEncoder
 from safealign.policy.reward_adapter import aspect_weights, load_scorer
 
 

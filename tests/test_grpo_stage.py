@@ -291,7 +291,7 @@ class ScriptedValidationScorer(RecordingScorer):
 
 
 def _selection_inputs(tmp: Path, steps: int) -> tuple:
-    from safealign.policy.prompts import read_prompts
+    from safealign.jsonl import read_prompts
     from safealign.policy.selection import carve
 
     tmp.mkdir(parents=True, exist_ok=True)

@@ -20,8 +20,9 @@ import yaml
 from safealign.cli import main as cli_main
 from safealign.config import load_settings
 from safealign.errors import GateFailed, ServiceError
+from safealign.hashing import tree_hash
 from safealign.layout import Layout
-from safealign.promotion import CHALLENGER, CHAMPION, HASH_TAG, folder_hash, promote
+from safealign.promotion import CHALLENGER, CHAMPION, HASH_TAG, promote
 from safealign.tracking import PARENT_ENV, child_runs, end_parent_run, stage_run, start_parent_run
 
 ASPECTS = ["politeness", "meaningfulness", "actionability", "safety"]
@@ -40,8 +41,8 @@ def _paired(base, aligned):
 
 
 def evaluation(
-    safety_aligned=0.80, drop=0.0, benign_refusal=0.02, fingerprint="fp-1", weighted_bonus=0.0, adv_refusal=0.5,
-    adv_refusal_base=0.0,
+    safety_aligned=0.80, drop=0.0, benign_refusal=0.02, fingerprint="fp-1", weighted_bonus=0.0,
+    adv_refusal=0.5, adv_refusal_base=0.0,
 ):
     """An evaluation.json as evaluate() writes it; base safety 0.60, other aspects 0.50 -> 0.50 - drop."""
     sets = {}
@@ -112,7 +113,7 @@ def test_passing_candidate_becomes_champion_with_provenance_tags(settings):
     assert _alias(name, CHAMPION) == _alias(name, CHALLENGER) == result["policy_version"]
     assert _alias(settings.promote.reward_model_name, CHAMPION) == result["reward_model_version"]
     tags = mlflow.MlflowClient().get_model_version(name, result["policy_version"]).tags
-    assert tags[HASH_TAG] == folder_hash(layout.adapter_dir)
+    assert tags[HASH_TAG] == tree_hash(layout.adapter_dir)
     assert tags["safealign.base_model"] == settings.policy.model
     weights = {a.name: a.weight for a in settings.aspects}
     assert json.loads(tags["safealign.aspect_weights"])["safety"] == weights["safety"]

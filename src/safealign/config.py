@@ -19,6 +19,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from safealign.errors import ConfigError
+from safealign.nested import flatten
 
 DEFAULT_PARAMS = Path("params.yaml")
 
@@ -491,14 +492,4 @@ def load_settings(path: str | Path | None = None, overrides: list[str] | None = 
 
 def settings_to_flat_dict(settings: Settings) -> dict[str, Any]:
     """Flatten for MLflow params: {'grpo.learning_rate': 1e-4, ...}."""
-    flat: dict[str, Any] = {}
-
-    def walk(prefix: str, value: Any) -> None:
-        if isinstance(value, dict):
-            for k, v in value.items():
-                walk(f"{prefix}.{k}" if prefix else k, v)
-        else:
-            flat[prefix] = value
-
-    walk("", settings.model_dump(mode="json"))
-    return flat
+    return flatten(settings.model_dump(mode="json"))

@@ -23,7 +23,9 @@ from typing import Any
 import yaml
 
 from safealign.config import Settings, load_settings
+from safealign.hashing import tree_hash
 from safealign.layout import Layout
+from safealign.nested import numeric_leaves
 from safealign.stages import metrics_name
 from safealign.tracking import PARENT_ENV
 
@@ -31,20 +33,8 @@ METRICS_SUBDIR = "metrics"
 
 
 def data_hash(data_dir: str | Path) -> str:
-    """A content hash of every file under ``data_dir`` (paths and bytes), used as a run-time data version.
-
-    It is not DVC's md5 (that needs DVC's .dir object format); it changes exactly when a file's name or
-    content changes, which is all the pipeline cache needs.
-    """
-    root = Path(data_dir)
-    digest = hashlib.sha256()
-    for path in sorted(p for p in root.rglob("*") if p.is_file()):
-        digest.update(path.relative_to(root).as_posix().encode("utf-8") + b"\0")
-        with path.open("rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-        digest.update(b"\0")
-    return "sha256:" + digest.hexdigest()
+    """The run-time data version of a folder: ``sha256:`` + its :func:`safealign.hashing.tree_hash`."""
+    return "sha256:" + tree_hash(data_dir)
 
 
 def _copy(src: Path, dst: Path) -> None:
@@ -53,19 +43,6 @@ def _copy(src: Path, dst: Path) -> None:
         shutil.copytree(src, dst, dirs_exist_ok=True, symlinks=False)
     else:
         shutil.copy2(src, dst)
-
-
-def numeric_leaves(payload: Any, prefix: str = "") -> dict[str, float]:
-    """Flatten the numbers of a nested result/metrics dict into ``{'a.b': 1.0}`` for KFP Metrics."""
-    out: dict[str, float] = {}
-    if isinstance(payload, dict):
-        for key, value in payload.items():
-            out.update(numeric_leaves(value, f"{prefix}.{key}" if prefix else str(key)))
-    elif isinstance(payload, bool):
-        out[prefix] = float(payload)
-    elif isinstance(payload, int | float):
-        out[prefix] = float(payload)
-    return out
 
 
 class StageWorkspace:

@@ -24,7 +24,6 @@ nothing. A tracking server that is down fails before anything is registered (Ser
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from pathlib import Path
@@ -33,6 +32,7 @@ from typing import Any
 from safealign.atomic import write_json
 from safealign.config import Settings
 from safealign.errors import DataError, GateFailed
+from safealign.hashing import tree_hash
 from safealign.layout import Layout
 from safealign.tracking import (
     check_reachable,
@@ -52,20 +52,6 @@ HASH_TAG = "safealign.content_hash"
 FINGERPRINT_TAG = "safealign.eval_fingerprint"
 METRICS_TAG = "safealign.eval_metrics"
 _EPS = 1e-9
-
-
-def folder_hash(folder: str | Path) -> str:
-    """sha256 over relative paths and bytes of every file: the identity of a model folder."""
-    folder = Path(folder)
-    h = hashlib.sha256()
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-        h.update(path.relative_to(folder).as_posix().encode())
-        h.update(b"\0")
-        with open(path, "rb") as handle:
-            for chunk in iter(lambda: handle.read(1 << 20), b""):
-                h.update(chunk)
-        h.update(b"\0")
-    return h.hexdigest()
 
 
 def _safety_aspect(settings: Settings) -> str:
@@ -114,7 +100,8 @@ def check_gates(
         {
             "gate": "safety_gain",
             "passed": gain == gain and gain >= p.min_safety_gain - _EPS,
-            "reason": f"relative safety gain {gain:+.4f} ({cand['safety_base']:.4f} -> {cand['safety_aligned']:.4f}) "
+            "reason": f"relative safety gain {gain:+.4f} "
+            f"({cand['safety_base']:.4f} -> {cand['safety_aligned']:.4f}) "
             f"vs required >= {p.min_safety_gain:+.4f}",
         }
     )
@@ -135,7 +122,8 @@ def check_gates(
         }
     )
     # The reward model's safety gain must show in behaviour too: the independent refusal detector has to see
-    # at least as many refusals of held-out adversarial prompts as before (issue 7; DESIGN's measured lessons).
+    # at least as many refusals of held-out adversarial prompts as before: a gain only the reward model
+    # sees may be the policy gaming it.
     ref_base, ref_aligned = cand["adversarial_refusal_base"], cand["adversarial_refusal_rate"]
     gates.append(
         {
@@ -183,8 +171,9 @@ def check_gates(
                 "gate": "champion",
                 "passed": ok_w and ok_s,
                 "comparable": True,
-                "reason": f"weighted reward {cand['weighted_aligned']:.4f} vs champion v{champion['version']} "
-                f"{float(ch['weighted_aligned']):.4f}; adversarial safety {cand['safety_aligned']:.4f} vs "
+                "reason": f"weighted reward {cand['weighted_aligned']:.4f} vs champion "
+                f"v{champion['version']} {float(ch['weighted_aligned']):.4f}; "
+                f"adversarial safety {cand['safety_aligned']:.4f} vs "
                 f"{float(ch['safety_aligned']):.4f} (candidate must be >= on both)",
             }
         )
@@ -293,8 +282,8 @@ def promote(settings: Settings, dry_run: bool = False) -> dict[str, Any]:
     if not fingerprint:
         raise DataError(f"{eval_path} has no 'fingerprint' (re-run `safealign evaluate`)")
     cand = summarise(evaluation, settings)
-    adapter_hash = folder_hash(layout.adapter_dir)
-    reward_hash = folder_hash(layout.reward_model_dir)
+    adapter_hash = tree_hash(layout.adapter_dir)
+    reward_hash = tree_hash(layout.reward_model_dir)
     if evaluation.get("adapter_hash") and evaluation["adapter_hash"] != adapter_hash:
         raise DataError(
             f"{layout.adapter_dir} changed since it was evaluated (hash {adapter_hash[:12]} vs "

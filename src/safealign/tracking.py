@@ -18,6 +18,7 @@ import yaml
 
 from safealign.config import Settings, settings_to_flat_dict
 from safealign.errors import ServiceError
+from safealign.nested import flatten
 
 PARENT_ENV = "SAFEALIGN_PARENT_RUN_ID"
 
@@ -233,26 +234,18 @@ def log_flat_metrics(metrics: dict[str, Any], prefix: str = "", step: int | None
 
     import mlflow
 
-    flat: dict[str, float] = {}
-
-    def walk(key: str, value: Any) -> None:
-        if isinstance(value, bool):
-            flat[key] = float(value)
-        elif isinstance(value, int | float):
-            if math.isfinite(float(value)):
-                flat[key] = float(value)
-        elif isinstance(value, dict):
-            for k, v in value.items():
-                walk(f"{key}.{k}" if key else str(k), v)
-        elif (
-            isinstance(value, list | tuple)
-            and len(value) == 2
-            and all(isinstance(v, int | float) and not isinstance(v, bool) for v in value)
-        ):
-            walk(f"{key}.lo", value[0])
-            walk(f"{key}.hi", value[1])
-
-    walk(prefix, metrics)
+    leaves: dict[str, Any] = {}
+    for key, value in flatten(metrics, prefix).items():
+        if isinstance(value, list | tuple) and len(value) == 2:
+            if all(isinstance(v, int | float) and not isinstance(v, bool) for v in value):
+                leaves.update({f"{key}.lo": value[0], f"{key}.hi": value[1]})
+        else:
+            leaves[key] = value
+    flat = {
+        k: float(v)
+        for k, v in leaves.items()
+        if isinstance(v, bool) or (isinstance(v, int | float) and math.isfinite(float(v)))
+    }
     # MLflow metric names allow letters, digits, _ - . / and spaces.
     clean = {"".join(c if c.isalnum() or c in "_-./ " else "_" for c in k): v for k, v in flat.items()}
     items = list(clean.items())
@@ -262,7 +255,7 @@ def log_flat_metrics(metrics: dict[str, Any], prefix: str = "", step: int | None
 
 
 def _main(argv: list[str] | None = None) -> int:
-    """``python -m safealign.tracking start|end`` for scripts/run_pipeline.sh (prints the parent run id)."""
+    """``python -m safealign.tracking start|end`` for shell scripts and CI jobs (prints the parent run id)."""
     import argparse
     import sys
 

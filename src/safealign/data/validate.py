@@ -31,6 +31,7 @@ from safealign.data import gx_suite, schema
 from safealign.data.readers import DataValidationError, Problem, Table, read_all
 from safealign.errors import DataError
 from safealign.layout import SPLITS, Layout
+from safealign.nested import numeric_leaves
 
 log = logging.getLogger(__name__)
 
@@ -174,14 +175,6 @@ def _write_reports(
     write_text(target / "report.html", _index_html(report, pages))
 
 
-def _flat(prefix: str, value: Any, out: dict[str, float]) -> None:
-    if isinstance(value, dict):
-        for k, v in value.items():
-            _flat(f"{prefix}.{k}" if prefix else str(k), v, out)
-    elif isinstance(value, bool | int | float):
-        out[prefix] = float(value)
-
-
 def _write_failure(
     layout: Layout, report: dict[str, Any], checks: list[gx_suite.Check], results: dict[str, Any]
 ) -> Path:
@@ -272,9 +265,7 @@ def validate_data(settings: Settings) -> dict[str, Any]:
             if failed_report_dir(layout).exists():
                 mlflow.log_artifacts(str(failed_report_dir(layout)), artifact_path="validation_failed")
             raise
-        metrics: dict[str, float] = {}
-        _flat("validation", summary, metrics)
-        mlflow.log_metrics(metrics)
+        mlflow.log_metrics(numeric_leaves(summary, "validation"))
         mlflow.log_artifacts(str(layout.validation_dir), artifact_path="validation")
     log.info("validation passed: %s", json.dumps(summary["rows"], sort_keys=True))
     return summary

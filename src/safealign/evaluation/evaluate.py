@@ -34,7 +34,8 @@ from safealign.evaluation.stats import (
     most_common_reply,
     paired_comparison,
 )
-from safealign.jsonl import iter_jsonl
+from safealign.hashing import tree_hash
+from safealign.jsonl import read_prompt_rows
 from safealign.layout import Layout
 
 log = logging.getLogger(__name__)
@@ -43,19 +44,6 @@ SETS = ("adversarial", "benign")
 
 
 # ------------------------------------------------------------------------------------------- inputs
-
-
-def read_prompts(path: Path) -> list[dict[str, Any]]:
-    if not path.exists():
-        raise DataError(f"{path} not found: run `safealign validate` first")
-    rows = []
-    for n, row in iter_jsonl(path):
-        if not isinstance(row.get("prompt"), str) or not row["prompt"].strip():
-            raise DataError(f"{path}:{n}: field 'prompt' missing or empty")
-        rows.append(row)
-    if not rows:
-        raise DataError(f"{path}: no prompts")
-    return rows
 
 
 def select(rows: list[dict[str, Any]], n: int, seed: int) -> list[dict[str, Any]]:
@@ -135,7 +123,8 @@ def hacking_flags(sets: dict[str, Any], settings: Settings, safety: str | None) 
             flag(
                 "stock_reply",
                 name,
-                f"one reply is {a['top_reply_share']:.0%} of aligned replies (base {b['top_reply_share']:.0%}): "
+                f"one reply is {a['top_reply_share']:.0%} of aligned replies "
+                f"(base {b['top_reply_share']:.0%}): "
                 f"{a['top_reply'][:80]!r}",
             )
         if a["distinct_ratio"] < 0.5 and a["distinct_ratio"] < b["distinct_ratio"] - 0.1:
@@ -168,8 +157,8 @@ def hacking_flags(sets: dict[str, Any], settings: Settings, safety: str | None) 
             flag(
                 "reward_without_refusal",
                 "adversarial",
-                f"reward-model safety up {s['abs_change']:+.3f} (CI excludes 0) while the refusal detector sees "
-                f"{rb:.0%} -> {ra:.0%}: the gain may exist only in the reward model's eyes",
+                f"reward-model safety up {s['abs_change']:+.3f} (CI excludes 0) while the refusal detector "
+                f"sees {rb:.0%} -> {ra:.0%}: the gain may exist only in the reward model's eyes",
             )
     return flags
 
@@ -232,7 +221,6 @@ def evaluate(settings: Settings) -> dict[str, Any]:
     """Run the evaluation stage; returns a short summary (the full result is in metrics/evaluation.json)."""
     from safealign.evaluation.plots import aspect_bars, reward_curves
     from safealign.evaluation.report import render_report
-    from safealign.promotion import folder_hash
     from safealign.reward.model import RewardModel
     from safealign.tracking import log_flat_metrics, stage_run
 
@@ -244,8 +232,10 @@ def evaluate(settings: Settings) -> dict[str, Any]:
     if not layout.reward_model_dir.is_dir():
         raise DataError(f"{layout.reward_model_dir} not found: run `safealign train-reward` first")
     chosen = {
-        "adversarial": select(read_prompts(layout.adversarial_split("heldout")), ev.num_adversarial, ev.seed),
-        "benign": select(read_prompts(layout.benign_split("heldout")), ev.num_benign, ev.seed),
+        "adversarial": select(
+            read_prompt_rows(layout.adversarial_split("heldout")), ev.num_adversarial, ev.seed
+        ),
+        "benign": select(read_prompt_rows(layout.benign_split("heldout")), ev.num_benign, ev.seed),
     }
     prompts = [r["prompt"] for name in SETS for r in chosen[name]]
     bounds = {"adversarial": (0, len(chosen["adversarial"]))}
@@ -257,8 +247,8 @@ def evaluate(settings: Settings) -> dict[str, Any]:
         "greedy": True,
         "seed": ev.seed,
     }
-    reward_hash = folder_hash(layout.reward_model_dir)
-    adapter_hash = folder_hash(layout.adapter_dir)
+    reward_hash = tree_hash(layout.reward_model_dir)
+    adapter_hash = tree_hash(layout.adapter_dir)
 
     with stage_run(settings, "evaluate"):
         base_replies, aligned_replies, timing = _generate_all(settings, layout.adapter_dir, prompts)

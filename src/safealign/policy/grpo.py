@@ -34,6 +34,7 @@ import torch
 from safealign import tracking
 from safealign.atomic import write_text
 from safealign.config import Settings
+from safealign.jsonl import read_prompts
 from safealign.layout import Layout
 from safealign.policy.checkpoints import find_resumable, load_checkpoint, run_fingerprint, save_checkpoint
 from safealign.policy.constraint import LagrangeConstraint, constraint_from_settings
@@ -46,7 +47,7 @@ from safealign.policy.outputs import (
     summarize,
     write_stage_outputs,
 )
-from safealign.policy.prompts import PromptEncoder, PromptSampler, read_prompts
+from safealign.policy.prompts import PromptEncoder, PromptSampler
 from safealign.policy.reward_adapter import Scorer, aspect_weights, load_scorer
 from safealign.policy.selection import Selector, build_selector, observe_and_log, validation_steps
 from safealign.policy.trl_engine import train_grpo_trl

@@ -1,36 +1,18 @@
-"""The GRPO stage's prompts: the train splits, each step's draw, and their tokenisation.
+"""The GRPO stage's prompts: each step's draw, and their tokenisation.
 
-Both engines read the same train split files (held-out prompts are never read by training); the fast
-engine also draws each step's prompts itself (``PromptSampler``) and tokenises each distinct prompt once
-(``PromptEncoder``).
+Both engines read the same train split files (``safealign.jsonl.read_prompts``; held-out prompts are
+never read by training); the fast engine also draws each step's prompts itself (``PromptSampler``) and
+tokenises each distinct prompt once (``PromptEncoder``).
 """
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from safealign.errors import DataError
-from safealign.jsonl import iter_jsonl
 from safealign.policy.engine import PromptBatch, collate_prompts
 from safealign.policy.loading import format_prompt
-
-
-def read_prompts(path: Path) -> list[str]:
-    """The ``prompt`` column of a JSONL split file; a missing or malformed file is a DataError naming it."""
-    if not path.exists():
-        raise DataError(f"{path}: prompt split not found (run `safealign validate` first)")
-    prompts = []
-    for lineno, row in iter_jsonl(path):
-        text = row.get("prompt")
-        if not isinstance(text, str) or not text.strip():
-            raise DataError(f"{path}:{lineno}: field 'prompt' missing or empty")
-        prompts.append(text)
-    if not prompts:
-        raise DataError(f"{path}: no prompts")
-    return prompts
 
 
 class PromptSampler:

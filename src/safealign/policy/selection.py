@@ -39,8 +39,8 @@ from safealign.config import Settings
 from safealign.errors import ConfigError, DataError
 from safealign.evaluation.evaluate import SETS
 from safealign.evaluation.refusal import refusal_rates
+from safealign.jsonl import read_prompts
 from safealign.layout import Layout
-from safealign.policy.prompts import read_prompts
 from safealign.policy.reward_adapter import Scorer
 
 log = logging.getLogger(__name__)

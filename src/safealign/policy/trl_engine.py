@@ -22,10 +22,10 @@ from typing import Any
 from safealign import tracking
 from safealign.config import Settings
 from safealign.errors import ConfigError
+from safealign.jsonl import read_prompts
 from safealign.layout import Layout
 from safealign.policy.loading import chat_messages, load_policy, lora_config
 from safealign.policy.outputs import peak_rss_gib, summarize, write_stage_outputs
-from safealign.policy.prompts import read_prompts
 from safealign.policy.reward_adapter import (
     Scorer,
     SharedScoreCache,

@@ -1,0 +1,25 @@
+"""One flattener for nested dicts: ``{"a": {"b": 1}}`` -> ``{"a.b": 1}``.
+
+MLflow params and metrics, KFP Metrics and the validation summary all want dotted keys; each caller only
+chooses which leaves it keeps (:func:`numeric_leaves` for metrics).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+
+def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    """Every non-mapping leaf of ``value`` under its dotted path (a leaf at the top is keyed ``prefix``)."""
+    if not isinstance(value, Mapping):
+        return {prefix: value}
+    flat: dict[str, Any] = {}
+    for key, item in value.items():
+        flat.update(flatten(item, f"{prefix}.{key}" if prefix else str(key)))
+    return flat
+
+
+def numeric_leaves(value: Any, prefix: str = "") -> dict[str, float]:
+    """The numbers among the leaves (booleans as 0.0/1.0) as floats; lists and strings are dropped."""
+    return {k: float(v) for k, v in flatten(value, prefix).items() if isinstance(v, bool | int | float)}

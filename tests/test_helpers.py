@@ -1,0 +1,45 @@
+"""The shared helpers: one tree hash, one dict flattener, one prompt-split reader."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from safealign.errors import DataError
+from safealign.hashing import tree_hash
+from safealign.jsonl import read_prompt_rows, read_prompts
+from safealign.kfp_stage import data_hash
+from safealign.nested import flatten, numeric_leaves
+
+
+def test_tree_hash_is_pinned_because_registry_versions_are_keyed_on_it(tmp_path):
+    """Registered versions carry this hash (safealign.content_hash): the same folder must keep its value."""
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "adapter_config.json").write_bytes(b'{"r": 16}')
+    (tmp_path / "sub" / "w.bin").write_bytes(b"weights\x00\x01")
+    expected = "66f00ce1cda2fe148bd962de32d159b7d0c3897c86945ece659e88c94dff69a6"
+    assert tree_hash(tmp_path) == expected
+    assert data_hash(tmp_path) == f"sha256:{expected}"
+
+
+def test_flatten_keeps_every_leaf_and_numeric_leaves_only_numbers():
+    nested = {"a": {"b": 1, "c": {"d": "x"}}, "e": [1, 2], "f": True, "g": {}, "h": None, "i": math.inf}
+    assert flatten(nested) == {"a.b": 1, "a.c.d": "x", "e": [1, 2], "f": True, "h": None, "i": math.inf}
+    assert flatten({"x": 1}, "validation") == {"validation.x": 1}
+    assert numeric_leaves(nested) == {"a.b": 1.0, "f": 1.0, "i": math.inf}
+
+
+def test_read_prompts_names_file_and_row(tmp_path):
+    split = tmp_path / "split.jsonl"
+    split.write_text('{"id": "a", "prompt": "hi"}\n\n{"id": "b", "prompt": "there"}\n')
+    assert read_prompts(split) == ["hi", "there"]
+    assert [r["id"] for r in read_prompt_rows(split)] == ["a", "b"]
+    split.write_text('{"id": "a", "prompt": "hi"}\n{"id": "b", "prompt": " "}\n')
+    with pytest.raises(DataError, match=r"split\.jsonl:2: field 'prompt' missing or empty"):
+        read_prompts(split)
+    split.write_text("\n")
+    with pytest.raises(DataError, match="no prompts"):
+        read_prompts(split)
+    with pytest.raises(DataError, match="prompt split not found"):
+        read_prompts(tmp_path / "missing.jsonl")
