@@ -2,12 +2,16 @@
 
 import subprocess
 import sys
+import tomllib
+from importlib.metadata import entry_points
+from pathlib import Path
 
 import pytest
 
 from safealign import stages
 from safealign.cli import build_parser, main
 
+ROOT = Path(__file__).resolve().parents[1]
 STAGES = [s.cli for s in stages.STAGES]
 
 
@@ -27,7 +31,11 @@ def test_bad_override_exits_2(capsys):
 
 
 def test_console_script_installed():
-    out = subprocess.run(
-        [sys.executable, "-m", "safealign.cli", "--help"], capture_output=True, text=True, check=True
-    ).stdout
+    """The `safealign` command users type: pyproject's entry, the installed metadata, the script itself."""
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    assert pyproject["project"]["scripts"]["safealign"] == "safealign.cli:main"
+    (entry,) = [e for e in entry_points(group="console_scripts") if e.name == "safealign"]
+    assert entry.value == "safealign.cli:main" and entry.load() is main
+    script = Path(sys.executable).parent / "safealign"
+    out = subprocess.run([str(script), "--help"], capture_output=True, text=True, check=True).stdout
     assert "train-reward" in out

@@ -75,6 +75,10 @@ def test_caching_is_keyed_on_the_resolved_data_version():
             "componentInputParameter"
         )
         assert producer in {"data-version-op", "pipelinechannel--data-version-op-Output"}, stage
+        # ...and on the settings: a changed params or overrides value is a cache miss
+        for name in ("params", "overrides"):
+            given = tasks[stage]["inputs"]["parameters"][name].get("componentInputParameter")
+            assert given in {name, f"pipelinechannel--{name}"}, (stage, name)
     assert tasks["promote-op"]["cachingOptions"] == {}  # a registry write is never served from cache
 
 

@@ -9,7 +9,8 @@ from pathlib import Path
 
 from safealign.config import load_settings
 from safealign.kfp_client import params_json
-from safealign.kfp_stage import StageWorkspace, data_hash, numeric_leaves, pipeline_key
+from safealign.kfp_stage import StageWorkspace, data_hash, pipeline_key
+from safealign.nested import numeric_leaves
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -68,7 +69,16 @@ def test_scratch_space_is_removed_at_exit_but_linked_inputs_survive(tmp_path):
     assert (model / "w.bin").read_text() == "weights"
 
 
-def test_pipeline_key_and_numeric_leaves():
-    assert pipeline_key("v1", "{}", []) == pipeline_key("v1", "{}", None)
-    assert pipeline_key("v1", "{}", []) != pipeline_key("v2", "{}", [])
+def test_pipeline_key_follows_data_params_and_overrides():
+    """The key names a run's inputs (parent MLflow run, grpo's checkpoint folder): each one must move it."""
+    params = params_json(load_settings(ROOT / "params.yaml"))
+    other = params_json(load_settings(ROOT / "params.yaml", ["grpo.steps=7"]))
+    key = pipeline_key("v1", params, [])
+    assert key == pipeline_key("v1", params, None)
+    assert pipeline_key("v2", params, []) != key  # data
+    assert pipeline_key("v1", other, []) != key  # params
+    assert pipeline_key("v1", params, ["grpo.steps=7"]) != key  # overrides
+
+
+def test_numeric_leaves():
     assert numeric_leaves({"x": [1, 2], "y": {"z": 0.5}}) == {"y.z": 0.5}
