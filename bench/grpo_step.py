@@ -181,8 +181,9 @@ def main() -> None:
     t = time.perf_counter()
     engine = fast_engine(settings)
     print(
-        f"policy {settings.policy.model} (loaded in {time.perf_counter() - t:.1f}s), LoRA r={settings.grpo.lora.r} "
-        f"on {settings.grpo.lora.target_modules}; reward: {scorer_kind}; {settings.grpo.prompts_per_step} prompts x G, "
+        f"policy {settings.policy.model} (loaded in {time.perf_counter() - t:.1f}s), "
+        f"LoRA r={settings.grpo.lora.r} on {settings.grpo.lora.target_modules}; reward: {scorer_kind}; "
+        f"{settings.grpo.prompts_per_step} prompts x G, "
         f"{settings.grpo.max_new_tokens} new tokens; torch threads {torch.get_num_threads()}",
         flush=True,
     )
