@@ -85,7 +85,8 @@ def main() -> None:
         p10, p90 = np.percentile(s, [10, 90])
         print(
             f"{kind}: {len(s)} groups of {g}; reward std median {np.median(s):.4f}, mean {s.mean():.4f}, "
-            f"p10 {p10:.4f}, p90 {p90:.4f}; below 0.01: {(s < 0.01).mean():.0%}, below 0.05: {(s < 0.05).mean():.0%}"
+            f"p10 {p10:.4f}, p90 {p90:.4f}; below 0.01: {(s < 0.01).mean():.0%}, "
+            f"below 0.05: {(s < 0.05).mean():.0%}"
         )
 
 
