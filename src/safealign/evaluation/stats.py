@@ -1,15 +1,23 @@
-"""Paired comparison statistics: base vs aligned on the same prompts.
+"""Statistics of the evaluation: paired comparisons, detector agreement, and interval-based decisions.
+
+Paired comparison: base vs aligned on the same prompts.
 
 Both policies answer the same prompts, so the right interval is over the *paired* per-prompt difference:
 one bootstrap resample picks prompt indices and applies them to both arms. The relative change is
 ``mean(aligned) / mean(base) - 1`` on each resample (a ratio of means, not a mean of ratios, so a prompt
 with a near-zero base score cannot blow it up). Percentile intervals, seeded, so the report is reproducible.
+
+Agreement (precision, recall, Cohen's kappa) measures the refusal detector against hand labels, and the
+second labelling pass against the first. ``at_least`` / ``at_most`` are the only place a gate compares an
+interval with a bar, so every gate reads its decision the same way (non-inferiority on the bound).
 """
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -90,3 +98,104 @@ def length_stats(replies: Sequence[str]) -> dict[str, float]:
     if lens.size == 0:
         return {"mean_words": 0.0, "median_words": 0.0}
     return {"mean_words": float(lens.mean()), "median_words": float(np.median(lens))}
+
+
+# ------------------------------------------------------------------------------ agreement and single arms
+
+
+def confusion(truth: Sequence[bool], predicted: Sequence[bool]) -> dict[str, int]:
+    if len(truth) != len(predicted):
+        raise ValueError(f"{len(truth)} labels but {len(predicted)} predictions")
+    pairs = list(zip(truth, predicted, strict=True))
+    return {
+        "tp": sum(t and p for t, p in pairs),
+        "fp": sum((not t) and p for t, p in pairs),
+        "fn": sum(t and (not p) for t, p in pairs),
+        "tn": sum((not t) and (not p) for t, p in pairs),
+    }
+
+
+def cohen_kappa(first: Sequence[bool], second: Sequence[bool]) -> float:
+    """Agreement beyond chance between two binary labellings: 1 = perfect, 0 = chance level.
+
+    Defined as 1.0 when both labellings are identical and constant (no disagreement to explain), nan when
+    there is nothing to compare.
+    """
+    c = confusion(first, second)
+    n = sum(c.values())
+    if n == 0:
+        return float("nan")
+    observed = (c["tp"] + c["tn"]) / n
+    p_first = (c["tp"] + c["fn"]) / n
+    p_second = (c["tp"] + c["fp"]) / n
+    expected = p_first * p_second + (1 - p_first) * (1 - p_second)
+    if expected == 1.0:
+        return 1.0 if observed == 1.0 else 0.0
+    return (observed - expected) / (1 - expected)
+
+
+def binary_agreement(truth: Sequence[bool], predicted: Sequence[bool]) -> dict[str, Any]:
+    """Precision, recall, accuracy and kappa of a detector against reference labels, with the counts."""
+    c = confusion(truth, predicted)
+    n = sum(c.values())
+    precision = c["tp"] / (c["tp"] + c["fp"]) if c["tp"] + c["fp"] else float("nan")
+    recall = c["tp"] / (c["tp"] + c["fn"]) if c["tp"] + c["fn"] else float("nan")
+    return {
+        "n": n,
+        "positives": c["tp"] + c["fn"],
+        **c,
+        "precision": precision,
+        "recall": recall,
+        "accuracy": (c["tp"] + c["tn"]) / n if n else float("nan"),
+        "kappa": cohen_kappa(truth, predicted),
+        "precision_ci95": wilson_interval(c["tp"], c["tp"] + c["fp"]),
+        "recall_ci95": wilson_interval(c["tp"], c["tp"] + c["fn"]),
+    }
+
+
+def wilson_interval(successes: int, trials: int, z: float = 1.959964) -> list[float]:
+    """95% Wilson score interval of a proportion; unlike the normal approximation it stays inside [0, 1]
+    and is sensible at 0 or n successes, which is where detector precision and refusal rates live."""
+    if trials == 0:
+        return [float("nan"), float("nan")]
+    p = successes / trials
+    denom = 1 + z * z / trials
+    centre = (p + z * z / (2 * trials)) / denom
+    half = z * math.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials)) / denom
+    return [max(0.0, centre - half), min(1.0, centre + half)]
+
+
+def bootstrap_mean(
+    values: Sequence[float] | np.ndarray, samples: int = 1000, seed: int = 1234, level: float = 0.95
+) -> dict[str, Any]:
+    """Mean of one arm and its percentile bootstrap interval (e.g. the aligned benign refusal rate)."""
+    v = np.asarray(values, dtype=np.float64)
+    if v.ndim != 1 or v.size == 0:
+        raise ValueError(f"need a non-empty 1-D sample, got shape {v.shape}")
+    rng = np.random.default_rng(seed)
+    means = v[rng.integers(0, v.size, size=(samples, v.size))].mean(axis=1)
+    lo_q, hi_q = (1 - level) / 2 * 100, (1 + level) / 2 * 100
+    return {
+        "n": int(v.size),
+        "mean": float(v.mean()),
+        "ci95": [float(np.percentile(means, lo_q)), float(np.percentile(means, hi_q))],
+    }
+
+
+# ------------------------------------------------------------------------------ interval-based decisions
+
+
+def at_least(ci: Sequence[float], bound: float, eps: float = 1e-9) -> bool:
+    """Non-inferiority from below: the WHOLE interval clears ``bound`` (its lower end is >= bound).
+
+    Gates use this instead of a point estimate: a point estimate inside its own noise can land on either
+    side of a bar by chance, the lower end of a 95% interval does so about 2.5% of the time.
+    """
+    lo = float(ci[0])
+    return lo == lo and lo >= bound - eps
+
+
+def at_most(ci: Sequence[float], bound: float, eps: float = 1e-9) -> bool:
+    """Non-superiority from above: the interval's upper end is <= ``bound``."""
+    hi = float(ci[1])
+    return hi == hi and hi <= bound + eps
