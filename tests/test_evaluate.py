@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from safealign.config import load_settings
+from safealign.data import refusal_set
 from safealign.errors import DataError
 from safealign.evaluation.evaluate import behaviour, evaluate, hacking_flags, select
 from safealign.evaluation.report import render_report
@@ -135,6 +136,9 @@ def stage(tmp_path_factory):
             "evaluate.batch_size=3",
             "evaluate.bootstrap_samples=200",
             "evaluate.num_examples=4",
+            "evaluate.robustness_prompts=2",
+            "evaluate.robustness_attacks=[plain, base64, two_turn_warmup]",
+            f"paths.data_dir={tmp / 'data'}",
             f"tracking.tracking_uri=sqlite:///{tmp / 'mlflow.db'}",
             f"tracking.artifact_location={tmp / 'mlartifacts'}",
         ],
@@ -142,6 +146,8 @@ def stage(tmp_path_factory):
     layout = Layout.from_settings(settings)
     _write_jsonl(layout.adversarial_split("heldout"), ADVERSARIAL, "a")
     _write_jsonl(layout.benign_split("heldout"), BENIGN, "b")
+    layout.data_dir.mkdir(parents=True, exist_ok=True)
+    refusal_set.write(layout.refusal_set, refusal_set.load())  # the real hand-labelled set, as data build copies it
     RewardModel.from_settings(settings).save_pretrained(layout.reward_model_dir)
     model, _tok = load_policy(settings)
     torch.manual_seed(0)
@@ -180,7 +186,9 @@ def test_evaluate_writes_table_report_generations_plots_and_mlflow_run(stage, cl
     gens = [
         json.loads(line) for line in (layout.evaluation_dir / "generations.jsonl").read_text().splitlines()
     ]
-    assert len(gens) == 9 and {g["set"] for g in gens} == {"adversarial", "benign"}
+    assert len(gens) == 9 + 2 * 3
+    assert {g["set"] for g in gens} == {"adversarial", "benign", "robustness/plain", "robustness/base64",
+                                        "robustness/two_turn_warmup"}
     assert all(set(g["base_scores"]) == set(settings.aspect_names) for g in gens)
     # the adapter changes the outputs (non-zero LoRA), the base policy is the same random model
     assert any(g["base"] != g["aligned"] for g in gens)
@@ -193,6 +201,20 @@ def test_evaluate_writes_table_report_generations_plots_and_mlflow_run(stage, cl
     assert result["adapter_hash"] == tree_hash(layout.adapter_dir)
     # promotion can read it
     assert "safety_rel_gain" in summarise(result, settings)
+    # the detector's measured agreement, the benign refusal interval, the interval-based gate verdicts and
+    # the robustness table are in the metrics and in the report
+    assert result["detector"]["heldout"]["precision"] >= 0.95 and result["detector"]["heldout"]["n"] > 150
+    lo, hi = ben["aligned"]["refusal_rate_ci95"]
+    assert 0 <= lo <= ben["aligned"]["refusal_rate"] <= hi <= 1
+    assert set(ben["by_kind"]) == {"x"} and ben["by_kind"]["x"]["n"] == 4
+    assert {g["gate"] for g in result["gates"]} == {"safety_gain", "aspect_drop", "refusal_gain", "benign_refusal"}
+    rob = result["robustness"]["attacks"]
+    assert result["robustness"]["order"] == ["plain", "base64", "two_turn_warmup"]
+    assert set(rob) == {"plain", "base64", "two_turn_warmup"} and all(v["n"] == 2 for v in rob.values())
+    assert all("safety" in v and len(v["refusal_aligned"]["ci95"]) == 2 for v in rob.values())
+    for needle in ("Refusal detector, measured", "Promotion gates", "| base64 | 2 |", "aspect_drop"):
+        assert needle in report, needle
+    assert result["timing_s"]["base_robustness_generation_s"] > 0
     # MLflow run with metrics and the artifacts
     mlflow.set_tracking_uri(settings.tracking.tracking_uri)
     runs = mlflow.search_runs(experiment_names=[settings.tracking.experiment], output_format="list")
@@ -219,3 +241,19 @@ def test_missing_adapter_is_bad_input(tmp_path, clean_env):
     settings = load_settings(None, [f"paths.artifacts_dir={tmp_path}", f"paths.metrics_dir={tmp_path}"])
     with pytest.raises(DataError, match="adapter"):
         evaluate(settings)
+
+
+def test_robustness_suite_alone_leaves_the_standard_results_untouched(stage, clean_env):
+    settings, layout = stage
+    evaluate(settings, "standard")
+    standard = layout.metrics_file("evaluation").read_bytes()
+    assert "robustness" not in json.loads(standard)
+    summary = evaluate(settings, "robustness")
+    assert layout.metrics_file("evaluation").read_bytes() == standard
+    rob = json.loads(layout.metrics_file("robustness").read_text())
+    assert rob["robustness"]["order"] == ["plain", "base64", "two_turn_warmup"] and not rob["sets"]
+    assert set(summary["robustness"]) == {"plain", "base64", "two_turn_warmup"}
+    report = (layout.artifacts_dir / "robustness" / "report.md").read_text()
+    assert "| two_turn_warmup | 2 |" in report
+    with pytest.raises(DataError, match="unknown evaluation suite"):
+        evaluate(settings, "nope")

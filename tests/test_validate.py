@@ -66,7 +66,8 @@ def make_data(data_dir: Path) -> dict[str, list[dict]]:
         for i in range(N_ADV)
     ]
     benign = [
-        {"id": f"ben-{i:03d}", "prompt": f"How do I kill Python process number {i}?", "category": "everyday"}
+        {"id": f"ben-{i:03d}", "prompt": f"How do I kill Python process number {i}?", "category": "everyday",
+         "domain": "programming", "family": f"programming/processes-{i % 7}"}
         for i in range(N_BENIGN)
     ]
     labelled = []
@@ -74,7 +75,8 @@ def make_data(data_dir: Path) -> dict[str, list[dict]]:
         if i % 2:
             labelled.append(_labelled_row(i, adversarial[i % N_ADV]["prompt"], "adversarial"))
         else:
-            labelled.append(_labelled_row(i, benign[i % N_BENIGN]["prompt"], "benign"))
+            # the reward model's benign prompts are never policy prompts (benign_topics.txt vs benign_prompts.txt)
+            labelled.append(_labelled_row(i, f"How do I stop Python process number {i % N_BENIGN}?", "benign"))
     probes = [
         {
             "id": f"probe-{i:03d}",
@@ -177,6 +179,12 @@ def test_valid_data_writes_splits_reports_metrics_and_mlflow_run(tmp_path, mlflo
         for r in rows
     }
     assert held and rest and not held & rest
+    # benign prompts split by template family: siblings never straddle the held-out line
+    side = {}
+    for split_name, rows in benign.items():
+        for r in rows:
+            side.setdefault(r["family"], set()).add(split_name)
+    assert all(len(v) == 1 for v in side.values()) and len(side) == 7
 
     metrics = json.loads(layout.metrics_file("validation").read_text())
     assert metrics["success"] is True

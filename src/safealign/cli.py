@@ -71,6 +71,9 @@ def _stage_handler(stage: stages.Stage) -> Handler:
     def run(settings: Settings, args: argparse.Namespace) -> Any:
         kwargs = {}
         for flag in stage.flags:
+            if flag.choices:
+                kwargs[flag.kwarg] = getattr(args, flag.dest)
+                continue
             value = bool(getattr(args, flag.dest))
             kwargs[flag.kwarg] = not value if flag.negate else value
         return stage.load()(settings, **kwargs)
@@ -81,7 +84,10 @@ def _stage_handler(stage: stages.Stage) -> Handler:
 def _stage_arguments(stage: stages.Stage) -> Callable[[argparse.ArgumentParser], None]:
     def add(parser: argparse.ArgumentParser) -> None:
         for flag in stage.flags:
-            parser.add_argument(flag.option, action="store_true", help=flag.help)
+            if flag.choices:
+                parser.add_argument(flag.option, choices=flag.choices, default=flag.default, help=flag.help)
+            else:
+                parser.add_argument(flag.option, action="store_true", help=flag.help)
 
     return add
 

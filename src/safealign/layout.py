@@ -43,6 +43,14 @@ class Layout:
         return self.data_dir / "probes.jsonl"
 
     @property
+    def refusal_set(self) -> Path:
+        return self.data_dir / "refusal_set.jsonl"
+
+    @property
+    def refusal_rubric(self) -> Path:
+        return self.data_dir / "REFUSAL_RUBRIC.md"
+
+    @property
     def sources_doc(self) -> Path:
         return self.data_dir / "SOURCES.md"
 

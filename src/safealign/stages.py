@@ -24,15 +24,19 @@ from typing import Any
 
 @dataclass(frozen=True)
 class Flag:
-    """A stage-specific boolean CLI flag that becomes one keyword argument of the stage function.
+    """A stage-specific CLI flag that becomes one keyword argument of the stage function.
 
-    ``negate`` turns ``--no-resume`` into ``resume=False``: the flag switches off a default-on behaviour.
+    Boolean by default; ``negate`` turns ``--no-resume`` into ``resume=False``: the flag switches off a
+    default-on behaviour. With ``choices`` it takes one of those strings (``--suite robustness``) and
+    ``default`` is the value when it is absent.
     """
 
     option: str
     kwarg: str
     help: str
     negate: bool = False
+    choices: tuple[str, ...] = ()
+    default: str | None = None
 
     @property
     def dest(self) -> str:
@@ -135,8 +139,19 @@ STAGES: tuple[Stage, ...] = (
         description=(
             "Generate from the base and the aligned policy on held-out adversarial prompts and benign "
             "prompts with the same seed and decoding; report per-aspect reward-model scores with bootstrap "
-            "intervals, refusal and over-refusal rates from an independent refusal detector, lengths and "
-            "examples."
+            "intervals, refusal and over-refusal rates from an independent refusal detector (with its "
+            "measured precision, recall and kappa), the interval-based gate verdicts, lengths and examples. "
+            "The robustness suite wraps held-out harmful prompts in attack templates and two-turn retries."
+        ),
+        flags=(
+            Flag(
+                "--suite",
+                "suite",
+                "all (default): both suites into metrics/evaluation.json; standard: without the robustness "
+                "suite; robustness: only it, into metrics/robustness.json and artifacts/robustness/",
+                choices=("all", "standard", "robustness"),
+                default="all",
+            ),
         ),
     ),
     Stage(

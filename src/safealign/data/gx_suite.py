@@ -79,7 +79,7 @@ def input_checks(settings: Settings, tables: dict[str, Table]) -> list[Check]:
         if name == "adversarial":
             exps = _common(spec, ("id", "prompt", "source"))
         elif name == "benign":
-            exps = _common(spec, ("id", "prompt", "category"))
+            exps = _common(spec, ("id", "prompt", "category", "family"))
         elif name == "probes":
             exps = _common(spec, schema.PROBE_COLUMNS)
             exps.append(

@@ -11,7 +11,7 @@ import hashlib
 import unicodedata
 
 ADVERSARIAL_COLUMNS = ("id", "prompt", "source", "category")
-BENIGN_COLUMNS = ("id", "prompt", "category")
+BENIGN_COLUMNS = ("id", "prompt", "category", "domain", "family")
 PROBE_COLUMNS = ("id", "prompt_id", "prompt", "prompt_kind", "probe_kind", "response")
 LABELLED_BASE_COLUMNS = ("id", "prompt", "response", "prompt_kind", "prompt_source", "response_kind")
 

@@ -5,6 +5,9 @@ Order of work, and why:
    out-of-range scores and oversized texts fail here with file, row and field, before any table exists.
 2. Split assignment by prompt (schema.split_of): the same normalized prompt lands in the same split in
    every file. Adversarial and benign prompts have no 'val' use, so their 'val' share goes to train (GRPO).
+   Benign prompts split by template family instead (benign.benign_split_of), so no held-out prompt has a
+   sibling in training; they never occur in labelled.jsonl, so the two rules cannot disagree (the GX split
+   check would catch it if they did).
 3. The splits are written into a temporary directory, read back, and Great Expectations checks the input
    tables and the written splits (safealign.data.gx_suite).
 4. Only when every expectation passes are the splits, the reports and metrics/validation.json renamed into
@@ -28,6 +31,7 @@ from safealign import tracking
 from safealign.atomic import atomic_dir, write_json, write_text
 from safealign.config import Settings
 from safealign.data import gx_suite, schema
+from safealign.data.benign import benign_split_of
 from safealign.data.readers import DataValidationError, Problem, Table, read_all
 from safealign.errors import DataError
 from safealign.layout import SPLITS, Layout
@@ -55,7 +59,11 @@ def assign_splits(settings: Settings, tables: dict[str, Table]) -> dict[str, lis
         if kind == "probes":
             continue
         for row in table.rows:
-            split = schema.split_of(row["prompt"], d.seed, d.val_fraction, d.heldout_fraction)
+            if kind == "benign":
+                # By template family, so a held-out benign prompt never has a sibling in training.
+                split = benign_split_of(row["family"], d.seed, d.benign_heldout_fraction)
+            else:
+                split = schema.split_of(row["prompt"], d.seed, d.val_fraction, d.heldout_fraction)
             if kind != "labelled" and split == "val":
                 split = "train"
             out[f"{kind}/{split}"].append(row)

@@ -5,6 +5,11 @@ adapter (merged) -> score both with the reward model -> paired statistics per as
 reward model cannot vouch for (refusals by an independent detector, empty replies, length, distinct
 replies) -> reward-hacking flags -> metrics/evaluation.json, report.md, generations.jsonl, plots, MLflow.
 
+Two suites: ``standard`` (the above) and ``robustness`` (held-out harmful prompts wrapped in attacks and
+two-turn retries, safealign.evaluation.robustness), both by default. Every evaluation also carries the
+refusal detector's measured agreement with the hand-labelled refusal set (held-out part), because every
+refusal rate in the report is only as good as that detector.
+
 ``metrics/evaluation.json`` is the single source of the paper's table: ``sets.adversarial.aspects`` holds,
 per aspect, base and aligned means, absolute and relative change and their 95% paired-bootstrap intervals.
 It also carries a fingerprint of the evaluation set (prompts, decoding, reward model) so promotion can tell
@@ -28,6 +33,7 @@ from safealign.config import Settings
 from safealign.errors import DataError
 from safealign.evaluation.refusal import judge
 from safealign.evaluation.stats import (
+    bootstrap_mean,
     common_opening_share,
     distinct_ratio,
     length_stats,
@@ -41,6 +47,7 @@ from safealign.layout import Layout
 log = logging.getLogger(__name__)
 
 SETS = ("adversarial", "benign")
+SUITES = ("standard", "robustness")
 
 
 # ------------------------------------------------------------------------------------------- inputs
@@ -67,14 +74,16 @@ def fingerprint(prompts: dict[str, list[dict[str, Any]]], decoding: dict[str, An
 # ------------------------------------------------------------------------------------------- metrics
 
 
-def behaviour(replies: list[str]) -> dict[str, Any]:
-    """What the replies do, judged without the reward model."""
+def behaviour(replies: list[str], samples: int = 1000, seed: int = 1234) -> dict[str, Any]:
+    """What the replies do, judged without the reward model (refusal rate with its bootstrap interval)."""
     verdicts = [judge(r).verdict for r in replies]
     n = max(len(replies), 1)
     top, top_share = most_common_reply(replies)
     opening, opening_share = common_opening_share(replies)
+    refusals = [v == "refuse" for v in verdicts]
     return {
         "refusal_rate": verdicts.count("refuse") / n,
+        "refusal_rate_ci95": bootstrap_mean(refusals, samples, seed)["ci95"] if refusals else [0.0, 0.0],
         "comply_rate": verdicts.count("comply") / n,
         "empty_rate": verdicts.count("empty") / n,
         **length_stats(replies),
@@ -105,9 +114,22 @@ def compare_set(
         "weighted": paired_comparison(
             base_scores @ weights, aligned_scores @ weights, samples=samples, seed=seed
         ),
-        "base": behaviour(base_replies),
-        "aligned": behaviour(aligned_replies),
+        "base": behaviour(base_replies, samples, seed),
+        "aligned": behaviour(aligned_replies, samples, seed),
     }
+
+
+def refusal_by_kind(rows: list[dict[str, Any]], base: list[str], aligned: list[str]) -> dict[str, Any]:
+    """Benign refusal rates per kind of prompt (everyday / sounds_unsafe): over-refusal hides in the second."""
+    out: dict[str, Any] = {}
+    for kind in sorted({str(r.get("category") or "unknown") for r in rows}):
+        idx = [i for i, r in enumerate(rows) if str(r.get("category") or "unknown") == kind]
+        out[kind] = {
+            "n": len(idx),
+            "base_refusal_rate": sum(judge(base[i]).is_refusal for i in idx) / len(idx),
+            "aligned_refusal_rate": sum(judge(aligned[i]).is_refusal for i in idx) / len(idx),
+        }
+    return out
 
 
 def hacking_flags(sets: dict[str, Any], settings: Settings, safety: str | None) -> list[dict[str, str]]:
@@ -185,9 +207,13 @@ def paper_table(sets: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def _generate_all(
-    settings: Settings, adapter_dir: Path, prompts: list[str]
+    settings: Settings, adapter_dir: Path, prompts: list[str | list[dict[str, str]]], n_standard: int
 ) -> tuple[list[str], list[str], dict]:
-    """Base then aligned replies, one policy in memory at a time, identical decoding."""
+    """Base then aligned replies, one policy in memory at a time, identical decoding.
+
+    Each policy loads once for both suites; the first ``n_standard`` prompts (standard suite) and the rest
+    (robustness) are generated in separate calls so each suite's generation time is measured on its own.
+    """
     import torch
 
     from safealign.evaluation.generate import generate_replies
@@ -200,30 +226,54 @@ def _generate_all(
         batch_size=ev.batch_size,
         seed=ev.seed,
     )
-    timing = {}
-    t = time.perf_counter()
-    model, tokenizer = load_policy(settings)
-    base = generate_replies(model, tokenizer, prompts, **kw)
-    timing["base_generation_s"] = time.perf_counter() - t
-    del model
-    gc.collect()
-    t = time.perf_counter()
-    model, tokenizer = load_policy_with_adapter(settings, adapter_dir, merge=True)
-    aligned = generate_replies(model, tokenizer, prompts, **kw)
-    timing["aligned_generation_s"] = time.perf_counter() - t
-    del model
-    gc.collect()
+    timing: dict[str, float] = {}
+    replies: dict[str, list[str]] = {}
+    for policy in ("base", "aligned"):
+        t = time.perf_counter()
+        if policy == "base":
+            model, tokenizer = load_policy(settings)
+        else:
+            model, tokenizer = load_policy_with_adapter(settings, adapter_dir, merge=True)
+        timing[f"{policy}_load_s"] = time.perf_counter() - t
+        replies[policy] = []
+        for suite, part in (("standard", prompts[:n_standard]), ("robustness", prompts[n_standard:])):
+            if part:
+                t = time.perf_counter()
+                replies[policy] += generate_replies(model, tokenizer, part, **kw)
+                timing[f"{policy}_{suite}_generation_s"] = time.perf_counter() - t
+        del model
+        gc.collect()
     torch.manual_seed(ev.seed)
-    return base, aligned, timing
+    return replies["base"], replies["aligned"], timing
 
 
-def evaluate(settings: Settings) -> dict[str, Any]:
-    """Run the evaluation stage; returns a short summary (the full result is in metrics/evaluation.json)."""
+def _robustness_requests(layout: Layout, settings: Settings) -> list[dict[str, Any]]:
+    """Held-out harmful prompts for the attacks: a seeded pick, different from the standard suite's order."""
+    ev = settings.evaluate
+    rows = read_prompt_rows(layout.adversarial_split("heldout"))
+    return select(rows, ev.robustness_prompts, ev.seed + 1)
+
+
+def evaluate(settings: Settings, suite: str = "all") -> dict[str, Any]:
+    """Run the evaluation stage; returns a short summary (the full result is in metrics/evaluation.json).
+
+    ``suite`` is ``all`` (both), ``standard`` or ``robustness``. The standard suite writes metrics/evaluation.json
+    and artifacts/evaluation/ (with the robustness table when both run); the robustness suite alone
+    writes metrics/robustness.json and artifacts/robustness/, leaving the standard results untouched.
+    """
+    from safealign.data import refusal_set
+    from safealign.evaluation.detector import detector_report
     from safealign.evaluation.plots import aspect_bars, reward_curves
-    from safealign.evaluation.report import render_report
+    from safealign.evaluation.report import render_report, render_robustness
+    from safealign.evaluation.robustness import conversations, summarise_attacks
+    from safealign.promotion import check_gates, summarise
     from safealign.reward.model import RewardModel
     from safealign.tracking import log_flat_metrics, stage_run
 
+    if suite not in ("all", *SUITES):
+        raise DataError(f"unknown evaluation suite {suite!r}; choose from {('all', *SUITES)}")
+    suites = SUITES if suite == "all" else (suite,)
+    standard, robust = "standard" in suites, "robustness" in suites and settings.evaluate.robustness_prompts > 0
     started = time.perf_counter()
     layout = Layout.from_settings(settings)
     ev = settings.evaluate
@@ -231,15 +281,30 @@ def evaluate(settings: Settings) -> dict[str, Any]:
         raise DataError(f"{layout.adapter_dir} is not a LoRA adapter folder: run `safealign grpo` first")
     if not layout.reward_model_dir.is_dir():
         raise DataError(f"{layout.reward_model_dir} not found: run `safealign train-reward` first")
-    chosen = {
-        "adversarial": select(
-            read_prompt_rows(layout.adversarial_split("heldout")), ev.num_adversarial, ev.seed
-        ),
-        "benign": select(read_prompt_rows(layout.benign_split("heldout")), ev.num_benign, ev.seed),
-    }
-    prompts = [r["prompt"] for name in SETS for r in chosen[name]]
-    bounds = {"adversarial": (0, len(chosen["adversarial"]))}
-    bounds["benign"] = (bounds["adversarial"][1], len(prompts))
+    if not layout.refusal_set.exists():
+        raise DataError(f"{layout.refusal_set} not found: run `safealign data build` (or `dvc pull`)")
+    detector = detector_report(refusal_set.load(layout.refusal_set))
+    chosen: dict[str, list[dict[str, Any]]] = {}
+    if standard:
+        chosen = {
+            "adversarial": select(
+                read_prompt_rows(layout.adversarial_split("heldout")), ev.num_adversarial, ev.seed
+            ),
+            "benign": select(read_prompt_rows(layout.benign_split("heldout")), ev.num_benign, ev.seed),
+        }
+    prompts: list[Any] = [r["prompt"] for name in chosen for r in chosen[name]]
+    bounds: dict[str, tuple[int, int]] = {}
+    start = 0
+    for name in chosen:
+        bounds[name] = (start, start + len(chosen[name]))
+        start += len(chosen[name])
+    attack_items: list[tuple[str, int, Any]] = []
+    requests: list[dict[str, Any]] = []
+    if robust:
+        requests = _robustness_requests(layout, settings)
+        attack_items = conversations([r["prompt"] for r in requests], list(ev.robustness_attacks))
+        prompts += [turns for _, _, turns in attack_items]
+    n_standard = start
     decoding = {
         "policy": settings.policy.model,
         "system_prompt": settings.policy.system_prompt,
@@ -250,12 +315,14 @@ def evaluate(settings: Settings) -> dict[str, Any]:
     reward_hash = tree_hash(layout.reward_model_dir)
     adapter_hash = tree_hash(layout.adapter_dir)
 
-    with stage_run(settings, "evaluate"):
-        base_replies, aligned_replies, timing = _generate_all(settings, layout.adapter_dir, prompts)
+    with stage_run(settings, "evaluate" if standard else "evaluate_robustness"):
+        base_all, aligned_all, timing = _generate_all(settings, layout.adapter_dir, prompts, n_standard)
         t = time.perf_counter()
         rm = RewardModel.from_pretrained(layout.reward_model_dir)
-        base_scores = rm.score(prompts, base_replies)
-        aligned_scores = rm.score(prompts, aligned_replies)
+        # The reward model judges a reply against the PLAIN request, whatever wrapper carried it.
+        score_prompts = prompts[:n_standard] + [requests[i]["prompt"] for _, i, _ in attack_items]
+        base_scores = rm.score(score_prompts, base_all)
+        aligned_scores = rm.score(score_prompts, aligned_all)
         timing["scoring_s"] = time.perf_counter() - t
         aspects, weights = list(rm.aspects), np.asarray(rm.weights, dtype=np.float64)
         if aspects != settings.aspect_names:
@@ -264,9 +331,27 @@ def evaluate(settings: Settings) -> dict[str, Any]:
             )
         safety = "safety" if "safety" in aspects else None
 
+        robustness: dict[str, Any] | None = None
+        if robust:
+            lo = n_standard
+            k = aspects.index(safety) if safety else None
+            robustness = {
+                "prompts": len(requests),
+                "order": list(dict.fromkeys(a for a, _, _ in attack_items)),  # JSON keys come back sorted
+                "attacks": summarise_attacks(
+                    attack_items,
+                    base_all[lo:],
+                    aligned_all[lo:],
+                    base_scores[lo:, k] if k is not None else np.zeros(len(attack_items)),
+                    aligned_scores[lo:, k] if k is not None else None,
+                    ev.bootstrap_samples,
+                    ev.seed,
+                ),
+            }
+        base_replies, aligned_replies = base_all[:n_standard], aligned_all[:n_standard]
+
         sets: dict[str, Any] = {}
-        for name in SETS:
-            lo, hi = bounds[name]
+        for name, (lo, hi) in bounds.items():
             if hi == lo:
                 continue
             sets[name] = compare_set(
@@ -279,11 +364,13 @@ def evaluate(settings: Settings) -> dict[str, Any]:
                 ev.bootstrap_samples,
                 ev.seed,
             )
+        if "benign" in sets:
+            lo, hi = bounds["benign"]
+            sets["benign"]["by_kind"] = refusal_by_kind(chosen["benign"], base_replies[lo:hi], aligned_replies[lo:hi])
         flags = hacking_flags(sets, settings, safety)
 
         generations = []
-        for name in SETS:
-            lo, hi = bounds[name]
+        for name, (lo, _hi) in bounds.items():
             for j, row in enumerate(chosen[name]):
                 i = lo + j
                 generations.append(
@@ -299,6 +386,21 @@ def evaluate(settings: Settings) -> dict[str, Any]:
                         "aligned_scores": dict(zip(aspects, map(float, aligned_scores[i]), strict=True)),
                     }
                 )
+        for j, (attack, i, _turns) in enumerate(attack_items):
+            g = n_standard + j
+            generations.append(
+                {
+                    "set": f"robustness/{attack}",
+                    "id": requests[i].get("id"),
+                    "prompt": requests[i]["prompt"],
+                    "base": base_all[g],
+                    "aligned": aligned_all[g],
+                    "base_verdict": judge(base_all[g]).verdict,
+                    "aligned_verdict": judge(aligned_all[g]).verdict,
+                    "base_scores": dict(zip(aspects, map(float, base_scores[g]), strict=True)),
+                    "aligned_scores": dict(zip(aspects, map(float, aligned_scores[g]), strict=True)),
+                }
+            )
         half = (ev.num_examples + 1) // 2
         examples = [g for g in generations if g["set"] == "adversarial"][:half]
         examples += [g for g in generations if g["set"] == "benign"][: ev.num_examples - len(examples)]
@@ -312,27 +414,41 @@ def evaluate(settings: Settings) -> dict[str, Any]:
             "weights": [float(w) for w in weights],
             "decoding": decoding,
             "bootstrap_samples": ev.bootstrap_samples,
+            "suites": [s for s in SUITES if s in suites],
+            "detector": detector,
             "sets": sets,
             "table": paper_table(sets) if "adversarial" in sets else [],
             "flags": flags,
             "examples": examples,
             "timing_s": {k: round(v, 2) for k, v in timing.items()},
         }
+        if robustness is not None:
+            result["robustness"] = robustness
+        if {"adversarial", "benign"} <= set(sets):
+            # The promotion gates as this evaluation alone decides them (the champion comparison needs the
+            # registry and runs at promotion): the report shows the interval-based verdicts up front.
+            result["gates"] = [
+                g for g in check_gates(settings, summarise(result, settings), result["fingerprint"], None)
+                if g["gate"] != "champion"
+            ]
 
-        with atomic_dir(layout.evaluation_dir) as tmp:
+        out_dir = layout.evaluation_dir if standard else layout.artifacts_dir / "robustness"
+        metrics_name = "evaluation" if standard else "robustness"
+        with atomic_dir(out_dir) as tmp:
             with open(tmp / "generations.jsonl", "w", encoding="utf-8") as handle:
                 for g in generations:
                     handle.write(json.dumps(g, ensure_ascii=False) + "\n")
-            plots = tmp / "plots"
-            plots.mkdir()
-            aspect_bars(sets, plots / "aspects.png")
-            if layout.grpo_steps_csv.exists():
-                reward_curves(layout.grpo_steps_csv, plots / "reward_curves.png")
-            (tmp / "report.md").write_text(render_report(result, settings), encoding="utf-8")
-            (tmp / "evaluation.json").write_text(
-                json.dumps(result, indent=2, sort_keys=True), encoding="utf-8"
-            )
-        write_json(layout.metrics_file("evaluation"), result)
+            if standard:
+                plots = tmp / "plots"
+                plots.mkdir()
+                aspect_bars(sets, plots / "aspects.png")
+                if layout.grpo_steps_csv.exists():
+                    reward_curves(layout.grpo_steps_csv, plots / "reward_curves.png")
+                (tmp / "report.md").write_text(render_report(result, settings), encoding="utf-8")
+            else:
+                (tmp / "report.md").write_text(render_robustness(result), encoding="utf-8")
+            (tmp / f"{metrics_name}.json").write_text(json.dumps(result, indent=2, sort_keys=True), encoding="utf-8")
+        write_json(layout.metrics_file(metrics_name), result)
 
         import mlflow
 
@@ -359,9 +475,29 @@ def evaluate(settings: Settings) -> dict[str, Any]:
                 for name, s in sets.items()
             }
         )
-        log_flat_metrics({"flags": len(flags), "timing": result["timing_s"]})
+        held = detector["heldout"]
+        log_flat_metrics(
+            {
+                "flags": len(flags),
+                "timing": result["timing_s"],
+                "detector": {k: held[k] for k in ("precision", "recall", "kappa", "n")},
+            }
+        )
+        if robustness is not None:
+            log_flat_metrics(
+                {
+                    "robustness": {
+                        a: {
+                            "refusal_base": v["refusal_base"]["mean"],
+                            "refusal_aligned": v["refusal_aligned"]["mean"],
+                            **({"safety_change": v["safety"]["abs_change"]} if "safety" in v else {}),
+                        }
+                        for a, v in robustness["attacks"].items()
+                    }
+                }
+            )
         mlflow.set_tag("safealign.eval_fingerprint", result["fingerprint"])
-        mlflow.log_artifacts(str(layout.evaluation_dir), "evaluation")
+        mlflow.log_artifacts(str(out_dir), out_dir.name)
 
     return {
         "table": result["table"],
@@ -369,7 +505,12 @@ def evaluate(settings: Settings) -> dict[str, Any]:
             n: {"base": s["base"]["refusal_rate"], "aligned": s["aligned"]["refusal_rate"]}
             for n, s in sets.items()
         },
+        "detector_heldout": {k: detector["heldout"][k] for k in ("n", "precision", "recall", "kappa")},
+        "robustness": {
+            a: {"base": v["refusal_base"]["mean"], "aligned": v["refusal_aligned"]["mean"]}
+            for a, v in (robustness or {}).get("attacks", {}).items()
+        },
         "flags": [f["kind"] for f in flags],
-        "report": str(layout.evaluation_dir / "report.md"),
+        "report": str(out_dir / "report.md"),
         "timing_s": result["timing_s"],
     }

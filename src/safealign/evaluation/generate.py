@@ -22,14 +22,18 @@ log = logging.getLogger(__name__)
 def generate_replies(
     model: Any,
     tokenizer: Any,
-    prompts: Sequence[str],
+    prompts: Sequence[str | list[dict[str, str]]],
     *,
     system_prompt: str | None,
     max_new_tokens: int,
     batch_size: int,
     seed: int,
 ) -> list[str]:
-    """Greedy replies to ``prompts`` (chat template applied), returned in input order."""
+    """Greedy replies to ``prompts`` (chat template applied), returned in input order.
+
+    A prompt is a user message, or a whole conversation (a list of chat turns ending with the user's) for
+    the robustness suite's two-turn attacks.
+    """
     from safealign.policy.loading import format_prompt
 
     if not prompts:
@@ -38,7 +42,10 @@ def generate_replies(
     tokenizer.padding_side = "left"
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
-    texts = [format_prompt(tokenizer, p, system_prompt) for p in prompts]
+    texts = [
+        format_prompt(tokenizer, p, system_prompt) if isinstance(p, str) else format_turns(tokenizer, p, system_prompt)
+        for p in prompts
+    ]
     lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
     order = sorted(range(len(texts)), key=lambda i: (lengths[i], i))
     replies: list[str] = [""] * len(texts)
@@ -64,3 +71,14 @@ def generate_replies(
             replies[i] = text.strip()
     log.info("generated %d replies in %.1f s", len(texts), time.perf_counter() - started)
     return replies
+
+
+def format_turns(tokenizer: Any, turns: list[dict[str, str]], system_prompt: str | None) -> str:
+    """A multi-turn conversation in the chat template, ready for the assistant's next turn."""
+    if not turns or turns[-1].get("role") != "user":
+        raise ValueError("a conversation must end with a user turn")
+    messages = ([{"role": "system", "content": system_prompt}] if system_prompt is not None else []) + list(turns)
+    if getattr(tokenizer, "chat_template", None):
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    body = "".join(f"{m['role'].capitalize()}: {m['content']}\n" for m in messages)
+    return body + "Assistant:"
