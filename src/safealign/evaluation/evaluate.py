@@ -315,7 +315,7 @@ def evaluate(settings: Settings, suite: str = "all") -> dict[str, Any]:
     reward_hash = tree_hash(layout.reward_model_dir)
     adapter_hash = tree_hash(layout.adapter_dir)
 
-    with stage_run(settings, "evaluate" if standard else "evaluate_robustness"):
+    with stage_run(settings, "evaluate"):
         base_all, aligned_all, timing = _generate_all(settings, layout.adapter_dir, prompts, n_standard)
         t = time.perf_counter()
         rm = RewardModel.from_pretrained(layout.reward_model_dir)
@@ -434,6 +434,7 @@ def evaluate(settings: Settings, suite: str = "all") -> dict[str, Any]:
 
         out_dir = layout.evaluation_dir if standard else layout.artifacts_dir / "robustness"
         metrics_name = "evaluation" if standard else "robustness"
+        metrics_path = layout.metrics_file("evaluation") if standard else layout.metrics_file("robustness")
         with atomic_dir(out_dir) as tmp:
             with open(tmp / "generations.jsonl", "w", encoding="utf-8") as handle:
                 for g in generations:
@@ -448,7 +449,7 @@ def evaluate(settings: Settings, suite: str = "all") -> dict[str, Any]:
             else:
                 (tmp / "report.md").write_text(render_robustness(result), encoding="utf-8")
             (tmp / f"{metrics_name}.json").write_text(json.dumps(result, indent=2, sort_keys=True), encoding="utf-8")
-        write_json(layout.metrics_file(metrics_name), result)
+        write_json(metrics_path, result)
 
         import mlflow
 
