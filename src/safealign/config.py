@@ -96,7 +96,7 @@ class DataSettings(_Section):
         default=0.4,
         gt=0.0,
         lt=1.0,
-        description="share of written benign template FAMILIES held out for evaluation (about 370 of 1,017 "
+        description="share of written benign template FAMILIES held out for evaluation (355 of 1,017 "
         "prompts): the over-refusal and benign-aspect checks need >= 300 prompts to resolve a 0.02 change",
     )
     max_prompt_chars: int = Field(
