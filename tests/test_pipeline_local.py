@@ -156,7 +156,7 @@ def test_full_pipeline_on_tiny_models(tmp_path, data_dir):
         "grpo.steps=2", "grpo.prompts_per_step=2", "grpo.num_generations=2", "grpo.max_new_tokens=8",
         "grpo.checkpoint_every=1", "evaluate.num_adversarial=4", "evaluate.num_benign=4",
         "evaluate.max_new_tokens=8", "evaluate.bootstrap_samples=20", "evaluate.num_examples=2",
-        "grpo.selection.start=1", "grpo.selection.num_adversarial=4", "grpo.selection.num_benign=4",
+        "evaluate.robustness_prompts=2", "grpo.selection.start=1", "grpo.selection.num_adversarial=4", "grpo.selection.num_benign=4",
         "grpo.selection.max_new_tokens=8",
     ]
     result = _run(tmp_path, data_dir, [*relaxed_for_tiny_model_only, *small], data_version="test-v1")
@@ -167,7 +167,8 @@ def test_full_pipeline_on_tiny_models(tmp_path, data_dir):
     adapter = run / "grpo-op" / "adapter"
     assert (adapter / "adapter_config.json").exists()
     assert json.loads((run / "grpo-op" / "stage_metrics" / "grpo.json").read_text())
-    assert (run / "evaluate-op" / "stage_metrics" / "evaluation.json").exists()
+    evaluation = json.loads((run / "evaluate-op" / "stage_metrics" / "evaluation.json").read_text())
+    assert evaluation["detector"]["heldout"]["n"] > 150 and len(evaluation["robustness"]["attacks"]) == 10
     assert (run / "evaluate-op" / "report").read_text().strip()
     decision = (run / "promote-op" / "decision").read_text()
     assert decision.startswith("# Promotion: ") and "test-v1" in decision
