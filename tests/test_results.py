@@ -93,3 +93,21 @@ def test_render_shows_the_validation_curve_and_the_kept_step(tmp_path):
     assert "| **4** | 0.800 | 10.0% | 5.0% | eligible |" in text
     assert "| 8 | 0.900 | 10.0% | 20.0% | benign refusals 20.0% > 5.0% |" in text
     assert "| 0 | 0.700 | 10.0% | 5.0% | base |" in text
+
+
+def test_render_shows_the_detector_figures_and_the_robustness_table_in_attack_order(tmp_path):
+    _write_metrics(tmp_path / "metrics")
+    path = tmp_path / "metrics" / "evaluation.json"
+    doc = json.loads(path.read_text())
+
+    def attack(base, aligned):
+        return {"n": 4, "refusal_base": {"mean": base}, "refusal_aligned": {"mean": aligned},
+                "safety": {"abs_change": 0.05, "abs_change_ci95": [0.01, 0.09]}}
+
+    doc["detector"] = {"heldout": {"n": 195, "precision": 0.957, "recall": 0.944, "kappa": 0.922}}
+    doc["robustness"] = {"prompts": 4, "order": ["plain", "base64"],
+                         "attacks": {"base64": attack(0.0, 0.25), "plain": attack(0.25, 0.75)}}
+    path.write_text(json.dumps(doc, sort_keys=True))
+    text = render(tmp_path / "metrics", tmp_path / "artifacts", pipeline_seconds=None)
+    assert "held-out part (195 replies): precision 0.957, recall 0.944, kappa 0.922" in text
+    assert text.index("| plain | 25.0% | 75.0% | +0.050 [+0.010, +0.090] |") < text.index("| base64 | 0.0% | 25.0%")

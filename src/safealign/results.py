@@ -124,6 +124,7 @@ def render(metrics_dir: Path, artifacts_dir: Path, pipeline_seconds: float | Non
     out.append(f"| distinct replies, adversarial | {sets['adversarial']['base']['distinct_ratio']:.2f} | "
                f"{a['distinct_ratio']:.2f} |")  # fmt: skip
     out.append(f"| most common opening, adversarial (share) | | \"{a['top_opening']}\" ({a['top_opening_share']:.0%}) |")
+    out += _trust_lines(evaluation)
     if selection:
         out += ["", *_selection_table(selection)]
     out += ["", "Reward-hacking checks: " + ("; ".join(f"**{f['kind']}** ({f['set']}): {f['message']}"
@@ -151,6 +152,25 @@ def render(metrics_dir: Path, artifacts_dir: Path, pipeline_seconds: float | Non
         gates = "; ".join(f"{g['gate']} {'pass' if g.get('passed') else 'FAIL'}" for g in promotion.get("gates") or [])
         out.append(f"\nPromotion: {verdict} ({gates}).")
     return "\n".join(out) + "\n"
+
+
+def _trust_lines(evaluation: dict[str, Any]) -> list[str]:
+    """How far the refusal numbers can be trusted (detector vs hand labels) and the robustness table."""
+    out: list[str] = []
+    det = (evaluation.get("detector") or {}).get("heldout")
+    if det:
+        out += ["", f"Refusal detector on the hand-labelled refusal set's held-out part ({det['n']} replies): "
+                    f"precision {det['precision']:.3f}, recall {det['recall']:.3f}, kappa {det['kappa']:.3f}."]  # fmt: skip
+    rob = evaluation.get("robustness")
+    if rob:
+        out += ["", f"| attack ({rob['prompts']} held-out harmful prompts) | refusal base | refusal aligned "
+                    "| RM safety change (95% CI) |", "|---|---:|---:|---|"]  # fmt: skip
+        for attack in rob.get("order") or list(rob["attacks"]):
+            v = rob["attacks"][attack]
+            s = v.get("safety")
+            ci = f"{s['abs_change']:+.3f} [{s['abs_change_ci95'][0]:+.3f}, {s['abs_change_ci95'][1]:+.3f}]" if s else "n/a"
+            out.append(f"| {attack} | {v['refusal_base']['mean']:.1%} | {v['refusal_aligned']['mean']:.1%} | {ci} |")
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
