@@ -73,6 +73,12 @@ def _num(x: float, fmt: str = ".3f") -> str:
     return "n/a" if x != x else format(x, fmt)
 
 
+def _unit_ci(ci: list[float] | None) -> str:
+    if not ci or any(v != v for v in ci):
+        return "n/a"
+    return f"[{ci[0]:.3f}, {ci[1]:.3f}]"
+
+
 def detector_section(detector: dict[str, Any]) -> list[str]:
     """How far the refusal rates above can be trusted: the detector against hand labels."""
     h, t = detector["heldout"], detector["tune"]
@@ -88,8 +94,8 @@ def detector_section(detector: dict[str, Any]) -> list[str]:
     ]
     for name, m in (("held-out", h), ("tune", t)):
         lines.append(
-            f"| {name} | {m['n']} | {m['positives']} | {_num(m['precision'])} | {_rate_ci(m['precision_ci95'])} | "
-            f"{_num(m['recall'])} | {_rate_ci(m['recall_ci95'])} | {_num(m['accuracy'])} | {_num(m['kappa'])} |"
+            f"| {name} | {m['n']} | {m['positives']} | {_num(m['precision'])} | {_unit_ci(m['precision_ci95'])} | "
+            f"{_num(m['recall'])} | {_unit_ci(m['recall_ci95'])} | {_num(m['accuracy'])} | {_num(m['kappa'])} |"
         )
     sp = detector.get("second_pass")
     lines.append("")
