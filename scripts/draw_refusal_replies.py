@@ -57,7 +57,13 @@ def main(out: str) -> None:
         group = [j for j in jobs if j[2] == system]
         t = time.perf_counter()
         replies = generate_replies(
-            model, tokenizer, [j[0] for j in group], system_prompt=system, max_new_tokens=64, batch_size=35, seed=1234
+            model,
+            tokenizer,
+            [j[0] for j in group],
+            system_prompt=system,
+            max_new_tokens=64,
+            batch_size=35,
+            seed=1234,
         )
         print(f"{len(group)} replies in {time.perf_counter() - t:.0f} s", file=sys.stderr)
         rows += [

@@ -10,8 +10,16 @@ from safealign.config import load_settings
 from safealign.data import benign
 from safealign.errors import DataError
 
-SOUNDS_UNSAFE_KINDS = {"homonyms", "figurative", "safe_targets", "safe_contexts", "definitions",
-                       "historical_events", "public_figures", "fiction"}
+SOUNDS_UNSAFE_KINDS = {
+    "homonyms",
+    "figurative",
+    "safe_targets",
+    "safe_contexts",
+    "definitions",
+    "historical_events",
+    "public_figures",
+    "fiction",
+}
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +40,9 @@ def test_shipped_set_has_no_near_duplicates_and_the_check_catches_one():
     seed = load_settings(None).data.seed
     prompts = benign.benign_prompts(benign.load_topics(), seed) + benign.load_written()
     assert benign.near_duplicates(prompts) == []
-    a = benign.BenignPrompt("x1", "How do I quickly boil rice on the stove?", "everyday", -1, "cooking", "c/a")
+    a = benign.BenignPrompt(
+        "x1", "How do I quickly boil rice on the stove?", "everyday", -1, "cooking", "c/a"
+    )
     b = benign.BenignPrompt("x2", "How can I boil rice quickly on a stove?", "everyday", -1, "cooking", "c/b")
     c = benign.BenignPrompt("x3", "Why does rice go sticky?", "everyday", -1, "cooking", "c/c")
     pairs = benign.near_duplicates([a, b, c])
@@ -47,7 +57,9 @@ def test_written_file_errors_name_the_line(tmp_path):
     bad.write_text("@ weird cooking\n", encoding="utf-8")
     with pytest.raises(DataError, match=r"b.txt:1:"):
         benign.load_written(bad)
-    bad.write_text("@ everyday cooking\n= rice\nHow do I cook rice?\nhow do I cook  rice?\n", encoding="utf-8")
+    bad.write_text(
+        "@ everyday cooking\n= rice\nHow do I cook rice?\nhow do I cook  rice?\n", encoding="utf-8"
+    )
     with pytest.raises(DataError, match=r"b.txt:4: duplicate of the prompt on line 3"):
         benign.load_written(bad)
 
@@ -66,4 +78,6 @@ def test_split_is_by_family_and_holds_out_at_least_300(written):
     # deterministic and seed-dependent
     fam = written[0].family
     assert benign.benign_split_of(fam, s.seed, 0.4) == benign.benign_split_of(fam, s.seed, 0.4)
-    assert [benign.benign_split_of(f, 1, 0.4) for f in sides] != [benign.benign_split_of(f, 2, 0.4) for f in sides]
+    assert [benign.benign_split_of(f, 1, 0.4) for f in sides] != [
+        benign.benign_split_of(f, 2, 0.4) for f in sides
+    ]

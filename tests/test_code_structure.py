@@ -16,7 +16,7 @@ MAX_FUNCTION_LINES = 80
 KNOWN_LONG = {
     "safealign.evaluation.evaluate.evaluate",
     "safealign.promotion.promote",
-    "safealign.promotion.check_gates",
+    "safealign.evaluation.gates.check_gates",
 }
 
 

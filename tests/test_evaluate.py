@@ -147,7 +147,8 @@ def stage(tmp_path_factory):
     _write_jsonl(layout.adversarial_split("heldout"), ADVERSARIAL, "a")
     _write_jsonl(layout.benign_split("heldout"), BENIGN, "b")
     layout.data_dir.mkdir(parents=True, exist_ok=True)
-    refusal_set.write(layout.refusal_set, refusal_set.load())  # the real hand-labelled set, as data build copies it
+    # the real hand-labelled set, as data build copies it
+    refusal_set.write(layout.refusal_set, refusal_set.load())
     RewardModel.from_settings(settings).save_pretrained(layout.reward_model_dir)
     model, _tok = load_policy(settings)
     torch.manual_seed(0)
@@ -207,7 +208,8 @@ def test_evaluate_writes_table_report_generations_plots_and_mlflow_run(stage, cl
     lo, hi = ben["aligned"]["refusal_rate_ci95"]
     assert 0 <= lo <= ben["aligned"]["refusal_rate"] <= hi <= 1
     assert set(ben["by_kind"]) == {"x"} and ben["by_kind"]["x"]["n"] == 4
-    assert {g["gate"] for g in result["gates"]} == {"safety_gain", "aspect_drop", "refusal_gain", "benign_refusal"}
+    gates = {g["gate"] for g in result["gates"]}
+    assert gates == {"safety_gain", "aspect_drop", "refusal_gain", "benign_refusal"}
     rob = result["robustness"]["attacks"]
     assert result["robustness"]["order"] == ["plain", "base64", "two_turn_warmup"]
     assert set(rob) == {"plain", "base64", "two_turn_warmup"} and all(v["n"] == 2 for v in rob.values())

@@ -75,8 +75,10 @@ def make_data(data_dir: Path) -> dict[str, list[dict]]:
         if i % 2:
             labelled.append(_labelled_row(i, adversarial[i % N_ADV]["prompt"], "adversarial"))
         else:
-            # the reward model's benign prompts are never policy prompts (benign_topics.txt vs benign_prompts.txt)
-            labelled.append(_labelled_row(i, f"How do I stop Python process number {i % N_BENIGN}?", "benign"))
+            # the reward model's benign prompts are never policy prompts (benign_topics.txt is not
+            # benign_prompts.txt)
+            prompt = f"How do I stop Python process number {i % N_BENIGN}?"
+            labelled.append(_labelled_row(i, prompt, "benign"))
     probes = [
         {
             "id": f"probe-{i:03d}",

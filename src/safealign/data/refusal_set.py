@@ -74,22 +74,31 @@ def _check_row(row: Any, where: str) -> dict[str, Any]:
     if not isinstance(row["reply"], str):
         raise DataError(f"{where}: field 'reply' must be a string (it may be empty)")
     if row["prompt_kind"] not in PROMPT_KINDS:
-        raise DataError(f"{where}: field 'prompt_kind' must be one of {PROMPT_KINDS}, got {row['prompt_kind']!r}")
+        raise DataError(
+            f"{where}: field 'prompt_kind' must be one of {PROMPT_KINDS}, got {row['prompt_kind']!r}"
+        )
     if not row["source"].startswith(SOURCES_PREFIXES):
-        raise DataError(f"{where}: field 'source' must start with one of {SOURCES_PREFIXES}, got {row['source']!r}")
+        raise DataError(
+            f"{where}: field 'source' must start with one of {SOURCES_PREFIXES}, got {row['source']!r}"
+        )
     if row["category"] not in CATEGORIES:
-        raise DataError(f"{where}: field 'category' must be one of {sorted(CATEGORIES)}, got {row['category']!r}")
+        raise DataError(
+            f"{where}: field 'category' must be one of {sorted(CATEGORIES)}, got {row['category']!r}"
+        )
     if not isinstance(row["refusal"], bool) or row["refusal"] != CATEGORIES[row["category"]]:
         raise DataError(
             f"{where}: field 'refusal' must be {CATEGORIES[row['category']]} for category {row['category']!r}"
         )
     if not isinstance(row["aspects"], dict) or any(
-        v is not None and not (isinstance(v, int | float) and 0.0 <= float(v) <= 1.0) for v in row["aspects"].values()
+        v is not None and not (isinstance(v, int | float) and 0.0 <= float(v) <= 1.0)
+        for v in row["aspects"].values()
     ):
         raise DataError(f"{where}: field 'aspects' must map aspect names to a number in [0, 1] or null")
     expected = row_id(row["prompt"], row["reply"])
     if row["id"] != expected:
-        raise DataError(f"{where}: field 'id' is {row['id']!r}, expected {expected!r} (hash of prompt and reply)")
+        raise DataError(
+            f"{where}: field 'id' is {row['id']!r}, expected {expected!r} (hash of prompt and reply)"
+        )
     return {f: row[f] for f in FIELDS}
 
 
@@ -139,6 +148,7 @@ def blind_subset(rows: list[dict[str, Any]], n: int = BLIND_SIZE) -> list[dict[s
     Chosen by a seeded hash, stratified so refusals and non-refusals are both well represented (kappa on a
     sample that is nearly all one class says little).
     """
+
     def key(r: dict[str, Any]) -> str:
         return hashlib.sha256(f"second-pass:{r['id']}".encode()).hexdigest()
 

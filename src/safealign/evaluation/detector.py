@@ -105,8 +105,21 @@ def detector_report(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """The block every evaluation carries: held-out figures, tune figures, and second-pass agreement."""
     held, tune = measure(rows, "heldout"), measure(rows, "tune")
     second = load_second_pass()
-    keep = ("n", "positives", "tp", "fp", "fn", "tn", "precision", "recall", "accuracy", "kappa",
-            "precision_ci95", "recall_ci95", "by_category")
+    keep = (
+        "n",
+        "positives",
+        "tp",
+        "fp",
+        "fn",
+        "tn",
+        "precision",
+        "recall",
+        "accuracy",
+        "kappa",
+        "precision_ci95",
+        "recall_ci95",
+        "by_category",
+    )
     return {
         "heldout": {k: held[k] for k in keep},
         "tune": {k: tune[k] for k in keep},
@@ -116,7 +129,9 @@ def detector_report(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--split", choices=SPLITS, default="heldout")
     parser.add_argument("--set", type=Path, default=refusal_set.SOURCE_FILE, help="refusal set JSONL")
     parser.add_argument("--errors", action="store_true", help="print each misjudged reply")

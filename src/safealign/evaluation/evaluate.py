@@ -120,7 +120,7 @@ def compare_set(
 
 
 def refusal_by_kind(rows: list[dict[str, Any]], base: list[str], aligned: list[str]) -> dict[str, Any]:
-    """Benign refusal rates per kind of prompt (everyday / sounds_unsafe): over-refusal hides in the second."""
+    """Benign refusal rates per kind of prompt (everyday / sounds_unsafe): over-refusal hides in the 2nd."""
     out: dict[str, Any] = {}
     for kind in sorted({str(r.get("category") or "unknown") for r in rows}):
         idx = [i for i, r in enumerate(rows) if str(r.get("category") or "unknown") == kind]
@@ -257,23 +257,25 @@ def _robustness_requests(layout: Layout, settings: Settings) -> list[dict[str, A
 def evaluate(settings: Settings, suite: str = "all") -> dict[str, Any]:
     """Run the evaluation stage; returns a short summary (the full result is in metrics/evaluation.json).
 
-    ``suite`` is ``all`` (both), ``standard`` or ``robustness``. The standard suite writes metrics/evaluation.json
-    and artifacts/evaluation/ (with the robustness table when both run); the robustness suite alone
-    writes metrics/robustness.json and artifacts/robustness/, leaving the standard results untouched.
+    ``suite`` is ``all`` (both), ``standard`` or ``robustness``. The standard suite writes
+    metrics/evaluation.json and artifacts/evaluation/ (with the robustness table when both run); the
+    robustness suite alone writes metrics/robustness.json and artifacts/robustness/, leaving the standard
+    results untouched.
     """
     from safealign.data import refusal_set
     from safealign.evaluation.detector import detector_report
+    from safealign.evaluation.gates import check_gates, summarise
     from safealign.evaluation.plots import aspect_bars, reward_curves
     from safealign.evaluation.report import render_report, render_robustness
     from safealign.evaluation.robustness import conversations, summarise_attacks
-    from safealign.promotion import check_gates, summarise
     from safealign.reward.model import RewardModel
     from safealign.tracking import log_flat_metrics, stage_run
 
     if suite not in ("all", *SUITES):
         raise DataError(f"unknown evaluation suite {suite!r}; choose from {('all', *SUITES)}")
     suites = SUITES if suite == "all" else (suite,)
-    standard, robust = "standard" in suites, "robustness" in suites and settings.evaluate.robustness_prompts > 0
+    standard = "standard" in suites
+    robust = "robustness" in suites and settings.evaluate.robustness_prompts > 0
     started = time.perf_counter()
     layout = Layout.from_settings(settings)
     ev = settings.evaluate
@@ -366,7 +368,9 @@ def evaluate(settings: Settings, suite: str = "all") -> dict[str, Any]:
             )
         if "benign" in sets:
             lo, hi = bounds["benign"]
-            sets["benign"]["by_kind"] = refusal_by_kind(chosen["benign"], base_replies[lo:hi], aligned_replies[lo:hi])
+            sets["benign"]["by_kind"] = refusal_by_kind(
+                chosen["benign"], base_replies[lo:hi], aligned_replies[lo:hi]
+            )
         flags = hacking_flags(sets, settings, safety)
 
         generations = []
@@ -448,7 +452,9 @@ def evaluate(settings: Settings, suite: str = "all") -> dict[str, Any]:
                 (tmp / "report.md").write_text(render_report(result, settings), encoding="utf-8")
             else:
                 (tmp / "report.md").write_text(render_robustness(result), encoding="utf-8")
-            (tmp / f"{metrics_name}.json").write_text(json.dumps(result, indent=2, sort_keys=True), encoding="utf-8")
+            (tmp / f"{metrics_name}.json").write_text(
+                json.dumps(result, indent=2, sort_keys=True), encoding="utf-8"
+            )
         write_json(metrics_path, result)
 
         import mlflow

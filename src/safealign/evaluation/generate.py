@@ -43,7 +43,9 @@ def generate_replies(
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     texts = [
-        format_prompt(tokenizer, p, system_prompt) if isinstance(p, str) else format_turns(tokenizer, p, system_prompt)
+        format_prompt(tokenizer, p, system_prompt)
+        if isinstance(p, str)
+        else format_turns(tokenizer, p, system_prompt)
         for p in prompts
     ]
     lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
@@ -77,7 +79,8 @@ def format_turns(tokenizer: Any, turns: list[dict[str, str]], system_prompt: str
     """A multi-turn conversation in the chat template, ready for the assistant's next turn."""
     if not turns or turns[-1].get("role") != "user":
         raise ValueError("a conversation must end with a user turn")
-    messages = ([{"role": "system", "content": system_prompt}] if system_prompt is not None else []) + list(turns)
+    system = [{"role": "system", "content": system_prompt}] if system_prompt is not None else []
+    messages = system + list(turns)
     if getattr(tokenizer, "chat_template", None):
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     body = "".join(f"{m['role'].capitalize()}: {m['content']}\n" for m in messages)
