@@ -21,6 +21,9 @@ from safealign.policy.trl_engine import check_trl_supported
 ROOT = Path(__file__).resolve().parents[1]
 OPS = ROOT / ".venv-ops" / "bin"
 OVERLAYS = ["dev", "prod"]
+# The GRPO training job renders separately (k8s/trainjob, kept out of the base); its built-in objects
+# (the inputs Job) go through the same schema and security checks.
+TRAINJOB_OVERLAYS = ["dev/trainjob", "prod/trainjob"]
 # Custom resources have no schema in kubernetes-validate (it knows built-in kinds only); they are checked
 # by the contract tests below instead.
 CRD_KINDS = {"TrainJob"}
@@ -39,13 +42,13 @@ def rendered(tmp_path_factory) -> dict[str, Path]:
     kubectl = _tool("kubectl")
     out_dir = tmp_path_factory.mktemp("k8s")
     files = {}
-    for overlay in OVERLAYS:
+    for overlay in OVERLAYS + TRAINJOB_OVERLAYS:
         proc = subprocess.run(
             [str(kubectl), "kustomize", str(ROOT / "k8s" / "overlays" / overlay)],
             capture_output=True, text=True, timeout=60,
         )
         assert proc.returncode == 0, proc.stderr
-        files[overlay] = out_dir / f"{overlay}.yaml"
+        files[overlay] = out_dir / f"{overlay.replace('/', '-')}.yaml"
         files[overlay].write_text(proc.stdout)
     return files
 
@@ -60,7 +63,7 @@ def _pod_spec(obj: dict) -> dict:
     return obj["spec"]["template"]["spec"]
 
 
-@pytest.mark.parametrize("overlay", OVERLAYS)
+@pytest.mark.parametrize("overlay", OVERLAYS + TRAINJOB_OVERLAYS)
 def test_overlay_validates_against_kubernetes_schemas(rendered, overlay, tmp_path):
     validator = _tool("kubernetes-validate")
     builtin = [o for o in _objects(rendered[overlay]) if o["kind"] not in CRD_KINDS]
@@ -77,7 +80,7 @@ def test_overlay_validates_against_kubernetes_schemas(rendered, overlay, tmp_pat
 def test_checkov_finds_nothing_unjustified(rendered, tmp_path):
     checkov = _tool("checkov")
     for overlay, path in rendered.items():
-        (tmp_path / f"{overlay}.yaml").write_text(path.read_text())
+        (tmp_path / path.name).write_text(path.read_text())
     env = {**os.environ, "BC_SKIP_MAPPING": "TRUE"}
     proc = subprocess.run(
         # --skip-download: offline, no platform metadata (so no severities: every failure counts).
@@ -96,18 +99,18 @@ def test_checkov_finds_nothing_unjustified(rendered, tmp_path):
             assert len(reason) > 20, f"{skipped['check_id']} on {skipped['resource']} skipped without a reason"
 
 
-@pytest.mark.parametrize("overlay", OVERLAYS)
+@pytest.mark.parametrize("overlay", OVERLAYS + TRAINJOB_OVERLAYS)
 def test_pods_are_non_root_bounded_and_take_secrets_by_reference(rendered, overlay):
     objects = _objects(rendered[overlay])
     assert not [o for o in objects if o["kind"] == "Secret"], "secrets must not be inlined in manifests"
     pods = [o for o in objects if o["kind"] in POD_KINDS]
-    assert len(pods) >= 5
+    assert len(pods) >= (5 if overlay in OVERLAYS else 1)
     for obj in pods:
         spec = _pod_spec(obj)
         name = f"{obj['kind']}/{obj['metadata']['name']}"
         assert spec["securityContext"]["runAsNonRoot"] is True, name
         assert spec["securityContext"]["runAsUser"] >= 10000, name
-        assert obj["metadata"]["namespace"] == ("safealign-dev" if overlay == "dev" else "safealign")
+        assert obj["metadata"]["namespace"] == ("safealign-dev" if overlay.startswith("dev") else "safealign")
         for container in spec["containers"]:
             ctx = container["securityContext"]
             assert ctx["allowPrivilegeEscalation"] is False and ctx["capabilities"]["drop"] == ["ALL"], name
@@ -134,26 +137,39 @@ def test_mlflow_uses_postgres_and_minio_and_minio_hosts_dvc_bucket(rendered):
     assert binding["subjects"][0]["name"] == "safealign-pipeline-runner"
 
 
-def test_scheduled_retraining_and_trainjob(rendered):
-    settings = load_settings(ROOT / "params.yaml")
-    tag = settings.pipeline.image_tag
+def test_scheduled_retraining(rendered):
+    image = load_settings(ROOT / "params.yaml").pipeline.image
     for overlay in OVERLAYS:
         objects = {(o["kind"], o["metadata"]["name"]): o for o in _objects(rendered[overlay])}
+        assert not [k for k in objects if k[0] == "TrainJob"], "applying an overlay must not start a training"
         cron = objects[("CronJob", "safealign-retrain")]
         assert cron["spec"]["concurrencyPolicy"] == "Forbid"  # max concurrency 1
         container = _pod_spec(cron)["containers"][0]
         assert container["command"] == ["safealign", "pipeline", "submit"]
-        assert container["image"].endswith(f"/safealign:{tag}") or container["image"] == f"safealign:{tag}"
+        assert container["image"].endswith(f"/{image}") or container["image"] == image
         assert _pod_spec(cron)["serviceAccountName"] == "safealign-pipeline-runner"
 
+
+def test_trainjob_overlays(rendered):
+    image = load_settings(ROOT / "params.yaml").pipeline.image
+    for overlay in TRAINJOB_OVERLAYS:
+        objects = {(o["kind"], o["metadata"]["name"]): o for o in _objects(rendered[overlay])}
         job = objects[("TrainJob", "safealign-grpo")]
+        assert job["spec"]["suspend"] is True  # waits for its inputs (docs/kfp.md)
         trainer = job["spec"]["trainer"]
-        assert trainer["image"].endswith(f"safealign:{tag}-cuda")
+        assert trainer["image"].endswith(f"{image}-cuda")
         script = " ".join(trainer["args"])
         assert "accelerate launch --multi_gpu" in script and "grpo.engine=trl" in script
         # the job's overrides on params.yaml must be settings the TRL engine accepts (it refuses what it ignores)
         overrides = re.findall(r"--set (\S+)", script)
         check_trl_supported(load_settings(ROOT / "params.yaml", overrides))
         gpus = trainer["resourcesPerNode"]["limits"]["nvidia.com/gpu"]
-        assert {e["name"]: e["value"] for e in trainer["env"]}["GPUS_PER_NODE"] == gpus
-    assert objects[("TrainJob", "safealign-grpo")]["spec"]["trainer"]["numNodes"] == 2  # prod
+        env = {e["name"]: e["value"] for e in trainer["env"]}
+        assert env["GPUS_PER_NODE"] == gpus and env["MLFLOW_TRACKING_URI"].startswith("http://")
+        # The inputs Job writes exactly where the TrainJob reads.
+        inputs = _pod_spec(objects[("Job", "safealign-grpo-inputs")])["containers"][0]
+        inputs_paths = set(re.findall(r"paths\.\w+=[^\s\";]+", " ".join(inputs["args"])))
+        assert inputs_paths == {o for o in overrides if o.startswith("paths.")}
+        assert inputs["image"].endswith(image)
+    prod = {(o["kind"], o["metadata"]["name"]): o for o in _objects(rendered["prod/trainjob"])}
+    assert prod[("TrainJob", "safealign-grpo")]["spec"]["trainer"]["numNodes"] == 2
