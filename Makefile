@@ -14,7 +14,7 @@ export TOKENIZERS_PARALLELISM := false
 # OpenMP's thread wait policy is chosen per process from the machine's load (src/safealign/openmp_wait.py):
 # brief spinning on an idle CPU, passive sleeping on a shared one. An OMP_WAIT_POLICY you export wins.
 
-.PHONY: setup run test lint bench compile params image clean-outputs
+.PHONY: setup run test lint bench compile params image image-cuda base-image wheels e2e clean-outputs
 
 setup: $(STAMP) $(OPS_STAMP)
 
@@ -49,14 +49,54 @@ bench: setup
 
 compile: setup
 	$(VENV)/bin/safealign pipeline compile --output pipelines/align.yaml
+	$(VENV)/bin/safealign pipeline compile --set pipeline.gpu=true --output pipelines/align-gpu.yaml
 
 # params.yaml is generated from src/safealign/config.py (defaults + descriptions); tests check it is fresh.
 params: setup
 	$(VENV)/bin/safealign config dump --output params.yaml
 
-image:
-	docker build -t safealign:0.1.0 -f Dockerfile .
-	docker build -t safealign:0.1.0-cuda -f Dockerfile.cuda .
+
+# ---- Images (docs/containers.md) ----
+# VERSION is the package version; the CPU image is safealign:$(VERSION), the CUDA one safealign:$(VERSION)-cuda.
+# The build is offline: pip fills build/wheels on this machine first (with its own index configuration),
+# then `docker build --network none` installs from those wheels only. BASE_IMAGE defaults to a Debian
+# bookworm root built here by debootstrap (no image registry needed); pass the Dockerfile's default
+# (python:3.11.7-slim-bookworm) or any Python 3.11 base with BASE_IMAGE=... where a registry is reachable.
+DOCKER ?= docker
+VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+IMAGE ?= safealign:$(VERSION)
+BASE_IMAGE ?= safealign-base:bookworm
+WHEEL_PY ?= $(PYTHON)
+WHEELS := build/wheels
+WHEELS_STAMP := $(WHEELS)/.stamp
+
+base-image:
+	@if [ "$(BASE_IMAGE)" = "safealign-base:bookworm" ]; then DOCKER="$(DOCKER)" scripts/base_image.sh $(BASE_IMAGE); fi
+
+# The wheels of the pinned set (pure-Python sdists become wheels here, so the image needs no build tools).
+$(WHEELS_STAMP): requirements-image.lock requirements-data.txt
+	@$(WHEEL_PY) -c 'import sys; assert sys.version_info[:2] == (3, 11), "wheels must be built with Python 3.11 (WHEEL_PY=...)"'
+	$(WHEEL_PY) -m pip wheel -q --no-deps -w $(WHEELS) -r requirements-image.lock -r requirements-data.txt
+	@touch $@
+
+wheels: $(WHEELS_STAMP)
+	rm -rf build/dist
+	$(WHEEL_PY) -m pip wheel -q --no-deps -w build/dist .
+
+image: base-image wheels
+	@start=$$(date +%s); \
+	$(DOCKER) build --network none --build-arg BASE_IMAGE=$(BASE_IMAGE) -t $(IMAGE) -f Dockerfile . && \
+	echo "built $(IMAGE) in $$(( $$(date +%s) - start )) s, size $$($(DOCKER) image inspect -f '{{.Size}}' $(IMAGE) | awk '{printf "%.2f GB", $$1/1e9}')"
+
+# Not in CI: the CUDA torch wheel and its NVIDIA runtime wheels are several GB.
+image-cuda: base-image
+	@$(WHEEL_PY) -c 'import sys; assert sys.version_info[:2] == (3, 11), "wheels must be built with Python 3.11 (WHEEL_PY=...)"'
+	$(WHEEL_PY) -m pip wheel -q --no-deps -w build/wheels-cuda -r requirements-image-cuda.lock -r requirements-data.txt
+	rm -rf build/dist && $(WHEEL_PY) -m pip wheel -q --no-deps -w build/dist .
+	@start=$$(date +%s); \
+	$(DOCKER) build --network none --build-arg BASE_IMAGE=$(BASE_IMAGE) --build-arg WHEELS=build/wheels-cuda \
+	  --build-arg LOCK=requirements-image-cuda.lock -t $(IMAGE)-cuda -f Dockerfile . && \
+	echo "built $(IMAGE)-cuda in $$(( $$(date +%s) - start )) s, size $$($(DOCKER) image inspect -f '{{.Size}}' $(IMAGE)-cuda | awk '{printf "%.2f GB", $$1/1e9}')"
 
 clean-outputs:
 	rm -rf artifacts metrics dvc_plots

@@ -1,4 +1,9 @@
-"""The component image, from params.yaml (``pipeline.image`` and ``pipeline.image_tag``): one place only."""
+"""The components' default image, ``pipeline.image`` from params.yaml.
+
+The pipeline sets every step's image again when it is built (pipelines/align.py, from the settings or
+``--image``), and submission can repoint a compiled file (safealign.kfp_deploy): this is only the
+decorator's default, kept in one place.
+"""
 
 from __future__ import annotations
 
@@ -10,8 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def project_image(params_file: str | Path = ROOT / "params.yaml") -> str:
-    pipe = load_settings(params_file).pipeline
-    return f"{pipe.image}:{pipe.image_tag}"
+    return load_settings(params_file).pipeline.image
 
 
 IMAGE = project_image()

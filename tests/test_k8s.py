@@ -79,7 +79,7 @@ def test_overlay_validates_against_kubernetes_schemas(rendered, overlay, tmp_pat
 
 def test_checkov_finds_nothing_unjustified(rendered, tmp_path):
     checkov = _tool("checkov")
-    for overlay, path in rendered.items():
+    for path in rendered.values():
         (tmp_path / path.name).write_text(path.read_text())
     env = {**os.environ, "BC_SKIP_MAPPING": "TRUE"}
     proc = subprocess.run(

@@ -2,7 +2,9 @@
 
 The server is a real socket on 127.0.0.1 (a free port); kfp.Client talks to it exactly as it would to a
 cluster, and the test asserts the request bodies: experiment, pipeline spec, parameters (params, data
-version, tracking URI), cron, max concurrency 1 and no catch-up.
+version, tracking URI), cron, max concurrency 1 and no catch-up. In multi-user mode it behaves like the
+KFP API server behind Kubeflow's auth: a request without a valid bearer token is answered 401, one for a
+namespace the token may not use 403, both with the gRPC-gateway error body the real server sends.
 """
 
 from __future__ import annotations
@@ -30,13 +32,37 @@ class FakeKfp:
 
     def __init__(self) -> None:
         self.requests: list[tuple[str, str, dict]] = []
+        self.headers: list[dict[str, str]] = []
         self.experiments: dict[str, dict] = {}
+        # Multi-user mode: token -> namespaces it may use (None: single-user, no auth).
+        self.tokens: dict[str, set[str]] | None = None
 
-    def handle(self, method: str, url: str, body: dict) -> tuple[int, dict]:
+    def _auth(self, path: str, url: str, body: dict, headers: dict[str, str]) -> tuple[int, dict] | None:
+        if self.tokens is None or path == "/apis/v2beta1/healthz":
+            return None
+        auth = headers.get("authorization", "")
+        token = auth.removeprefix("Bearer ") if auth.startswith("Bearer ") else None
+        if token not in self.tokens:
+            msg = "Unauthenticated: failed to authenticate the request"
+            return 401, {"error": msg, "code": 16, "message": msg, "details": []}
+        namespace = body.get("namespace") or parse_qs(urlparse(url).query).get("namespace", [None])[0]
+        if path.endswith("/runs") or path.endswith("/recurringruns"):
+            exp = next((e for e in self.experiments.values() if e["experiment_id"] == body.get("experiment_id")), {})
+            namespace = exp.get("namespace")
+        if namespace not in self.tokens[token]:
+            msg = f"PermissionDenied: user is not authorized to access namespace {namespace!r}"
+            return 403, {"error": msg, "code": 7, "message": msg, "details": []}
+        return None
+
+    def handle(self, method: str, url: str, body: dict, headers: dict[str, str] | None = None) -> tuple[int, dict]:
         self.requests.append((method, url, body))
+        self.headers.append(headers or {})
         path = urlparse(url).path
         if path == "/apis/v2beta1/healthz":
-            return 200, {"multi_user": False}
+            return 200, {"multi_user": self.tokens is not None}
+        denied = self._auth(path, url, body, headers or {})
+        if denied:
+            return denied
         if path == "/apis/v2beta1/experiments" and method == "GET":
             flt = parse_qs(urlparse(url).query).get("filter", ["{}"])[0]
             wanted = [
@@ -47,7 +73,8 @@ class FakeKfp:
             hits = [e for name, e in self.experiments.items() if name in wanted]
             return 200, ({"experiments": hits, "total_size": len(hits)} if hits else {})
         if path == "/apis/v2beta1/experiments" and method == "POST":
-            exp = {"experiment_id": f"exp-{len(self.experiments) + 1}", "display_name": body["display_name"]}
+            exp = {"experiment_id": f"exp-{len(self.experiments) + 1}", "display_name": body["display_name"],
+                   "namespace": body.get("namespace")}
             self.experiments[body["display_name"]] = exp
             return 200, exp
         if path == "/apis/v2beta1/runs" and method == "POST":
@@ -68,7 +95,8 @@ def kfp_server():
         def _serve(self, method: str) -> None:
             length = int(self.headers.get("Content-Length") or 0)
             raw = self.rfile.read(length) if length else b""
-            status, payload = fake.handle(method, self.path, json.loads(raw) if raw else {})
+            headers = {k.lower(): v for k, v in self.headers.items()}
+            status, payload = fake.handle(method, self.path, json.loads(raw) if raw else {}, headers)
             data = json.dumps(payload).encode()
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
@@ -102,6 +130,7 @@ def _isolated(tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.delenv("KF_PIPELINES_ENDPOINT", raising=False)
+    monkeypatch.delenv("SAFEALIGN_KFP_TOKEN", raising=False)
 
 
 def _pipeline_spec_name(body: dict) -> str:
@@ -174,6 +203,96 @@ def test_missing_package_and_bad_cron_are_config_errors(kfp_server, tmp_path):
     settings = load_settings(ROOT / "params.yaml")
     with pytest.raises(ConfigError, match="not found"):
         submit_run(settings, host=kfp_server.host, package=tmp_path / "nope.yaml")
+    gpu = load_settings(ROOT / "params.yaml", ["pipeline.gpu=true"])
+    with pytest.raises(ConfigError, match="align-gpu.yaml"):  # a CPU file with pipeline.gpu on
+        submit_run(gpu, host=kfp_server.host, package=PACKAGE)
     with pytest.raises(ConfigError, match="5 or 6 fields"):
         normalize_cron("every day")
     assert kfp_server.requests == []
+
+
+def _spec(body: dict) -> dict:
+    """The run's PipelineSpec; kfp.Client nests it beside the platform spec when the file has one."""
+    spec = body["pipeline_spec"]
+    return spec.get("pipeline_spec", spec)
+
+
+def _images(body: dict) -> dict[str, str]:
+    return {n: e["container"]["image"] for n, e in _spec(body)["deploymentSpec"]["executors"].items()}
+
+
+def test_submit_resolves_images_at_submit_time(kfp_server, capsys, monkeypatch):
+    """--image repoints the committed file's steps; with pipeline.gpu the GPU file's GPU steps get -cuda."""
+    monkeypatch.chdir(ROOT)
+    code = main(["pipeline", "submit", "--host", kfp_server.host, "--data-version", "v1",
+                 "--image", "reg.test/team/safealign:2.0"])
+    assert code == 0, capsys.readouterr().err
+    (run,) = kfp_server.posts("/apis/v2beta1/runs")
+    assert set(_images(run).values()) == {"reg.test/team/safealign:2.0"}
+    assert json.loads(capsys.readouterr().out)["image"] == "reg.test/team/safealign:2.0"
+
+    # GPU mode from params alone: the default package becomes align-gpu.yaml, the CUDA image follows.
+    code = main(["pipeline", "submit", "--host", kfp_server.host, "--data-version", "v2",
+                 "--set", "pipeline.gpu=true", "--set", "pipeline.image=reg.test/sa:3"])
+    assert code == 0, capsys.readouterr().err
+    gpu_run = kfp_server.posts("/apis/v2beta1/runs")[-1]
+    images = _images(gpu_run)
+    assert images.pop("exec-grpo-op") == images.pop("exec-evaluate-op") == "reg.test/sa:3-cuda"
+    assert set(images.values()) == {"reg.test/sa:3"}
+    accel = _spec(gpu_run)["deploymentSpec"]["executors"]["exec-grpo-op"]["container"]["resources"]
+    assert accel["accelerator"]["resourceType"] == "nvidia.com/gpu"
+    platform = gpu_run["pipeline_spec"]["platform_spec"]["platforms"]["kubernetes"]["deploymentSpec"]
+    assert {"exec-grpo-op", "exec-evaluate-op"} == set(platform["executors"])
+
+
+def test_multi_user_namespace_and_token(kfp_server, tmp_path, capsys, monkeypatch):
+    kfp_server.tokens = {"s3cret": {"team-a"}}
+    monkeypatch.chdir(ROOT)
+    token_file = tmp_path / "token"
+    token_file.write_text("s3cret\n")
+    code = main(["pipeline", "submit", "--host", kfp_server.host, "--data-version", "v1",
+                 "--namespace", "team-a", "--token-file", str(token_file)])
+    assert code == 0, capsys.readouterr().err
+    (exp,) = kfp_server.posts("/apis/v2beta1/experiments")
+    assert exp["namespace"] == "team-a"
+    (run,) = kfp_server.posts("/apis/v2beta1/runs")
+    assert run["experiment_id"] == kfp_server.experiments["align"]["experiment_id"]
+    lookups = [u for m, u, _ in kfp_server.requests if m == "GET" and "/experiments" in u]
+    assert lookups and all(parse_qs(urlparse(u).query)["namespace"] == ["team-a"] for u in lookups)
+    api_calls = [h for (m, u, _), h in zip(kfp_server.requests, kfp_server.headers, strict=True)
+                 if "healthz" not in u]
+    assert api_calls and all(h.get("authorization") == "Bearer s3cret" for h in api_calls)
+    capsys.readouterr()
+
+    # The same from the environment, for a recurring run; namespace from params.
+    monkeypatch.setenv("SAFEALIGN_KFP_TOKEN", "s3cret")
+    code = main(["pipeline", "schedule", "--host", kfp_server.host, "--cron", "0 3 * * *",
+                 "--set", "pipeline.namespace=team-a"])
+    assert code == 0, capsys.readouterr().err
+    assert json.loads(capsys.readouterr().out)["namespace"] == "team-a"
+    assert len(kfp_server.posts("/apis/v2beta1/recurringruns")) == 1
+
+
+def test_401_without_token_is_a_clear_exit_1(kfp_server, capsys, monkeypatch):
+    kfp_server.tokens = {"s3cret": {"team-a"}}
+    monkeypatch.chdir(ROOT)
+    code = main(["pipeline", "submit", "--host", kfp_server.host, "--data-version", "v1", "--namespace", "team-a"])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "401 Unauthorized" in err and "--token-file" in err and kfp_server.host in err
+    assert kfp_server.posts("/apis/v2beta1/runs") == []
+
+
+def test_403_for_a_namespace_the_token_may_not_use_is_a_clear_exit_1(kfp_server, tmp_path, capsys, monkeypatch):
+    kfp_server.tokens = {"s3cret": {"team-a"}}
+    monkeypatch.chdir(ROOT)
+    monkeypatch.setenv("SAFEALIGN_KFP_TOKEN", "s3cret")
+    code = main(["pipeline", "schedule", "--host", kfp_server.host, "--cron", "0 3 * * *", "--namespace", "team-b"])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "403 Forbidden" in err and "'team-b'" in err and "--namespace" in err
+    assert kfp_server.posts("/apis/v2beta1/recurringruns") == []
+    empty = tmp_path / "empty"
+    empty.write_text("")
+    code = main(["pipeline", "submit", "--host", kfp_server.host, "--token-file", str(empty)])
+    assert code == 2 and "token file is empty" in capsys.readouterr().err

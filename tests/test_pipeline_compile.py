@@ -8,13 +8,16 @@ from pathlib import Path
 import yaml
 
 from safealign import stages
+from safealign.cli import main
 from safealign.config import Settings, load_settings
-from safealign.kfp_client import compile_pipeline, load_pipeline
+from safealign.kfp_client import compile_pipeline
+from safealign.kfp_deploy import gpu_executors, read_package, set_images
 
 ROOT = Path(__file__).resolve().parents[1]
 COMMITTED = ROOT / "pipelines" / "align.yaml"
 # KFP names a task after its component function, `<stage name>_op`, in kebab-case: the CLI spelling + "-op".
 STAGES = [f"{s.cli}-op" for s in stages.STAGES]
+COMMITTED_GPU = ROOT / "pipelines" / "align-gpu.yaml"
 
 
 def _without_sdk_version(text: str) -> list[str]:
@@ -25,6 +28,10 @@ def test_committed_yaml_is_fresh(tmp_path):
     out = compile_pipeline(tmp_path / "align.yaml")
     assert _without_sdk_version(out.read_text()) == _without_sdk_version(COMMITTED.read_text()), (
         "pipelines/align.yaml is stale: run `make compile` and commit it"
+    )
+    gpu = compile_pipeline(tmp_path / "align-gpu.yaml", load_settings(ROOT / "params.yaml", ["pipeline.gpu=true"]))
+    assert _without_sdk_version(gpu.read_text()) == _without_sdk_version(COMMITTED_GPU.read_text()), (
+        "pipelines/align-gpu.yaml is stale: run `make compile` and commit it"
     )
 
 
@@ -82,35 +89,72 @@ def test_caching_is_keyed_on_the_resolved_data_version():
     assert tasks["promote-op"]["cachingOptions"] == {}  # a registry write is never served from cache
 
 
-def test_image_and_resources_come_from_params():
+ALL_EXECUTORS = {f"exec-{n}" for n in [*STAGES, "data-version-op"]}
+GPU_STAGES = {"exec-grpo-op", "exec-evaluate-op"}
+
+
+def _compile_cli(tmp_path: Path, *args: str) -> list[dict]:
+    out = tmp_path / "compiled.yaml"
+    assert main(["pipeline", "compile", "--output", str(out), *args]) == 0
+    return read_package(out)
+
+
+def test_cpu_mode_every_step_on_the_given_image(tmp_path, capsys):
+    """`compile --image`: every step on that image, CPU and memory requests from params, no GPU anywhere."""
     settings = load_settings(ROOT / "params.yaml")
-    image = f"{settings.pipeline.image}:{settings.pipeline.image_tag}"
-    executors = _spec()["deploymentSpec"]["executors"]
-    assert {e["container"]["image"] for e in executors.values()} == {image}
+    docs = _compile_cli(tmp_path, "--image", "registry.test:5000/team/safealign:1.2.3")
+    executors = docs[0]["deploymentSpec"]["executors"]
+    assert set(executors) == ALL_EXECUTORS
+    for name, ex in executors.items():
+        assert ex["container"]["image"] == "registry.test:5000/team/safealign:1.2.3", name
+        assert "accelerator" not in ex["container"].get("resources", {}), name
+        # No pip install at run time: the project image already carries safealign and kfp.
+        assert "pip install" not in " ".join(ex["container"]["command"])
     for name in STAGES:
         resources = executors[f"exec-{name}"]["container"]["resources"]
-        assert resources["cpuRequest"] == float(settings.pipeline.cpu_request)
-    # No pip install at run time: the project image already carries safealign and kfp.
-    for e in executors.values():
-        assert "pip install" not in " ".join(e["container"]["command"])
+        assert resources["cpuRequest"] == float(settings.pipeline.cpu_request), name
+        assert resources["memoryRequest"] == 8.0, name  # 8G
+    assert len(docs) == 1  # no Kubernetes platform section: nothing to select or tolerate
 
 
-def test_grpo_accelerator_follows_params(tmp_path, monkeypatch):
-    """pipeline.grpo_accelerator in params.yaml puts an accelerator request on the grpo step only."""
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    params["pipeline"]["grpo_accelerator"] = "nvidia.com/gpu"
-    params["pipeline"]["grpo_accelerator_count"] = 2
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    (tmp_path / "pipelines").mkdir()
-    (tmp_path / "pipelines" / "align.py").write_text((ROOT / "pipelines" / "align.py").read_text())
-    (tmp_path / "components").symlink_to(ROOT / "components")
-    monkeypatch.syspath_prepend(str(tmp_path))
-    from kfp import compiler
+def test_gpu_mode_puts_grpo_and_evaluate_on_the_cuda_image_with_gpu_placement(tmp_path, capsys):
+    docs = _compile_cli(
+        tmp_path, "--image", "reg.test/safealign:7",
+        "--set", "pipeline.gpu=true", "--set", "pipeline.accelerator_count=2",
+        "--set", "pipeline.node_selector={cloud.google.com/gke-accelerator: nvidia-h100-80gb}",
+        "--set", "pipeline.tolerations=[{key: gpu-pool, operator: Equal, value: 'yes', effect: NoExecute}]",
+    )
+    executors = docs[0]["deploymentSpec"]["executors"]
+    for name, ex in executors.items():
+        container = ex["container"]
+        if name in GPU_STAGES:
+            assert container["image"] == "reg.test/safealign:7-cuda", name
+            assert container["resources"]["accelerator"]["resourceType"] == "nvidia.com/gpu"
+            assert container["resources"]["accelerator"]["resourceCount"] == "2"
+        else:
+            assert container["image"] == "reg.test/safealign:7", name
+            assert "accelerator" not in container.get("resources", {}), name
+    platform = docs[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    assert set(platform) == GPU_STAGES
+    for name in GPU_STAGES:
+        assert platform[name]["nodeSelector"]["labels"] == {"cloud.google.com/gke-accelerator": "nvidia-h100-80gb"}
+        assert platform[name]["tolerations"] == [
+            {"key": "gpu-pool", "operator": "Equal", "value": "yes", "effect": "NoExecute"}
+        ]
 
-    out = tmp_path / "gpu.yaml"
-    compiler.Compiler().compile(load_pipeline(tmp_path / "pipelines" / "align.py"), str(out))
-    executors = yaml.safe_load(out.read_text())["deploymentSpec"]["executors"]
-    grpo = executors["exec-grpo-op"]["container"]["resources"]
-    assert grpo["accelerator"]["resourceType"] == "nvidia.com/gpu"
-    assert grpo["accelerator"]["resourceCount"] == "2"
-    assert "accelerator" not in executors["exec-evaluate-op"]["container"]["resources"]
+
+def test_committed_gpu_file_follows_params_defaults():
+    settings = load_settings(ROOT / "params.yaml")
+    docs = read_package(COMMITTED_GPU)
+    assert set(gpu_executors(docs)) == GPU_STAGES
+    executors = docs[0]["deploymentSpec"]["executors"]
+    assert executors["exec-grpo-op"]["container"]["image"] == settings.pipeline.resolved_cuda_image
+    assert executors["exec-validate-op"]["container"]["image"] == settings.pipeline.image
+    assert gpu_executors(read_package(COMMITTED)) == []
+
+
+def test_submit_time_images_repoint_a_compiled_file():
+    """The images a compiled file names are replaced at submit time: CUDA for steps that ask for a GPU."""
+    docs = set_images(read_package(COMMITTED_GPU), "r.test/sa:9", "r.test/sa:9-cuda")
+    images = {n: e["container"]["image"] for n, e in docs[0]["deploymentSpec"]["executors"].items()}
+    assert images == {n: ("r.test/sa:9-cuda" if n in GPU_STAGES else "r.test/sa:9") for n in ALL_EXECUTORS}

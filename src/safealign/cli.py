@@ -122,21 +122,30 @@ def _cmd_run(settings: Settings, args: argparse.Namespace) -> Any:
 def _cmd_pipeline_compile(settings: Settings, args: argparse.Namespace) -> Any:
     from safealign.kfp_client import compile_pipeline
 
-    return {"compiled": str(compile_pipeline(args.output))}
+    out = compile_pipeline(args.output, settings, image=args.image, cuda_image=args.cuda_image)
+    return {"compiled": str(out)}
+
+
+def _deploy_options(args: argparse.Namespace) -> dict[str, Any]:
+    """Where a run goes and as whom: the options submit and schedule share."""
+    from safealign.kfp_client import read_token
+
+    return {
+        "host": args.host, "package": args.package, "data_version": args.data_version, "image": args.image,
+        "cuda_image": args.cuda_image, "namespace": args.namespace, "token": read_token(args.token_file),
+    }
 
 
 def _cmd_pipeline_submit(settings: Settings, args: argparse.Namespace) -> Any:
     from safealign.kfp_client import submit_run
 
-    return submit_run(settings, host=args.host, package=args.package, data_version=args.data_version)
+    return submit_run(settings, **_deploy_options(args))
 
 
 def _cmd_pipeline_schedule(settings: Settings, args: argparse.Namespace) -> Any:
     from safealign.kfp_client import schedule_run
 
-    return schedule_run(
-        settings, cron=args.cron, host=args.host, package=args.package, data_version=args.data_version
-    )
+    return schedule_run(settings, cron=args.cron, **_deploy_options(args))
 
 
 # ------------------------------------------------------------------------------------------ arguments
@@ -156,14 +165,32 @@ def _dump_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", default=None, metavar="FILE", help="write here (default: stdout)")
 
 
+def _image_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--image", default=None, help="component image REGISTRY/safealign:TAG (default: pipeline.image)")
+    parser.add_argument(
+        "--cuda-image", default=None,
+        help="image of the GPU steps with pipeline.gpu (default: pipeline.cuda_image, else IMAGE-cuda)",
+    )
+
+
 def _compile_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", default="pipelines/align.yaml")
+    _image_arguments(parser)
 
 
 def _submit_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default=None, help="KFP API endpoint (default: pipeline.host)")
-    parser.add_argument("--package", default="pipelines/align.yaml", help="compiled pipeline")
+    parser.add_argument(
+        "--package", default=None,
+        help="compiled pipeline (default: pipelines/align.yaml, or align-gpu.yaml with pipeline.gpu)",
+    )
     parser.add_argument("--data-version", default=None, help="data version (default: the hash in data.dvc)")
+    _image_arguments(parser)
+    parser.add_argument("--namespace", default=None, help="Kubeflow profile namespace (default: pipeline.namespace)")
+    parser.add_argument(
+        "--token-file", default=None,
+        help="file holding a bearer token for a multi-user Kubeflow (default: $SAFEALIGN_KFP_TOKEN)",
+    )
 
 
 def _schedule_arguments(parser: argparse.ArgumentParser) -> None:

@@ -378,19 +378,57 @@ class TrackingSettings(_Section):
     experiment: str = Field(default="safealign", description="MLflow experiment name")
 
 
-class PipelineSettings(_Section):
-    """Kubeflow Pipelines settings."""
+class Toleration(_Section):
+    """A Kubernetes toleration for the GPU steps (GPU node pools are usually tainted)."""
 
-    image: str = Field(default="safealign", description="image the components run in (the Dockerfile's)")
-    image_tag: str = Field(default="0.1.0", description="its tag, the package version")
+    key: str = Field(description="taint key, e.g. nvidia.com/gpu")
+    operator: Literal["Exists", "Equal"] = Field(default="Exists", description="Exists: any value; Equal: value")
+    value: str | None = Field(default=None, description="taint value (operator Equal only)")
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(
+        default="NoSchedule", description="taint effect tolerated; null = all"
+    )
+
+
+class PipelineSettings(_Section):
+    """Kubeflow Pipelines settings: where runs go, which images the steps use, what GPU steps ask for.
+
+    Images are resolved when a run is submitted (``safealign pipeline submit --image``), not only when the
+    pipeline is compiled: a team pushes ``REGISTRY/safealign:TAG`` and submits the compiled file as it is.
+    """
+
+    image: str = Field(
+        default="safealign:0.1.0",
+        description="CPU component image (tag = package version); a team sets REGISTRY/safealign:TAG or passes --image",
+    )
+    cuda_image: str | None = Field(
+        default=None, description="image of the GPU steps when gpu is on; null = image + '-cuda'"
+    )
     host: str = Field(default="http://127.0.0.1:8888", description="KFP API endpoint for submit and schedule")
     experiment: str = Field(default="align", description="KFP experiment runs are filed under")
-    grpo_accelerator: str | None = Field(default=None, description="e.g. 'nvidia.com/gpu'; null = CPU")
-    grpo_accelerator_count: int = Field(default=1, ge=1, description="accelerators for the grpo step")
+    namespace: str | None = Field(
+        default=None, description="multi-user Kubeflow: the profile namespace of runs and experiments"
+    )
+    gpu: bool = Field(
+        default=False,
+        description="grpo and evaluate on cuda_image with a GPU request (pipelines/align-gpu.yaml)",
+    )
+    accelerator: str = Field(default="nvidia.com/gpu", description="GPU resource the GPU steps request")
+    accelerator_count: int = Field(default=1, ge=1, description="GPUs per GPU step")
+    node_selector: dict[str, str] = Field(
+        default_factory=dict, description="node labels the GPU steps must land on, e.g. a GPU product label"
+    )
+    tolerations: list[Toleration] = Field(
+        default_factory=lambda: [Toleration(key="nvidia.com/gpu")],
+        description="taints the GPU steps tolerate; GPU pools are commonly tainted nvidia.com/gpu",
+    )
     cpu_request: str = Field(default="2", description="CPU request of every step (Kubernetes quantity)")
     memory_request: str = Field(
         default="8G", description="memory request of every step (Kubernetes quantity)"
     )
+
+    @property
+    def resolved_cuda_image(self) -> str:
+        return self.cuda_image or f"{self.image}-cuda"
 
 
 class Settings(_Section):
