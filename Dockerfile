@@ -38,7 +38,8 @@ RUN /opt/venv/bin/pip install --no-deps /dist/safealign-*.whl \
     && /opt/venv/bin/python -m pip uninstall -y pip
 
 FROM ${BASE_IMAGE}
-# DL3064 matches 'TOKEN' in TOKENIZERS_PARALLELISM (a tokenizers switch, not a secret).
+# DL3064 matches 'TOKEN' in TOKENIZERS_PARALLELISM (a tokenizers switch, not a secret). No git in the
+# image: GIT_PYTHON_REFRESH=quiet stops MLflow's GitPython warning on every run.
 # hadolint ignore=DL3064
 ENV PATH=/opt/venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
     VIRTUAL_ENV=/opt/venv \
@@ -46,6 +47,7 @@ ENV PATH=/opt/venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/
     HF_HUB_OFFLINE=1 \
     TRANSFORMERS_OFFLINE=1 \
     TOKENIZERS_PARALLELISM=false \
+    GIT_PYTHON_REFRESH=quiet \
     HOME=/home/safealign
 # A fixed non-root uid/gid, so Kubernetes can enforce runAsNonRoot with runAsUser 10001. Written straight
 # into passwd/group: a debootstrap minbase has no useradd, and MLflow looks the user's name up.
@@ -54,9 +56,9 @@ RUN echo "safealign:x:10001:10001::/home/safealign:/usr/sbin/nologin" >> /etc/pa
     && mkdir -p /home/safealign /app/pipelines \
     && chown 10001:10001 /home/safealign /app
 COPY --from=build /opt/venv /opt/venv
-# params.yaml and the compiled pipeline, for `safealign pipeline submit` from the retraining CronJob (k8s/).
+# params.yaml and the compiled pipelines (CPU and GPU placement), for `safealign pipeline submit` from the retraining CronJob (k8s/).
 COPY --chown=10001:10001 params.yaml /app/params.yaml
-COPY --chown=10001:10001 pipelines/align.yaml /app/pipelines/align.yaml
+COPY --chown=10001:10001 pipelines/align.yaml pipelines/align-gpu.yaml /app/pipelines/
 WORKDIR /app
 USER 10001:10001
 

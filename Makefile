@@ -14,7 +14,7 @@ export TOKENIZERS_PARALLELISM := false
 # OpenMP's thread wait policy is chosen per process from the machine's load (src/safealign/openmp_wait.py):
 # brief spinning on an idle CPU, passive sleeping on a shared one. An OMP_WAIT_POLICY you export wins.
 
-.PHONY: setup run test lint bench compile params image image-cuda base-image wheels e2e clean-outputs
+.PHONY: setup run test lint bench compile params image image-cuda base-image wheels docker-up e2e clean-outputs
 
 setup: $(STAMP) $(OPS_STAMP)
 
@@ -70,7 +70,12 @@ WHEEL_PY ?= $(PYTHON)
 WHEELS := build/wheels
 WHEELS_STAMP := $(WHEELS)/.stamp
 
-base-image:
+# A Docker daemon: the running one, else (as root) one started with no bridge network and no iptables
+# rules (scripts/dockerd.sh; `scripts/dockerd.sh stop` stops it again, and only if it started it).
+docker-up:
+	@scripts/dockerd.sh start
+
+base-image: docker-up
 	@if [ "$(BASE_IMAGE)" = "safealign-base:bookworm" ]; then DOCKER="$(DOCKER)" scripts/base_image.sh $(BASE_IMAGE); fi
 
 # The wheels of the pinned set (pure-Python sdists become wheels here, so the image needs no build tools).
@@ -87,6 +92,12 @@ image: base-image wheels
 	@start=$$(date +%s); \
 	$(DOCKER) build --network none --build-arg BASE_IMAGE=$(BASE_IMAGE) -t $(IMAGE) -f Dockerfile . && \
 	echo "built $(IMAGE) in $$(( $$(date +%s) - start )) s, size $$($(DOCKER) image inspect -f '{{.Size}}' $(IMAGE) | awk '{printf "%.2f GB", $$1/1e9}')"
+
+# The whole pipeline in containers (kfp.local.DockerRunner, host networking) on tiny models: the gate's
+# skip path, then a full run. Tracks to the team stack when it is up, else SQLite in the mounted root.
+e2e: setup image
+	@start=$$(date +%s); SAFEALIGN_E2E_REQUIRED=1 OMP_WAIT_POLICY=PASSIVE $(VENV)/bin/pytest -q -s -p no:cacheprovider \
+	  tests/test_e2e_docker.py; rc=$$?; echo "e2e: $$(( $$(date +%s) - start )) s"; exit $$rc
 
 # Not in CI: the CUDA torch wheel and its NVIDIA runtime wheels are several GB.
 image-cuda: base-image

@@ -10,6 +10,9 @@ namespace the token may not use 403, both with the gRPC-gateway error body the r
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -34,6 +37,7 @@ class FakeKfp:
         self.requests: list[tuple[str, str, dict]] = []
         self.headers: list[dict[str, str]] = []
         self.experiments: dict[str, dict] = {}
+        self.runs: dict[str, dict] = {}
         # Multi-user mode: token -> namespaces it may use (None: single-user, no auth).
         self.tokens: dict[str, set[str]] | None = None
 
@@ -46,7 +50,9 @@ class FakeKfp:
             msg = "Unauthenticated: failed to authenticate the request"
             return 401, {"error": msg, "code": 16, "message": msg, "details": []}
         namespace = body.get("namespace") or parse_qs(urlparse(url).query).get("namespace", [None])[0]
-        if path.endswith("/runs") or path.endswith("/recurringruns"):
+        if path.startswith("/apis/v2beta1/runs/"):  # a run is authorized by its experiment's namespace
+            body = self.runs.get(path.split("/")[-1], {})
+        if path.startswith(("/apis/v2beta1/runs", "/apis/v2beta1/recurringruns")):
             exp = next((e for e in self.experiments.values() if e["experiment_id"] == body.get("experiment_id")), {})
             namespace = exp.get("namespace")
         if namespace not in self.tokens[token]:
@@ -78,9 +84,15 @@ class FakeKfp:
             self.experiments[body["display_name"]] = exp
             return 200, exp
         if path == "/apis/v2beta1/runs" and method == "POST":
-            return 200, {**body, "run_id": "run-1", "state": "PENDING"}
+            run = {**body, "run_id": f"run-{len(self.runs) + 1}", "state": "PENDING",
+                   "created_at": "2026-01-01T00:00:00Z"}
+            self.runs[run["run_id"]] = run
+            return 200, run
+        if path.startswith("/apis/v2beta1/runs/") and method == "GET" and path.split("/")[-1] in self.runs:
+            return 200, self.runs[path.split("/")[-1]]
         if path == "/apis/v2beta1/recurringruns" and method == "POST":
-            return 200, {**body, "recurring_run_id": "rr-1", "status": "ENABLED"}
+            return 200, {**body, "recurring_run_id": "rr-1", "status": "ENABLED",
+                         "created_at": "2026-01-01T00:00:00Z"}
         return 404, {"error": f"unexpected {method} {path}"}
 
     def posts(self, path: str) -> list[dict]:
@@ -296,3 +308,48 @@ def test_403_for_a_namespace_the_token_may_not_use_is_a_clear_exit_1(kfp_server,
     empty.write_text("")
     code = main(["pipeline", "submit", "--host", kfp_server.host, "--token-file", str(empty)])
     assert code == 2 and "token file is empty" in capsys.readouterr().err
+
+
+def _kfp(host: str, *args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
+    """The pinned kfp CLI, exactly as a user types it (the command lines docs/kfp.md shows)."""
+    kfp_cli = Path(sys.executable).parent / "kfp"
+    return subprocess.run([str(kfp_cli), "--endpoint", host, *args], capture_output=True, text=True,
+                          cwd=ROOT, env=env, timeout=120)
+
+
+def test_documented_kfp_cli_commands_work(kfp_server, tmp_path):
+    env = {**os.environ, "HOME": str(tmp_path)}
+    # `kfp run submit FILE` (the card's form) fails; the file goes with -f and an experiment with -e.
+    bare = _kfp(kfp_server.host, "run", "submit", "pipelines/align.yaml", env=env)
+    assert bare.returncode != 0 and "--experiment-name" in bare.stderr
+    created = _kfp(kfp_server.host, "run", "create", "-e", "align", "-r", "align-manual", "-f",
+                   "pipelines/align.yaml", "data_version=v1", env=env)
+    assert created.returncode == 0, created.stderr
+    submitted = _kfp(kfp_server.host, "run", "submit", "-e", "align", "-f", "pipelines/align.yaml", env=env)
+    assert submitted.returncode == 0, submitted.stderr  # the deprecated alias of `run create`
+    runs = kfp_server.posts("/apis/v2beta1/runs")
+    assert [r["display_name"] for r in runs] == ["align-manual", "align"]
+    assert runs[0]["runtime_config"]["parameters"] == {"data_version": "v1"}
+    assert _spec(runs[0]) == yaml.safe_load(PACKAGE.read_text())
+    scheduled = _kfp(kfp_server.host, "recurring-run", "create", "--experiment-name", "align", "--job-name", "align-weekly",
+                     "--cron-expression", "0 0 3 * * 1", "--max-concurrency", "1", "--no-catchup",
+                     "--pipeline-package-path", "pipelines/align.yaml", env=env)
+    assert scheduled.returncode == 0, scheduled.stderr
+    (rr,) = kfp_server.posts("/apis/v2beta1/recurringruns")
+    assert rr["trigger"]["cron_schedule"]["cron"] == "0 0 3 * * 1" and rr["no_catchup"] is True
+    assert int(rr["max_concurrency"]) == 1
+
+
+def test_documented_kfp_cli_multi_user_form(kfp_server, tmp_path):
+    kfp_server.tokens = {"s3cret": {"team-a"}}
+    env = {**os.environ, "HOME": str(tmp_path)}
+    denied = _kfp(kfp_server.host, "run", "create", "-e", "align", "-f", "pipelines/align.yaml", env=env)
+    assert denied.returncode != 0 and "401" in denied.stderr + denied.stdout
+    wrong = _kfp(kfp_server.host, "--namespace", "team-b", "--existing-token", "s3cret", "run", "create",
+                 "-e", "align", "-f", "pipelines/align.yaml", env=env)
+    assert wrong.returncode != 0 and "403" in wrong.stderr + wrong.stdout
+    created = _kfp(kfp_server.host, "--namespace", "team-a", "--existing-token", "s3cret", "run", "create",
+                   "-e", "align", "-f", "pipelines/align.yaml", env=env)
+    assert created.returncode == 0, created.stderr
+    (exp,) = kfp_server.posts("/apis/v2beta1/experiments")
+    assert exp["namespace"] == "team-a"

@@ -29,15 +29,23 @@ TINY = [
     "reward.max_length=64",
 ]
 
+# A 2-layer random encoder cannot clear the real calibration bar: relaxed for the full runs only.
+RELAXED_FOR_TINY_MODEL_ONLY = ["calibrate.r2_threshold=-1000", "calibrate.min_probe_pass=0.0"]
+SMALL = [
+    "grpo.steps=2", "grpo.prompts_per_step=2", "grpo.num_generations=2", "grpo.max_new_tokens=8",
+    "grpo.checkpoint_every=1", "evaluate.num_adversarial=4", "evaluate.num_benign=4",
+    "evaluate.max_new_tokens=8", "evaluate.bootstrap_samples=20", "evaluate.num_examples=2",
+    "evaluate.robustness_prompts=2", "grpo.selection.start=1", "grpo.selection.num_adversarial=4", "grpo.selection.num_benign=4",
+    "grpo.selection.max_new_tokens=8",
+]
+
 pytestmark = pytest.mark.pipeline
 
 
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory) -> Path:
-    """data/ built from the installed packages, labelled rows sub-sampled (seeded) for speed."""
+def small_data(root: Path) -> Path:
+    """data/ built from the installed packages under ``root``, labelled rows sub-sampled (seeded) for speed."""
     from safealign.data.build import build_data
 
-    root = tmp_path_factory.mktemp("data")
     settings = load_settings(ROOT / "params.yaml", [f"paths.data_dir={root / 'data'}"])
     build_data(settings)
     labelled = root / "data" / "labelled.jsonl"
@@ -48,6 +56,11 @@ def data_dir(tmp_path_factory) -> Path:
     sample = random.Random(0).sample(rows, min(LABELLED_ROWS, len(rows)))
     labelled.write_text("\n".join(sample) + "\n", encoding="utf-8")
     return root / "data"
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> Path:
+    return small_data(tmp_path_factory.mktemp("data"))
 
 
 def _run(tmp: Path, data_dir: Path, overrides: list[str], data_version: str = "", caching: bool = False,
@@ -151,15 +164,7 @@ def test_full_pipeline_on_tiny_models(tmp_path, data_dir):
     pytest.importorskip("safealign.promotion", reason="promote stage not written yet")
     import mlflow
 
-    relaxed_for_tiny_model_only = ["calibrate.r2_threshold=-1000", "calibrate.min_probe_pass=0.0"]
-    small = [
-        "grpo.steps=2", "grpo.prompts_per_step=2", "grpo.num_generations=2", "grpo.max_new_tokens=8",
-        "grpo.checkpoint_every=1", "evaluate.num_adversarial=4", "evaluate.num_benign=4",
-        "evaluate.max_new_tokens=8", "evaluate.bootstrap_samples=20", "evaluate.num_examples=2",
-        "evaluate.robustness_prompts=2", "grpo.selection.start=1", "grpo.selection.num_adversarial=4", "grpo.selection.num_benign=4",
-        "grpo.selection.max_new_tokens=8",
-    ]
-    result = _run(tmp_path, data_dir, [*relaxed_for_tiny_model_only, *small], data_version="test-v1")
+    result = _run(tmp_path, data_dir, [*RELAXED_FOR_TINY_MODEL_ONLY, *SMALL], data_version="test-v1")
     assert result.output is True
 
     run = _latest_run(tmp_path)
