@@ -68,7 +68,8 @@ IMAGE ?= safealign:$(VERSION)
 BASE_IMAGE ?= safealign-base:bookworm
 WHEEL_PY ?= $(PYTHON)
 WHEELS := build/wheels
-WHEELS_STAMP := $(WHEELS)/.stamp
+# Keyed on the lock's content, not its time stamp: a checkout or rebase does not refill the wheels.
+WHEELS_STAMP := $(WHEELS)/.stamp-$(shell cat requirements-image.lock requirements-data.txt | sha256sum | cut -c1-16)
 
 # A Docker daemon: the running one, else (as root) one started with no bridge network and no iptables
 # rules (scripts/dockerd.sh; `scripts/dockerd.sh stop` stops it again, and only if it started it).
@@ -79,10 +80,10 @@ base-image: docker-up
 	@if [ "$(BASE_IMAGE)" = "safealign-base:bookworm" ]; then DOCKER="$(DOCKER)" scripts/base_image.sh $(BASE_IMAGE); fi
 
 # The wheels of the pinned set (pure-Python sdists become wheels here, so the image needs no build tools).
-$(WHEELS_STAMP): requirements-image.lock requirements-data.txt
+$(WHEELS_STAMP):
 	@$(WHEEL_PY) -c 'import sys; assert sys.version_info[:2] == (3, 11), "wheels must be built with Python 3.11 (WHEEL_PY=...)"'
 	$(WHEEL_PY) -m pip wheel -q --no-deps -w $(WHEELS) -r requirements-image.lock -r requirements-data.txt
-	@touch $@
+	@rm -f $(WHEELS)/.stamp*; touch $@
 
 wheels: $(WHEELS_STAMP)
 	rm -rf build/dist

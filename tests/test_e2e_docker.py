@@ -19,6 +19,7 @@ import os
 import shutil
 import subprocess
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -30,6 +31,8 @@ ROOT = Path(__file__).resolve().parents[1]
 SETTINGS = load_settings(ROOT / "params.yaml")
 IMAGE = SETTINGS.pipeline.image
 IMAGE_UID = 10001  # the Dockerfile's USER
+# Its own MLflow experiment, so a shared team server's earlier runs never count here.
+EXPERIMENT = f"e2e-{uuid.uuid4().hex[:8]}"
 
 pytestmark = [pytest.mark.pipeline, pytest.mark.e2e]
 
@@ -67,7 +70,8 @@ def _tracking(work: Path) -> tuple[str, dict[str, str], list[str]]:
     if Stack is not None:
         stack = Stack(ROOT / ".stack")
         if stack.healthy():
-            return stack.tracking_uri(), dict(stack.env()), []
+            uri, env = stack.tracking_uri, stack.env  # properties (or methods, in older versions)
+            return (uri() if callable(uri) else uri), dict(env() if callable(env) else env), []
     return f"sqlite:///{work / 'mlflow.db'}", {}, [f"tracking.artifact_location={work / 'mlartifacts'}"]
 
 
@@ -97,7 +101,7 @@ def _run(work: Path, overrides: list[str], data_version: str = ""):
     result = pipeline(
         data_version=data_version,
         data_dir=str(work / "data"),
-        overrides=[*TINY, *tracking_overrides, *overrides],
+        overrides=[*TINY, *tracking_overrides, f"tracking.experiment={EXPERIMENT}", *overrides],
         tracking_uri=uri,
         cache_dir=str(work / "model-cache"),
     )
@@ -114,7 +118,7 @@ def _mlflow_runs(uri: str) -> list:
     import mlflow
 
     mlflow.set_tracking_uri(uri)
-    return mlflow.search_runs(search_all_experiments=True, output_format="list")
+    return mlflow.search_runs(experiment_names=[EXPERIMENT], output_format="list")
 
 
 def test_pipeline_in_containers_gate_skip_then_full(work):
@@ -155,4 +159,5 @@ def test_pipeline_in_containers_gate_skip_then_full(work):
                 if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id}
     assert {"validate", "train_reward", "calibrate", "grpo", "evaluate", "promote"} <= children
     challenger = mlflow.MlflowClient().get_model_version_by_alias(SETTINGS.promote.policy_model_name, "challenger")
-    assert challenger.run_id
+    # (on a shared server an identical adapter from an earlier run is reused: content-hash dedup)
+    assert challenger.version and challenger.run_id
