@@ -148,6 +148,10 @@ def test_scheduled_retraining(rendered):
         assert container["command"] == ["safealign", "pipeline", "submit"]
         assert container["image"].endswith(f"/{image}") or container["image"] == image
         assert _pod_spec(cron)["serviceAccountName"] == "safealign-pipeline-runner"
+        # Scheduled runs' steps pull the same image as the CronJob itself (resolved at submit time).
+        args = container["args"]
+        assert args[args.index("--image") + 1] == "$(SAFEALIGN_IMAGE)"
+        assert objects[("ConfigMap", "safealign-config")]["data"]["SAFEALIGN_IMAGE"] == container["image"]
 
 
 def test_trainjob_overlays(rendered):
