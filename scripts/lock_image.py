@@ -4,7 +4,8 @@ requirements.txt pins the direct dependencies only; the image must not resolve t
 build (a new release of a transitive dependency would change the image). This resolves requirements.txt
 without the development tools (pytest, ruff) plus the MLflow server's PostgreSQL and S3 clients, with
 pip's resolver and this machine's pip configuration, and writes the full pinned set. Rerun it after
-changing requirements.txt:  .venv/bin/python scripts/lock_image.py && .venv/bin/python scripts/lock_image.py --cuda
+changing requirements.txt:
+    .venv/bin/python scripts/lock_image.py && .venv/bin/python scripts/lock_image.py --cuda
 
 --cuda writes requirements-image-cuda.lock for `make image-cuda`: the same set with PyPI's default torch
 wheel (CUDA runtime as pip packages). Its torch pin uses PEP 440's exact match (``===``): ``==`` would also

@@ -52,7 +52,8 @@ def test_multi_stage_non_root_final_stage_without_pip_or_wheels():
     assert users and users[-1].split(":")[0] not in {"root", "0"}
     # The final stage takes the finished venv and two files; no wheel folder, no requirement install.
     copies = [rest for kw, rest in final if kw == "COPY"]
-    assert "--from=build /opt/venv /opt/venv" in copies and "--from=build /opt/safealign /opt/safealign" in copies
+    assert "--from=build /opt/venv /opt/venv" in copies
+    assert "--from=build /opt/safealign /opt/safealign" in copies
     assert not [c for c in copies if "wheels" in c or "dist" in c]
     assert not [rest for kw, rest in final if kw == "RUN" and re.search(r"\bpip\b", rest)]
     build_runs = " ".join(rest for kw, rest in build if kw == "RUN")

@@ -77,7 +77,8 @@ def _tracking(work: Path) -> tuple[str, dict[str, str], list[str]]:
 
 @pytest.fixture(scope="module")
 def work(docker_image, tmp_path_factory) -> Path:
-    """The pipeline root the containers mount (same path inside): data built here, writable by the image's user."""
+    """The pipeline root the containers mount (same path inside): data built here, writable by the
+    image's user."""
     root = tmp_path_factory.mktemp("e2e")
     small_data(root)
     root.chmod(0o777)
@@ -136,7 +137,8 @@ def test_pipeline_in_containers_gate_skip_then_full(work):
     assert "Calibration gate: FAILED" in (run / "calibrate-op" / "report").read_text()
     executor = json.loads((run / "data-version-op" / "executor_output.json").read_text())
     assert executor["parameterValues"]["Output"].startswith("sha256:")  # hashed the mounted data
-    gate_key = {r.data.tags["safealign.pipeline_key"] for r in _mlflow_runs(uri) if "safealign.pipeline_key" in r.data.tags}
+    gate_key = {r.data.tags["safealign.pipeline_key"] for r in _mlflow_runs(uri)
+                if "safealign.pipeline_key" in r.data.tags}
     assert len(gate_key) >= 1
 
     # 2. The gate passes: GRPO, evaluation and promotion run in their containers too.
@@ -152,12 +154,13 @@ def test_pipeline_in_containers_gate_skip_then_full(work):
     # MLflow (SQLite in the mount, or the team server): the full run's parent, a child per stage, and
     # the candidate registered with alias 'challenger'.
     runs = _mlflow_runs(uri)
-    parents = [r for r in runs if "safealign.pipeline_key" in r.data.tags and r.data.tags["safealign.pipeline_key"]
-               not in gate_key]
+    parents = [r for r in runs if "safealign.pipeline_key" in r.data.tags
+               and r.data.tags["safealign.pipeline_key"] not in gate_key]
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     children = {r.data.tags.get("safealign.stage") for r in runs
                 if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id}
     assert {"validate", "train_reward", "calibrate", "grpo", "evaluate", "promote"} <= children
-    challenger = mlflow.MlflowClient().get_model_version_by_alias(SETTINGS.promote.policy_model_name, "challenger")
+    client = mlflow.MlflowClient()
+    challenger = client.get_model_version_by_alias(SETTINGS.promote.policy_model_name, "challenger")
     # (on a shared server an identical adapter from an earlier run is reused: content-hash dedup)
     assert challenger.version and challenger.run_id

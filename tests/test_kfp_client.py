@@ -53,14 +53,17 @@ class FakeKfp:
         if path.startswith("/apis/v2beta1/runs/"):  # a run is authorized by its experiment's namespace
             body = self.runs.get(path.split("/")[-1], {})
         if path.startswith(("/apis/v2beta1/runs", "/apis/v2beta1/recurringruns")):
-            exp = next((e for e in self.experiments.values() if e["experiment_id"] == body.get("experiment_id")), {})
+            wanted = body.get("experiment_id")
+            exp = next((e for e in self.experiments.values() if e["experiment_id"] == wanted), {})
             namespace = exp.get("namespace")
         if namespace not in self.tokens[token]:
             msg = f"PermissionDenied: user is not authorized to access namespace {namespace!r}"
             return 403, {"error": msg, "code": 7, "message": msg, "details": []}
         return None
 
-    def handle(self, method: str, url: str, body: dict, headers: dict[str, str] | None = None) -> tuple[int, dict]:
+    def handle(
+        self, method: str, url: str, body: dict, headers: dict[str, str] | None = None
+    ) -> tuple[int, dict]:
         self.requests.append((method, url, body))
         self.headers.append(headers or {})
         path = urlparse(url).path
@@ -288,18 +291,22 @@ def test_multi_user_namespace_and_token(kfp_server, tmp_path, capsys, monkeypatc
 def test_401_without_token_is_a_clear_exit_1(kfp_server, capsys, monkeypatch):
     kfp_server.tokens = {"s3cret": {"team-a"}}
     monkeypatch.chdir(ROOT)
-    code = main(["pipeline", "submit", "--host", kfp_server.host, "--data-version", "v1", "--namespace", "team-a"])
+    code = main(["pipeline", "submit", "--host", kfp_server.host, "--data-version", "v1",
+                 "--namespace", "team-a"])
     err = capsys.readouterr().err
     assert code == 1
     assert "401 Unauthorized" in err and "--token-file" in err and kfp_server.host in err
     assert kfp_server.posts("/apis/v2beta1/runs") == []
 
 
-def test_403_for_a_namespace_the_token_may_not_use_is_a_clear_exit_1(kfp_server, tmp_path, capsys, monkeypatch):
+def test_403_for_a_namespace_the_token_may_not_use_is_a_clear_exit_1(
+    kfp_server, tmp_path, capsys, monkeypatch
+):
     kfp_server.tokens = {"s3cret": {"team-a"}}
     monkeypatch.chdir(ROOT)
     monkeypatch.setenv("SAFEALIGN_KFP_TOKEN", "s3cret")
-    code = main(["pipeline", "schedule", "--host", kfp_server.host, "--cron", "0 3 * * *", "--namespace", "team-b"])
+    code = main(["pipeline", "schedule", "--host", kfp_server.host, "--cron", "0 3 * * *",
+                 "--namespace", "team-b"])
     err = capsys.readouterr().err
     assert code == 1
     assert "403 Forbidden" in err and "'team-b'" in err and "--namespace" in err
@@ -331,7 +338,8 @@ def test_documented_kfp_cli_commands_work(kfp_server, tmp_path):
     assert [r["display_name"] for r in runs] == ["align-manual", "align"]
     assert runs[0]["runtime_config"]["parameters"] == {"data_version": "v1"}
     assert _spec(runs[0]) == yaml.safe_load(PACKAGE.read_text())
-    scheduled = _kfp(kfp_server.host, "recurring-run", "create", "--experiment-name", "align", "--job-name", "align-weekly",
+    scheduled = _kfp(kfp_server.host, "recurring-run", "create", "--experiment-name", "align",
+                     "--job-name", "align-weekly",
                      "--cron-expression", "0 0 3 * * 1", "--max-concurrency", "1", "--no-catchup",
                      "--pipeline-package-path", "pipelines/align.yaml", env=env)
     assert scheduled.returncode == 0, scheduled.stderr

@@ -29,7 +29,8 @@ def test_committed_yaml_is_fresh(tmp_path):
     assert _without_sdk_version(out.read_text()) == _without_sdk_version(COMMITTED.read_text()), (
         "pipelines/align.yaml is stale: run `make compile` and commit it"
     )
-    gpu = compile_pipeline(tmp_path / "align-gpu.yaml", load_settings(ROOT / "params.yaml", ["pipeline.gpu=true"]))
+    gpu_settings = load_settings(ROOT / "params.yaml", ["pipeline.gpu=true"])
+    gpu = compile_pipeline(tmp_path / "align-gpu.yaml", gpu_settings)
     assert _without_sdk_version(gpu.read_text()) == _without_sdk_version(COMMITTED_GPU.read_text()), (
         "pipelines/align-gpu.yaml is stale: run `make compile` and commit it"
     )
@@ -137,7 +138,8 @@ def test_gpu_mode_puts_grpo_and_evaluate_on_the_cuda_image_with_gpu_placement(tm
     platform = docs[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
     assert set(platform) == GPU_STAGES
     for name in GPU_STAGES:
-        assert platform[name]["nodeSelector"]["labels"] == {"cloud.google.com/gke-accelerator": "nvidia-h100-80gb"}
+        labels = platform[name]["nodeSelector"]["labels"]
+        assert labels == {"cloud.google.com/gke-accelerator": "nvidia-h100-80gb"}
         assert platform[name]["tolerations"] == [
             {"key": "gpu-pool", "operator": "Equal", "value": "yes", "effect": "NoExecute"}
         ]

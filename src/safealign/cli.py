@@ -166,7 +166,9 @@ def _dump_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _image_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--image", default=None, help="component image REGISTRY/safealign:TAG (default: pipeline.image)")
+    parser.add_argument(
+        "--image", default=None, help="component image REGISTRY/safealign:TAG (default: pipeline.image)"
+    )
     parser.add_argument(
         "--cuda-image", default=None,
         help="image of the GPU steps with pipeline.gpu (default: pipeline.cuda_image, else IMAGE-cuda)",
@@ -186,7 +188,9 @@ def _submit_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--data-version", default=None, help="data version (default: the hash in data.dvc)")
     _image_arguments(parser)
-    parser.add_argument("--namespace", default=None, help="Kubeflow profile namespace (default: pipeline.namespace)")
+    parser.add_argument(
+        "--namespace", default=None, help="Kubeflow profile namespace (default: pipeline.namespace)"
+    )
     parser.add_argument(
         "--token-file", default=None,
         help="file holding a bearer token for a multi-user Kubeflow (default: $SAFEALIGN_KFP_TOKEN)",

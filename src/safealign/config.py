@@ -382,7 +382,9 @@ class Toleration(_Section):
     """A Kubernetes toleration for the GPU steps (GPU node pools are usually tainted)."""
 
     key: str = Field(description="taint key, e.g. nvidia.com/gpu")
-    operator: Literal["Exists", "Equal"] = Field(default="Exists", description="Exists: any value; Equal: value")
+    operator: Literal["Exists", "Equal"] = Field(
+        default="Exists", description="Exists: any value; Equal: the value below"
+    )
     value: str | None = Field(default=None, description="taint value (operator Equal only)")
     effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(
         default="NoSchedule", description="taint effect tolerated; null = all"
@@ -398,7 +400,8 @@ class PipelineSettings(_Section):
 
     image: str = Field(
         default="safealign:0.1.0",
-        description="CPU component image (tag = package version); a team sets REGISTRY/safealign:TAG or passes --image",
+        description="CPU component image (tag = package version); a team sets REGISTRY/safealign:TAG "
+        "or passes --image",
     )
     cuda_image: str | None = Field(
         default=None, description="image of the GPU steps when gpu is on; null = image + '-cuda'"

@@ -66,7 +66,9 @@ def set_images(docs: list[dict[str, Any]], cpu_image: str, cuda_image: str) -> l
     return docs
 
 
-def images_for(pipe: PipelineSettings, image: str | None = None, cuda_image: str | None = None) -> tuple[str, str]:
+def images_for(
+    pipe: PipelineSettings, image: str | None = None, cuda_image: str | None = None
+) -> tuple[str, str]:
     """(cpu, cuda) images: the flags win over params; the CUDA image defaults to the CPU one + '-cuda'."""
     cpu = image or pipe.image
     cuda = cuda_image or (f"{image}-cuda" if image and not pipe.cuda_image else pipe.resolved_cuda_image)
@@ -81,7 +83,8 @@ def check_gpu_mode(docs: list[dict[str, Any]], pipe: PipelineSettings, source: s
         want = GPU_PIPELINE_FILE if pipe.gpu else PIPELINE_FILE
         raise ConfigError(
             f"{source} {'requests' if has_gpu else 'does not request'} GPUs but pipeline.gpu is {pipe.gpu}: "
-            f"submit {want}, or compile one with `safealign pipeline compile --set pipeline.gpu={str(pipe.gpu).lower()}`"
+            f"submit {want}, or compile one with "
+            f"`safealign pipeline compile --set pipeline.gpu={str(pipe.gpu).lower()}`"
         )
 
 
