@@ -33,12 +33,18 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-# grpo_step chooses the OpenMP wait policy (as `safealign grpo` does) before torch loads; both engines
-# then run under that one policy in this process.
+# Importing grpo_step chooses the OpenMP wait policy (as `safealign grpo` does), and libgomp reads it once,
+# when torch loads: grpo_step must load BEFORE torch, or the choice never applies. It used to sit in one
+# import block with `import torch`, which the import sorter (ruff I001) put first, and the bench printed
+# "OpenMP wait unchanged: torch was already imported". The assignment below ends the import block, so no
+# sorter can move torch above it.
+import grpo_step  # noqa: E402
+
+WAIT_POLICY = grpo_step.WAIT_POLICY
+
 import torch  # noqa: E402
 from grpo_step import (  # noqa: E402
     ROOT,
-    WAIT_POLICY,
     bench_prompts,
     bench_scorer,
     bench_settings,
