@@ -50,6 +50,7 @@ log = logging.getLogger(__name__)
 
 STATE_FILE = "safealign_state.pt"  # our part of a TRL checkpoint folder (lambda, selector, step rows)
 KIND_COLUMN = "adversarial"  # dataset column: True for adversarial prompts, False for benign ones
+PREFIX = "safealign/"  # our metrics in TRL's logs (TRL logs its own "reward_std", "kl", ... beside them)
 
 
 # ------------------------------------------------------------------------------------------- prompts
@@ -160,6 +161,7 @@ class SafealignGRPOTrainer(GRPOTrainer):
             "scores": scores.detach().double().cpu().numpy(),
             "kinds": [bool(k) for k in gather_object([bool(x.get(KIND_COLUMN, True)) for x in inputs])],
             "texts": list(gather_object([_text_of(c) for c in completions])),
+            "prompts": list(gather_object([str(x.get("raw_prompt", "")) for x in inputs])),
             "t_reward": time.perf_counter(),
         }
         return scores
@@ -225,7 +227,7 @@ class SafealignGRPOTrainer(GRPOTrainer):
             metrics[f"{aspect}_std"] = float(batch["scores"][:, k].std())
         metrics.update(per_kind_metrics(batch["scores"], shaped.rewards, kinds, g, list(self.objective.aspects)))
         for key, value in metrics.items():
-            self._metrics[mode][key].append(value)
+            self._metrics[mode][PREFIX + key].append(value)
 
     # ---- loss
 
@@ -248,7 +250,7 @@ class SafealignGRPOTrainer(GRPOTrainer):
         penalised = (betas != 0)[:, None] * mask
         kl = (token_kl(logps.detach(), inputs["ref_per_token_logps"]) * penalised).sum()
         totals = self.accelerator.reduce(torch.stack([kl, penalised.sum().to(kl.dtype)]), reduction="sum")
-        self._metrics[mode]["kl"].append((totals[0] / totals[1].clamp(min=1.0)).item())
+        self._metrics[mode][PREFIX + "kl"].append((totals[0] / totals[1].clamp(min=1.0)).item())
         return loss + per_seq.mean() / normalizer
 
     # ---- checkpoints
@@ -312,7 +314,7 @@ class ConstraintCallback(TrainerCallback):
         mean = batch["shaped"].constraint_mean()
         if mean is not None:
             constraint.update(mean)
-        self.trainer._metrics["train"]["lambda"].append(float(constraint.lam))
+        self.trainer._metrics["train"][PREFIX + "lambda"].append(float(constraint.lam))
 
 
 class SelectionCallback(TrainerCallback):
@@ -339,3 +341,17 @@ class SelectionCallback(TrainerCallback):
     def on_step_end(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
         if state.global_step in self.steps:
             self._observe(model, state.global_step)
+
+
+class StepLogCallback(TrainerCallback):
+    """Hands each training step's log entry, safealign's metrics unprefixed, to ``on_step(step, metrics,
+    logs, is_main)``: the rows of the GRPO stage come from here."""
+
+    def __init__(self, on_step: Any) -> None:
+        self.on_step = on_step
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, **kwargs: Any) -> None:
+        if not logs or PREFIX + "reward_mean" not in logs:
+            return
+        ours = {k[len(PREFIX) :]: v for k, v in logs.items() if k.startswith(PREFIX)}
+        self.on_step(int(state.global_step), ours, logs, bool(state.is_world_process_zero))
