@@ -67,6 +67,9 @@ def batch():
     ids = [row[: int(m.sum())].tolist() for row, m in zip(completion, cmask, strict=True)]
     scores = np.random.default_rng(0).uniform(0.2, 0.95, size=(len(ids), len(ASPECTS)))
     scores[8:12] = [0.9, 0.97] + np.array([[0, 2e-4], [0, -1e-4], [0, 1e-4], [0, 0]])  # near-flat group
+    # a reward model scores in float32 (TRL keeps rewards in float32 tensors): without a floor, the near-flat
+    # group's advantages are its noise divided by a ~1e-4 std, so the inputs must be the same numbers
+    scores = scores.astype(np.float32).astype(np.float64)
     prompts = collate_prompts(RAW, prompt_ids, tok.pad_token_id)
     return {"model": model, "tok": tok, "prompts": prompts, "prompt_ids": prompt_ids, "completion": completion,
             "cmask": cmask, "ids": ids, "scores": scores}  # fmt: skip
@@ -158,11 +161,13 @@ def test_fast_and_trl_engines_agree_on_one_batch(batch, feature, tmp_path):
     for a, b in zip(trl_grads, fast_grads, strict=True):
         assert torch.allclose(a, b, rtol=1e-4, atol=1e-7), float((a - b).abs().max())
 
-    # each feature is effective, not merely equal on both sides: it changes what TRL alone would compute
+    # each feature is effective, not merely equal on both sides: the advantages move off the plain ones ...
+    plain = Objective.from_settings(_settings({"std_floor": 0.0}), ASPECTS)
+    plain_adv = plain.advantages(plain.shape(batch["scores"], KINDS, None).rewards).values
+    moves_advantages = feature in ("std_floor", "benign_weights", "constraint", "all")
+    assert torch.allclose(trl_adv.cpu().float(), plain_adv, atol=1e-6) != moves_advantages
     flat = trainer.last_batch["advantages"].flat
-    if feature == "std_floor":
-        assert flat.tolist() == [False, False, True]  # the near-flat group: zero advantage, not amplified noise
-    else:
-        assert not flat.any()  # without the floor the same group's 1e-4 noise becomes full-size advantages
-    if feature in ("beta", "benign_beta", "all"):
-        assert trl_loss != pytest.approx(float(-trl_adv.mean()), abs=1e-6)  # the KL term is in the loss
+    assert flat.tolist() == ([False, False, True] if grpo["std_floor"] else [False, False, False])
+    # ... and the KL term is in the loss (without it TRL's loss at ratio 1 is -mean(A))
+    has_kl = feature in ("beta", "benign_beta", "all")
+    assert (trl_loss == pytest.approx(float(-trl_adv.mean()), abs=1e-7)) != has_kl
