@@ -48,7 +48,7 @@ from safealign.policy.advantages import Advantages, group_advantages
 from safealign.policy.constraint import LagrangeConstraint
 from safealign.policy.lean_decode import SUPPORTED as LEAN_TYPES
 from safealign.policy.lean_decode import LeanDecoder
-from safealign.policy.objective import sequence_kl, sequence_policy_term, token_kl
+from safealign.policy.objective import sequence_kl, sequence_policy_term, shape_rewards, token_kl
 from safealign.policy.reward_adapter import Scorer
 
 if TYPE_CHECKING:
@@ -610,16 +610,8 @@ def score_completions(
     texts = tokenizer.batch_decode(ids_list, skip_special_tokens=True)
     raw = [p for p in prompts.raw for _ in range(g)]
     scores = np.asarray(scorer.score(raw, texts, ids_list), dtype=np.float64)
-    w = np.asarray(weights, dtype=np.float64)
-    combined = scores @ w if w.ndim == 1 else (scores * np.repeat(w, g, axis=0)).sum(axis=1)
-    rewards = combined
-    safety = None
-    covered = np.ones(len(combined), dtype=bool)
-    if constrained is not None:
-        covered = np.repeat(np.asarray(constrained, dtype=bool), g)
-    if constraint is not None:
-        safety = scores[:, list(scorer.aspects).index(constraint.aspect)]
-        rewards = np.where(covered, constraint.shape(combined, safety), combined)
+    shaped = shape_rewards(scores, weights, g, scorer.aspects, constraint, constrained)  # objective.py
+    combined, rewards, safety, covered = shaped.combined, shaped.rewards, shaped.safety, shaped.covered
     return Scored(texts, scores, combined, rewards, safety, covered)
 
 

@@ -45,6 +45,9 @@ from trl import GRPOTrainer
 
 from safealign.policy.constraint import LagrangeConstraint
 from safealign.policy.objective import Objective, lr_factor, sequence_kl, token_kl
+from safealign.policy.outputs import per_kind_metrics
+from safealign.policy.prompts import PromptSampler
+from safealign.policy.reward_adapter import text_of
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +92,6 @@ class KindMixSampler(Sampler[int]):
         ]
 
     def __iter__(self) -> Iterator[int]:
-        from safealign.policy.grpo import PromptSampler
 
         sampler = PromptSampler(self.adversarial, self.benign, self.per_step, self.benign_fraction, self.seed)
         for _ in range(self.steps):
@@ -154,13 +156,11 @@ class SafealignGRPOTrainer(GRPOTrainer):
     def _calculate_rewards(self, inputs: list, prompts: list, completions: list, completion_ids_list: list):
         from accelerate.utils import gather_object
 
-        from safealign.policy.reward_adapter import _text_of
-
         scores = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)  # gathered
         self._batch = {
             "scores": scores.detach().double().cpu().numpy(),
             "kinds": [bool(k) for k in gather_object([bool(x.get(KIND_COLUMN, True)) for x in inputs])],
-            "texts": list(gather_object([_text_of(c) for c in completions])),
+            "texts": list(gather_object([text_of(c) for c in completions])),
             "prompts": list(gather_object([str(x.get("raw_prompt", "")) for x in inputs])),
             "t_reward": time.perf_counter(),
         }
@@ -212,8 +212,6 @@ class SafealignGRPOTrainer(GRPOTrainer):
         self, mode: str, batch: dict, shaped: Any, adv: Any, kinds: list[bool], g: int, seconds: float
     ) -> None:
         """The fast engine's per-step metrics, added to TRL's logs (averaged per logging step like TRL's)."""
-        from safealign.policy.grpo import per_kind_metrics
-
         metrics = {
             "reward_mean": float(shaped.combined.mean()),
             "reward_std": float(shaped.combined.std()),
