@@ -63,6 +63,9 @@ REWARDS: dict[str, dict[str, Any]] = {
     "tiny": dict(vocab_size=2048, hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
                  intermediate_size=128, max_position_embeddings=514),
 }  # fmt: skip
+# Completions per forward/backward (grpo.micro_batch_size): 7B's loss over 64-128 completions of 320 tokens
+# runs in pieces of 32 (a starting point for one 80+ GB GPU, not measured yet); the others in one piece.
+MICRO_BATCH = {"0.5b": None, "7b": 32, "tiny": None}
 ASPECTS = ["politeness", "meaningfulness", "actionability", "safety"]
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 CHAT_TEMPLATE = (
@@ -184,6 +187,10 @@ def run_trl(settings: Any, model: Any, tok: Any, scorer: Any, prompts: list[str]
     half = len(prompts) // 2
     out_dir = tempfile.mkdtemp(prefix="gpu_step-")
     overrides = {"use_vllm": True, "vllm_mode": "colocate"} if vllm else {"use_vllm": False}
+    if vllm:  # vLLM loads the policy from a folder: write the random weights once (untested without a GPU)
+        model.save_pretrained(out_dir + "/policy")
+        tok.save_pretrained(out_dir + "/policy")
+        model.name_or_path = model.config._name_or_path = out_dir + "/policy"
     trainer, _ = build_trl_trainer(settings, model, tok, scorer, prompts[:half], prompts[half:], out_dir, steps,
                                    callbacks=[Clock()], **overrides)  # fmt: skip
     trainer.remove_callback(PrinterCallback)
@@ -227,7 +234,7 @@ def run_fast(settings: Any, model: Any, tok: Any, scorer: Any, prompts: list[str
     objective = Objective.from_settings(settings, ASPECTS)
     half = len(prompts) // 2
     kinds = [True] * half + [False] * (len(prompts) - half)
-    step_cfg = StepConfig(group_size=cfg.num_generations, max_new_tokens=cfg.max_new_tokens, std_floor=cfg.std_floor)
+    step_cfg = StepConfig.from_settings(cfg)
     out = []
     for _ in range(steps):
         t0 = time.perf_counter()
@@ -259,7 +266,8 @@ def one(args: argparse.Namespace, shape: str, g: int, engine: str, device: str, 
         scorer: Any, prompts: list[str]) -> dict[str, Any]:  # fmt: skip
     from safealign.errors import SafealignError
 
-    settings = bench_settings(g, len(prompts), args.new_tokens, args.overrides)
+    micro = [f"grpo.micro_batch_size={MICRO_BATCH[shape]}"] if MICRO_BATCH[shape] else []
+    settings = bench_settings(g, len(prompts), args.new_tokens, micro + args.overrides)
     row: dict[str, Any] = {"policy": shape, "G": g, "engine": engine}
     if engine == "fast" and device == "cuda":
         from safealign.policy.engine_choice import check_fast_supported

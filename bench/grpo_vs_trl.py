@@ -6,10 +6,15 @@ alternated A B A B in one process (after one warm-up step each), so machine load
 the median seconds per step and each part, tokens/s, peak RSS during the step, the ratio, and the ratio of
 each to a floor computed from matmul GFLOP/s and memory-copy GB/s measured in the same run.
 
-TRL "default configuration" = GRPOConfig defaults except what defines the work and the algorithm (G,
-lengths, batch of 4 prompts x G, lr, beta=0, loss_type="grpo", reward weights, LoRA via peft_config): so
-bf16 autocast and gradient checkpointing stay ON, as TRL ships them. ``--trl-fp32`` also runs TRL with both
-off, the best plain configuration of TRL on this CPU.
+TRL "default configuration" = the TRL engine as ``grpo.engine=trl`` builds it (GRPOTrainer with safealign's
+extensions, which add no work at these settings: no KL, no constraint) with GRPOConfig's defaults except what
+defines the work and the algorithm (G, lengths, batch of 4 prompts x G, lr, loss_type="grpo", LoRA via
+peft_config): so bf16 autocast and gradient checkpointing stay ON, as TRL ships them. ``--trl-fp32`` also
+runs TRL with both off (what ``safealign grpo`` uses on a CPU), the best plain configuration of TRL here.
+
+The first line printed is the machine: fp32 matmul GFLOP/s and memory-copy GB/s measured in the run, torch
+threads and the OpenMP wait policy chosen before torch loaded (spin on an idle CPU, sleep on a shared one),
+so ratios from two machines can be compared.
 
 Peak RSS is the process's VmHWM reset before each step; both engines' models are resident throughout, so
 each engine's number includes the other's weights (about 0.6 GiB): an upper bound for either alone.
@@ -157,12 +162,12 @@ def trl_engine(
         model,
         tok,
         scorer,
-        prompts,
+        prompts,  # all as adversarial prompts: each step draws the same 4, as the fast engine's step gets
+        [],
         out_dir,
         max_steps=1,
-        default_precision=default_precision,
         callbacks=[StepClock()],
-        shuffle_dataset=False,
+        trl_defaults=default_precision,
     )
     from transformers.trainer_callback import PrinterCallback
 
