@@ -300,6 +300,12 @@ def main() -> None:
     print(
         f"ratio TRL default / safealign fast = {ratio:.2f}x (target >= 2.5x); fast peak RSS {rows[-1]['peak_rss_gib']:.2f} GiB"
     )
+    # the ratio depends on the machine (the fast engine's fp32 decode is bandwidth-bound, TRL's bf16 path reads
+    # half the bytes): quote it with the numbers that make two machines comparable
+    print(
+        f"on: fp32 matmul {machine['gflops']:.0f} GFLOP/s, copy {machine['copy_gbs']:.1f} GB/s, "
+        f"{torch.get_num_threads()} threads, OpenMP wait {WAIT_POLICY}"
+    )
 
 
 if __name__ == "__main__":

@@ -254,6 +254,7 @@ def set_up_trl(settings: Settings, scorer: Scorer | None = None, resume: bool = 
     adversarial = read_prompts(layout.adversarial_split("train"))
     benign = read_prompts(layout.benign_split("train")) if cfg.include_benign and cfg.benign_fraction > 0 else []
     scorer = scorer or load_scorer(settings)
+    _scorer_to_device(scorer)
     selector = None
     if cfg.selection is not None:
         adversarial, benign, selector = build_selector(settings, adversarial, benign, scorer)
@@ -275,6 +276,16 @@ def set_up_trl(settings: Settings, scorer: Scorer | None = None, resume: bool = 
         trainer.add_callback(SelectionCallback(selector, scorer, tokenizer, steps, on_record=_log_record))
     run.resume_from = _resumable(run, resume)
     return run
+
+
+def _scorer_to_device(scorer: Scorer) -> None:
+    """On CUDA the reward model scores on this process's GPU (it loads on the CPU)."""
+    from accelerate import PartialState
+
+    device = PartialState().device
+    model = getattr(scorer, "model", None)
+    if device.type == "cuda" and hasattr(model, "to"):
+        model.to(device)
 
 
 def _resumable(run: TrlRun, resume: bool) -> Path | None:
