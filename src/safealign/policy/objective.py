@@ -128,14 +128,14 @@ def sequence_kl(
 ) -> torch.Tensor:
     """Each sequence's KL term of the GRPO loss, [n]: ``beta_i * mean over its tokens of KL_t``.
 
-    Rows with ``beta_i = 0`` contribute exactly 0 whatever their reference holds (a placeholder reference
-    such as 0 would make ``exp(ref - logp)`` overflow, and ``inf * 0`` is NaN), so callers may leave those
-    rows' reference unset by passing ``ref = logp``.
+    Rows with ``beta_i = 0`` contribute exactly 0, value and gradient, whatever their reference holds: their
+    log-ratio is set to 0 BEFORE the exp, because a large one (an unlikely token at a low temperature, or a
+    placeholder reference) would overflow exp() to inf, and inf * 0 is NaN in the backward pass.
     """
     m = mask.to(logprobs.dtype)
     b = torch.as_tensor(betas, dtype=logprobs.dtype, device=logprobs.device)
-    kl = token_kl(logprobs, ref_logprobs)
-    kl = torch.where(b[:, None] != 0, kl, torch.zeros_like(kl))
+    ref = torch.where((b != 0)[:, None], ref_logprobs, logprobs.detach())  # log-ratio 0 where beta is 0
+    kl = token_kl(logprobs, ref)
     return b * (kl * m).sum(dim=1) / m.sum(dim=1).clamp(min=1.0)
 
 

@@ -162,7 +162,6 @@ class SafealignGRPOTrainer(GRPOTrainer):
             "kinds": [bool(k) for k in gather_object([bool(x.get(KIND_COLUMN, True)) for x in inputs])],
             "texts": list(gather_object([text_of(c) for c in completions])),
             "prompts": list(gather_object([str(x.get("raw_prompt", "")) for x in inputs])),
-            "t_reward": time.perf_counter(),
         }
         return scores
 
