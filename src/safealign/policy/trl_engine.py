@@ -265,7 +265,7 @@ def set_up_trl(settings: Settings, scorer: Scorer | None = None, resume: bool = 
     out_dir = layout.checkpoints_dir / "trl"
     trainer, _cache = build_trl_trainer(settings, model, tokenizer, scorer, adversarial, benign, out_dir, cfg.steps,
                                         constraint=constraint, save_strategy="steps", save_steps=cfg.checkpoint_every,
-                                        save_total_limit=2)  # fmt: skip
+                                        save_total_limit=2, disable_tqdm=False)  # fmt: skip
     run = TrlRun(settings, layout, scorer, trainer.objective, constraint, selector, trainer, tokenizer, rows,
                  identity)  # fmt: skip
     trainer.checkpoint_extras.update(rows=rows, run=identity)
