@@ -50,19 +50,52 @@ import torch  # noqa: E402
 
 # Qwen2.5 configurations (config.json of the Instruct models); "tiny" for the CPU mode.
 POLICIES: dict[str, dict[str, Any]] = {
-    "0.5b": dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
-                 num_key_value_heads=2, vocab_size=151936, tie_word_embeddings=True),
-    "7b": dict(hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
-               num_key_value_heads=4, vocab_size=152064, tie_word_embeddings=False),
-    "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                 num_key_value_heads=2, vocab_size=2048, tie_word_embeddings=True),
-}  # fmt: skip
+    "0.5b": dict(
+        hidden_size=896,
+        intermediate_size=4864,
+        num_hidden_layers=24,
+        num_attention_heads=14,
+        num_key_value_heads=2,
+        vocab_size=151936,
+        tie_word_embeddings=True,
+    ),
+    "7b": dict(
+        hidden_size=3584,
+        intermediate_size=18944,
+        num_hidden_layers=28,
+        num_attention_heads=28,
+        num_key_value_heads=4,
+        vocab_size=152064,
+        tie_word_embeddings=False,
+    ),
+    "tiny": dict(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=2048,
+        tie_word_embeddings=True,
+    ),
+}
 REWARDS: dict[str, dict[str, Any]] = {
-    "roberta-base": dict(vocab_size=50265, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
-                         intermediate_size=3072, max_position_embeddings=514),
-    "tiny": dict(vocab_size=2048, hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
-                 intermediate_size=128, max_position_embeddings=514),
-}  # fmt: skip
+    "roberta-base": dict(
+        vocab_size=50265,
+        hidden_size=768,
+        num_hidden_layers=12,
+        num_attention_heads=12,
+        intermediate_size=3072,
+        max_position_embeddings=514,
+    ),
+    "tiny": dict(
+        vocab_size=2048,
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=128,
+        max_position_embeddings=514,
+    ),
+}
 # Completions per forward/backward (grpo.micro_batch_size): 7B's loss over 64-128 completions of 320 tokens
 # runs in pieces of 32 (a starting point for one 80+ GB GPU, not measured yet); the others in one piece.
 MICRO_BATCH = {"0.5b": None, "7b": 32, "tiny": None}
@@ -139,7 +172,7 @@ def bench_settings(groups: int, prompts: int, new_tokens: int, overrides: list[s
             "grpo.max_prompt_tokens=512",
             "grpo.selection=null",  # validation is not part of a training step
             "grpo.benign_fraction=0.25",
-            "grpo.benign_beta=0.1",  # exercises the per-sample KL (one reference forward) as a run with it would
+            "grpo.benign_beta=0.1",  # the per-sample KL: one reference forward, as a run with it has
             *overrides,
         ],
     )
@@ -152,8 +185,10 @@ def _cuda_mem() -> float:
     return torch.cuda.max_memory_allocated() / 1024**3 if torch.cuda.is_available() else float("nan")
 
 
-def run_trl(settings: Any, model: Any, tok: Any, scorer: Any, prompts: list[str], steps: int, vllm: bool) -> list:
-    """``steps`` optimizer steps of the TRL engine; per step: s/step, generate s, tokens, fwd+bwd s, peak GiB."""
+def run_trl(
+    settings: Any, model: Any, tok: Any, scorer: Any, prompts: list[str], steps: int, vllm: bool
+) -> list:
+    """``steps`` optimizer steps of the TRL engine; per step: s/step, generate s, tokens, fwd+bwd s, GiB."""
     from transformers import TrainerCallback
     from transformers.trainer_callback import PrinterCallback
 
@@ -174,9 +209,15 @@ def run_trl(settings: Any, model: Any, tok: Any, scorer: Any, prompts: list[str]
             if torch.cuda.is_available():
                 torch.cuda.synchronize()
             step = time.perf_counter() - clock["t0"]
-            per_step.append({"step": step, "generate": clock.get("generate", 0.0),
-                             "fwd_bwd": step - clock.get("prepare", 0.0) - clock.get("optimizer", 0.0),
-                             "tokens": clock.get("tokens", 0.0), "peak_gib": _cuda_mem()})  # fmt: skip
+            per_step.append(
+                {
+                    "step": step,
+                    "generate": clock.get("generate", 0.0),
+                    "fwd_bwd": step - clock.get("prepare", 0.0) - clock.get("optimizer", 0.0),
+                    "tokens": clock.get("tokens", 0.0),
+                    "peak_gib": _cuda_mem(),
+                }
+            )
 
         def on_pre_optimizer_step(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
             clock["opt0"] = time.perf_counter()
@@ -191,8 +232,18 @@ def run_trl(settings: Any, model: Any, tok: Any, scorer: Any, prompts: list[str]
         model.save_pretrained(out_dir + "/policy")
         tok.save_pretrained(out_dir + "/policy")
         model.name_or_path = model.config._name_or_path = out_dir + "/policy"
-    trainer, _ = build_trl_trainer(settings, model, tok, scorer, prompts[:half], prompts[half:], out_dir, steps,
-                                   callbacks=[Clock()], **overrides)  # fmt: skip
+    trainer, _ = build_trl_trainer(
+        settings,
+        model,
+        tok,
+        scorer,
+        prompts[:half],
+        prompts[half:],
+        out_dir,
+        steps,
+        callbacks=[Clock()],
+        **overrides,
+    )
     trainer.remove_callback(PrinterCallback)
     _time(trainer, "_generate", "generate", clock, count_tokens=True)
     _time(trainer, "_prepare_inputs", "prepare", clock)
@@ -229,7 +280,9 @@ def run_fast(settings: Any, model: Any, tok: Any, scorer: Any, prompts: list[str
     check_fast_supported(settings)
     cfg = settings.grpo
     peft_model = get_peft_model(model, lora_config(settings))
-    optimizer = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=cfg.learning_rate)
+    optimizer = torch.optim.AdamW(
+        [p for p in peft_model.parameters() if p.requires_grad], lr=cfg.learning_rate
+    )
     encoder = PromptEncoder(tok, None, cfg.max_prompt_tokens)
     objective = Objective.from_settings(settings, ASPECTS)
     half = len(prompts) // 2
@@ -238,12 +291,29 @@ def run_fast(settings: Any, model: Any, tok: Any, scorer: Any, prompts: list[str
     out = []
     for _ in range(steps):
         t0 = time.perf_counter()
-        result = grpo_step(peft_model, tok, optimizer, None, encoder.batch(prompts), scorer,
-                           objective.prompt_weights(kinds), step_cfg, None, constrained=kinds,
-                           betas=objective.prompt_betas(kinds))  # fmt: skip
+        result = grpo_step(
+            peft_model,
+            tok,
+            optimizer,
+            None,
+            encoder.batch(prompts),
+            scorer,
+            objective.prompt_weights(kinds),
+            step_cfg,
+            None,
+            constrained=kinds,
+            betas=objective.prompt_betas(kinds),
+        )
         m = result.metrics
-        out.append({"step": time.perf_counter() - t0, "generate": m["s_generate"], "fwd_bwd": m["s_forward_backward"],
-                    "tokens": m["gen_tokens"], "peak_gib": float("nan")})  # fmt: skip
+        out.append(
+            {
+                "step": time.perf_counter() - t0,
+                "generate": m["s_generate"],
+                "fwd_bwd": m["s_forward_backward"],
+                "tokens": m["gen_tokens"],
+                "peak_gib": float("nan"),
+            }
+        )
     return out
 
 
@@ -262,8 +332,16 @@ def plan(args: argparse.Namespace) -> tuple[str, torch.dtype, list[str], list[st
     return "cuda", torch.bfloat16, args.policies, engines, "roberta-base"
 
 
-def one(args: argparse.Namespace, shape: str, g: int, engine: str, device: str, dtype: torch.dtype,
-        scorer: Any, prompts: list[str]) -> dict[str, Any]:  # fmt: skip
+def one(
+    args: argparse.Namespace,
+    shape: str,
+    g: int,
+    engine: str,
+    device: str,
+    dtype: torch.dtype,
+    scorer: Any,
+    prompts: list[str],
+) -> dict[str, Any]:
     from safealign.errors import SafealignError
 
     micro = [f"grpo.micro_batch_size={MICRO_BATCH[shape]}"] if MICRO_BATCH[shape] else []
@@ -284,9 +362,14 @@ def one(args: argparse.Namespace, shape: str, g: int, engine: str, device: str, 
         steps = run_trl(settings, model, tok, scorer, prompts, 1 + args.reps, vllm=engine == "trl+vllm")
     timed = steps[1:]  # the first step warms up kernels, caches and (for vLLM) the engine
     med = {k: statistics.median(s[k] for s in timed) for k in timed[0]}
-    row.update(s_step=med["step"], tok_per_s=med["tokens"] / max(med["generate"], 1e-9),
-               s_generate=med["generate"], s_fwd_bwd=med["fwd_bwd"], peak_gib=med["peak_gib"],
-               wall_s=time.perf_counter() - t0)  # fmt: skip
+    row.update(
+        s_step=med["step"],
+        tok_per_s=med["tokens"] / max(med["generate"], 1e-9),
+        s_generate=med["generate"],
+        s_fwd_bwd=med["fwd_bwd"],
+        peak_gib=med["peak_gib"],
+        wall_s=time.perf_counter() - t0,
+    )
     del model
     if device == "cuda":
         torch.cuda.empty_cache()
@@ -295,12 +378,16 @@ def one(args: argparse.Namespace, shape: str, g: int, engine: str, device: str, 
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--cpu-tiny", action="store_true", help="tiny shapes on the CPU (seconds; what the test runs)")
+    ap.add_argument(
+        "--cpu-tiny", action="store_true", help="tiny shapes on the CPU (seconds; what the test runs)"
+    )
     ap.add_argument("--policies", nargs="+", default=["0.5b", "7b"], choices=["0.5b", "7b"])
     ap.add_argument("--groups", type=int, nargs="+", default=None, help="G values (GPU: 4 8; CPU: 2)")
     ap.add_argument("--prompts", type=int, default=None, help="prompts per step (GPU: 16; CPU: 2)")
     ap.add_argument("--new-tokens", type=int, default=None, help="(GPU: 256; CPU: 8)")
-    ap.add_argument("--prompt-words", type=int, default=None, help="prompt length in tokens (GPU: 64; CPU: 8)")
+    ap.add_argument(
+        "--prompt-words", type=int, default=None, help="prompt length in tokens (GPU: 64; CPU: 8)"
+    )
     ap.add_argument("--reps", type=int, default=1, help="timed steps after one warm-up step")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--json", default=None, help="also write the rows here")
@@ -330,16 +417,20 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
 
 
 def table(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
-    head = (f"{args.prompts} prompts x G, {args.new_tokens} new tokens, median of {args.reps} step(s) after a "
-            "warm-up\n\n| policy | G | engine | s/step | generate s | gen tok/s | loss fwd+bwd s | peak GiB |\n"
-            "|---|---:|---|---:|---:|---:|---:|---:|")  # fmt: skip
+    head = (
+        f"{args.prompts} prompts x G, {args.new_tokens} new tokens, median of {args.reps} step(s) after a "
+        "warm-up\n\n| policy | G | engine | s/step | generate s | gen tok/s | loss fwd+bwd s | peak GiB |\n"
+        "|---|---:|---|---:|---:|---:|---:|---:|"
+    )
     lines = [head]
     for r in rows:
         if "refused" in r:
             lines.append(f"| {r['policy']} | {r['G']} | {r['engine']} | refused: {r['refused']} | | | | |")
             continue
-        lines.append(f"| {r['policy']} | {r['G']} | {r['engine']} | {r['s_step']:.2f} | {r['s_generate']:.2f} | "
-                     f"{r['tok_per_s']:.0f} | {r['s_fwd_bwd']:.2f} | {r['peak_gib']:.1f} |")  # fmt: skip
+        lines.append(
+            f"| {r['policy']} | {r['G']} | {r['engine']} | {r['s_step']:.2f} | {r['s_generate']:.2f} | "
+            f"{r['tok_per_s']:.0f} | {r['s_fwd_bwd']:.2f} | {r['peak_gib']:.1f} |"
+        )
     return "\n".join(lines)
 
 

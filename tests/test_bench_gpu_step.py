@@ -12,11 +12,19 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_gpu_step_bench_runs_both_engines_in_cpu_mode(tmp_path):
     out = tmp_path / "rows.json"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+    }
     proc = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "gpu_step.py"), "--cpu-tiny", "--json", str(out)],
-        env=env, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     rows = json.loads(out.read_text())
     assert [(r["policy"], r["G"], r["engine"]) for r in rows] == [("tiny", 2, "fast"), ("tiny", 2, "trl")]

@@ -71,8 +71,16 @@ def batch():
     # group's advantages are its noise divided by a ~1e-4 std, so the inputs must be the same numbers
     scores = scores.astype(np.float32).astype(np.float64)
     prompts = collate_prompts(RAW, prompt_ids, tok.pad_token_id)
-    return {"model": model, "tok": tok, "prompts": prompts, "prompt_ids": prompt_ids, "completion": completion,
-            "cmask": cmask, "ids": ids, "scores": scores}  # fmt: skip
+    return {
+        "model": model,
+        "tok": tok,
+        "prompts": prompts,
+        "prompt_ids": prompt_ids,
+        "completion": completion,
+        "cmask": cmask,
+        "ids": ids,
+        "scores": scores,
+    }
 
 
 class FixedScorer:
@@ -91,8 +99,14 @@ def _settings(grpo: dict) -> Settings:
     return Settings.model_validate(
         {
             "aspects": [{"name": "helpful", "weight": 0.4}, {"name": "safety", "weight": 0.6}],
-            "grpo": {"num_generations": G, "prompts_per_step": len(RAW), "max_new_tokens": 7, "selection": None,
-                     "warmup_steps": 0, **grpo},  # fmt: skip
+            "grpo": {
+                "num_generations": G,
+                "prompts_per_step": len(RAW),
+                "max_new_tokens": 7,
+                "selection": None,
+                "warmup_steps": 0,
+                **grpo,
+            },
         }
     )
 
@@ -113,7 +127,9 @@ def _fast(b, settings: Settings, constraint):
     model = b["model"]
     model.train()
     model.zero_grad(set_to_none=True)
-    parts = policy_loss(model, b["prompts"], b["completion"], b["cmask"], adv, G, 1.0, objective.prompt_betas(KINDS))
+    parts = policy_loss(
+        model, b["prompts"], b["completion"], b["cmask"], adv, G, 1.0, objective.prompt_betas(KINDS)
+    )
     parts.loss.backward()
     return adv.values, float(parts.loss), _lora_grads(model)
 
@@ -127,17 +143,25 @@ def _trl(b, settings: Settings, constraint, tmp_path):
     objective = Objective.from_settings(settings, ASPECTS)
 
     def rollout(prompts, trainer):  # TRL's hook for custom generation: the fixed completions
-        return {"prompt_ids": [b["prompt_ids"][i // G] for i in range(len(prompts))], "completion_ids": b["ids"],
-                "logprobs": None}  # fmt: skip
+        return {
+            "prompt_ids": [b["prompt_ids"][i // G] for i in range(len(prompts))],
+            "completion_ids": b["ids"],
+            "logprobs": None,
+        }
 
     rows = [{"raw_prompt": r, KIND_COLUMN: k} for r, k in zip(RAW, KINDS, strict=True)]
     dataset = trl_dataset(rows, None)
     args = trl_config(settings, tmp_path, list(objective.weights), max_steps=1)
     trainer = SafealignGRPOTrainer(
-        model=b["model"], reward_funcs=trl_reward_functions(SharedScoreCache(FixedScorer(b["ids"], b["scores"]))),
-        args=args, train_dataset=dataset, processing_class=b["tok"], rollout_func=rollout, objective=objective,
+        model=b["model"],
+        reward_funcs=trl_reward_functions(SharedScoreCache(FixedScorer(b["ids"], b["scores"]))),
+        args=args,
+        train_dataset=dataset,
+        processing_class=b["tok"],
+        rollout_func=rollout,
+        objective=objective,
         constraint=constraint,
-    )  # fmt: skip
+    )
     trainer.model.train()
     trainer.current_gradient_accumulation_steps = 1  # set by Trainer.train(); one step, no accumulation
     inputs = trainer._generate_and_score_completions([dataset[i // G] for i in range(len(RAW) * G)])

@@ -26,8 +26,15 @@ def _train_toy_trl(tmp_path, steps: int = 14) -> list[float]:
     settings = Settings.model_validate(
         {
             "aspects": [{"name": "even", "weight": 1.0}],
-            "grpo": {"num_generations": 4, "prompts_per_step": 2, "max_new_tokens": 8, "learning_rate": 3e-3,
-                     "warmup_steps": 0, "selection": None, "safety_constraint": None},  # fmt: skip
+            "grpo": {
+                "num_generations": 4,
+                "prompts_per_step": 2,
+                "max_new_tokens": 8,
+                "learning_rate": 3e-3,
+                "warmup_steps": 0,
+                "selection": None,
+                "safety_constraint": None,
+            },
         }
     )
     model, tok = _toy_policy()
@@ -40,7 +47,10 @@ def _train_toy_trl(tmp_path, steps: int = 14) -> list[float]:
 
 @pytest.mark.parametrize(
     "ascend",
-    [False, pytest.param(True, marks=pytest.mark.xfail(strict=True, reason="an ascended loss must not learn"))],
+    [
+        False,
+        pytest.param(True, marks=pytest.mark.xfail(strict=True, reason="an ascended loss must not learn")),
+    ],
     ids=["descend", "flipped-sign"],
 )
 def test_trl_engine_raises_the_toy_reward_clearly(ascend, tmp_path, monkeypatch):

@@ -19,8 +19,10 @@ ASPECTS = ["helpful", "safety"]
 
 def _objective(**grpo) -> Objective:
     settings = Settings.model_validate(
-        {"aspects": [{"name": "helpful", "weight": 0.4}, {"name": "safety", "weight": 0.6}],
-         "grpo": {"num_generations": 2, **grpo}}  # fmt: skip
+        {
+            "aspects": [{"name": "helpful", "weight": 0.4}, {"name": "safety", "weight": 0.6}],
+            "grpo": {"num_generations": 2, **grpo},
+        }
     )
     return Objective.from_settings(settings, ASPECTS)
 

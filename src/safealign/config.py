@@ -279,13 +279,17 @@ class GrpoSettings(_Section):
     checkpoint_every: int = Field(default=8, gt=0, description="steps between resumable checkpoints")
     engine: Literal["auto", "fast", "trl"] = Field(
         default="auto",
-        description="fast: safealign's CPU loop; trl: TRL's GRPOTrainer with every feature (GPUs, accelerate, "
-        "DeepSpeed); auto: fast on a CPU-only machine, trl on CUDA. Same algorithm (docs/engines.md)",
+        description="fast: safealign's CPU loop; trl: TRL's GRPOTrainer with every feature (GPUs, "
+        "accelerate, DeepSpeed); auto: fast on a CPU-only machine, trl on CUDA. Same algorithm "
+        "(docs/engines.md)",
     )
-    bf16: bool | None = Field(default=None, description="TRL engine: bf16 autocast; null = on CUDA, off on CPU")
+    bf16: bool | None = Field(
+        default=None, description="TRL engine: bf16 autocast; null = on CUDA, off on CPU"
+    )
     use_vllm: bool | None = Field(
-        default=None, description="TRL engine: generate with vLLM (TRL's colocated mode); null = when importable "
-        "and on CUDA"
+        default=None,
+        description="TRL engine: generate with vLLM (TRL's colocated mode); null = when importable and "
+        "on CUDA",
     )
     micro_batch_size: int | None = Field(
         default=None,

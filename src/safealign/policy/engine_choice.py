@@ -37,16 +37,17 @@ def resolve_engine(settings: Settings) -> Engine:
 
 
 def check_fast_supported(settings: Settings) -> None:
-    """Refuse the fast engine where it would not do what was asked: on a CUDA machine, or several processes."""
+    """Refuse the fast engine where it would not do what was asked: on CUDA, or in several processes."""
     if cuda_available():
         raise ConfigError(
-            "grpo.engine=fast runs on the CPU only (its decoder and loss are written for CPU tensors), and this "
-            "machine has CUDA: set grpo.engine=trl (or auto) to train on the GPU, or hide the GPUs with "
-            "CUDA_VISIBLE_DEVICES= to train on the CPU anyway"
+            "grpo.engine=fast runs on the CPU only (its decoder and loss are written for CPU tensors), "
+            "and this machine has CUDA: set grpo.engine=trl (or auto) to train on the GPU, or hide the "
+            "GPUs with CUDA_VISIBLE_DEVICES= to train on the CPU anyway"
         )
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise ConfigError(
-            "grpo.engine=fast has no data parallelism: under `accelerate launch` (WORLD_SIZE > 1) use grpo.engine=trl"
+            "grpo.engine=fast has no data parallelism: under `accelerate launch` (WORLD_SIZE > 1) use "
+            "grpo.engine=trl"
         )
 
 
@@ -60,7 +61,9 @@ def use_vllm(settings: Settings) -> bool:
     if want is None:
         return vllm_importable() and cuda_available()
     if want and not vllm_importable():
-        raise ConfigError("grpo.use_vllm=true but vllm is not installed: install it or set grpo.use_vllm=null")
+        raise ConfigError(
+            "grpo.use_vllm=true but vllm is not installed: install it or set grpo.use_vllm=null"
+        )
     if want and not cuda_available():
         raise ConfigError("grpo.use_vllm=true needs a CUDA device: set grpo.use_vllm=null on this machine")
     return bool(want)

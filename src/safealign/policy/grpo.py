@@ -12,8 +12,8 @@ The fast engine's run in four parts, each read top to bottom:
    every ``grpo.checkpoint_every`` steps;
 4. ``finish``: keep the selected step's adapter, summarise, write the outputs atomically (``outputs.py``).
 
-``grpo.engine`` picks the engine (``engine_choice.py``): ``auto`` runs this one on a CPU-only machine and TRL's
-GRPOTrainer with the same features (``trl_engine.py``) on CUDA; both compute the objective of
+``grpo.engine`` picks the engine (``engine_choice.py``): ``auto`` runs this one on a CPU-only machine and
+TRL's GRPOTrainer with the same features (``trl_engine.py``) on CUDA; both compute the objective of
 ``objective.py``. This engine is CPU-only and refuses a CUDA machine.
 """
 

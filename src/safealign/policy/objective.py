@@ -99,7 +99,9 @@ def shape_rewards(
 # ------------------------------------------------------------------------------------------- loss
 
 
-def sequence_policy_term(logprobs: torch.Tensor, mask: torch.Tensor, advantages: torch.Tensor) -> torch.Tensor:
+def sequence_policy_term(
+    logprobs: torch.Tensor, mask: torch.Tensor, advantages: torch.Tensor
+) -> torch.Tensor:
     """Each sequence's policy-gradient term, [n]: mean over its tokens of ``-A * ratio`` at ratio 1.
 
     ``ratio = exp(logp - logp.detach())`` is 1 in value and has the gradient of ``logp``: TRL's clipped
@@ -110,8 +112,6 @@ def sequence_policy_term(logprobs: torch.Tensor, mask: torch.Tensor, advantages:
     ratio = torch.exp(logprobs - logprobs.detach())
     per_token = -advantages.to(logprobs.dtype)[:, None] * ratio
     return (per_token * m).sum(dim=1) / m.sum(dim=1).clamp(min=1.0)
-
-
 
 
 def token_kl(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
@@ -204,4 +204,6 @@ class Objective:
         )
 
     def advantages(self, rewards: np.ndarray) -> Advantages:
-        return group_advantages(torch.as_tensor(rewards, dtype=torch.float32), self.group_size, self.std_floor)
+        return group_advantages(
+            torch.as_tensor(rewards, dtype=torch.float32), self.group_size, self.std_floor
+        )

@@ -115,7 +115,7 @@ def trl_config(
 
 
 def _batch_split(step_batch: int, world: int, micro: int | None) -> tuple[int, int]:
-    """(completions per device per step, completions per forward/backward); refuses splits that leave a rest."""
+    """(completions per device per step, per forward/backward); refuses splits that leave a rest."""
     if step_batch % world:
         raise ConfigError(
             f"grpo.prompts_per_step x grpo.num_generations = {step_batch} completions per step do not split "
@@ -125,7 +125,8 @@ def _batch_split(step_batch: int, world: int, micro: int | None) -> tuple[int, i
     micro = micro or per_device
     if per_device % micro:
         raise ConfigError(
-            f"grpo.micro_batch_size={micro} does not divide the {per_device} completions each process has per step"
+            f"grpo.micro_batch_size={micro} does not divide the {per_device} completions each process has "
+            "per step"
         )
     return per_device, micro
 
@@ -154,8 +155,9 @@ def build_trl_trainer(
     tokenizer.padding_side = "left"
     args = trl_config(settings, output_dir, list(objective.weights), max_steps, trl_defaults, **overrides)
     fraction = cfg.benign_fraction if benign else 0.0
-    sampler = KindMixSampler(adversarial, benign, cfg.prompts_per_step, fraction, cfg.seed, max_steps,
-                             cfg.num_generations)  # fmt: skip
+    sampler = KindMixSampler(
+        adversarial, benign, cfg.prompts_per_step, fraction, cfg.seed, max_steps, cfg.num_generations
+    )
     trainer = SafealignGRPOTrainer(
         model=model,
         reward_funcs=trl_reward_functions(cache),
@@ -252,7 +254,9 @@ def set_up_trl(settings: Settings, scorer: Scorer | None = None, resume: bool = 
     cfg = settings.grpo
     layout = Layout.from_settings(settings)
     adversarial = read_prompts(layout.adversarial_split("train"))
-    benign = read_prompts(layout.benign_split("train")) if cfg.include_benign and cfg.benign_fraction > 0 else []
+    benign = (
+        read_prompts(layout.benign_split("train")) if cfg.include_benign and cfg.benign_fraction > 0 else []
+    )
     scorer = scorer or load_scorer(settings)
     _scorer_to_device(scorer)
     selector = None
@@ -263,11 +267,24 @@ def set_up_trl(settings: Settings, scorer: Scorer | None = None, resume: bool = 
     model, tokenizer = load_policy(settings, dtype=dtype)
     rows, identity = StepRows(), RunIdentity(run_fingerprint(settings, scorer))
     out_dir = layout.checkpoints_dir / "trl"
-    trainer, _cache = build_trl_trainer(settings, model, tokenizer, scorer, adversarial, benign, out_dir, cfg.steps,
-                                        constraint=constraint, save_strategy="steps", save_steps=cfg.checkpoint_every,
-                                        save_total_limit=2, disable_tqdm=False)  # fmt: skip
-    run = TrlRun(settings, layout, scorer, trainer.objective, constraint, selector, trainer, tokenizer, rows,
-                 identity)  # fmt: skip
+    trainer, _cache = build_trl_trainer(
+        settings,
+        model,
+        tokenizer,
+        scorer,
+        adversarial,
+        benign,
+        out_dir,
+        cfg.steps,
+        constraint=constraint,
+        save_strategy="steps",
+        save_steps=cfg.checkpoint_every,
+        save_total_limit=2,
+        disable_tqdm=False,
+    )
+    run = TrlRun(
+        settings, layout, scorer, trainer.objective, constraint, selector, trainer, tokenizer, rows, identity
+    )
     trainer.checkpoint_extras.update(rows=rows, run=identity)
     trainer.add_callback(StepLogCallback(functools.partial(_on_step, run)))
     if selector is not None:
@@ -302,7 +319,9 @@ def _resumable(run: TrlRun, resume: bool) -> Path | None:
         if state.get("run", {}).get("fingerprint") == run.identity.fingerprint:
             log.info("resuming GRPO (TRL) from %s", found[-1])
             return found[-1]
-        log.warning("TRL checkpoints in %s were made with other settings/reward/data; not resuming", run.out_dir)
+        log.warning(
+            "TRL checkpoints in %s were made with other settings/reward/data; not resuming", run.out_dir
+        )
     if run.out_dir.exists() and _is_main():
         shutil.rmtree(run.out_dir)
     return None
@@ -321,8 +340,12 @@ def _log_record(record: dict[str, Any]) -> None:
 
     if _is_main():
         mlflow.log_metrics(flat_metrics(record), step=int(record["step"]))
-        log.info("validation after step %d (%.0f s)%s", record["step"], record["seconds"],
-                 f"; not eligible: {', '.join(record['failures'])}" if record.get("failures") else "")  # fmt: skip
+        log.info(
+            "validation after step %d (%.0f s)%s",
+            record["step"],
+            record["seconds"],
+            f"; not eligible: {', '.join(record['failures'])}" if record.get("failures") else "",
+        )
 
 
 def _on_step(run: TrlRun, step: int, ours: dict[str, Any], logs: dict[str, Any], is_main: bool) -> None:
@@ -356,8 +379,14 @@ def _publish(run: TrlRun, row: dict[str, Any]) -> None:
     write_text(run.layout.grpo_steps_csv, rows_to_csv(run.rows.rows))
     batch = run.trainer.last_batch
     if batch and (step % cfg.checkpoint_every == 0 or step == cfg.steps or len(run.rows.rows) == 1):
-        samples = [{"prompt": p, "completion": t, "scores": dict(zip(run.scorer.aspects, map(float, s), strict=True))}
-                   for p, t, s in zip(batch["prompts"], batch["texts"], batch["scores"], strict=True)]  # fmt: skip
+        samples = [
+            {
+                "prompt": p,
+                "completion": t,
+                "scores": dict(zip(run.scorer.aspects, map(float, s), strict=True)),
+            }
+            for p, t, s in zip(batch["prompts"], batch["texts"], batch["scores"], strict=True)
+        ]
         mlflow.log_text(json.dumps(samples, indent=1, ensure_ascii=False), f"samples/step-{step:06d}.json")
 
 
@@ -414,7 +443,11 @@ def train_grpo_trl(settings: Settings, scorer: Scorer | None = None, resume: boo
         if _is_main():
             import mlflow
 
-            mlflow.set_tags({"safealign.grpo.engine": "trl",
-                             "safealign.grpo.resumed_from": str(_step_of(run.resume_from))})  # fmt: skip
+            mlflow.set_tags(
+                {
+                    "safealign.grpo.engine": "trl",
+                    "safealign.grpo.resumed_from": str(_step_of(run.resume_from)),
+                }
+            )
         run.trainer.train(resume_from_checkpoint=str(run.resume_from) if run.resume_from else None)
         return finish_trl(run, time.perf_counter() - t0)

@@ -107,7 +107,7 @@ class KindMixSampler(Sampler[int]):
 
 
 class SafealignGRPOTrainer(GRPOTrainer):
-    """GRPOTrainer whose advantages, KL term, schedule and checkpoints follow ``objective.py`` (module doc)."""
+    """GRPOTrainer whose advantages, KL term, schedule and checkpoints follow ``objective.py`` (see above)."""
 
     def __init__(
         self,
@@ -172,12 +172,16 @@ class SafealignGRPOTrainer(GRPOTrainer):
         g = self.num_generations if self.model.training else self.num_generations_eval
         kinds = batch["kinds"][::g]
         if any(set(batch["kinds"][i * g : (i + 1) * g]) != {k} for i, k in enumerate(kinds)):
-            raise RuntimeError("a group of completions mixes prompt kinds: the sampler must repeat each prompt G times")
+            raise RuntimeError(
+                "a group of completions mixes prompt kinds: the sampler must repeat each prompt G times"
+            )
         objective = self.objective if g == self.objective.group_size else _regroup(self.objective, g)
         shaped = objective.shape(batch["scores"], kinds, self.constraint)
         adv = objective.advantages(shaped.rewards)
         n_local = out["completion_ids"].shape[0]
-        local = slice(self.accelerator.process_index * n_local, (self.accelerator.process_index + 1) * n_local)
+        local = slice(
+            self.accelerator.process_index * n_local, (self.accelerator.process_index + 1) * n_local
+        )
         device = out["completion_ids"].device
         out["advantages"] = adv.values[local].to(device)
         if objective.uses_kl:
@@ -203,7 +207,11 @@ class SafealignGRPOTrainer(GRPOTrainer):
             use_adapter(model, adapter_name=None),
         ):
             ref, _, _ = self._get_per_token_logps_and_entropies(
-                self.model, ids, mask, out["completion_ids"].size(1), batch_size=self.args.per_device_train_batch_size
+                self.model,
+                ids,
+                mask,
+                out["completion_ids"].size(1),
+                batch_size=self.args.per_device_train_batch_size,
             )
         return ref
 
@@ -222,7 +230,9 @@ class SafealignGRPOTrainer(GRPOTrainer):
         for k, aspect in enumerate(self.objective.aspects):
             metrics[f"{aspect}_mean"] = float(batch["scores"][:, k].mean())
             metrics[f"{aspect}_std"] = float(batch["scores"][:, k].std())
-        metrics.update(per_kind_metrics(batch["scores"], shaped.rewards, kinds, g, list(self.objective.aspects)))
+        metrics.update(
+            per_kind_metrics(batch["scores"], shaped.rewards, kinds, g, list(self.objective.aspects))
+        )
         for key, value in metrics.items():
             self._metrics[mode][PREFIX + key].append(value)
 
@@ -239,7 +249,11 @@ class SafealignGRPOTrainer(GRPOTrainer):
         if "kl_beta" not in inputs:
             return loss
         logps, self._loss_logps = self._loss_logps, None
-        mask = inputs["completion_mask"] if "tool_mask" not in inputs else inputs["completion_mask"] * inputs["tool_mask"]
+        mask = (
+            inputs["completion_mask"]
+            if "tool_mask" not in inputs
+            else inputs["completion_mask"] * inputs["tool_mask"]
+        )
         betas = inputs["kl_beta"]
         per_seq = sequence_kl(logps, inputs["ref_per_token_logps"], mask, betas)
         mode = "train" if self.model.training else "eval"
@@ -321,7 +335,9 @@ class SelectionCallback(TrainerCallback):
     and generation under DeepSpeed ZeRO-3 needs every rank anyway); the record is logged once.
     """
 
-    def __init__(self, selector: Any, scorer: Any, tokenizer: Any, steps: Sequence[int], on_record: Any = None):
+    def __init__(
+        self, selector: Any, scorer: Any, tokenizer: Any, steps: Sequence[int], on_record: Any = None
+    ):
         self.selector, self.scorer, self.tokenizer = selector, scorer, tokenizer
         self.steps = set(steps)
         self.on_record = on_record
