@@ -6,10 +6,15 @@ alternated A B A B in one process (after one warm-up step each), so machine load
 the median seconds per step and each part, tokens/s, peak RSS during the step, the ratio, and the ratio of
 each to a floor computed from matmul GFLOP/s and memory-copy GB/s measured in the same run.
 
-TRL "default configuration" = GRPOConfig defaults except what defines the work and the algorithm (G,
-lengths, batch of 4 prompts x G, lr, beta=0, loss_type="grpo", reward weights, LoRA via peft_config): so
-bf16 autocast and gradient checkpointing stay ON, as TRL ships them. ``--trl-fp32`` also runs TRL with both
-off, the best plain configuration of TRL on this CPU.
+TRL "default configuration" = the TRL engine as ``grpo.engine=trl`` builds it (GRPOTrainer with safealign's
+extensions, which add no work at these settings: no KL, no constraint) with GRPOConfig's defaults except what
+defines the work and the algorithm (G, lengths, batch of 4 prompts x G, lr, loss_type="grpo", LoRA via
+peft_config): so bf16 autocast and gradient checkpointing stay ON, as TRL ships them. ``--trl-fp32`` also
+runs TRL with both off (what ``safealign grpo`` uses on a CPU), the best plain configuration of TRL here.
+
+The first line printed is the machine: fp32 matmul GFLOP/s and memory-copy GB/s measured in the run, torch
+threads and the OpenMP wait policy chosen before torch loaded (spin on an idle CPU, sleep on a shared one),
+so ratios from two machines can be compared.
 
 Peak RSS is the process's VmHWM reset before each step; both engines' models are resident throughout, so
 each engine's number includes the other's weights (about 0.6 GiB): an upper bound for either alone.
@@ -33,12 +38,18 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-# grpo_step chooses the OpenMP wait policy (as `safealign grpo` does) before torch loads; both engines
-# then run under that one policy in this process.
+# Importing grpo_step chooses the OpenMP wait policy (as `safealign grpo` does), and libgomp reads it once,
+# when torch loads: grpo_step must load BEFORE torch, or the choice never applies. It used to sit in one
+# import block with `import torch`, which the import sorter (ruff I001) put first, and the bench printed
+# "OpenMP wait unchanged: torch was already imported". The assignment below ends the import block, so no
+# sorter can move torch above it.
+import grpo_step  # noqa: E402
+
+WAIT_POLICY = grpo_step.WAIT_POLICY
+
 import torch  # noqa: E402
 from grpo_step import (  # noqa: E402
     ROOT,
-    WAIT_POLICY,
     bench_prompts,
     bench_scorer,
     bench_settings,
@@ -151,12 +162,12 @@ def trl_engine(
         model,
         tok,
         scorer,
-        prompts,
+        prompts,  # all as adversarial prompts: each step draws the same 4, as the fast engine's step gets
+        [],
         out_dir,
         max_steps=1,
-        default_precision=default_precision,
         callbacks=[StepClock()],
-        shuffle_dataset=False,
+        trl_defaults=default_precision,
     )
     from transformers.trainer_callback import PrinterCallback
 
@@ -288,6 +299,12 @@ def main() -> None:
     ratio = rows[0]["step"] / rows[-1]["step"]
     print(
         f"ratio TRL default / safealign fast = {ratio:.2f}x (target >= 2.5x); fast peak RSS {rows[-1]['peak_rss_gib']:.2f} GiB"
+    )
+    # the ratio depends on the machine (the fast engine's fp32 decode is bandwidth-bound, TRL's bf16 path reads
+    # half the bytes): quote it with the numbers that make two machines comparable
+    print(
+        f"on: fp32 matmul {machine['gflops']:.0f} GFLOP/s, copy {machine['copy_gbs']:.1f} GB/s, "
+        f"{torch.get_num_threads()} threads, OpenMP wait {WAIT_POLICY}"
     )
 
 

@@ -120,7 +120,7 @@ def _reference_advantages(rewards, g, floor):
 
 
 def _reference_loss(model, prompt_ids, completions, advantages, temperature, betas):
-    """One sequence at a time, no padding, full forward, log_softmax: the textbook GRPO loss at ratio 1,
+    """One sequence at a time, no padding, full forward, log_softmax: the clipped-ratio GRPO loss at ratio 1,
     plus each sequence's beta * the k3 KL estimate against the base model (a deep copy with the LoRA delta
     dropped)."""
 
@@ -139,7 +139,7 @@ def _reference_loss(model, prompt_ids, completions, advantages, temperature, bet
     for p_ids, c_ids, a, beta in zip(prompt_ids, completions, advantages, betas, strict=True):
         ids = torch.tensor([list(p_ids) + list(c_ids)])
         logp = token_logps(model, ids, len(p_ids), c_ids)
-        per_token = -a * logp
+        per_token = -a * torch.exp(logp - logp.detach())  # TRL's surrogate at ratio 1: value -A, gradient -A dlogp
         if base is not None:
             with torch.no_grad():
                 ref = token_logps(base, ids, len(p_ids), c_ids)

@@ -84,3 +84,26 @@ def test_cli_sets_a_policy_before_torch_loads() -> None:
     assert (policy, spin) in (("None", SPIN_COUNT), ("PASSIVE", "None"))
     rc, policy, spin = run("promote", "--set", "grpo.no_such_key=1")
     assert (rc, policy, spin) == ("2", "None", "None")
+
+
+@pytest.mark.parametrize("bench", ["grpo_step.py", "grpo_vs_trl.py"])
+def test_benches_choose_the_policy_before_torch_loads(bench: str) -> None:
+    """Loading a GRPO bench module chooses a policy in a fresh process, not "torch was already imported".
+
+    The choice only applies when it is made before torch loads; grpo_vs_trl.py once imported torch first
+    (its import block sorted torch above the module that chooses) and so ran under libgomp's default.
+    """
+    root = Path(__file__).resolve().parents[1]
+    code = (
+        "import importlib.util, sys\n"
+        f"sys.path.insert(0, {str(root / 'bench')!r})\n"
+        f"spec = importlib.util.spec_from_file_location('bench_module', {str(root / 'bench' / bench)!r})\n"
+        "module = importlib.util.module_from_spec(spec)\n"
+        "spec.loader.exec_module(module)\n"
+        "print(module.WAIT_POLICY)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=180)
+    assert out.returncode == 0, out.stderr[-2000:]
+    said = out.stdout.strip().splitlines()[-1]
+    assert said.startswith(("spin", "PASSIVE")), said

@@ -277,10 +277,25 @@ class GrpoSettings(_Section):
         description="share of benign prompts per step; 0.5 taught fewer refusals than the base model has",
     )
     checkpoint_every: int = Field(default=8, gt=0, description="steps between resumable checkpoints")
-    engine: Literal["fast", "trl"] = Field(
-        default="fast",
-        description="fast: safealign's CPU-fast loop; trl: TRL's GRPOTrainer (GPUs, clusters). Same "
-        "algorithm",
+    engine: Literal["auto", "fast", "trl"] = Field(
+        default="auto",
+        description="fast: safealign's CPU loop; trl: TRL's GRPOTrainer with every feature (GPUs, "
+        "accelerate, DeepSpeed); auto: fast on a CPU-only machine, trl on CUDA. Same algorithm "
+        "(docs/engines.md)",
+    )
+    bf16: bool | None = Field(
+        default=None, description="TRL engine: bf16 autocast; null = on CUDA, off on CPU"
+    )
+    use_vllm: bool | None = Field(
+        default=None,
+        description="TRL engine: generate with vLLM (TRL's colocated mode); null = when importable and "
+        "on CUDA",
+    )
+    micro_batch_size: int | None = Field(
+        default=None,
+        gt=0,
+        description="TRL engine: completions per forward/backward on one device (gradient accumulation, one "
+        "optimizer step per step); null = the device's whole share at once",
     )
     lora: LoraSettings = Field(default_factory=LoraSettings, description="the adapter GRPO trains")
     safety_constraint: SafetyConstraintSettings | None = Field(

@@ -21,9 +21,10 @@ only removes work:
    for Llama/Qwen2 the lm_head, log-softmax and target gather run in one [T, V] buffer (``_TokenLogProb``)
    instead of writing logits, their concatenation, log-softmax and a zero-filled gradient separately;
 4. one optimisation pass per batch => the importance ratio is exactly 1, so no old log-probs are computed.
-   The loss is TRL's "grpo" aggregation:
-       loss = mean_i [ (1/|o_i|) * sum_t ( -A_i * log pi(o_i,t | q, o_i,<t) + beta * KL_t ) ]
-   whose gradient equals TRL's clipped-ratio form at ratio 1. beta = 0 (the paper's default) needs no
+   The loss is TRL's "grpo" aggregation at ratio 1 (its arithmetic lives in ``objective.py``, shared with
+   the TRL engine):
+       loss = mean_i [ (1/|o_i|) * sum_t ( -A_i * r_t + beta_i * KL_t ) ],  r_t = pi(o_t) / pi(o_t).detach()
+   r_t is 1 in value with the gradient of log pi, so the loss value and its gradient are TRL's. beta = 0 (the paper's default) needs no
    reference at all; beta > 0 takes the reference log-probs from the same model with its LoRA adapter
    switched off (one extra no-grad forward, no second model), with TRL's k3 estimator for KL_t.
 
@@ -47,6 +48,7 @@ from safealign.policy.advantages import Advantages, group_advantages
 from safealign.policy.constraint import LagrangeConstraint
 from safealign.policy.lean_decode import SUPPORTED as LEAN_TYPES
 from safealign.policy.lean_decode import LeanDecoder
+from safealign.policy.objective import sequence_kl, sequence_policy_term, shape_rewards, token_kl
 from safealign.policy.reward_adapter import Scorer
 
 if TYPE_CHECKING:
@@ -355,15 +357,6 @@ def completion_logprobs(
     return -nll.view(completion.shape)
 
 
-def token_kl(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
-    """Per-token KL(pi || pi_ref) by the k3 estimator TRL's GRPO uses: exp(d) - d - 1 with d = ref - logp.
-
-    Unbiased for samples from pi, never negative, and with gradient only through ``logprobs``.
-    """
-    d = ref_logprobs - logprobs
-    return torch.exp(d) - d - 1
-
-
 def grpo_loss(
     logprobs: torch.Tensor,
     mask: torch.Tensor,
@@ -372,21 +365,20 @@ def grpo_loss(
     ref_logprobs: torch.Tensor | None = None,
     beta: float | torch.Tensor = 0.0,
 ) -> torch.Tensor:
-    """TRL loss_type="grpo" at ratio 1: per-sequence token mean of -A*logp (+ beta*KL), averaged over N.
+    """TRL loss_type="grpo" at ratio 1 (``objective.py``): per-sequence token mean of -A*ratio (+ beta*KL),
+    averaged over N.
 
     ``num_sequences`` is the batch's full N even when flat groups were left out of ``logprobs``, so the
     result (and its gradient) equals the loss over all N sequences. ``beta`` is one coefficient or one per
     sequence (a [N_kept] tensor), so benign prompts can be held to the base model while adversarial ones
     move freely.
     """
-    m = mask.to(logprobs.dtype)
-    per_token = -advantages[:, None] * logprobs
-    betas = torch.as_tensor(beta, dtype=logprobs.dtype)
+    per_seq = sequence_policy_term(logprobs, mask, advantages)
+    betas = torch.as_tensor(beta, dtype=logprobs.dtype).expand(logprobs.shape[0])
     if bool((betas != 0).any()):
         if ref_logprobs is None:
             raise ValueError("beta != 0 needs the reference log-probs")
-        per_token = per_token + (betas[:, None] if betas.ndim else betas) * token_kl(logprobs, ref_logprobs)
-    per_seq = (per_token * m).sum(dim=1) / m.sum(dim=1).clamp(min=1.0)
+        per_seq = per_seq + sequence_kl(logprobs, ref_logprobs, mask, betas)
     return per_seq.sum() / num_sequences
 
 
@@ -618,16 +610,8 @@ def score_completions(
     texts = tokenizer.batch_decode(ids_list, skip_special_tokens=True)
     raw = [p for p in prompts.raw for _ in range(g)]
     scores = np.asarray(scorer.score(raw, texts, ids_list), dtype=np.float64)
-    w = np.asarray(weights, dtype=np.float64)
-    combined = scores @ w if w.ndim == 1 else (scores * np.repeat(w, g, axis=0)).sum(axis=1)
-    rewards = combined
-    safety = None
-    covered = np.ones(len(combined), dtype=bool)
-    if constrained is not None:
-        covered = np.repeat(np.asarray(constrained, dtype=bool), g)
-    if constraint is not None:
-        safety = scores[:, list(scorer.aspects).index(constraint.aspect)]
-        rewards = np.where(covered, constraint.shape(combined, safety), combined)
+    shaped = shape_rewards(scores, weights, g, scorer.aspects, constraint, constrained)  # objective.py
+    combined, rewards, safety, covered = shaped.combined, shaped.rewards, shaped.safety, shaped.covered
     return Scored(texts, scores, combined, rewards, safety, covered)
 
 

@@ -12,12 +12,14 @@ The fast engine's run in four parts, each read top to bottom:
    every ``grpo.checkpoint_every`` steps;
 4. ``finish``: keep the selected step's adapter, summarise, write the outputs atomically (``outputs.py``).
 
-``grpo.engine = "trl"`` hands the same work to TRL's GRPOTrainer instead (``trl_engine.py``); it exists for
-multi-GPU scale-out and to compare against, not for the default CPU run.
+``grpo.engine`` picks the engine (``engine_choice.py``): ``auto`` runs this one on a CPU-only machine and
+TRL's GRPOTrainer with the same features (``trl_engine.py``) on CUDA; both compute the objective of
+``objective.py``. This engine is CPU-only and refuses a CUDA machine.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import random
@@ -39,7 +41,9 @@ from safealign.layout import Layout
 from safealign.policy.checkpoints import find_resumable, load_checkpoint, run_fingerprint, save_checkpoint
 from safealign.policy.constraint import LagrangeConstraint, constraint_from_settings
 from safealign.policy.engine import StepConfig, StepResult, grpo_step
+from safealign.policy.engine_choice import check_fast_supported, resolve_engine
 from safealign.policy.loading import load_policy, lora_config
+from safealign.policy.objective import Objective, lr_factor
 from safealign.policy.outputs import (
     peak_rss_gib,
     per_kind_metrics,
@@ -48,7 +52,7 @@ from safealign.policy.outputs import (
     write_stage_outputs,
 )
 from safealign.policy.prompts import PromptEncoder, PromptSampler
-from safealign.policy.reward_adapter import Scorer, aspect_weights, load_scorer
+from safealign.policy.reward_adapter import Scorer, load_scorer
 from safealign.policy.selection import Selector, build_selector, observe_and_log, validation_steps
 from safealign.policy.trl_engine import train_grpo_trl
 
@@ -69,8 +73,8 @@ def build_optimizer(model: Any, settings: Settings) -> tuple[torch.optim.Optimiz
     """AdamW on the LoRA parameters; linear warm-up then constant (the paper trains at a fixed lr)."""
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=settings.grpo.learning_rate, weight_decay=0.0)
-    warmup = settings.grpo.warmup_steps
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / (warmup + 1)))
+    schedule = functools.partial(lr_factor, warmup_steps=settings.grpo.warmup_steps)  # objective.py
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     return optimizer, scheduler
 
 
@@ -81,8 +85,7 @@ class FastRun:
     settings: Settings
     layout: Layout
     scorer: Scorer
-    weights: np.ndarray  # aspect weights in the scorer's order, for adversarial prompts
-    benign_weights: np.ndarray  # ... and for benign ones (grpo.benign_weights, else the same)
+    objective: Objective  # per-kind aspect weights and KL coefficients (objective.py, shared with TRL)
     constraint: LagrangeConstraint | None
     selector: Selector | None
     model: Any
@@ -99,9 +102,16 @@ class FastRun:
     elapsed_before: float = 0.0  # wall time of the steps done before a resume
 
     @property
+    def weights(self) -> np.ndarray:
+        return self.objective.weights
+
+    @property
+    def benign_weights(self) -> np.ndarray:
+        return self.objective.benign_weights
+
+    @property
     def benign_beta(self) -> float:
-        cfg = self.settings.grpo
-        return cfg.beta if cfg.benign_beta is None else cfg.benign_beta
+        return self.objective.benign_beta
 
 
 # --------------------------------------------------------------------------------------------- 1. set-up
@@ -119,10 +129,7 @@ def set_up(settings: Settings, scorer: Scorer | None = None) -> FastRun:
     selector = None
     if cfg.selection is not None:
         adversarial, benign, selector = build_selector(settings, adversarial, benign, scorer)
-    weights = aspect_weights(settings.aspects, scorer.aspects)
-    benign_weights = (
-        weights if cfg.benign_weights is None else aspect_weights(cfg.benign_weights, scorer.aspects)
-    )
+    objective = Objective.from_settings(settings, scorer.aspects)
     constraint = constraint_from_settings(settings, scorer.aspects)
 
     random.seed(cfg.seed)
@@ -134,8 +141,7 @@ def set_up(settings: Settings, scorer: Scorer | None = None) -> FastRun:
         settings=settings,
         layout=layout,
         scorer=scorer,
-        weights=weights,
-        benign_weights=benign_weights,
+        objective=objective,
         constraint=constraint,
         selector=selector,
         model=model,
@@ -233,11 +239,11 @@ def one_step(run: FastRun, step: int) -> tuple[list[str], StepResult, dict[str, 
         run.scheduler,
         run.encoder.batch(drawn),
         run.scorer,
-        np.stack([run.weights if adv else run.benign_weights for adv in adversarial]),
+        run.objective.prompt_weights(adversarial),
         run.step_cfg,
         run.constraint,
         constrained=adversarial,
-        betas=[cfg.beta if adv else run.benign_beta for adv in adversarial],
+        betas=run.objective.prompt_betas(adversarial),
     )
     row: dict[str, Any] = {"step": step, **result.metrics}
     aspects = list(run.scorer.aspects)
@@ -306,8 +312,9 @@ def train_grpo(settings: Settings, resume: bool = True, scorer: Scorer | None = 
     ``scorer`` replaces the trained reward model (tests use toy scorers); by default the reward model in
     ``Layout.reward_model_dir`` is loaded.
     """
-    if settings.grpo.engine == "trl":
-        return train_grpo_trl(settings, scorer=scorer)
+    if resolve_engine(settings) == "trl":
+        return train_grpo_trl(settings, scorer=scorer, resume=resume)
+    check_fast_supported(settings)
     run = set_up(settings, scorer)
     resume_from_checkpoint(run, resume)
     t_start = time.perf_counter()

@@ -102,7 +102,7 @@ class SharedScoreCache:
         return self._scores
 
 
-def _text_of(item: Any) -> str:
+def text_of(item: Any) -> str:
     """TRL passes strings (standard format) or message lists (conversational format)."""
     if isinstance(item, str):
         return item
@@ -123,8 +123,8 @@ def trl_reward_functions(cache: SharedScoreCache) -> list[Callable[..., list[flo
         def reward(
             prompts: list, completions: list, completion_ids: Any = None, _k: int = k, **kwargs: Any
         ) -> list[float]:
-            raw = kwargs.get("raw_prompt") or [_text_of(p) for p in prompts]
-            responses = [_text_of(c) for c in completions]
+            raw = kwargs.get("raw_prompt") or [text_of(p) for p in prompts]
+            responses = [text_of(c) for c in completions]
             return [float(x) for x in cache.get(raw, responses, completion_ids)[:, _k]]
 
         reward.__name__ = aspect
