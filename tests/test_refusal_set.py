@@ -152,3 +152,15 @@ def test_detector_cli_prints_the_heldout_figures(capsys):
     assert detector.main(["--split", "heldout"]) == 0
     out = json.loads(capsys.readouterr().out.split('\n{\n  "second_pass"')[0])
     assert out["split"] == "heldout" and out["precision"] >= 0.95
+
+
+def test_recorded_second_pass_covers_the_blind_subset_and_agrees(rows):
+    second = detector.load_second_pass()
+    if second is None:
+        pytest.skip("no second labelling pass recorded")
+    blind_ids = {b["id"] for b in rs.blind_subset(rows)}
+    assert {s["id"] for s in second} == blind_ids and len(second) == len(blind_ids)
+    agreement = detector.second_pass_agreement(rows, second)
+    assert agreement["kappa"] >= 0.8, agreement
+    # the report carries it
+    assert detector.detector_report(rows)["second_pass"]["kappa"] == agreement["kappa"]
