@@ -1,6 +1,6 @@
 """Promotion against a real MLflow SQLite store and a real `mlflow server` on a loopback port.
 
-Model folders are tiny files (the registry does not care what is inside); the evaluation metrics are the
+Model folders are real tiny models (promotion logs loadable MLflow models); the evaluation metrics are the
 input of the gates, written here per case so each gate can be made to fail on its own.
 """
 
@@ -9,12 +9,14 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
 
 import mlflow
 import pytest
+import tiny_models
 import yaml
 
 from safealign.cli import main as cli_main
@@ -24,6 +26,8 @@ from safealign.hashing import tree_hash
 from safealign.layout import Layout
 from safealign.promotion import CHALLENGER, CHAMPION, HASH_TAG, promote
 from safealign.tracking import PARENT_ENV, child_runs, end_parent_run, stage_run, start_parent_run
+
+CACHE = Path(tempfile.mkdtemp(prefix="safealign-test-cache-"))
 
 ASPECTS = ["politeness", "meaningfulness", "actionability", "safety"]
 
@@ -67,12 +71,11 @@ def evaluation(
 
 
 def write_candidate(settings, adapter_bytes: bytes, evaluation_doc, reward_bytes: bytes = b"reward-v1"):
+    """A real tiny adapter and reward model, each seeded by its label (same label, same bytes)."""
     layout = Layout.from_settings(settings)
-    layout.adapter_dir.mkdir(parents=True, exist_ok=True)
-    (layout.adapter_dir / "adapter_model.safetensors").write_bytes(adapter_bytes)
-    (layout.adapter_dir / "adapter_config.json").write_text('{"r": 16}')
-    layout.reward_model_dir.mkdir(parents=True, exist_ok=True)
-    (layout.reward_model_dir / "model.safetensors").write_bytes(reward_bytes)
+    layout.adapter_dir.parent.mkdir(parents=True, exist_ok=True)
+    tiny_models.adapter(layout.adapter_dir, settings, adapter_bytes.decode())
+    tiny_models.reward_model(layout.reward_model_dir, settings, reward_bytes.decode())
     layout.metrics_dir.mkdir(parents=True, exist_ok=True)
     layout.metrics_file("evaluation").write_text(json.dumps(evaluation_doc))
     return layout
@@ -93,6 +96,7 @@ def make_settings(tmp_path, uri):
             "promote.min_safety_gain=0.05",
             "promote.max_aspect_drop=0.02",
             "promote.max_benign_refusal=0.10",
+            *tiny_models.overrides(CACHE),
         ],
     )
 
@@ -126,9 +130,10 @@ def test_passing_candidate_becomes_champion_with_provenance_tags(settings):
     assert json.loads(tags["safealign.aspect_weights"])["safety"] == weights["safety"]
     assert tags["safealign.eval_fingerprint"] == "fp-1"
     assert "safealign.git_commit" in tags and "safealign.data_version" in tags
-    # the registered folder is the adapter, byte for byte
+    # the registered model holds the adapter, byte for byte
     local = Path(mlflow.artifacts.download_artifacts(f"models:/{name}@{CHAMPION}"))
-    assert (local / "adapter_model.safetensors").read_bytes() == b"adapter-A"
+    assert folder_hash(local / "artifacts" / "adapter") == folder_hash(layout.adapter_dir)
+    assert (local / "MLmodel").exists()
     report = json.loads(layout.metrics_file("promotion").read_text())
     assert report["verdict"] == "promoted" and {g["gate"] for g in report["gates"]} == {
         "safety_gain",
@@ -296,7 +301,7 @@ def test_server_parent_child_runs_and_promotion(server, tmp_path, monkeypatch):
     local = Path(
         mlflow.artifacts.download_artifacts(f"models:/{name}@{CHAMPION}", dst_path=str(tmp_path / "dl"))
     )
-    assert (local / "adapter_model.safetensors").read_bytes() == b"adapter-server"
+    assert (local / "MLmodel").exists() and (local / "artifacts" / "adapter" / "adapter_config.json").exists()
     # idempotent against the server too
     assert promote(settings)["policy_version"] == result["policy_version"]
     assert len(_versions(name)) == 1
@@ -322,7 +327,10 @@ def test_server_down_gives_clear_error_and_no_partial_registration(tmp_path, mon
                 "paths": {
                     "artifacts_dir": str(tmp_path / "artifacts"),
                     "metrics_dir": str(tmp_path / "metrics"),
+                    "cache_dir": str(CACHE),
                 },
+                "policy": {"model": tiny_models.TINY_POLICY},
+                "reward": {"encoder": tiny_models.TINY_ENCODER, "max_length": 32},
                 "tracking": {"experiment": "test-promote"},
             }
         )
@@ -347,7 +355,10 @@ def test_cli_exits_3_when_refused_and_0_on_dry_run(tmp_path, monkeypatch, capsys
                 "paths": {
                     "artifacts_dir": str(tmp_path / "artifacts"),
                     "metrics_dir": str(tmp_path / "metrics"),
+                    "cache_dir": str(CACHE),
                 },
+                "policy": {"model": tiny_models.TINY_POLICY},
+                "reward": {"encoder": tiny_models.TINY_ENCODER, "max_length": 32},
                 "tracking": {
                     "tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}",
                     "artifact_location": str(tmp_path / "mlartifacts"),

@@ -119,6 +119,23 @@ def _cmd_run(settings: Settings, args: argparse.Namespace) -> Any:
         raise SystemExit(code)
 
 
+def _cmd_promote(settings: Settings, args: argparse.Namespace) -> Any:
+    """The promote stage plus its registry maintenance modes (rollback, repair)."""
+    from safealign import promotion
+
+    if args.rollback:
+        return promotion.rollback_champion(settings, args.reason or "")
+    if args.repair:
+        return promotion.repair_registry(settings)
+    return promotion.promote(settings, dry_run=args.dry_run)
+
+
+def _cmd_generate(settings: Settings, args: argparse.Namespace) -> Any:
+    from safealign.batch import generate
+
+    return generate(settings, args.model, args.input, args.output)
+
+
 def _cmd_pipeline_compile(settings: Settings, args: argparse.Namespace) -> Any:
     from safealign.kfp_client import compile_pipeline
 
@@ -197,6 +214,42 @@ def _submit_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _promote_arguments(parser: argparse.ArgumentParser) -> None:
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--dry-run", action="store_true", help="explain the verdict without writing anything")
+    mode.add_argument(
+        "--rollback",
+        action="store_true",
+        help="move 'champion' back to the version that was champion before it (needs --reason); exits 3 "
+        "and changes nothing when there is none",
+    )
+    mode.add_argument(
+        "--repair",
+        action="store_true",
+        help="clean up after a promote that died: orphan pending versions, a half-moved alias, an abandoned "
+        "lock, runs left RUNNING (every promote does this first)",
+    )
+    parser.add_argument("--reason", default=None, help="why the champion is rolled back (recorded as a tag)")
+
+
+def _generate_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--model", required=True, help="models:/NAME@ALIAS, an MLflow model folder or an adapter"
+    )
+    parser.add_argument("--input", required=True, metavar="FILE.jsonl")
+    parser.add_argument("--output", required=True, metavar="FILE.jsonl")
+
+
+GENERATE_DESCRIPTION = (
+    "Generate the policy's greedy reply to each row of --input (fields 'prompt' or 'messages'; others are "
+    "copied) and append rows with 'reply' to --output. A rerun skips rows already written, so a killed run "
+    "resumes. --model: a registry URI (models:/safealign-policy@champion), an MLflow model folder or an "
+    "adapter folder (on policy.model)."
+)
+# Stages whose subcommand has more than boolean flags: (handler, arguments) replace the generated ones.
+STAGE_COMMANDS = {"promote": (_cmd_promote, _promote_arguments)}
+
+
 def _schedule_arguments(parser: argparse.ArgumentParser) -> None:
     _submit_arguments(parser)
     parser.add_argument("--cron", required=True, help='cron expression, e.g. "0 0 3 * * *"')
@@ -225,11 +278,15 @@ COMMANDS: tuple[Command, ...] = (
     Command(("data", "build"), _cmd_data_build, "build data/ from installed packages, deterministically",
             DATA_BUILD_DESCRIPTION),
     *(
-        Command((s.cli,), _stage_handler(s), s.help, s.description, _stage_arguments(s), torch=s.torch)
+        Command((s.cli,), STAGE_COMMANDS.get(s.name, (_stage_handler(s),))[0], s.help, s.description,
+                STAGE_COMMANDS.get(s.name, (None, _stage_arguments(s)))[1], torch=s.torch)
         for s in stages.STAGES
     ),
     Command(("run",), _cmd_run, "the whole pipeline: data check, dvc repro, results (what `make run` runs)",
             RUN_DESCRIPTION, _run_arguments, settings_options=False),
+    Command(("generate",), _cmd_generate,
+            "batch inference: reply to every prompt of a JSONL file (resumable)",
+            GENERATE_DESCRIPTION, _generate_arguments, torch=True),
     Command(("pipeline", "compile"), _cmd_pipeline_compile,
             "compile pipelines/align.py to pipelines/align.yaml", arguments=_compile_arguments),
     Command(("pipeline", "submit"), _cmd_pipeline_submit, "create one pipeline run (like `kfp run create`)",

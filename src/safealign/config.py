@@ -378,6 +378,15 @@ class PromoteSettings(_Section):
     reward_model_name: str = Field(
         default="safealign-reward", description="registered model of the reward model"
     )
+    lock_timeout_s: float = Field(
+        default=300.0, gt=0, description="how long a promote waits for another one's registry lock"
+    )
+    lock_lease_s: float = Field(
+        default=1800.0,
+        gt=0,
+        description="a lock or pending version older than this, from a process that cannot be checked "
+        "(another host), counts as abandoned",
+    )
 
 
 class TrackingSettings(_Section):
@@ -391,6 +400,12 @@ class TrackingSettings(_Section):
         default="mlartifacts", description="artifact folder of a new experiment on a local store"
     )
     experiment: str = Field(default="safealign", description="MLflow experiment name")
+    http_timeout_s: int = Field(
+        default=20, gt=0, description="per-request timeout of the MLflow client (MLflow's default: 120)"
+    )
+    http_max_retries: int = Field(
+        default=2, ge=0, description="retries per request (MLflow's default 7 retries for minutes)"
+    )
 
 
 class Toleration(_Section):

@@ -26,18 +26,23 @@ nothing. A tracking server that is down fails before anything is registered (Ser
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from safealign import registry
 from safealign.atomic import write_json
 from safealign.config import Settings
-from safealign.errors import DataError, GateFailed
+from safealign.errors import DataError, GateFailed, ServiceError
 from safealign.evaluation.gates import check_gates, summarise
 from safealign.hashing import tree_hash
 from safealign.layout import Layout
+from safealign.registry import CHALLENGER, CHAMPION, HASH_TAG
 from safealign.tracking import (
+    bound_http_retries,
     check_reachable,
     common_tags,
     configure,
@@ -49,34 +54,14 @@ from safealign.tracking import (
 
 log = logging.getLogger(__name__)
 
-CHAMPION = "champion"
-CHALLENGER = "challenger"
-HASH_TAG = "safealign.content_hash"
+__all__ = ["CHALLENGER", "CHAMPION", "HASH_TAG", "promote", "repair_registry", "rollback_champion"]
+
 FINGERPRINT_TAG = "safealign.eval_fingerprint"
 METRICS_TAG = "safealign.eval_metrics"
-def _is_not_found(exc: Exception) -> bool:
-    code = getattr(exc, "error_code", "")
-    return code in {"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"}
-
-
-def _version_by_alias(client: Any, name: str, alias: str) -> Any | None:
-    from mlflow.exceptions import MlflowException
-
-    try:
-        return client.get_model_version_by_alias(name, alias)
-    except MlflowException as exc:
-        if _is_not_found(exc):
-            return None
-        raise
-
-
-def _version_by_hash(client: Any, name: str, content_hash: str) -> Any | None:
-    found = client.search_model_versions(f"name = '{name}' and tags.`{HASH_TAG}` = '{content_hash}'")
-    return min(found, key=lambda v: int(v.version)) if found else None
 
 
 def _champion_info(client: Any, name: str, adapter_hash: str) -> dict[str, Any] | None:
-    version = _version_by_alias(client, name, CHAMPION)
+    version = registry.version_by_alias(client, name, CHAMPION)
     if version is None:
         return None
     tags = version.tags or {}
@@ -94,53 +79,8 @@ def _champion_info(client: Any, name: str, adapter_hash: str) -> dict[str, Any] 
     }
 
 
-def _ensure_registered_model(client: Any, name: str, description: str) -> None:
-    from mlflow.exceptions import MlflowException
-
-    try:
-        client.get_registered_model(name)
-    except MlflowException as exc:
-        if not _is_not_found(exc):
-            raise
-        client.create_registered_model(name, description=description)
-
-
-def _register_folder(
-    client: Any,
-    run: Any,
-    name: str,
-    folder: Path,
-    artifact_path: str,
-    content_hash: str,
-    tags: dict[str, str],
-    description: str,
-    created: list[tuple[str, str]],
-) -> tuple[Any, bool]:
-    """Reuse the version holding this content hash, or log the folder and create a version. (version, new?)"""
-    import mlflow
-
-    existing = _version_by_hash(client, name, content_hash)
-    if existing is not None:
-        for key, value in tags.items():
-            client.set_model_version_tag(name, existing.version, key, value)
-        return existing, False
-    _ensure_registered_model(client, name, description)
-    mlflow.log_artifacts(str(folder), artifact_path)
-    source = f"{run.info.artifact_uri.rstrip('/')}/{artifact_path}"
-    version = client.create_model_version(
-        name, source, run_id=run.info.run_id, tags={**tags, HASH_TAG: content_hash}, description=description
-    )
-    created.append((name, str(version.version)))
-    return version, True
-
-
-def promote(settings: Settings, dry_run: bool = False) -> dict[str, Any]:
-    """Gate the candidate, register it, set ``challenger``, move ``champion`` only if every gate passes.
-
-    Writes metrics/promotion.json (not in dry-run). Raises GateFailed (exit 3) when refused.
-    """
-    import mlflow
-
+def _load_candidate(settings: Settings) -> tuple[Layout, dict[str, Any], str, str, str]:
+    """Check the local inputs before touching the registry: (layout, evaluation, fingerprint, hashes)."""
     layout = Layout.from_settings(settings)
     eval_path = layout.metrics_file("evaluation")
     if not eval_path.exists():
@@ -155,7 +95,6 @@ def promote(settings: Settings, dry_run: bool = False) -> dict[str, Any]:
     fingerprint = str(evaluation.get("fingerprint") or "")
     if not fingerprint:
         raise DataError(f"{eval_path} has no 'fingerprint' (re-run `safealign evaluate`)")
-    cand = summarise(evaluation, settings)
     adapter_hash = tree_hash(layout.adapter_dir)
     reward_hash = tree_hash(layout.reward_model_dir)
     if evaluation.get("adapter_hash") and evaluation["adapter_hash"] != adapter_hash:
@@ -163,31 +102,102 @@ def promote(settings: Settings, dry_run: bool = False) -> dict[str, Any]:
             f"{layout.adapter_dir} changed since it was evaluated (hash {adapter_hash[:12]} vs "
             f"{str(evaluation['adapter_hash'])[:12]} in {eval_path}): re-run `safealign evaluate`"
         )
+    return layout, evaluation, fingerprint, adapter_hash, reward_hash
 
+
+def promote(settings: Settings, dry_run: bool = False) -> dict[str, Any]:
+    """Gate the candidate, register it, set ``challenger``, move ``champion`` only if every gate passes.
+
+    Writes metrics/promotion.json (not in dry-run). Raises GateFailed (exit 3) when refused, ServiceError
+    (exit 1) when the registry fails part way; the next promote (or ``--repair``) cleans up after it.
+    """
+    layout, evaluation, fingerprint, adapter_hash, reward_hash = _load_candidate(settings)
+    cand = summarise(evaluation, settings)
     p = settings.promote
     client = _client(settings, dry_run)  # fails fast with the URI when the server is down
-    champion = _champion_info(client, p.policy_model_name, adapter_hash) if client else None
-    existing = _version_by_hash(client, p.policy_model_name, adapter_hash) if client else None
-    gates = check_gates(settings, cand, fingerprint, champion)
-    passed = all(g["passed"] for g in gates)
-    result: dict[str, Any] = {
-        "verdict": "promoted" if passed else "refused",
-        "passed": passed,
-        "gates": gates,
-        "candidate": {**cand, "adapter_hash": adapter_hash, "reward_model_hash": reward_hash},
-        "eval_fingerprint": fingerprint,
-        "previous_champion": champion["version"] if champion else None,
-        "existing_version": str(existing.version) if existing is not None else None,
-        "dry_run": dry_run,
-    }
     if dry_run:
-        result["would"] = (
-            (f"reuse policy v{existing.version}" if existing is not None else "register a new policy version")
-            + f", set '{CHALLENGER}'"
-            + (f", move '{CHAMPION}'" if passed else f", leave '{CHAMPION}' untouched")
-        )
-        return result
+        return _dry_run(settings, client, cand, fingerprint, adapter_hash, reward_hash)
 
+    result: dict[str, Any] = {}
+    owner = registry.Owner()
+    with _registry_errors(settings), stage_run(settings, "promote", owner.tags()) as run:
+        owner.run_id = run.info.run_id
+        registry.step("run_started")
+        lock = registry.RegistryLock(client, p.policy_model_name, owner, p.lock_timeout_s, p.lock_lease_s)
+        lock.acquire()
+        created: list[tuple[str, str]] = []
+        try:
+            registry.step("locked")
+            repaired = registry.repair(
+                client,
+                p.policy_model_name,
+                p.reward_model_name,
+                owner,
+                run.info.experiment_id,
+                p.lock_lease_s,
+            )
+            registry.step("repaired")
+            # the champion is read under the lock, so a concurrent promote's move is seen
+            champion = _champion_info(client, p.policy_model_name, adapter_hash)
+            gates = check_gates(settings, cand, fingerprint, champion)
+            passed = all(g["passed"] for g in gates)
+            result = {
+                "verdict": "promoted" if passed else "refused",
+                "passed": passed,
+                "gates": gates,
+                "candidate": {**cand, "adapter_hash": adapter_hash, "reward_model_hash": reward_hash},
+                "eval_fingerprint": fingerprint,
+                "previous_champion": champion["version"] if champion else None,
+                "dry_run": False,
+                "repair": repaired,
+                "lock_broken": lock.broken,
+            }
+            reward_v, policy_v = _register_pair(
+                settings, client, run, owner, layout, evaluation, cand, fingerprint, result, created
+            )
+            for alias in (CHALLENGER, CHAMPION) if passed else (CHALLENGER,):
+                registry.set_aliases(
+                    client, p.policy_model_name, p.reward_model_name, alias, policy_v, reward_v
+                )
+                registry.step(f"{alias}_set")
+            result["champion"] = policy_v if passed else (champion["version"] if champion else None)
+            result["run_id"] = run.info.run_id
+            log_flat_metrics({"gates": {g["gate"]: g["passed"] for g in gates}, "passed": passed})
+            mlflow_tags = {"safealign.verdict": result["verdict"], "safealign.policy_version": policy_v}
+            _log_result(mlflow_tags, result)
+            write_json(layout.metrics_file("promotion"), result)
+            registry.step("written")
+            _check_agreement(client, settings, layout)
+        except BaseException:
+            _delete_created(client, created)
+            _release(lock)
+            raise
+        lock.release()
+    if not result["passed"]:
+        failed = "; ".join(f"{g['gate']}: {g['reason']}" for g in result["gates"] if not g["passed"])
+        prev = result["previous_champion"]
+        raise GateFailed(
+            f"candidate v{result['policy_version']} not promoted, '{CHAMPION}' stays "
+            f"{'v' + prev if prev else 'unset'}: {failed}"
+        )
+    return result
+
+
+def _register_pair(
+    settings: Settings,
+    client: Any,
+    run: Any,
+    owner: registry.Owner,
+    layout: Layout,
+    evaluation: dict[str, Any],
+    cand: dict[str, Any],
+    fingerprint: str,
+    result: dict[str, Any],
+    created: list[tuple[str, str]],
+) -> tuple[str, str]:
+    """Find each model by content hash, else log it as an MLflow model and create a pending version; then
+    complete both (policy first: the commit point). Returns (reward version, policy version)."""
+    p = settings.promote
     base_tags = {
         **common_tags(settings),
         "safealign.base_model": settings.policy.model,
@@ -195,71 +205,302 @@ def promote(settings: Settings, dry_run: bool = False) -> dict[str, Any]:
             dict(zip(settings.aspect_names, settings.aspect_weights, strict=True))
         ),
     }
-    created: list[tuple[str, str]] = []
-    with stage_run(settings, "promote") as run:
-        try:
-            reward_v, reward_new = _register_folder(
-                client,
-                run,
-                p.reward_model_name,
-                layout.reward_model_dir,
-                "reward_model",
-                reward_hash,
-                base_tags,
-                "safealign multi-aspect reward model (RewardModel.from_pretrained folder)",
-                created,
-            )
-            metrics_tag = {k: v for k, v in cand.items() if k != "aspect_changes"}
-            policy_tags = {
-                **base_tags,
-                FINGERPRINT_TAG: fingerprint,
-                METRICS_TAG: json.dumps(metrics_tag, sort_keys=True),
-                "safealign.reward_model_version": str(reward_v.version),
-                "safealign.reward_model_hash": reward_hash,
-                "safealign.verdict": result["verdict"],
-            }
-            policy_v, policy_new = _register_folder(
-                client,
-                run,
-                p.policy_model_name,
-                layout.adapter_dir,
-                "policy_adapter",
-                adapter_hash,
-                policy_tags,
-                "safealign LoRA adapter; base model in tag safealign.base_model",
-                created,
-            )
-            client.set_registered_model_alias(p.policy_model_name, CHALLENGER, policy_v.version)
-            client.set_registered_model_alias(p.reward_model_name, CHALLENGER, reward_v.version)
-            if passed:
-                client.set_registered_model_alias(p.policy_model_name, CHAMPION, policy_v.version)
-                client.set_registered_model_alias(p.reward_model_name, CHAMPION, reward_v.version)
-        except Exception:
-            _rollback(client, created)
+    reward_hash = result["candidate"]["reward_model_hash"]
+    adapter_hash = result["candidate"]["adapter_hash"]
+    meta = {
+        "git_commit": base_tags["safealign.git_commit"],
+        "data_version": base_tags["safealign.data_version"],
+    }
+
+    def save_reward(target: Path) -> None:
+        from safealign.serving import save_reward_model
+
+        save_reward_model(layout.reward_model_dir, target, {**meta, "content_hash": reward_hash})
+
+    reward_v, reward_new = _find_or_create(
+        client,
+        run,
+        owner,
+        p.reward_model_name,
+        "reward_model",
+        reward_hash,
+        base_tags,
+        "safealign multi-aspect reward model: pyfunc, input prompt + response, output one score per aspect "
+        "and the weighted reward",
+        save_reward,
+        created,
+    )
+    registry.step("reward_registered")
+    metrics_tag = {k: v for k, v in cand.items() if k != "aspect_changes"}
+    policy_tags = {
+        **base_tags,
+        FINGERPRINT_TAG: fingerprint,
+        METRICS_TAG: json.dumps(metrics_tag, sort_keys=True),
+        registry.REWARD_VERSION_TAG: reward_v,
+        "safealign.reward_model_hash": reward_hash,
+        "safealign.verdict": result["verdict"],
+    }
+
+    def save_policy(target: Path) -> None:
+        from safealign.serving import save_policy_model
+
+        summary = {
+            "aspects": dict(zip(settings.aspect_names, settings.aspect_weights, strict=True)),
+            "evaluation_summary": metrics_tag,
+            "eval_fingerprint": fingerprint,
+            "gates": {g["gate"]: g["passed"] for g in result["gates"]},
+            "reward_model_version": reward_v,
+            "content_hash": adapter_hash,
+        }
+        save_policy_model(
+            settings, layout.adapter_dir, target, {**meta, **summary}, _evaluation_files(layout)
+        )
+
+    summary_line = ", ".join(f"{k} {v:.4f}" for k, v in sorted(metrics_tag.items()) if isinstance(v, float))
+    policy_v, policy_new = _find_or_create(
+        client,
+        run,
+        owner,
+        p.policy_model_name,
+        "policy",
+        adapter_hash,
+        policy_tags,
+        f"safealign policy: pyfunc, LoRA adapter on {settings.policy.model} (base pinned by weights hash), "
+        f"input a chat, output the greedy reply. Evaluation: {summary_line}",
+        save_policy,
+        created,
+    )
+    registry.step("policy_registered")
+    registry.complete(client, p.policy_model_name, policy_v)  # the commit point
+    registry.step("policy_committed")
+    registry.complete(client, p.reward_model_name, reward_v)
+    registry.step("committed")
+    created.clear()  # complete now: a later failure must not delete them
+    result.update(
+        {
+            "policy_version": policy_v,
+            "policy_new_version": policy_new,
+            "reward_model_version": reward_v,
+            "reward_model_new_version": reward_new,
+        }
+    )
+    return reward_v, policy_v
+
+
+def _find_or_create(
+    client: Any,
+    run: Any,
+    owner: registry.Owner,
+    name: str,
+    artifact_path: str,
+    content_hash: str,
+    tags: dict[str, str],
+    description: str,
+    save: Any,
+    created: list[tuple[str, str]],
+) -> tuple[str, bool]:
+    """(version, new?) for this content: the existing version is reused and re-tagged."""
+    import tempfile
+
+    import mlflow
+
+    existing = registry.version_by_hash(client, name, content_hash, owner)
+    if existing is not None:
+        for key, value in tags.items():
+            client.set_model_version_tag(name, existing.version, key, value)
+        return str(existing.version), False
+    registry.ensure_registered_model(client, name, description.split(":")[0])
+    with tempfile.TemporaryDirectory() as tmp:
+        target = Path(tmp) / artifact_path
+        save(target)
+        mlflow.log_artifacts(str(target), artifact_path)
+    registry.step(f"{artifact_path}_logged")
+    source = f"{run.info.artifact_uri.rstrip('/')}/{artifact_path}"
+    version = registry.create_pending_version(
+        client, name, source, run.info.run_id, content_hash, tags, description, owner
+    )
+    if (version.tags or {}).get(registry.OWNER_TAG) == owner.id:
+        created.append((name, str(version.version)))
+        return str(version.version), True
+    return str(version.version), False
+
+
+def _evaluation_files(layout: Layout) -> list[Path]:
+    """The evaluation report that travels with the policy version: metrics plus the report's own files."""
+    files = [layout.metrics_file("evaluation")]
+    if layout.evaluation_dir.is_dir():
+        files += sorted(
+            f
+            for f in layout.evaluation_dir.iterdir()
+            if f.is_file() and f.suffix in {".md", ".html", ".json", ".png"}
+        )
+    return files
+
+
+def _log_result(tags: dict[str, str], result: dict[str, Any]) -> None:
+    import mlflow
+
+    mlflow.set_tags(tags)
+    mlflow.log_dict(result, "promotion.json")
+
+
+def _check_agreement(client: Any, settings: Settings, layout: Layout) -> dict[str, Any]:
+    """The final re-check: metrics/promotion.json and the registry's aliases name the same versions."""
+    p = settings.promote
+    path = layout.metrics_file("promotion")
+    doc = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+    aliases = registry.alias_state(client, p.policy_model_name, p.reward_model_name)
+    wanted = {"policy@champion": doc.get("champion")}
+    if doc.get("policy_version"):
+        wanted["policy@challenger"] = doc["policy_version"]
+    if doc.get("verdict") == "promoted":
+        wanted["reward@champion"] = doc.get("reward_model_version")
+    if doc.get("rollback"):
+        wanted["reward@champion"] = doc["rollback"]["reward_model_champion"]
+        wanted.pop("policy@challenger", None)
+    wrong = {k: (v, aliases.get(k)) for k, v in wanted.items() if aliases.get(k) != v}
+    if wrong:
+        detail = ", ".join(f"{k}: file v{a} vs registry v{b}" for k, (a, b) in wrong.items())
+        raise ServiceError(f"{path} and the registry disagree after promotion ({detail})")
+    return aliases
+
+
+@contextlib.contextmanager
+def _registry_errors(settings: Settings) -> Iterator[None]:
+    """Registry failures become ServiceError (exit 1, one line naming the server), not a traceback."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        yield
+    except (MlflowException, OSError) as exc:
+        if isinstance(exc, MlflowException) and getattr(exc, "error_code", "") == "INVALID_PARAMETER_VALUE":
             raise
-        result.update(
-            {
-                "policy_version": str(policy_v.version),
-                "policy_new_version": policy_new,
-                "reward_model_version": str(reward_v.version),
-                "reward_model_new_version": reward_new,
-                "champion": str(policy_v.version) if passed else (champion["version"] if champion else None),
-                "run_id": run.info.run_id,
-            }
+        uri = resolved_tracking_uri(settings)
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ServiceError(
+            f"MLflow registry {uri} failed during promotion ({first[:300]}); nothing half-registered stays "
+            "in use: the next `safealign promote` (or `safealign promote --repair`) cleans up"
+        ) from exc
+
+
+def _release(lock: registry.RegistryLock) -> None:
+    try:
+        lock.release()
+    except Exception as exc:  # noqa: BLE001 - the original error matters; repair breaks a dead lock
+        log.warning("could not release %s: %s", lock.name, exc)
+
+
+def _delete_created(client: Any, created: list[tuple[str, str]]) -> None:
+    """Delete pending versions this call created, so a failure half way leaves no partial registration
+    (when the registry itself is down this fails, and the next promote's repair deletes them)."""
+    for name, version in reversed(created):
+        try:
+            client.delete_model_version(name, version)
+        except Exception as exc:  # noqa: BLE001 - best effort; the original error is what matters
+            log.warning("could not delete pending %s v%s (repair will): %s", name, version, exc)
+
+
+def _dry_run(
+    settings: Settings,
+    client: Any,
+    cand: dict[str, Any],
+    fingerprint: str,
+    adapter_hash: str,
+    reward_hash: str,
+) -> dict[str, Any]:
+    p = settings.promote
+    champion = _champion_info(client, p.policy_model_name, adapter_hash) if client else None
+    existing = registry.version_by_hash(client, p.policy_model_name, adapter_hash) if client else None
+    gates = check_gates(settings, cand, fingerprint, champion)
+    passed = all(g["passed"] for g in gates)
+    return {
+        "verdict": "promoted" if passed else "refused",
+        "passed": passed,
+        "gates": gates,
+        "candidate": {**cand, "adapter_hash": adapter_hash, "reward_model_hash": reward_hash},
+        "eval_fingerprint": fingerprint,
+        "previous_champion": champion["version"] if champion else None,
+        "existing_version": str(existing.version) if existing is not None else None,
+        "dry_run": True,
+        "would": (
+            f"reuse policy v{existing.version}" if existing is not None else "register a new policy version"
         )
-        log_flat_metrics({"gates": {g["gate"]: g["passed"] for g in gates}, "passed": passed})
-        mlflow.set_tags(
-            {"safealign.verdict": result["verdict"], "safealign.policy_version": str(policy_v.version)}
-        )
-        mlflow.log_dict(result, "promotion.json")
-    write_json(layout.metrics_file("promotion"), result)
-    if not passed:
-        failed = "; ".join(f"{g['gate']}: {g['reason']}" for g in gates if not g["passed"])
-        raise GateFailed(
-            f"candidate v{policy_v.version} not promoted, '{CHAMPION}' stays "
-            f"{'v' + champion['version'] if champion else 'unset'}: {failed}"
-        )
-    return result
+        + f", set '{CHALLENGER}'"
+        + (f", move '{CHAMPION}'" if passed else f", leave '{CHAMPION}' untouched"),
+    }
+
+
+def repair_registry(settings: Settings) -> dict[str, Any]:
+    """``safealign promote --repair``: take the lock, clean up after dead promotes, report alias agreement."""
+    p = settings.promote
+    client = _client(settings, dry_run=False)
+    with _registry_errors(settings):
+        owner = registry.Owner()
+        lock = registry.RegistryLock(client, p.policy_model_name, owner, p.lock_timeout_s, p.lock_lease_s)
+        lock.acquire()
+        try:
+            report = registry.repair(
+                client,
+                p.policy_model_name,
+                p.reward_model_name,
+                owner,
+                _experiment_id(settings),
+                p.lock_lease_s,
+            )
+            report["lock_broken"] = lock.broken
+            layout = Layout.from_settings(settings)
+            try:
+                report["aliases"] = _check_agreement(client, settings, layout)
+                report["promotion_json_agrees"] = True
+            except ServiceError as exc:
+                report["aliases"] = registry.alias_state(client, p.policy_model_name, p.reward_model_name)
+                report["promotion_json_agrees"] = False
+                report["disagreement"] = str(exc)
+        finally:
+            _release(lock)
+    return report
+
+
+def rollback_champion(settings: Settings, reason: str) -> dict[str, Any]:
+    """``safealign promote --rollback``: champion back to the previous champion, the reason as a tag.
+
+    Raises GateFailed (exit 3) when there is no previous champion; ``champion`` is then untouched.
+    Updates metrics/promotion.json so it keeps agreeing with the registry.
+    """
+    if not reason.strip():
+        raise DataError("--rollback needs a reason (--reason TEXT): it is recorded on the version")
+    p = settings.promote
+    client = _client(settings, dry_run=False)
+    layout = Layout.from_settings(settings)
+    with _registry_errors(settings):
+        owner = registry.Owner()
+        lock = registry.RegistryLock(client, p.policy_model_name, owner, p.lock_timeout_s, p.lock_lease_s)
+        lock.acquire()
+        try:
+            registry.repair(
+                client,
+                p.policy_model_name,
+                p.reward_model_name,
+                owner,
+                _experiment_id(settings),
+                p.lock_lease_s,
+            )
+            done = registry.rollback(client, p.policy_model_name, p.reward_model_name, reason)
+            path = layout.metrics_file("promotion")
+            doc = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+            doc.update({"champion": done["champion"], "rollback": done})
+            write_json(path, doc)
+            _check_agreement(client, settings, layout)
+        finally:
+            _release(lock)
+    return done
+
+
+def _experiment_id(settings: Settings) -> str | None:
+    import mlflow
+
+    exp = mlflow.get_experiment_by_name(settings.tracking.experiment)
+    return exp.experiment_id if exp is not None else None
 
 
 def _client(settings: Settings, dry_run: bool) -> Any | None:
@@ -271,6 +512,7 @@ def _client(settings: Settings, dry_run: bool) -> Any | None:
         configure(settings)
         return mlflow.MlflowClient()
     uri = resolved_tracking_uri(settings)
+    bound_http_retries(settings)
     check_reachable(uri)
     if uri.startswith("sqlite:///"):
         db = Path(uri[len("sqlite:///") :])
@@ -278,12 +520,3 @@ def _client(settings: Settings, dry_run: bool) -> Any | None:
             return None
     set_mlflow_uri(uri)
     return mlflow.MlflowClient()
-
-
-def _rollback(client: Any, created: list[tuple[str, str]]) -> None:
-    """Delete versions this call created, so a failure half way leaves no partial registration."""
-    for name, version in reversed(created):
-        try:
-            client.delete_model_version(name, version)
-        except Exception as exc:  # noqa: BLE001 - best effort; the original error is what matters
-            log.warning("could not roll back %s v%s: %s", name, version, exc)

@@ -100,6 +100,24 @@ def _ensure_experiment(settings: Settings) -> str:
     return mlflow.create_experiment(name, artifact_location=artifact_location)
 
 
+HTTP_ENV = (
+    "MLFLOW_HTTP_REQUEST_TIMEOUT",
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR",
+)
+
+
+def bound_http_retries(settings: Settings) -> None:
+    """Short timeouts and few retries for the MLflow client, unless the environment already sets them.
+
+    MLflow's defaults (120 s timeout, 7 retries with exponential backoff) keep a client retrying for minutes
+    when a server dies mid-stage; a promotion must fail in seconds and leave its clean-up to the next run.
+    """
+    defaults = (settings.tracking.http_timeout_s, settings.tracking.http_max_retries, 1)
+    for key, value in zip(HTTP_ENV, defaults, strict=True):
+        os.environ.setdefault(key, str(value))
+
+
 def configure(settings: Settings) -> str:
     """Point MLflow at the tracking store and make sure the experiment exists; returns its id.
 
@@ -108,6 +126,7 @@ def configure(settings: Settings) -> str:
     import mlflow
 
     uri = resolved_tracking_uri(settings)
+    bound_http_retries(settings)
     check_reachable(uri)
     set_mlflow_uri(uri)
     try:
@@ -149,13 +168,13 @@ def common_tags(settings: Settings) -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def stage_run(settings: Settings, stage: str) -> Iterator[Any]:
+def stage_run(settings: Settings, stage: str, tags: dict[str, str] | None = None) -> Iterator[Any]:
     """Start the MLflow run of one stage, a child of the pipeline's parent run when there is one."""
     import mlflow
 
     configure(settings)
     parent = os.environ.get(PARENT_ENV)
-    tags = {**common_tags(settings), "safealign.stage": stage}
+    tags = {**common_tags(settings), "safealign.stage": stage, **(tags or {})}
     if parent:
         tags["mlflow.parentRunId"] = parent
     with mlflow.start_run(run_name=stage, tags=tags) as run:

@@ -36,18 +36,38 @@ def generate_replies(
     """
     from safealign.policy.loading import format_prompt
 
-    if not prompts:
-        return []
-    torch.manual_seed(seed)
-    tokenizer.padding_side = "left"
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
     texts = [
         format_prompt(tokenizer, p, system_prompt)
         if isinstance(p, str)
         else format_turns(tokenizer, p, system_prompt)
         for p in prompts
     ]
+    return generate_from_texts(
+        model, tokenizer, texts, max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed
+    )
+
+
+@torch.no_grad()
+def generate_from_texts(
+    model: Any,
+    tokenizer: Any,
+    texts: Sequence[str],
+    *,
+    max_new_tokens: int,
+    batch_size: int,
+    seed: int,
+) -> list[str]:
+    """Greedy replies to already-templated prompt texts, in input order.
+
+    Shared by evaluation and the served policy, so a served reply is the evaluated reply, token for token.
+    """
+    if not texts:
+        return []
+    torch.manual_seed(seed)
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    texts = list(texts)
     lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
     order = sorted(range(len(texts)), key=lambda i: (lengths[i], i))
     replies: list[str] = [""] * len(texts)

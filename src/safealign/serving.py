@@ -1,0 +1,284 @@
+"""Registered models that load and serve: MLflow pyfunc models for the reward model and the policy.
+
+Reward model: a pyfunc whose input is a table with ``prompt`` and ``response`` and whose output has one
+column per aspect plus ``reward`` (the weighted sum). ``predict`` calls :meth:`RewardModel.score` and
+:meth:`RewardModel.combine`, so a served score is the project's score, not a re-implementation of it.
+
+Policy: a pyfunc holding the LoRA ADAPTER only, with the base model named in its config and pinned by the
+sha256 of its weights; loading resolves the base, refuses it when the hash differs, applies the adapter and
+merges it. Why not the adapter merged into the base (transformers flavour): every version would carry a full
+copy of the base (540 MB for the default 135M model in fp32, about 28 GB for a 14B base in bf16) although
+only a few MB differ between versions, and a team keeps many versions. The price is that the base must be
+available where the model loads: the installed package for the embedded default, the offline HF cache or a
+local folder otherwise (``SAFEALIGN_BASE_MODEL`` points at another copy, e.g. a volume holding a 14B base);
+the hash makes a different base a loud error instead of a silently different model. Input is a chat
+(``messages``: role/content pairs ending with a user turn), output the assistant's greedy ``reply``: the
+decoding of evaluation (:func:`generate_from_texts`), so a served reply is the evaluated reply.
+
+Both models are written with ``save_model`` into a local folder and logged as run artifacts (no serving
+input validation at log time: it would load the base model once more inside the promotion step).
+Loading needs the ``safealign`` package importable (the project image, or this checkout's environment):
+the python model classes are pickled by reference, and the version's git commit is in its metadata.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Sequence
+from importlib import metadata as importlib_metadata
+from pathlib import Path
+from typing import Any
+
+from mlflow.pyfunc import PythonModel
+
+from safealign.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+BASE_ENV = "SAFEALIGN_BASE_MODEL"
+CACHE_ENV = "SAFEALIGN_CACHE_DIR"
+REWARD_COLUMN = "reward"
+EVALUATION_ARTIFACT = "evaluation"
+
+
+def _pip_requirements() -> list[str]:
+    """Pinned runtime requirements: explicit, because MLflow's inference would import and probe the model."""
+    reqs = []
+    for name in ("mlflow", "torch", "transformers", "peft", "safetensors", "tokenizers", "numpy", "pandas"):
+        try:
+            reqs.append(f"{name}=={importlib_metadata.version(name)}")
+        except importlib_metadata.PackageNotFoundError:
+            reqs.append(name)
+    return reqs
+
+
+def weights_hash(model: Any) -> str:
+    """sha256 over the names, dtypes, shapes and bytes of a model's state dict (the identity of a base).
+
+    The loaded weights, not the files: the embedded base is a GGUF file converted on first use, and what the
+    adapter must be applied to is the tensors, whatever file format carried them.
+    """
+    import torch
+
+    h = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        t = tensor.detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}\0".encode())
+        h.update(memoryview(t.view(torch.uint8).numpy().reshape(-1)))
+    return h.hexdigest()
+
+
+# ------------------------------------------------------------------------------------------- reward model
+
+
+class RewardPyfunc(PythonModel):
+    """prompt, response -> one score per aspect and the weighted reward (RewardModel.score)."""
+
+    def load_context(self, context: Any) -> None:
+        from safealign.reward.model import RewardModel
+
+        self.model = RewardModel.from_pretrained(context.artifacts["reward_model"])
+
+    def predict(self, context, model_input, params=None):  # noqa: ANN001 - MLflow reads type hints as a schema
+        import pandas as pd
+
+        frame = pd.DataFrame(model_input)
+        missing = [c for c in ("prompt", "response") if c not in frame.columns]
+        if missing:
+            raise ValueError(f"reward model input lacks column(s) {missing}; got {list(frame.columns)}")
+        prompts = frame["prompt"].astype(str).tolist()
+        scores = self.model.score(prompts, frame["response"].astype(str).tolist())
+        out = pd.DataFrame(scores.astype("float64"), columns=self.model.aspects)
+        out[REWARD_COLUMN] = self.model.combine(scores)
+        return out
+
+
+def reward_signature(aspects: Sequence[str]) -> Any:
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, Schema
+
+    inputs = Schema([ColSpec("string", "prompt"), ColSpec("string", "response")])
+    outputs = Schema([ColSpec("double", a) for a in [*aspects, REWARD_COLUMN]])
+    return ModelSignature(inputs=inputs, outputs=outputs)
+
+
+REWARD_EXAMPLE = {
+    "prompt": ["How do I kill a Python process?", "How do I make a weapon at home?"],
+    "response": [
+        "Run `kill PID` in a terminal, or `pkill -f script.py`.",
+        "I can't help with that. If you're worried about safety, please talk to someone you trust.",
+    ],
+}
+
+
+def save_reward_model(reward_dir: str | Path, target: str | Path, meta: dict[str, Any]) -> Path:
+    """Write the reward model as an MLflow pyfunc model folder (MLmodel, signature, input example)."""
+    import mlflow.pyfunc
+    import pandas as pd
+
+    reward_dir = Path(reward_dir)
+    config = json.loads((reward_dir / "reward_config.json").read_text(encoding="utf-8"))
+    mlflow.pyfunc.save_model(
+        str(target),
+        python_model=RewardPyfunc(),
+        artifacts={"reward_model": str(reward_dir)},
+        signature=reward_signature(config["aspects"]),
+        input_example=pd.DataFrame(REWARD_EXAMPLE),
+        pip_requirements=_pip_requirements(),
+        metadata={**meta, "aspects": config["aspects"], "weights": config["weights"]},
+    )
+    return Path(target)
+
+
+# ------------------------------------------------------------------------------------------------ policy
+
+
+class PolicyPyfunc(PythonModel):
+    """A chat (messages) -> the aligned policy's greedy reply; base + adapter, base pinned by hash."""
+
+    def load_context(self, context: Any) -> None:
+        self.config = dict(context.model_config or {})
+        self.model, self.tokenizer = load_pinned_policy(self.config, context.artifacts["adapter"])
+
+    def predict(self, context, model_input, params=None):  # noqa: ANN001 - MLflow reads type hints as a schema
+        import pandas as pd
+
+        from safealign.evaluation.generate import generate_from_texts
+
+        frame = pd.DataFrame(model_input)
+        if "messages" not in frame.columns:
+            raise ValueError(f"policy input needs a 'messages' column; got {list(frame.columns)}")
+        params = params or {}
+        texts = [chat_text(self.tokenizer, _as_messages(m)) for m in frame["messages"]]
+        replies = generate_from_texts(
+            self.model,
+            self.tokenizer,
+            texts,
+            max_new_tokens=int(params.get("max_new_tokens", self.config["max_new_tokens"])),
+            batch_size=int(self.config["batch_size"]),
+            seed=int(self.config["seed"]),
+        )
+        return pd.DataFrame({"reply": replies})
+
+
+def _as_messages(value: Any) -> list[dict[str, str]]:
+    """Messages as plain dicts (schema enforcement may hand over numpy arrays of dicts)."""
+    return [{"role": str(m["role"]), "content": str(m["content"])} for m in list(value)]
+
+
+def chat_text(tokenizer: Any, messages: list[dict[str, str]]) -> str:
+    """The templated prompt for a chat. A single user turn (with an optional system turn) goes through
+    ``format_prompt``, the path training and evaluation use, so its reply is the evaluated one."""
+    from safealign.policy.loading import format_prompt
+
+    if not messages or messages[-1]["role"] != "user":
+        raise ValueError("a chat request must end with a user message")
+    roles = [m["role"] for m in messages]
+    if roles == ["user"]:
+        return format_prompt(tokenizer, messages[0]["content"], None)
+    if roles == ["system", "user"]:
+        return format_prompt(tokenizer, messages[1]["content"], messages[0]["content"])
+    unknown = sorted(set(roles) - {"system", "user", "assistant"})
+    if unknown:
+        raise ValueError(f"unknown chat role(s) {unknown}")
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+def load_pinned_policy(config: dict[str, Any], adapter_dir: str | Path) -> tuple[Any, Any]:
+    """Base (checked against its pinned weights hash) + adapter, merged, in eval mode."""
+    from peft import PeftModel
+
+    from safealign.policy.loading import load_policy
+
+    spec = os.environ.get(BASE_ENV) or config["base_model"]
+    cache = os.environ.get(CACHE_ENV) or config.get("cache_dir") or ".cache"
+    model, tokenizer = load_policy(spec, cache_dir=cache)
+    expected = config.get("base_weights_sha256")
+    if expected:
+        got = weights_hash(model)
+        if got != expected:
+            raise ConfigError(
+                f"base model {spec!r} has weights sha256 {got[:16]}..., but this policy was trained on "
+                f"{config['base_model']!r} with {expected[:16]}...: point {BASE_ENV} at that base"
+            )
+    merged = PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
+    merged.eval()
+    return merged, tokenizer
+
+
+def policy_signature() -> Any:
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
+    from mlflow.types.schema import Array, Object, Property
+
+    message = Object([Property("role", "string"), Property("content", "string")])
+    return ModelSignature(
+        inputs=Schema([ColSpec(Array(message), "messages")]),
+        outputs=Schema([ColSpec("string", "reply")]),
+        params=ParamSchema([ParamSpec("max_new_tokens", "long", 64)]),
+    )
+
+
+POLICY_EXAMPLE = {"messages": [[{"role": "user", "content": "How do I kill a Python process?"}]]}
+
+
+def policy_config(settings: Any, base_hash: str) -> dict[str, Any]:
+    return {
+        "base_model": settings.policy.model,
+        "base_weights_sha256": base_hash,
+        "max_new_tokens": settings.evaluate.max_new_tokens,
+        "batch_size": settings.evaluate.batch_size,
+        "seed": settings.evaluate.seed,
+    }
+
+
+def save_policy_model(
+    settings: Any,
+    adapter_dir: str | Path,
+    target: str | Path,
+    meta: dict[str, Any],
+    evaluation_files: Sequence[Path] = (),
+) -> Path:
+    """Write the policy as an MLflow pyfunc model folder: adapter, pinned base, signature, example, metadata.
+
+    ``evaluation_files`` (the evaluation report) travel inside the model, so the version carries them.
+    """
+    import tempfile
+
+    import mlflow.pyfunc
+    import pandas as pd
+
+    from safealign.policy.loading import load_policy
+
+    base, _tok = load_policy(settings)
+    base_hash = weights_hash(base)
+    del base
+    artifacts = {"adapter": str(adapter_dir)}
+    with tempfile.TemporaryDirectory() as tmp:
+        if evaluation_files:
+            report = Path(tmp) / EVALUATION_ARTIFACT
+            report.mkdir()
+            for path in evaluation_files:
+                (report / path.name).write_bytes(path.read_bytes())
+            artifacts[EVALUATION_ARTIFACT] = str(report)
+        mlflow.pyfunc.save_model(
+            str(target),
+            python_model=PolicyPyfunc(),
+            artifacts=artifacts,
+            signature=policy_signature(),
+            input_example=(
+                pd.DataFrame(POLICY_EXAMPLE),
+                {"max_new_tokens": settings.evaluate.max_new_tokens},
+            ),
+            pip_requirements=_pip_requirements(),
+            model_config=policy_config(settings, base_hash),
+            metadata={**meta, "base_model": settings.policy.model, "base_weights_sha256": base_hash},
+        )
+    return Path(target)
+
+
+def folder_size(folder: str | Path) -> int:
+    return sum(p.stat().st_size for p in Path(folder).rglob("*") if p.is_file())
