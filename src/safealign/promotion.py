@@ -79,6 +79,23 @@ def _champion_info(client: Any, name: str, adapter_hash: str) -> dict[str, Any] 
     }
 
 
+def _rolled_back_gate(client: Any, name: str, adapter_hash: str) -> list[dict[str, Any]]:
+    """A version taken back out of production by ``--rollback`` does not return on its own: re-promoting
+    it needs its rollback tag removed (a human decision), not a rerun of the pipeline."""
+    existing = registry.version_by_hash(client, name, adapter_hash)
+    stamp = (existing.tags or {}).get(registry.ROLLBACK_TAG) if existing is not None else None
+    if not stamp:
+        return []
+    return [
+        {
+            "gate": "not_rolled_back",
+            "passed": False,
+            "reason": f"v{existing.version} was rolled back ({stamp}); delete its tag "
+            f"{registry.ROLLBACK_TAG} to allow it again",
+        }
+    ]
+
+
 def _load_candidate(settings: Settings) -> tuple[Layout, dict[str, Any], str, str, str]:
     """Check the local inputs before touching the registry: (layout, evaluation, fingerprint, hashes)."""
     layout = Layout.from_settings(settings)
@@ -139,7 +156,9 @@ def promote(settings: Settings, dry_run: bool = False) -> dict[str, Any]:
             registry.step("repaired")
             # the champion is read under the lock, so a concurrent promote's move is seen
             champion = _champion_info(client, p.policy_model_name, adapter_hash)
-            gates = check_gates(settings, cand, fingerprint, champion)
+            gates = check_gates(settings, cand, fingerprint, champion) + _rolled_back_gate(
+                client, p.policy_model_name, adapter_hash
+            )
             passed = all(g["passed"] for g in gates)
             result = {
                 "verdict": "promoted" if passed else "refused",

@@ -1,0 +1,264 @@
+"""Registration under faults and races, against a real `mlflow server` (killed with SIGKILL at each step of a
+promotion, then restarted on the same store) and real concurrent `safealign promote` processes.
+
+After every scenario the registry must be consistent: one version per content hash, no pending version,
+no lock left, both models' aliases naming the same candidate, metrics/promotion.json agreeing with the
+aliases, and no promote run left RUNNING.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import pytest
+import yaml
+from test_promotion import _free_port, _start_server, _stop, evaluation, make_settings, write_candidate
+
+from safealign import registry
+from safealign.errors import GateFailed, ServiceError
+from safealign.layout import Layout
+from safealign.promotion import promote, repair_registry, rollback_champion
+from safealign.tracking import PARENT_ENV
+
+STEPS = [
+    "run_started",
+    "locked",
+    "repaired",
+    "reward_model_logged",
+    "reward_registered",
+    "policy_logged",
+    "policy_registered",
+    "policy_committed",
+    "committed",
+    "challenger_policy_set",
+    "challenger_set",
+    "champion_policy_set",
+    "champion_set",
+    "written",
+]
+
+
+def assert_consistent(settings, champion_hash: str) -> None:
+    client = mlflow.MlflowClient()
+    p = settings.promote
+    for name in (p.policy_model_name, p.reward_model_name):
+        found = client.search_model_versions(f"name = '{name}'")
+        hashes = [v.tags.get(registry.HASH_TAG) for v in found]
+        assert len(hashes) == len(set(hashes)), (name, [(v.version, v.tags) for v in found])
+        assert all(registry.state(v) == registry.COMPLETE for v in found), name
+    names = [m.name for m in client.search_registered_models()]
+    assert p.policy_model_name + registry.LOCK_SUFFIX not in names
+    champion = client.get_model_version_by_alias(p.policy_model_name, "champion")
+    assert champion.tags[registry.HASH_TAG] == champion_hash
+    for alias in registry.ALIASES:
+        pol = client.get_model_version_by_alias(p.policy_model_name, alias)
+        rew = client.get_model_version_by_alias(p.reward_model_name, alias)
+        assert pol.tags[registry.REWARD_VERSION_TAG] == str(rew.version), alias
+    doc = json.loads(Layout.from_settings(settings).metrics_file("promotion").read_text())
+    assert doc["champion"] == str(champion.version)
+    exp = client.get_experiment_by_name(settings.tracking.experiment)
+    running = client.search_runs(
+        [exp.experiment_id], filter_string="tags.`safealign.stage` = 'promote' and attributes.status = 'RUNNING'"
+    )
+    assert running == [], [r.info.run_id for r in running]
+
+
+@pytest.fixture
+def hooks():
+    yield registry.STEP_HOOKS
+    registry.STEP_HOOKS.clear()
+
+
+@pytest.mark.parametrize("step", STEPS)
+def test_server_killed_at_each_step_fails_fast_and_the_next_promote_repairs(step, tmp_path, monkeypatch, hooks):
+    root = tmp_path / "srv"
+    root.mkdir()
+    port = _free_port()
+    proc = _start_server(root, port)
+    uri = f"http://127.0.0.1:{port}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.delenv(PARENT_ENV, raising=False)
+    settings = make_settings(tmp_path, "sqlite:///unused.db")
+    try:
+        write_candidate(settings, b"adapter-A", evaluation())
+        promote(settings)
+        layout = write_candidate(settings, b"adapter-B", evaluation(safety_aligned=0.85))
+
+        def kill(reached: str) -> None:
+            if reached == step:
+                proc.send_signal(signal.SIGKILL)
+                proc.wait()
+
+        hooks.append(kill)
+        started = time.monotonic()
+        with pytest.raises(ServiceError, match=uri):
+            promote(settings)
+        assert time.monotonic() - started < 90, "a dead server must fail the promote in seconds"
+        assert proc.poll() is not None, f"step {step} was never reached"
+        hooks.clear()
+        proc = _start_server(root, port)
+        result = promote(settings)
+        assert result["passed"]
+        from safealign.promotion import folder_hash
+
+        assert_consistent(settings, folder_hash(layout.adapter_dir))
+    finally:
+        _stop(proc)
+
+
+def _params(tmp_path: Path, uri: str | None, sub: str) -> Path:
+    import tiny_models
+    from test_promotion import CACHE
+
+    doc = {
+        "paths": {
+            "artifacts_dir": str(tmp_path / sub / "artifacts"),
+            "metrics_dir": str(tmp_path / sub / "metrics"),
+            "cache_dir": str(CACHE),
+        },
+        "policy": {"model": tiny_models.TINY_POLICY},
+        "reward": {"encoder": tiny_models.TINY_ENCODER, "max_length": 32},
+        "evaluate": {"max_new_tokens": 6},
+        "tracking": {"experiment": "test-promote", "artifact_location": str(tmp_path / "mlartifacts")},
+    }
+    if uri:
+        doc["tracking"]["tracking_uri"] = uri
+    path = tmp_path / f"params-{sub}.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+def _spawn(params: Path, *extra: str, env: dict | None = None) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "safealign.cli", "promote", "--params", str(params), *extra],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env=env or dict(os.environ),
+        text=True,
+    )
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    root = tmp_path_factory.mktemp("race-server")
+    port = _free_port()
+    proc = _start_server(root, port)
+    yield f"http://127.0.0.1:{port}"
+    _stop(proc)
+
+
+@pytest.mark.parametrize("n", [2, 4])
+@pytest.mark.parametrize("backend", ["sqlite", "server"])
+def test_concurrent_promotes_of_one_candidate_register_it_once(n, backend, tmp_path, monkeypatch, request):
+    from safealign.config import load_settings
+    from safealign.promotion import folder_hash
+
+    monkeypatch.delenv(PARENT_ENV, raising=False)
+    if backend == "server":
+        uri = request.getfixturevalue("server")
+        experiment = f"race-{n}"
+    else:
+        uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+        experiment = "test-promote"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    params = _params(tmp_path, None, "cand")
+    doc = yaml.safe_load(params.read_text())
+    doc["tracking"]["experiment"] = experiment
+    doc["promote"] = {"policy_model_name": f"race-policy-{n}", "reward_model_name": f"race-reward-{n}"}
+    params.write_text(yaml.safe_dump(doc))
+    settings = load_settings(params)
+    layout = write_candidate(settings, b"adapter-race", evaluation())
+    # the experiment exists before the race (creating it concurrently is MLflow's own race, not promotion's)
+    from safealign.tracking import configure
+
+    configure(settings)
+    procs = [_spawn(params) for _ in range(n)]
+    outputs = [p.communicate(timeout=900)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0] * n, "\n".join(o[-3000:] for o in outputs)
+    client = mlflow.MlflowClient()
+    for name in (settings.promote.policy_model_name, settings.promote.reward_model_name):
+        assert len(client.search_model_versions(f"name = '{name}'")) == 1, name
+    assert_consistent(settings, folder_hash(layout.adapter_dir))
+
+
+def test_promote_killed_mid_registration_is_repaired_by_promote_repair(tmp_path, monkeypatch):
+    """A real process SIGKILLed between creating its versions and committing them (SQLite store)."""
+    from safealign.config import load_settings
+
+    monkeypatch.delenv(PARENT_ENV, raising=False)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    params = _params(tmp_path, f"sqlite:///{tmp_path / 'mlflow.db'}", "cand")
+    settings = load_settings(params)
+    write_candidate(settings, b"adapter-A", evaluation())
+    promote(settings)
+    write_candidate(settings, b"adapter-B", evaluation(safety_aligned=0.85))
+    code = (
+        "import os, signal, sys\n"
+        "from safealign import registry\n"
+        "registry.STEP_HOOKS.append(lambda s: os.kill(os.getpid(), signal.SIGKILL) if s == 'policy_registered' "
+        "else None)\n"
+        "from safealign.cli import main\n"
+        f"sys.exit(main(['promote', '--params', {str(params)!r}]))\n"
+    )
+    killed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=900)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    client = mlflow.MlflowClient()
+    name = settings.promote.policy_model_name
+    pending = [v for v in client.search_model_versions(f"name = '{name}'") if registry.state(v) == registry.PENDING]
+    assert len(pending) == 1  # the orphan the issue describes: registered, never committed
+    assert name + registry.LOCK_SUFFIX in [m.name for m in client.search_registered_models()]
+    report = repair_registry(settings)
+    assert report["deleted"] and report["lock_broken"] and report["runs_failed"]
+    assert report["promotion_json_agrees"] is True
+    assert_consistent(settings, client.get_model_version_by_alias(name, "champion").tags[registry.HASH_TAG])
+    # and the candidate registers cleanly afterwards
+    result = promote(settings)
+    assert result["policy_new_version"] is True
+
+
+def test_rollback_moves_champion_back_and_refuses_without_a_previous_one(tmp_path, monkeypatch, capsys):
+    from safealign.cli import main as cli_main
+    from safealign.config import load_settings
+
+    monkeypatch.delenv(PARENT_ENV, raising=False)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    params = _params(tmp_path, f"sqlite:///{tmp_path / 'mlflow.db'}", "cand")
+    settings = load_settings(params)
+    name, reward_name = settings.promote.policy_model_name, settings.promote.reward_model_name
+    write_candidate(settings, b"adapter-A", evaluation())
+    first = promote(settings)
+    # only one champion ever: refused, exit 3, champion untouched
+    with pytest.raises(GateFailed, match="nothing to roll back"):
+        rollback_champion(settings, "bad answers in production")
+    assert cli_main(["promote", "--params", str(params), "--rollback", "--reason", "x"]) == 3
+    assert "nothing to roll back" in capsys.readouterr().err
+    client = mlflow.MlflowClient()
+    assert str(client.get_model_version_by_alias(name, "champion").version) == first["policy_version"]
+    # a second candidate (different reward model too) becomes champion; rollback returns to the first
+    write_candidate(settings, b"adapter-B", evaluation(safety_aligned=0.85), reward_bytes=b"reward-v2")
+    second = promote(settings)
+    assert second["policy_version"] != first["policy_version"]
+    assert cli_main(["promote", "--params", str(params), "--rollback"]) == 2  # a reason is required
+    assert cli_main(["promote", "--params", str(params), "--rollback", "--reason", "benign refusals up"]) == 0
+    assert str(client.get_model_version_by_alias(name, "champion").version) == first["policy_version"]
+    assert str(client.get_model_version_by_alias(reward_name, "champion").version) == first["reward_model_version"]
+    stamp = json.loads(client.get_model_version(name, second["policy_version"]).tags[registry.ROLLBACK_TAG])
+    assert stamp["reason"] == "benign refusals up" and stamp["to"] == first["policy_version"]
+    doc = json.loads(Layout.from_settings(settings).metrics_file("promotion").read_text())
+    assert doc["champion"] == first["policy_version"]
+    assert repair_registry(settings)["promotion_json_agrees"] is True
+    # the first champion had none before it: a second rollback is refused and changes nothing
+    assert cli_main(["promote", "--params", str(params), "--rollback", "--reason", "again"]) == 3
+    assert str(client.get_model_version_by_alias(name, "champion").version) == first["policy_version"]
+    # the rolled-back candidate does not come back on the next pipeline run
+    write_candidate(settings, b"adapter-B", evaluation(safety_aligned=0.85), reward_bytes=b"reward-v2")
+    with pytest.raises(GateFailed, match="not_rolled_back"):
+        promote(settings)
+    assert str(client.get_model_version_by_alias(name, "champion").version) == first["policy_version"]
