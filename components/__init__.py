@@ -10,6 +10,7 @@ runs the same code in the same container on a cluster.
 from components.calibrate import calibrate_op
 from components.data_version import data_version_op
 from components.evaluate import evaluate_op
+from components.generate import generate_op
 from components.grpo import grpo_op
 from components.promote import promote_op
 from components.train_reward import train_reward_op
@@ -19,6 +20,7 @@ __all__ = [
     "calibrate_op",
     "data_version_op",
     "evaluate_op",
+    "generate_op",
     "grpo_op",
     "promote_op",
     "train_reward_op",

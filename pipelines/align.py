@@ -29,6 +29,7 @@ from components import (  # noqa: E402
     calibrate_op,
     data_version_op,
     evaluate_op,
+    generate_op,
     grpo_op,
     promote_op,
     train_reward_op,
@@ -79,6 +80,7 @@ def build_pipeline(settings: Settings, image: str | None = None, cuda_image: str
         tracking_uri: str = settings.tracking.tracking_uri,
         checkpoint_root: str = "",
         cache_dir: str = "",
+        generate_input: str = "",
     ) -> bool:
         version = data_version_op(data_version=data_version, data_dir=data_dir, params=params, overrides=overrides)
         version.set_caching_options(False).set_display_name("data-version").set_container_image(cpu_image)
@@ -133,6 +135,21 @@ def build_pipeline(settings: Settings, image: str | None = None, cuda_image: str
             ).set_display_name("promote")
             # Registering in MLflow is a side effect: never serve it from the cache.
             promote.set_caching_options(False)
+            # Optional batch inference with the new champion: when a prompts file is given and promotion passed.
+            with dsl.If(promote.outputs["promoted"] == True, name="promoted"):  # noqa: E712
+                with dsl.If(generate_input != "", name="generate-requested"):
+                    generate = _step(
+                        generate_op(
+                            params=params,
+                            overrides=overrides,
+                            tracking_uri=tracking_uri,
+                            model_uri=f"models:/{settings.promote.policy_model_name}@champion",
+                            input_path=generate_input,
+                            cache_dir=cache_dir,
+                        ),
+                        gpu=True,
+                    ).set_display_name("generate")
+                    generate.set_caching_options(False)  # the champion behind the alias changes between runs
         # The gate's verdict is the pipeline's output (shown on the run; returned by a local run).
         return calib.outputs["Output"]
 

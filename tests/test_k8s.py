@@ -177,3 +177,23 @@ def test_trainjob_overlays(rendered):
         assert inputs["image"].endswith(image)
     prod = {(o["kind"], o["metadata"]["name"]): o for o in _objects(rendered["prod/trainjob"])}
     assert prod[("TrainJob", "safealign-grpo")]["spec"]["trainer"]["numNodes"] == 2
+
+
+def test_serving_deployment_serves_the_champion_policy(rendered):
+    settings = load_settings(ROOT / "params.yaml")
+    for overlay in OVERLAYS:
+        objects = {(o["kind"], o["metadata"]["name"]): o for o in _objects(rendered[overlay])}
+        deployment = objects[("Deployment", "safealign-policy-serving")]
+        container = _pod_spec(deployment)["containers"][0]
+        assert container["command"] == ["mlflow", "models", "serve"]
+        args = container["args"]
+        assert f"--model-uri=models:/{settings.promote.policy_model_name}@champion" in args
+        assert "--env-manager=local" in args  # the image holds the code and the base; no install at start
+        port = container["ports"][0]["containerPort"]
+        assert f"--port={port}" in args
+        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+            assert container[probe]["httpGet"] == {"path": "/ping", "port": port}
+        assert {"configMapRef": {"name": "safealign-config"}} in container["envFrom"]  # MLFLOW_TRACKING_URI
+        service = objects[("Service", "safealign-policy-serving")]
+        assert service["spec"]["ports"][0]["targetPort"] == port
+        assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]

@@ -62,7 +62,8 @@ def test_calibration_gate_guards_grpo_evaluate_promote():
         "inputs.parameter_values['pipelinechannel--calibrate-op-Output'] == true"
     )
     gated = spec["components"][cond["componentRef"]["name"]]["dag"]["tasks"]
-    assert {"grpo-op", "evaluate-op", "promote-op"} == set(gated)
+    # plus the optional generate step's own condition (it runs after a passed promotion)
+    assert {"grpo-op", "evaluate-op", "promote-op"} == {n for n in gated if not n.startswith("condition")}
 
 
 def _all_tasks(spec: dict) -> dict:
@@ -160,3 +161,32 @@ def test_submit_time_images_repoint_a_compiled_file():
     docs = set_images(read_package(COMMITTED_GPU), "r.test/sa:9", "r.test/sa:9-cuda")
     images = {n: e["container"]["image"] for n, e in docs[0]["deploymentSpec"]["executors"].items()}
     assert images == {n: ("r.test/sa:9-cuda" if n in GPU_STAGES else "r.test/sa:9") for n in ALL_EXECUTORS}
+
+
+def _find_task(dag: dict, name: str, conditions: list[str]) -> list[str] | None:
+    """The trigger conditions on the path to task ``name`` (None when absent)."""
+    spec = _spec()
+    for task_name, task in dag["tasks"].items():
+        cond = task.get("triggerPolicy", {}).get("condition")
+        here = [*conditions, cond] if cond else conditions
+        if task_name == name:
+            return here
+        comp = task.get("componentRef", {}).get("name", "")
+        sub = spec["components"].get(comp, {}).get("dag")
+        if sub:
+            found = _find_task(sub, name, here)
+            if found is not None:
+                return found
+    return None
+
+
+def test_generate_runs_only_after_a_passed_promotion_and_when_asked():
+    spec = _spec()
+    assert spec["root"]["inputDefinitions"]["parameters"]["generate_input"]["defaultValue"] == ""
+    conditions = _find_task(spec["root"]["dag"], "generate-op", [])
+    assert conditions is not None, "the generate step is missing"
+    joined = " ".join(conditions)
+    assert "promote-op" in joined and "promoted" in joined  # the promotion's verdict
+    assert "generate_input" in joined and "!= ''" in joined  # only when an input file is given
+    executor = spec["deploymentSpec"]["executors"]["exec-generate-op"]["container"]
+    assert "safealign.batch import generate" in " ".join(executor["command"])
