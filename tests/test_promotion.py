@@ -6,6 +6,7 @@ input of the gates, written here per case so each gate can be made to fail on it
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -246,7 +247,12 @@ def _start_server(root: Path, port: int) -> subprocess.Popen:
         ],
         stdout=log,
         stderr=subprocess.STDOUT,
-        env={k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"},
+        # no GenAI job runner (a dozen worker processes this project never uses)
+        env={
+            **{k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"},
+            "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+        },
+        start_new_session=True,  # its own process group: the server forks workers, stopped together
     )
     deadline = time.time() + 180
     while time.time() < deadline:
@@ -262,13 +268,22 @@ def _start_server(root: Path, port: int) -> subprocess.Popen:
     raise RuntimeError("mlflow server did not become healthy in 180 s")
 
 
+def kill_server(proc: subprocess.Popen, sig: int = signal.SIGKILL) -> None:
+    """Signal the server's whole process group (its uvicorn workers would otherwise keep serving)."""
+    try:
+        os.killpg(proc.pid, sig)
+    except ProcessLookupError:
+        pass
+
+
 def _stop(proc: subprocess.Popen) -> None:
-    proc.terminate()
+    kill_server(proc, signal.SIGTERM)
     try:
         proc.wait(timeout=20)
     except subprocess.TimeoutExpired:
-        proc.kill()
+        kill_server(proc, signal.SIGKILL)
         proc.wait()
+    kill_server(proc, signal.SIGKILL)  # workers that outlived their parent
 
 
 @pytest.fixture(scope="module")

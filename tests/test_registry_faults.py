@@ -19,7 +19,15 @@ from pathlib import Path
 import mlflow
 import pytest
 import yaml
-from test_promotion import _free_port, _start_server, _stop, evaluation, make_settings, write_candidate
+from test_promotion import (
+    _free_port,
+    _start_server,
+    _stop,
+    evaluation,
+    kill_server,
+    make_settings,
+    write_candidate,
+)
 
 from safealign import registry
 from safealign.errors import GateFailed, ServiceError
@@ -93,7 +101,7 @@ def test_server_killed_at_each_step_fails_fast_and_the_next_promote_repairs(step
 
         def kill(reached: str) -> None:
             if reached == step:
-                proc.send_signal(signal.SIGKILL)
+                kill_server(proc)
                 proc.wait()
 
         hooks.append(kill)

@@ -89,7 +89,7 @@ def test_served_reward_model_scores_like_the_project(registered, tmp_path):
     settings, layout, uri = registered
     proc, url, _ = _serve(f"models:/{settings.promote.reward_model_name}@champion", uri, tmp_path / "rm.log")
     try:
-        out = _post(url, {"dataframe_split": {"columns": ["prompt", "response"], "data": list(zip(PROMPTS, RESPONSES))}})
+        out = _post(url, {"dataframe_split": {"columns": ["prompt", "response"], "data": [list(x) for x in zip(PROMPTS, RESPONSES, strict=True)]}})
     finally:
         _stop(proc)
     rows = out["predictions"]

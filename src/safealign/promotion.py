@@ -1,9 +1,9 @@
-"""Register the reward model and the policy adapter in the MLflow model registry; move ``champion`` on merit.
+"""Register the reward model and the policy in the MLflow model registry; move ``champion`` on merit.
 
-Why folders as run artifacts and ``create_model_version`` on their URI (not ``mlflow.transformers``): a PEFT
-model logged through mlflow.transformers does not reload its base weights, and the adapter folder plus the
-base model's reference (a version tag) is all a consumer needs: ``mlflow.artifacts.download_artifacts(
-"models:/safealign-policy@champion")`` gives the folder, ``load_policy_with_adapter`` does the rest.
+Both are registered as MLflow pyfunc models (:mod:`safealign.serving`: signature, input example, metadata,
+the evaluation report inside the policy's version), so ``mlflow.pyfunc.load_model`` and ``mlflow models
+serve`` accept every version. The registry mechanics (lock, pending/complete versions, repair, rollback)
+live in :mod:`safealign.registry`; this module decides (gates) and orchestrates.
 
 Gates (all must pass before ``champion`` moves; ``challenger`` is set on every new candidate):
 
@@ -20,8 +20,12 @@ Gates (all must pass before ``champion`` moves; ``challenger`` is set on every n
    then passes and its reason says so (re-evaluate the champion to compare).
 
 Idempotent: versions are keyed on the content hash of the folder (tag ``safealign.content_hash``), so the
-same candidate promoted twice reuses its version. ``dry_run`` reads the registry and explains, writing
-nothing. A tracking server that is down fails before anything is registered (ServiceError, exit 1).
+same candidate promoted twice reuses its version, also when two promotes race (they take turns under the
+registry lock). ``dry_run`` reads the registry and explains, writing nothing. A tracking server that is down
+fails before anything is registered (ServiceError, exit 1); one that dies part way fails the promote in
+seconds (bounded client retries) with its run closed as FAILED where the server still answers, and the
+next promote's repair removes what was left pending. A version that was rolled back is refused until a
+person removes its rollback tag.
 """
 
 from __future__ import annotations
