@@ -82,7 +82,7 @@ def write_candidate(settings, adapter_bytes: bytes, evaluation_doc, reward_bytes
     return layout
 
 
-def make_settings(tmp_path, uri):
+def make_settings(tmp_path, uri, extra=()):
     # defaults + overrides, not ./params.yaml: the tests must not depend on the project's current tuning
     empty = tmp_path / "defaults.yaml"
     empty.write_text("{}\n")
@@ -98,6 +98,7 @@ def make_settings(tmp_path, uri):
             "promote.max_aspect_drop=0.02",
             "promote.max_benign_refusal=0.10",
             *tiny_models.overrides(CACHE),
+            *extra,
         ],
     )
 

@@ -84,41 +84,68 @@ def hooks():
     registry.STEP_HOOKS.clear()
 
 
+class KillableServer:
+    """One `mlflow server` on a fixed port and store, killed (SIGKILL, whole process group) and restarted
+    by the tests; each test uses its own model names, so the cases share the store without meeting."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.port = _free_port()
+        self.uri = f"http://127.0.0.1:{self.port}"
+        self.proc = _start_server(root, self.port)
+
+    def kill(self) -> None:
+        kill_server(self.proc)
+        self.proc.wait()
+
+    def ensure_up(self) -> None:
+        if self.proc.poll() is not None:
+            self.proc = _start_server(self.root, self.port)
+
+
+@pytest.fixture(scope="module")
+def killable(tmp_path_factory):
+    srv = KillableServer(tmp_path_factory.mktemp("killable"))
+    yield srv
+    _stop(srv.proc)
+
+
 @pytest.mark.parametrize("step", STEPS)
-def test_server_killed_at_each_step_fails_fast_and_the_next_promote_repairs(step, tmp_path, monkeypatch, hooks):
-    root = tmp_path / "srv"
-    root.mkdir()
-    port = _free_port()
-    proc = _start_server(root, port)
-    uri = f"http://127.0.0.1:{port}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+def test_server_killed_at_each_step_fails_fast_and_the_next_promote_repairs(
+    step, killable, tmp_path, monkeypatch, hooks
+):
+    from safealign.promotion import folder_hash
+
+    killable.ensure_up()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", killable.uri)
     monkeypatch.delenv(PARENT_ENV, raising=False)
-    settings = make_settings(tmp_path, "sqlite:///unused.db")
-    try:
-        write_candidate(settings, b"adapter-A", evaluation())
+    settings = make_settings(
+        tmp_path,
+        "sqlite:///unused.db",
+        [f"promote.policy_model_name=policy-{step}", f"promote.reward_model_name=reward-{step}"],
+    )
+    write_candidate(settings, b"adapter-A", evaluation())
+    promote(settings)
+    layout = write_candidate(settings, b"adapter-B", evaluation(safety_aligned=0.85))
+    reached = []
+
+    def kill(name: str) -> None:
+        if name == step:
+            reached.append(name)
+            killable.kill()
+
+    hooks.append(kill)
+    started = time.monotonic()
+    with pytest.raises(ServiceError, match=killable.uri):
         promote(settings)
-        layout = write_candidate(settings, b"adapter-B", evaluation(safety_aligned=0.85))
-
-        def kill(reached: str) -> None:
-            if reached == step:
-                kill_server(proc)
-                proc.wait()
-
-        hooks.append(kill)
-        started = time.monotonic()
-        with pytest.raises(ServiceError, match=uri):
-            promote(settings)
-        assert time.monotonic() - started < 90, "a dead server must fail the promote in seconds"
-        assert proc.poll() is not None, f"step {step} was never reached"
-        hooks.clear()
-        proc = _start_server(root, port)
-        result = promote(settings)
-        assert result["passed"]
-        from safealign.promotion import folder_hash
-
-        assert_consistent(settings, folder_hash(layout.adapter_dir))
-    finally:
-        _stop(proc)
+    elapsed = time.monotonic() - started
+    assert reached == [step], f"step {step} was never reached"
+    assert elapsed < 90, f"a dead server must fail the promote in seconds, took {elapsed:.0f} s"
+    hooks.clear()
+    killable.ensure_up()
+    result = promote(settings)
+    assert result["passed"]
+    assert_consistent(settings, folder_hash(layout.adapter_dir))
 
 
 def _params(tmp_path: Path, uri: str | None, sub: str) -> Path:

@@ -44,7 +44,9 @@ def registered(tmp_path_factory):
 
 def _serve(model_uri: str, tracking_uri: str, log: Path) -> tuple[subprocess.Popen, str, float]:
     port = _free_port()
-    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri, CACHE_ENV: str(CACHE)}
+    bin_dir = str(Path(sys.executable).parent)  # `mlflow models serve` execs uvicorn from PATH
+    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri, CACHE_ENV: str(CACHE),
+           "PATH": bin_dir + os.pathsep + os.environ.get("PATH", "")}
     started = time.monotonic()
     proc = subprocess.Popen(
         [str(Path(sys.executable).parent / "mlflow"), "models", "serve", "-m", model_uri, "--env-manager", "local",
