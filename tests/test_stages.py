@@ -38,7 +38,7 @@ def test_function_writes_the_registered_metrics_file_under_the_registered_run_na
     # somewhere in the code the stage runs (its module and the safealign modules it imports)
     source = "\n".join(module_file(m).read_text(encoding="utf-8") for m in closure(func.__module__))
     assert f'metrics_file("{stage.metrics}")' in source
-    assert f'stage_run(settings, "{stage.name}")' in source
+    assert f'stage_run(settings, "{stage.name}"' in source
 
 
 def test_registry_and_cli_parser_do_not_import_torch():
