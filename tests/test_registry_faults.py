@@ -126,7 +126,8 @@ def test_server_killed_at_each_step_fails_fast_and_the_next_promote_repairs(
     )
     write_candidate(settings, b"adapter-A", evaluation())
     promote(settings)
-    layout = write_candidate(settings, b"adapter-B", evaluation(safety_aligned=0.85))
+    # a new adapter AND a new reward model, so every step (both models' logging too) is reached
+    layout = write_candidate(settings, b"adapter-B", evaluation(safety_aligned=0.85), reward_bytes=b"reward-v2")
     reached = []
 
     def kill(name: str) -> None:
