@@ -140,6 +140,7 @@ def test_server_killed_at_each_step_fails_fast_and_the_next_promote_repairs(
     with pytest.raises(ServiceError, match=killable.uri):
         promote(settings)
     elapsed = time.monotonic() - started
+    print(f"server killed at {step}: promote failed after {elapsed:.1f} s")
     assert reached == [step], f"step {step} was never reached"
     assert elapsed < 90, f"a dead server must fail the promote in seconds, took {elapsed:.0f} s"
     hooks.clear()
