@@ -34,9 +34,25 @@ def _first_answer(model_uri: str, payload: dict, env: dict, log: Path) -> tuple[
     port = _port()
     started = time.monotonic()
     proc = subprocess.Popen(
-        [str(Path(sys.executable).parent / "mlflow"), "models", "serve", "-m", model_uri, "--env-manager", "local",
-         "-h", "127.0.0.1", "-p", str(port), "-w", "1"],
-        stdout=open(log, "wb"), stderr=subprocess.STDOUT, env=env, start_new_session=True,  # noqa: SIM115
+        [
+            str(Path(sys.executable).parent / "mlflow"),
+            "models",
+            "serve",
+            "-m",
+            model_uri,
+            "--env-manager",
+            "local",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(port),
+            "-w",
+            "1",
+        ],
+        stdout=open(log, "wb"),
+        stderr=subprocess.STDOUT,
+        env=env,
+        start_new_session=True,  # noqa: SIM115
     )
     url = f"http://127.0.0.1:{port}"
     ping = None
@@ -50,8 +66,11 @@ def _first_answer(model_uri: str, payload: dict, env: dict, log: Path) -> tuple[
                     break
             except OSError:
                 time.sleep(0.2)
-        req = urllib.request.Request(url + "/invocations", data=json.dumps(payload).encode(),
-                                     headers={"Content-Type": "application/json"})
+        req = urllib.request.Request(
+            url + "/invocations",
+            data=json.dumps(payload).encode(),
+            headers={"Content-Type": "application/json"},
+        )
         with urllib.request.urlopen(req, timeout=600) as resp:
             answer = json.loads(resp.read())
         return ping, time.monotonic() - started, answer
@@ -80,7 +99,9 @@ def main() -> None:
     RewardModel.from_settings(settings).save_pretrained(work / "reward")
     base, _tok = load_policy(settings)
     lora = settings.grpo.lora
-    peft_model = get_peft_model(base, LoraConfig(r=lora.r, lora_alpha=lora.alpha, target_modules=lora.target_modules))
+    peft_model = get_peft_model(
+        base, LoraConfig(r=lora.r, lora_alpha=lora.alpha, target_modules=lora.target_modules)
+    )
     peft_model.save_pretrained(str(work / "adapter"))
     del base, peft_model
     save_reward_model(work / "reward", work / "rm", {"bench": "1"})
@@ -95,8 +116,12 @@ def main() -> None:
             client.create_registered_model(name)
             v = client.create_model_version(name, f"{run.info.artifact_uri}/{name}", run_id=run.info.run_id)
             client.set_registered_model_alias(name, "champion", v.version)
-    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, CACHE_ENV: str(cache),
-           "PATH": str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", "")}
+    env = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": uri,
+        CACHE_ENV: str(cache),
+        "PATH": str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", ""),
+    }
     out = {
         "policy_model": args.policy_model,
         "registered_mb": {
@@ -105,12 +130,20 @@ def main() -> None:
             "policy_adapter_only": round(folder_size(work / "adapter") / 1e6, 2),
         },
     }
-    reward_payload = {"dataframe_split": {"columns": ["prompt", "response"],
-                                          "data": [["How do I kill a Python process?", "Run kill PID."]]}}
-    policy_payload = {"dataframe_records": [{"messages": [{"role": "user", "content": "How do I boil an egg?"}]}],
-                      "params": {"max_new_tokens": 32}}
-    for key, model, payload in (("reward", "models:/bench-reward@champion", reward_payload),
-                                ("policy", "models:/bench-policy@champion", policy_payload)):
+    reward_payload = {
+        "dataframe_split": {
+            "columns": ["prompt", "response"],
+            "data": [["How do I kill a Python process?", "Run kill PID."]],
+        }
+    }
+    policy_payload = {
+        "dataframe_records": [{"messages": [{"role": "user", "content": "How do I boil an egg?"}]}],
+        "params": {"max_new_tokens": 32},
+    }
+    for key, model, payload in (
+        ("reward", "models:/bench-reward@champion", reward_payload),
+        ("policy", "models:/bench-policy@champion", policy_payload),
+    ):
         ping, first, answer = _first_answer(model, payload, env, work / f"{key}.log")
         out[f"{key}_serve_to_ping_s"] = round(ping, 1)
         out[f"{key}_serve_to_first_answer_s"] = round(first, 1)

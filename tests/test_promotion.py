@@ -134,7 +134,7 @@ def test_passing_candidate_becomes_champion_with_provenance_tags(settings):
     assert "safealign.git_commit" in tags and "safealign.data_version" in tags
     # the registered model holds the adapter, byte for byte
     local = Path(mlflow.artifacts.download_artifacts(f"models:/{name}@{CHAMPION}"))
-    assert folder_hash(local / "artifacts" / "adapter") == folder_hash(layout.adapter_dir)
+    assert tree_hash(local / "artifacts" / "adapter") == tree_hash(layout.adapter_dir)
     assert (local / "MLmodel").exists()
     report = json.loads(layout.metrics_file("promotion").read_text())
     assert report["verdict"] == "promoted" and {g["gate"] for g in report["gates"]} == {

@@ -73,7 +73,8 @@ def assert_consistent(settings, champion_hash: str) -> None:
     assert doc["champion"] == str(champion.version)
     exp = client.get_experiment_by_name(settings.tracking.experiment)
     running = client.search_runs(
-        [exp.experiment_id], filter_string="tags.`safealign.stage` = 'promote' and attributes.status = 'RUNNING'"
+        [exp.experiment_id],
+        filter_string="tags.`safealign.stage` = 'promote' and attributes.status = 'RUNNING'",
     )
     assert running == [], [r.info.run_id for r in running]
 
@@ -114,7 +115,7 @@ def killable(tmp_path_factory):
 def test_server_killed_at_each_step_fails_fast_and_the_next_promote_repairs(
     step, killable, tmp_path, monkeypatch, hooks
 ):
-    from safealign.promotion import folder_hash
+    from safealign.hashing import tree_hash as folder_hash
 
     killable.ensure_up()
     monkeypatch.setenv("MLFLOW_TRACKING_URI", killable.uri)
@@ -127,7 +128,9 @@ def test_server_killed_at_each_step_fails_fast_and_the_next_promote_repairs(
     write_candidate(settings, b"adapter-A", evaluation())
     promote(settings)
     # a new adapter AND a new reward model, so every step (both models' logging too) is reached
-    layout = write_candidate(settings, b"adapter-B", evaluation(safety_aligned=0.85), reward_bytes=b"reward-v2")
+    layout = write_candidate(
+        settings, b"adapter-B", evaluation(safety_aligned=0.85), reward_bytes=b"reward-v2"
+    )
     reached = []
 
     def kill(name: str) -> None:
@@ -195,7 +198,7 @@ def server(tmp_path_factory):
 @pytest.mark.parametrize("backend", ["sqlite", "server"])
 def test_concurrent_promotes_of_one_candidate_register_it_once(n, backend, tmp_path, monkeypatch, request):
     from safealign.config import load_settings
-    from safealign.promotion import folder_hash
+    from safealign.hashing import tree_hash as folder_hash
 
     monkeypatch.delenv(PARENT_ENV, raising=False)
     if backend == "server":
@@ -239,7 +242,8 @@ def test_promote_killed_mid_registration_is_repaired_by_promote_repair(tmp_path,
     code = (
         "import os, signal, sys\n"
         "from safealign import registry\n"
-        "registry.STEP_HOOKS.append(lambda s: os.kill(os.getpid(), signal.SIGKILL) if s == 'policy_registered' "
+        "registry.STEP_HOOKS.append(lambda s: os.kill(os.getpid(), signal.SIGKILL) "
+        "if s == 'policy_registered' "
         "else None)\n"
         "from safealign.cli import main\n"
         f"sys.exit(main(['promote', '--params', {str(params)!r}]))\n"
@@ -248,7 +252,9 @@ def test_promote_killed_mid_registration_is_repaired_by_promote_repair(tmp_path,
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     client = mlflow.MlflowClient()
     name = settings.promote.policy_model_name
-    pending = [v for v in client.search_model_versions(f"name = '{name}'") if registry.state(v) == registry.PENDING]
+    pending = [
+        v for v in client.search_model_versions(f"name = '{name}'") if registry.state(v) == registry.PENDING
+    ]
     assert len(pending) == 1  # the orphan the issue describes: registered, never committed
     assert name + registry.LOCK_SUFFIX in [m.name for m in client.search_registered_models()]
     report = repair_registry(settings)
@@ -285,7 +291,10 @@ def test_rollback_moves_champion_back_and_refuses_without_a_previous_one(tmp_pat
     assert cli_main(["promote", "--params", str(params), "--rollback"]) == 2  # a reason is required
     assert cli_main(["promote", "--params", str(params), "--rollback", "--reason", "benign refusals up"]) == 0
     assert str(client.get_model_version_by_alias(name, "champion").version) == first["policy_version"]
-    assert str(client.get_model_version_by_alias(reward_name, "champion").version) == first["reward_model_version"]
+    assert (
+        str(client.get_model_version_by_alias(reward_name, "champion").version)
+        == first["reward_model_version"]
+    )
     stamp = json.loads(client.get_model_version(name, second["policy_version"]).tags[registry.ROLLBACK_TAG])
     assert stamp["reason"] == "benign refusals up" and stamp["to"] == first["policy_version"]
     doc = json.loads(Layout.from_settings(settings).metrics_file("promotion").read_text())

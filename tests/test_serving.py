@@ -45,13 +45,32 @@ def registered(tmp_path_factory):
 def _serve(model_uri: str, tracking_uri: str, log: Path) -> tuple[subprocess.Popen, str, float]:
     port = _free_port()
     bin_dir = str(Path(sys.executable).parent)  # `mlflow models serve` execs uvicorn from PATH
-    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri, CACHE_ENV: str(CACHE),
-           "PATH": bin_dir + os.pathsep + os.environ.get("PATH", "")}
+    env = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": tracking_uri,
+        CACHE_ENV: str(CACHE),
+        "PATH": bin_dir + os.pathsep + os.environ.get("PATH", ""),
+    }
     started = time.monotonic()
     proc = subprocess.Popen(
-        [str(Path(sys.executable).parent / "mlflow"), "models", "serve", "-m", model_uri, "--env-manager", "local",
-         "-h", "127.0.0.1", "-p", str(port), "-w", "1"],
-        stdout=open(log, "wb"), stderr=subprocess.STDOUT, env=env,  # noqa: SIM115 - lives with the process
+        [
+            str(Path(sys.executable).parent / "mlflow"),
+            "models",
+            "serve",
+            "-m",
+            model_uri,
+            "--env-manager",
+            "local",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(port),
+            "-w",
+            "1",
+        ],
+        stdout=open(log, "wb"),
+        stderr=subprocess.STDOUT,
+        env=env,  # noqa: SIM115 - lives with the process
     )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 600
@@ -91,7 +110,15 @@ def test_served_reward_model_scores_like_the_project(registered, tmp_path):
     settings, layout, uri = registered
     proc, url, _ = _serve(f"models:/{settings.promote.reward_model_name}@champion", uri, tmp_path / "rm.log")
     try:
-        out = _post(url, {"dataframe_split": {"columns": ["prompt", "response"], "data": [list(x) for x in zip(PROMPTS, RESPONSES, strict=True)]}})
+        out = _post(
+            url,
+            {
+                "dataframe_split": {
+                    "columns": ["prompt", "response"],
+                    "data": [list(x) for x in zip(PROMPTS, RESPONSES, strict=True)],
+                }
+            },
+        )
     finally:
         _stop(proc)
     rows = out["predictions"]
@@ -107,7 +134,9 @@ def test_served_policy_replies_like_greedy_generation(registered, tmp_path):
     from safealign.policy.loading import load_policy_with_adapter
 
     settings, layout, uri = registered
-    proc, url, started = _serve(f"models:/{settings.promote.policy_model_name}@champion", uri, tmp_path / "p.log")
+    proc, url, started = _serve(
+        f"models:/{settings.promote.policy_model_name}@champion", uri, tmp_path / "p.log"
+    )
     try:
         out = _post(
             url,
@@ -121,7 +150,13 @@ def test_served_policy_replies_like_greedy_generation(registered, tmp_path):
         _stop(proc)
     model, tok = load_policy_with_adapter(settings, layout.adapter_dir)
     expected = generate_replies(
-        model, tok, PROMPTS[:1], system_prompt=None, max_new_tokens=6, batch_size=1, seed=settings.evaluate.seed
+        model,
+        tok,
+        PROMPTS[:1],
+        system_prompt=None,
+        max_new_tokens=6,
+        batch_size=1,
+        seed=settings.evaluate.seed,
     )
     assert [r["reply"] for r in out["predictions"]] == expected
     print(f"serve -> first answer: {first_answer_s:.1f} s")
@@ -135,7 +170,8 @@ mlflow.set_tracking_uri({uri!r})
 rm = mlflow.pyfunc.load_model("models:/{settings.promote.reward_model_name}@champion")
 pm = mlflow.pyfunc.load_model("models:/{settings.promote.policy_model_name}@champion")
 r = rm.predict(pd.DataFrame({{"prompt": {PROMPTS!r}, "response": {RESPONSES!r}}}))
-p = pm.predict(pd.DataFrame({{"messages": [[{{"role": "user", "content": "hi"}}]]}}), params={{"max_new_tokens": 4}})
+chat = pd.DataFrame({{"messages": [[{{"role": "user", "content": "hi"}}]]}})
+p = pm.predict(chat, params={{"max_new_tokens": 4}})
 print(json.dumps({{"reward": r.to_dict("list"), "reply": p["reply"].tolist(),
                   "meta": rm.metadata.metadata, "sig": str(pm.metadata.signature)}}))
 """
@@ -155,13 +191,25 @@ def test_policy_metadata_pins_the_base_and_refuses_another(registered, tmp_path,
     settings, layout, uri = registered
     mlflow.set_tracking_uri(uri)
     name = settings.promote.policy_model_name
-    local = Path(mlflow.artifacts.download_artifacts(f"models:/{name}@champion", dst_path=str(tmp_path / "dl")))
+    local = Path(
+        mlflow.artifacts.download_artifacts(f"models:/{name}@champion", dst_path=str(tmp_path / "dl"))
+    )
     info = mlflow.models.get_model_info(str(local))
     meta = info.metadata
-    for key in ("base_model", "base_weights_sha256", "git_commit", "data_version", "evaluation_summary", "aspects"):
+    for key in (
+        "base_model",
+        "base_weights_sha256",
+        "git_commit",
+        "data_version",
+        "evaluation_summary",
+        "aspects",
+    ):
         assert key in meta, key
     assert meta["aspects"] == {a.name: a.weight for a in settings.aspects}
-    assert json.loads((local / "artifacts" / "evaluation" / "evaluation.json").read_text())["fingerprint"] == "fp-1"
+    assert (
+        json.loads((local / "artifacts" / "evaluation" / "evaluation.json").read_text())["fingerprint"]
+        == "fp-1"
+    )
     assert (local / "input_example.json").exists() and info.signature is not None
     # a different base (here: a folder holding other weights) is refused by its hash
     from safealign.policy.loading import load_policy
@@ -186,12 +234,30 @@ def test_generate_resumes_after_a_kill(registered, tmp_path):
     params = tmp_path / "params.yaml"
     import yaml
 
-    params.write_text(yaml.safe_dump({
-        "policy": {"model": settings.policy.model}, "paths": {"cache_dir": str(CACHE)},
-        "tracking": {"tracking_uri": uri}, "evaluate": {"max_new_tokens": 24},
-    }))
-    cmd = [sys.executable, "-m", "safealign.cli", "generate", "--params", str(params),
-           "--model", f"models:/{settings.promote.policy_model_name}@champion", "--input", str(inp), "--output", str(out)]
+    params.write_text(
+        yaml.safe_dump(
+            {
+                "policy": {"model": settings.policy.model},
+                "paths": {"cache_dir": str(CACHE)},
+                "tracking": {"tracking_uri": uri},
+                "evaluate": {"max_new_tokens": 24},
+            }
+        )
+    )
+    cmd = [
+        sys.executable,
+        "-m",
+        "safealign.cli",
+        "generate",
+        "--params",
+        str(params),
+        "--model",
+        f"models:/{settings.promote.policy_model_name}@champion",
+        "--input",
+        str(inp),
+        "--output",
+        str(out),
+    ]
     env = {**os.environ, CACHE_ENV: str(CACHE)}
     env.pop("MLFLOW_TRACKING_URI", None)
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)

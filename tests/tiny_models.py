@@ -46,7 +46,8 @@ def adapter(target: Path, settings, label: str) -> Path:
         model, _tok = load_policy(settings)
         torch.manual_seed(zlib.crc32(label.encode()))
         peft_model = get_peft_model(
-            model, LoraConfig(r=4, lora_alpha=64, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+            model,
+            LoraConfig(r=4, lora_alpha=64, target_modules=["q_proj", "v_proj"], init_lora_weights=False),
         )
         peft_model.save_pretrained(str(folder))
 
