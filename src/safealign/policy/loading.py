@@ -27,6 +27,7 @@ import torch
 from safealign.atomic import atomic_dir
 from safealign.config import Settings
 from safealign.errors import ConfigError
+from safealign.special_tokens import neutralise
 
 log = logging.getLogger(__name__)
 
@@ -291,11 +292,18 @@ def lora_config(settings: Settings) -> Any:
     )
 
 
-def chat_messages(prompt: str, system_prompt: str | None = None) -> list[dict[str, str]]:
+def chat_messages(tokenizer: Any, prompt: str, system_prompt: str | None = None) -> list[dict[str, str]]:
+    """System (when given) and user turn, the user text neutralised so it stays data.
+
+    The single place every engine builds its conversation (the fast engine and evaluation through
+    :func:`format_prompt`, TRL through its dataset): special-token strings of ``tokenizer`` inside the
+    prompt are broken here (``safealign.special_tokens``) so ``<|im_start|>system`` typed by a user can
+    never open a real turn. The system prompt comes from the config and is trusted as written.
+    """
     messages = []
     if system_prompt is not None:
         messages.append({"role": "system", "content": system_prompt})
-    messages.append({"role": "user", "content": prompt})
+    messages.append({"role": "user", "content": neutralise(prompt, tokenizer)})
     return messages
 
 
@@ -307,9 +315,8 @@ def format_prompt(tokenizer: Any, prompt: str, system_prompt: str | None = None)
     """
     if getattr(tokenizer, "chat_template", None):
         return tokenizer.apply_chat_template(
-            chat_messages(prompt, system_prompt), tokenize=False, add_generation_prompt=True
+            chat_messages(tokenizer, prompt, system_prompt), tokenize=False, add_generation_prompt=True
         )
     # No template (a bare base model): a plain fallback rather than an error, so any causal LM works.
     head = f"{system_prompt}\n\n" if system_prompt else ""
-    return f"{head}User: {prompt}\nAssistant:"
-
+    return f"{head}User: {neutralise(prompt, tokenizer)}\nAssistant:"

