@@ -121,7 +121,8 @@ def input_checks(settings: Settings, tables: dict[str, Table]) -> list[Check]:
 
 
 def read_split_files(paths: dict[str, Path]) -> pd.DataFrame:
-    """Read written split files back: one row per line with file, line, split name and normalized prompt.
+    """Read written split files back: one row per line with file, line, split name, normalized prompt and
+    near-duplicate key.
 
     ``paths`` maps a label like 'labelled/heldout' to its file.
     """
@@ -141,13 +142,20 @@ def read_split_files(paths: dict[str, Path]) -> pd.DataFrame:
                             "kind": kind,
                             "split": split,
                             "normalized_prompt": schema.normalize_prompt(prompt),
+                            "near_duplicate_key": schema.near_duplicate_key(prompt),
                         }
                     )
-    return pd.DataFrame(rows, columns=[FILE, LINE, "kind", "split", "normalized_prompt"])
+    return pd.DataFrame(
+        rows, columns=[FILE, LINE, "kind", "split", "normalized_prompt", "near_duplicate_key"]
+    )
 
 
 def split_check(frame: pd.DataFrame, label: str) -> Check:
     """No normalized prompt in two sides (held-out vs the rest, over every file); labelled splits disjoint too.
+
+    Near duplicates too: two prompts with the same ``schema.near_duplicate_key`` (a copy with punctuation,
+    accents or look-alike letters changed) on both sides of the held-out line fail, since the split hash
+    would place them independently. Rows already failing the exact check are not reported twice.
 
     GX has no 'values map to one group' expectation, so the group count per prompt is computed here and GX
     checks that it is exactly 1 on every row, which keeps file and line of each offending row.
@@ -159,6 +167,8 @@ def split_check(frame: pd.DataFrame, label: str) -> Check:
     frame["sides_sharing_prompt"] = (
         frame.groupby("normalized_prompt")["side"].transform("nunique").astype("int64")
     )
+    near_sides = frame.groupby("near_duplicate_key")["side"].transform("nunique").astype("int64")
+    frame["sides_sharing_near_duplicate"] = near_sides.where(frame["sides_sharing_prompt"] == 1, 1)
     labelled = frame["kind"] == "labelled"
     counts = frame[labelled].groupby("normalized_prompt")["split"].nunique()
     frame["labelled_splits_sharing_prompt"] = (
@@ -168,6 +178,12 @@ def split_check(frame: pd.DataFrame, label: str) -> Check:
         gxe.ExpectColumnValuesToBeInSet(column="split", value_set=["train", "val", "heldout"]),
         gxe.ExpectColumnValuesToBeBetween(
             column="sides_sharing_prompt", min_value=1, max_value=1, meta={"check": "heldout_overlap"}
+        ),
+        gxe.ExpectColumnValuesToBeBetween(
+            column="sides_sharing_near_duplicate",
+            min_value=1,
+            max_value=1,
+            meta={"check": "heldout_near_duplicate"},
         ),
         gxe.ExpectColumnValuesToBeBetween(
             column="labelled_splits_sharing_prompt",
@@ -250,6 +266,12 @@ def problems_from(check: Check, result: Any) -> list[Problem]:
                 f"({meta.get('setting')}); {count} rows have no label, the first at row {rows[0] if rows else '?'}"
             )
             rows = []  # coverage is a property of the column, not of one row
+        elif meta.get("check") == "heldout_near_duplicate":
+            msg = (
+                f"{count} rows have a near-duplicate prompt (equal after dropping punctuation, accents and "
+                f"look-alike letters) on the other side of the held-out line; e.g. rows {rows[:5]} of {file}: "
+                "remove one copy or make them the same prompt"
+            )
         elif meta.get("check") in ("heldout_overlap", "labelled_overlap"):
             which = "held-out and train/val" if meta["check"] == "heldout_overlap" else "two labelled splits"
             msg = (
