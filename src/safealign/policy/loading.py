@@ -26,7 +26,7 @@ import torch
 
 from safealign.atomic import atomic_dir
 from safealign.config import Settings
-from safealign.errors import ConfigError
+from safealign.errors import ConfigError, ModelFolderError
 from safealign.special_tokens import neutralise
 
 log = logging.getLogger(__name__)
@@ -266,7 +266,11 @@ def load_policy_with_adapter(
     if not (adapter_dir / "adapter_config.json").exists():
         raise ConfigError(f"{adapter_dir} is not a PEFT adapter folder (no adapter_config.json)")
     model, tokenizer = load_policy(settings_or_spec, cache_dir=cache_dir)
-    peft_model = PeftModel.from_pretrained(model, str(adapter_dir))
+    try:
+        peft_model = PeftModel.from_pretrained(model, str(adapter_dir))
+    except Exception as exc:  # noqa: BLE001 - peft/safetensors raise many types for a truncated or bad file
+        detail = " ".join(str(exc).split())[:300] or type(exc).__name__
+        raise ModelFolderError(f"{adapter_dir}: cannot load the LoRA adapter: {detail}") from exc
     if merge:
         merged = peft_model.merge_and_unload()
         merged.eval()
