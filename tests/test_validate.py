@@ -540,3 +540,4 @@ def test_near_duplicate_of_a_heldout_prompt_in_train_fails_validation(tmp_path, 
     write_rows(tmp_path / "data" / "prompts_benign.jsonl", files["prompts_benign.jsonl"])
     err = expect_failure(tmp_path, mlflow_dir, capsys, "near-duplicate", "sides_sharing_near_duplicate")
     assert "benign_train.jsonl" in err and "adversarial_heldout.jsonl" in err
+    assert "'ben-near'" in err and "'adv-" in err  # the ids of both copies, to find them in data/

@@ -82,7 +82,7 @@ def _user_path(filename: Any) -> str:
     return str(path)
 
 
-def environment_error(exc: BaseException) -> str | None:
+def environment_error(exc: BaseException, outputs: Sequence[str] = ()) -> str | None:
     """One line for a disk-full or permission failure anywhere in ``exc``'s chain, else None (a bug).
 
     Those are exit 1 (the stage could not finish) but not bugs: the user needs what and where, not a
@@ -94,6 +94,8 @@ def environment_error(exc: BaseException) -> str | None:
         seen.add(id(current))
         if isinstance(current, OSError) and current.errno in ENVIRONMENT_ERRNOS:
             where = f": {_user_path(current.filename)}" if current.filename else ""
+            if not where and outputs:  # the OS did not say which file: name where this stage writes
+                where = f" writing under {', '.join(outputs)}"
             if current.errno in (errno.ENOSPC, errno.EDQUOT):
                 return f"disk full{where} ({current.strerror}); free space and rerun"
             return f"cannot write{where} ({current.strerror}); check the folder's permissions or mount"
@@ -356,6 +358,15 @@ def _record_exit(args: argparse.Namespace, code: int) -> None:
         handle.write(json.dumps({"command": " ".join(args.command_spec.path), "exit_code": code}) + "\n")
 
 
+def _output_dirs(args: argparse.Namespace) -> list[str]:
+    """Where a stage writes (artifacts, metrics, cache), for messages; empty when settings do not load."""
+    try:
+        paths = load_settings(args.params, args.overrides).paths
+    except Exception:  # noqa: BLE001 - only used to word an error message
+        return []
+    return [str(paths.artifacts_dir), str(paths.metrics_dir), str(paths.cache_dir)]
+
+
 def _run(args: argparse.Namespace) -> int:
     try:
         spec = args.command_spec
@@ -372,7 +383,7 @@ def _run(args: argparse.Namespace) -> int:
         print("safealign: interrupted", file=sys.stderr)
         return 130
     except Exception as exc:  # noqa: BLE001 - the last line of defence: exit 1, never a silent failure
-        message = environment_error(exc)
+        message = environment_error(exc, _output_dirs(args))
         if message is None:  # a bug: the traceback is what a report needs
             traceback.print_exc()
             return EXIT_INTERNAL

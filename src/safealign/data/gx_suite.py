@@ -134,11 +134,13 @@ def read_split_files(paths: dict[str, Path]) -> pd.DataFrame:
         with open(path, encoding="utf-8") as handle:
             for line_no, line in enumerate(handle, start=1):
                 if line.strip():
-                    prompt = json.loads(line)["prompt"]
+                    row = json.loads(line)
+                    prompt = row["prompt"]
                     rows.append(
                         {
                             FILE: str(path),
                             LINE: line_no,
+                            "id": str(row.get("id", "")),
                             "kind": kind,
                             "split": split,
                             "normalized_prompt": schema.normalize_prompt(prompt),
@@ -146,7 +148,7 @@ def read_split_files(paths: dict[str, Path]) -> pd.DataFrame:
                         }
                     )
     return pd.DataFrame(
-        rows, columns=[FILE, LINE, "kind", "split", "normalized_prompt", "near_duplicate_key"]
+        rows, columns=[FILE, LINE, "id", "kind", "split", "normalized_prompt", "near_duplicate_key"]
     )
 
 
@@ -192,7 +194,7 @@ def split_check(frame: pd.DataFrame, label: str) -> Check:
             meta={"check": "labelled_overlap"},
         ),
     ]
-    return Check("splits", label, frame, exps, index_columns=(FILE, LINE))
+    return Check("splits", label, frame, exps, index_columns=(FILE, LINE, "id"))
 
 
 def run_checks(checks: list[Check]) -> dict[str, Any]:
@@ -252,6 +254,7 @@ def problems_from(check: Check, result: Any) -> list[Problem]:
         index = r.get("partial_unexpected_index_list") or []
         rows = [x for x in (_row_of(e) for e in index) if x is not None]
         files = sorted({e.get(FILE) for e in index if isinstance(e, dict) and e.get(FILE)})
+        ids = [e["id"] for e in index if isinstance(e, dict) and e.get("id")]
         file = ", ".join(files) if files else check.file
         values = [v for v in (r.get("partial_unexpected_list") or [])][:5]
         count, total = r.get("unexpected_count"), r.get("element_count")
@@ -269,13 +272,14 @@ def problems_from(check: Check, result: Any) -> list[Problem]:
         elif meta.get("check") == "heldout_near_duplicate":
             msg = (
                 f"{count} rows have a near-duplicate prompt (equal after dropping punctuation, accents and "
-                f"look-alike letters) on the other side of the held-out line; e.g. rows {rows[:5]} of {file}: "
-                "remove one copy or make them the same prompt"
+                f"look-alike letters) on the other side of the held-out line: ids {ids[:6]} in "
+                f"{', '.join(sorted({Path(f).name for f in files}))}; remove one copy or make them the same prompt"
             )
         elif meta.get("check") in ("heldout_overlap", "labelled_overlap"):
             which = "held-out and train/val" if meta["check"] == "heldout_overlap" else "two labelled splits"
             msg = (
                 f"{count} rows have a prompt (normalized) that is in {which}; e.g. rows {rows[:5]} of {file}"
+                + (f" (ids {ids[:6]})" if ids else "")
             )
         elif config.type == "expect_column_to_exist":
             msg = "missing column"
