@@ -281,3 +281,30 @@ def test_labels_are_learnable_from_text(built):
             truth += [r[f"score_{a}"] for r in he]
         r2[a] = r2_score(truth, predicted)
     assert min(r2.values()) > 0.7, r2
+
+
+def test_split_normaliser_keeps_every_default_split_and_finds_no_near_duplicate_across_it(built):
+    """Removing invisible characters from the split key must not move any default prompt to another split
+    (make run's metrics would change), and the default data must pass the near-duplicate check as it is.
+
+    The pre-change key (NFKC, case-folded, whitespace folded) is spelt out here on purpose.
+    """
+    import unicodedata
+
+    from safealign.data.schema import near_duplicate_key, normalize_prompt
+
+    data, _ = built
+    s = settings_for(data).data
+    prompts = {
+        r["prompt"]
+        for name in ("prompts_adversarial.jsonl", "prompts_benign.jsonl", "labelled.jsonl", "probes.jsonl")
+        for r in read_jsonl(data / name)
+    }
+    assert len(prompts) > 2000
+    for prompt in prompts:
+        assert normalize_prompt(prompt) == " ".join(unicodedata.normalize("NFKC", prompt).casefold().split())
+    side_of: dict[str, set[bool]] = {}
+    for prompt in prompts:
+        heldout = split_of(prompt, s.seed, s.val_fraction, s.heldout_fraction) == "heldout"
+        side_of.setdefault(near_duplicate_key(prompt), set()).add(heldout)
+    assert all(len(sides) == 1 for sides in side_of.values())

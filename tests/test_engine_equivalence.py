@@ -150,7 +150,7 @@ def _trl(b, settings: Settings, constraint, tmp_path):
         }
 
     rows = [{"raw_prompt": r, KIND_COLUMN: k} for r, k in zip(RAW, KINDS, strict=True)]
-    dataset = trl_dataset(rows, None)
+    dataset = trl_dataset(b["tok"], rows, None)
     args = trl_config(settings, tmp_path, list(objective.weights), max_steps=1)
     trainer = SafealignGRPOTrainer(
         model=b["model"],

@@ -125,7 +125,7 @@ def test_mlflow_uses_postgres_and_minio_and_minio_hosts_dvc_bucket(rendered):
     objects = {(o["kind"], o["metadata"]["name"]): o for o in _objects(rendered["prod"])}
     mlflow = objects[("Deployment", "safealign-mlflow")]
     args = " ".join(_pod_spec(mlflow)["containers"][0]["args"])
-    assert "--backend-store-uri=postgresql://" in args and "safealign-postgres:5432" in args
+    assert "--backend-store-uri=postgresql+psycopg2://" in args and "safealign-postgres:5432" in args
     assert "--artifacts-destination=s3://" in args and "--serve-artifacts" in args
     config = objects[("ConfigMap", "safealign-config")]["data"]
     assert config["MLFLOW_S3_ENDPOINT_URL"].startswith("http://safealign-minio:")
@@ -197,3 +197,31 @@ def test_serving_deployment_serves_the_champion_policy(rendered):
         service = objects[("Service", "safealign-policy-serving")]
         assert service["spec"]["ports"][0]["targetPort"] == port
         assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_no_password_is_expanded_into_a_command_line(rendered, overlay):
+    """Kubernetes expands $(VAR) in command/args before the process starts, so a secret referenced there is
+    in the process's argv: readable in `ps` and /proc/PID/cmdline by anyone on the node. Secrets reach a
+    process by environment (or a mounted file) only; the MLflow server gets the PostgreSQL password as
+    PGPASSWORD (libpq reads it) and a backend URI without a password."""
+    sensitive = ("PASSWORD", "SECRET", "TOKEN", "PRIVATE")
+    for obj in _objects(rendered[overlay]):
+        if obj["kind"] not in POD_KINDS:
+            continue
+        for container in _pod_spec(obj)["containers"]:
+            name = f"{obj['kind']}/{obj['metadata']['name']}/{container['name']}"
+            secret_env = {
+                env["name"]
+                for env in container.get("env", [])
+                if "secretKeyRef" in env.get("valueFrom", {}) and any(w in env["name"] for w in sensitive)
+            }
+            line = " ".join(str(x) for x in container.get("command", []) + container.get("args", []))
+            for var in secret_env:
+                assert f"$({var})" not in line, (name, var)
+            assert not re.search(r"://[^/\s:@]+:[^/\s@]+@", line), (name, "credentials inside a URI")
+    objects = {(o["kind"], o["metadata"]["name"]): o for o in _objects(rendered[overlay])}
+    mlflow = _pod_spec(objects[("Deployment", "safealign-mlflow")])["containers"][0]
+    env = {e["name"]: e for e in mlflow["env"]}
+    assert env["PGPASSWORD"]["valueFrom"]["secretKeyRef"] == {"name": "safealign-postgres", "key": "password"}
+    assert any(a.startswith("--backend-store-uri=postgresql+psycopg2://$(PG_USER)@") for a in mlflow["args"])

@@ -118,8 +118,11 @@ def test_any_k_and_save_load_gives_identical_scores(tmp_path, aspects):
 
 
 def test_from_pretrained_rejects_a_non_model_folder(tmp_path):
-    with pytest.raises(FileNotFoundError):
+    from safealign.errors import EXIT_BAD_INPUT, ModelFolderError
+
+    with pytest.raises(ModelFolderError, match="not a reward model folder") as info:
         RewardModel.from_pretrained(tmp_path)
+    assert info.value.exit_code == EXIT_BAD_INPUT
 
 
 @pytest.mark.integration

@@ -466,3 +466,78 @@ def test_failing_run_leaves_previous_outputs_byte_identical(tmp_path, mlflow_dir
     assert failed["success"] is False and failed["problems"]
     leftovers = [p.name for p in (tmp_path / "artifacts").iterdir() if ".tmp-" in p.name or ".old-" in p.name]
     assert leftovers == []
+
+
+# ---------------------------------------------------------------- copies of held-out prompts
+
+
+def _legacy_key(text: str) -> str:
+    """The split key before invisible characters were removed (NFKC, case-folded, whitespace folded)."""
+    import unicodedata
+
+    return " ".join(unicodedata.normalize("NFKC", text).casefold().split())
+
+
+def _heldout_prompt(files: dict[str, list[dict]]) -> str:
+    d = load_settings(REPO / "params.yaml").data
+    return next(
+        r["prompt"]
+        for r in files["prompts_adversarial.jsonl"]
+        if schema.split_of(r["prompt"], d.seed, d.val_fraction, d.heldout_fraction) == "heldout"
+    )
+
+
+def test_split_key_ignores_invisible_characters_case_and_spacing():
+    base = schema.normalize_prompt("How do I bake bread?")
+    for variant in (
+        "How do I bake\u200b bread?",  # zero width space
+        "\ufeffHow do I bake bread?",  # BOM
+        "How do I ba\u00adke bread?",  # soft hyphen
+        "How\u2060 do I\u200d bake\u200c bread?",  # word joiner, zero width joiner / non-joiner
+        "HOW  do\u00a0I bake bread?",  # case, double and non-breaking space
+        "\uff28ow do I bake bread?",  # full-width H
+    ):
+        assert schema.normalize_prompt(variant) == base, repr(variant)
+    assert schema.normalize_prompt("How do I bake bread!") != base  # punctuation is the near-dup key's job
+    near = schema.near_duplicate_key("How do I bake bread?")
+    assert schema.near_duplicate_key("how dо i bäke bread!!") == near
+    assert schema.near_duplicate_key("?!") != schema.near_duplicate_key("...")  # no letters: normalised form
+
+
+def test_heldout_prompt_with_a_zero_width_space_stays_heldout(tmp_path, mlflow_dir, capsys, monkeypatch):
+    """The attack: a held-out prompt plus U+200B added to the benign prompts. Under the old key it hashed on
+    its own and (for the variant chosen here) landed in train while validation passed: a held-out leak."""
+    files = make_data(tmp_path / "data")
+    original = _heldout_prompt(files)
+    d = load_settings(REPO / "params.yaml").data
+    with monkeypatch.context() as m:  # where the old key would have put each variant
+        m.setattr(schema, "normalize_prompt", _legacy_key)
+        variant = next(
+            v
+            for v in (original[:i] + "\u200b" + original[i:] for i in range(1, len(original)))
+            if schema.split_of(v, d.seed, d.val_fraction, d.heldout_fraction) != "heldout"
+        )
+    files["prompts_benign.jsonl"].append({"id": "ben-zw", "prompt": variant, "category": "everyday"})
+    write_rows(tmp_path / "data" / "prompts_benign.jsonl", files["prompts_benign.jsonl"])
+    assert run_validate(tmp_path, mlflow_dir) == 0, capsys.readouterr().err
+    layout = Layout.from_settings(load_settings(REPO / "params.yaml", overrides(tmp_path, mlflow_dir)))
+    heldout_ids = [json.loads(x)["id"] for x in layout.benign_split("heldout").read_text().splitlines()]
+    train_ids = [json.loads(x)["id"] for x in layout.benign_split("train").read_text().splitlines()]
+    assert "ben-zw" in heldout_ids and "ben-zw" not in train_ids
+
+
+def test_near_duplicate_of_a_heldout_prompt_in_train_fails_validation(tmp_path, mlflow_dir, capsys):
+    """A copy with punctuation and a look-alike letter changed hashes on its own; the check refuses it."""
+    files = make_data(tmp_path / "data")
+    original = _heldout_prompt(files)
+    d = load_settings(REPO / "params.yaml").data
+    variant = next(
+        v
+        for v in (original.replace("o", "\u043e", 1) + "!" * n for n in range(1, 40))
+        if schema.split_of(v, d.seed, d.val_fraction, d.heldout_fraction) != "heldout"
+    )
+    files["prompts_benign.jsonl"].append({"id": "ben-near", "prompt": variant, "category": "everyday"})
+    write_rows(tmp_path / "data" / "prompts_benign.jsonl", files["prompts_benign.jsonl"])
+    err = expect_failure(tmp_path, mlflow_dir, capsys, "near-duplicate", "sides_sharing_near_duplicate")
+    assert "benign_train.jsonl" in err and "adversarial_heldout.jsonl" in err
+    assert "'ben-near'" in err and "'adv-" in err  # the ids of both copies, to find them in data/

@@ -1,7 +1,14 @@
 """Write outputs atomically: a killed stage never leaves a half-written artifact.
 
 Everything is written to a sibling temporary path and renamed into place at the end; the rename is atomic
-on one filesystem, so readers see either the old complete output or the new complete output.
+on one filesystem, so readers see either the old complete output or the new complete output. When the
+final rename itself fails (disk full, read-only folder) the temporary path is removed and an output that
+was moved aside is put back, so a failure leaves neither ``.NAME.tmp-*`` nor ``.NAME.old-*`` behind.
+
+Modes: ``tempfile`` creates 0600 files and 0700 folders (private by design), which would make every output
+unreadable to the rest of a team sharing a volume. Outputs get what a plain ``open``/``mkdir`` gives instead:
+0666/0777 less the process umask, i.e. 0644/0755 under the usual umask 022. A stricter umask (``umask 077``)
+is how a user who wants private outputs configures it.
 """
 
 from __future__ import annotations
@@ -16,6 +23,28 @@ from pathlib import Path
 from typing import Any
 
 
+def current_umask() -> int:
+    """The process umask, read without changing it (Linux reports it in /proc; elsewhere set-and-restore)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def file_mode() -> int:
+    return 0o666 & ~current_umask()
+
+
+def dir_mode() -> int:
+    return 0o777 & ~current_umask()
+
+
 @contextlib.contextmanager
 def atomic_dir(target: str | Path) -> Iterator[Path]:
     """Yield a temporary directory that replaces ``target`` only if the block finishes without error."""
@@ -23,15 +52,29 @@ def atomic_dir(target: str | Path) -> Iterator[Path]:
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
+        os.chmod(tmp, dir_mode())
         yield tmp
+        _swap_in(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _swap_in(tmp: Path, target: Path) -> None:
+    """Rename ``tmp`` onto ``target`` (a folder); on failure the previous ``target`` is put back."""
     old = target.with_name(f".{target.name}.old-{os.getpid()}")
-    if target.exists():
-        os.replace(target, old)
-    os.replace(tmp, target)
-    shutil.rmtree(old, ignore_errors=True)
+    moved_aside = False
+    try:
+        if target.exists():
+            os.replace(target, old)
+            moved_aside = True
+        os.replace(tmp, target)
+    except BaseException:
+        if moved_aside and not target.exists():
+            os.replace(old, target)
+        raise
+    if moved_aside:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 @contextlib.contextmanager
@@ -40,18 +83,19 @@ def atomic_file(target: str | Path, mode: str = "w", encoding: str | None = "utf
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.tmp-", dir=target.parent)
-    os.close(fd)
     tmp = Path(tmp_name)
     try:
+        os.fchmod(fd, file_mode())
+        os.close(fd)
         kwargs = {} if "b" in mode else {"encoding": encoding, "newline": "\n"}
         with open(tmp, mode, **kwargs) as handle:
             yield handle
             handle.flush()
             os.fsync(handle.fileno())
+        os.replace(tmp, target)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    os.replace(tmp, target)
 
 
 def write_json(target: str | Path, payload: Any) -> None:

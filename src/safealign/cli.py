@@ -12,6 +12,7 @@ The stage subcommands are generated from :mod:`safealign.stages`; every other co
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import os
@@ -19,6 +20,7 @@ import sys
 import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from safealign import __version__, stages
@@ -29,7 +31,8 @@ log = logging.getLogger("safealign")
 
 EPILOG = """exit codes:
   0  ok
-  1  internal error (a bug, or a remote service that is down)
+  1  internal error (a bug, a remote service that is down, a full disk or an unwritable folder;
+     -v prints the traceback)
   2  bad input: invalid params, malformed or failing data (the message names file, row and field)
   3  a gate said no (calibration, probes, promotion)
 """
@@ -56,6 +59,53 @@ GROUPS = {
     "data": "assemble the input data set in data/",
     "pipeline": "Kubeflow Pipelines: compile, submit, schedule",
 }
+
+
+# Failures of the machine, not of the code or the input: disk full, quota, permissions, read-only folder.
+ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS}
+# Libraries that swallow the OSError and keep only its words (torch.save, SQLite through SQLAlchemy).
+ENVIRONMENT_WORDS = (
+    "No space left on device",
+    "database or disk is full",
+    "Read-only file system",
+    "attempt to write a readonly database",
+    "Permission denied",
+    "file write failed",
+)
+
+
+def _user_path(filename: Any) -> str:
+    """The output the user knows about: the folder holding an atomic write's temporary ``.NAME.tmp-*``."""
+    path = Path(str(filename))
+    if path.name.startswith(".") and ".tmp-" in path.name:
+        return f"{path.parent} (writing {path.name.split('.tmp-')[0][1:]})"
+    return str(path)
+
+
+def environment_error(exc: BaseException, outputs: Sequence[str] = ()) -> str | None:
+    """One line for a disk-full or permission failure anywhere in ``exc``'s chain, else None (a bug).
+
+    Those are exit 1 (the stage could not finish) but not bugs: the user needs what and where, not a
+    traceback (``-v`` still prints it).
+    """
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno in ENVIRONMENT_ERRNOS:
+            where = f": {_user_path(current.filename)}" if current.filename else ""
+            if not where and outputs:  # the OS did not say which file: name where this stage writes
+                where = f" writing under {', '.join(outputs)}"
+            if current.errno in (errno.ENOSPC, errno.EDQUOT):
+                return f"disk full{where} ({current.strerror}); free space and rerun"
+            return f"cannot write{where} ({current.strerror}); check the folder's permissions or mount"
+        current = current.__cause__ or current.__context__
+    text = " ".join(str(exc).split())
+    for words in ENVIRONMENT_WORDS:
+        if words.lower() in text.lower():
+            detail = f"{type(exc).__name__}: {text[:200]}"
+            return f"{words.lower()} ({detail}); free space or fix permissions and rerun"
+    return None
 
 
 def _print_result(result: Any) -> None:
@@ -365,6 +415,15 @@ def _record_exit(args: argparse.Namespace, code: int) -> None:
         handle.write(json.dumps({"command": " ".join(args.command_spec.path), "exit_code": code}) + "\n")
 
 
+def _output_dirs(args: argparse.Namespace) -> list[str]:
+    """Where a stage writes (artifacts, metrics, cache), for messages; empty when settings do not load."""
+    try:
+        paths = load_settings(args.params, args.overrides).paths
+    except Exception:  # noqa: BLE001 - only used to word an error message
+        return []
+    return [str(paths.artifacts_dir), str(paths.metrics_dir), str(paths.cache_dir)]
+
+
 def _run(args: argparse.Namespace) -> int:
     try:
         spec = args.command_spec
@@ -380,8 +439,14 @@ def _run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print("safealign: interrupted", file=sys.stderr)
         return 130
-    except Exception:  # noqa: BLE001 - the last line of defence turns a bug into exit 1 with a trace
-        traceback.print_exc()
+    except Exception as exc:  # noqa: BLE001 - the last line of defence: exit 1, never a silent failure
+        message = environment_error(exc, _output_dirs(args))
+        if message is None:  # a bug: the traceback is what a report needs
+            traceback.print_exc()
+            return EXIT_INTERNAL
+        if args.verbose:
+            traceback.print_exc()
+        print(f"safealign: error: {message}", file=sys.stderr)
         return EXIT_INTERNAL
 
 

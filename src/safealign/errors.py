@@ -44,3 +44,10 @@ class ServiceError(SafealignError):
     """A remote service (MLflow server, judge endpoint, KFP API) is unreachable or answered badly."""
 
     exit_code = EXIT_INTERNAL
+
+
+class ModelFolderError(SafealignError):
+    """A model folder a stage reads (reward model, policy adapter) is missing, corrupt or does not match the
+    settings (truncated weights, malformed config, other aspects). Bad input: the message names the file."""
+
+    exit_code = EXIT_BAD_INPUT

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import random
 import time
 from collections import Counter
@@ -370,7 +369,6 @@ def build_data(settings: Settings, annotator: Annotator | None = None) -> dict[s
     rows = build_rows(settings, annotator)
     summary = summarise(rows, settings.aspect_names)
     with atomic_dir(layout.data_dir) as tmp:
-        os.chmod(tmp, 0o755)  # mkdtemp makes 0700; data/ is read by other users (containers, CI)
         _write_jsonl(tmp / layout.adversarial_prompts.name, rows["adversarial"], ADVERSARIAL_COLUMNS)
         _write_jsonl(tmp / layout.benign_prompts.name, rows["benign"], BENIGN_COLUMNS)
         _write_jsonl(tmp / layout.labelled.name, rows["labelled"], labelled_columns(settings.aspect_names))

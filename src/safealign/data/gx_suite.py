@@ -121,7 +121,8 @@ def input_checks(settings: Settings, tables: dict[str, Table]) -> list[Check]:
 
 
 def read_split_files(paths: dict[str, Path]) -> pd.DataFrame:
-    """Read written split files back: one row per line with file, line, split name and normalized prompt.
+    """Read written split files back: one row per line with file, line, split name, normalized prompt and
+    near-duplicate key.
 
     ``paths`` maps a label like 'labelled/heldout' to its file.
     """
@@ -133,21 +134,30 @@ def read_split_files(paths: dict[str, Path]) -> pd.DataFrame:
         with open(path, encoding="utf-8") as handle:
             for line_no, line in enumerate(handle, start=1):
                 if line.strip():
-                    prompt = json.loads(line)["prompt"]
+                    row = json.loads(line)
+                    prompt = row["prompt"]
                     rows.append(
                         {
                             FILE: str(path),
                             LINE: line_no,
+                            "id": str(row.get("id", "")),
                             "kind": kind,
                             "split": split,
                             "normalized_prompt": schema.normalize_prompt(prompt),
+                            "near_duplicate_key": schema.near_duplicate_key(prompt),
                         }
                     )
-    return pd.DataFrame(rows, columns=[FILE, LINE, "kind", "split", "normalized_prompt"])
+    return pd.DataFrame(
+        rows, columns=[FILE, LINE, "id", "kind", "split", "normalized_prompt", "near_duplicate_key"]
+    )
 
 
 def split_check(frame: pd.DataFrame, label: str) -> Check:
     """No normalized prompt in two sides (held-out vs the rest, over every file); labelled splits disjoint too.
+
+    Near duplicates too: two prompts with the same ``schema.near_duplicate_key`` (a copy with punctuation,
+    accents or look-alike letters changed) on both sides of the held-out line fail, since the split hash
+    would place them independently. Rows already failing the exact check are not reported twice.
 
     GX has no 'values map to one group' expectation, so the group count per prompt is computed here and GX
     checks that it is exactly 1 on every row, which keeps file and line of each offending row.
@@ -159,6 +169,8 @@ def split_check(frame: pd.DataFrame, label: str) -> Check:
     frame["sides_sharing_prompt"] = (
         frame.groupby("normalized_prompt")["side"].transform("nunique").astype("int64")
     )
+    near_sides = frame.groupby("near_duplicate_key")["side"].transform("nunique").astype("int64")
+    frame["sides_sharing_near_duplicate"] = near_sides.where(frame["sides_sharing_prompt"] == 1, 1)
     labelled = frame["kind"] == "labelled"
     counts = frame[labelled].groupby("normalized_prompt")["split"].nunique()
     frame["labelled_splits_sharing_prompt"] = (
@@ -170,13 +182,19 @@ def split_check(frame: pd.DataFrame, label: str) -> Check:
             column="sides_sharing_prompt", min_value=1, max_value=1, meta={"check": "heldout_overlap"}
         ),
         gxe.ExpectColumnValuesToBeBetween(
+            column="sides_sharing_near_duplicate",
+            min_value=1,
+            max_value=1,
+            meta={"check": "heldout_near_duplicate"},
+        ),
+        gxe.ExpectColumnValuesToBeBetween(
             column="labelled_splits_sharing_prompt",
             min_value=1,
             max_value=1,
             meta={"check": "labelled_overlap"},
         ),
     ]
-    return Check("splits", label, frame, exps, index_columns=(FILE, LINE))
+    return Check("splits", label, frame, exps, index_columns=(FILE, LINE, "id"))
 
 
 def run_checks(checks: list[Check]) -> dict[str, Any]:
@@ -236,6 +254,7 @@ def problems_from(check: Check, result: Any) -> list[Problem]:
         index = r.get("partial_unexpected_index_list") or []
         rows = [x for x in (_row_of(e) for e in index) if x is not None]
         files = sorted({e.get(FILE) for e in index if isinstance(e, dict) and e.get(FILE)})
+        ids = [e["id"] for e in index if isinstance(e, dict) and e.get("id")]
         file = ", ".join(files) if files else check.file
         values = [v for v in (r.get("partial_unexpected_list") or [])][:5]
         count, total = r.get("unexpected_count"), r.get("element_count")
@@ -250,10 +269,17 @@ def problems_from(check: Check, result: Any) -> list[Problem]:
                 f"({meta.get('setting')}); {count} rows have no label, the first at row {rows[0] if rows else '?'}"
             )
             rows = []  # coverage is a property of the column, not of one row
+        elif meta.get("check") == "heldout_near_duplicate":
+            msg = (
+                f"{count} rows have a near-duplicate prompt (equal after dropping punctuation, accents and "
+                f"look-alike letters) on the other side of the held-out line: ids {ids[:6]} in "
+                f"{', '.join(sorted({Path(f).name for f in files}))}; remove one copy or make them the same prompt"
+            )
         elif meta.get("check") in ("heldout_overlap", "labelled_overlap"):
             which = "held-out and train/val" if meta["check"] == "heldout_overlap" else "two labelled splits"
             msg = (
                 f"{count} rows have a prompt (normalized) that is in {which}; e.g. rows {rows[:5]} of {file}"
+                + (f" (ids {ids[:6]})" if ids else "")
             )
         elif config.type == "expect_column_to_exist":
             msg = "missing column"

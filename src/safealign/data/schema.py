@@ -34,9 +34,46 @@ def labelled_columns(aspects: list[str]) -> list[str]:
     return cols
 
 
+def _visible(text: str) -> str:
+    """``text`` without format characters (Unicode category Cf): zero-width spaces and joiners, word
+    joiners, the BOM, soft hyphens and bidi marks render as nothing, so they must not make two prompts differ.
+    """
+    return "".join(c for c in text if unicodedata.category(c) != "Cf")
+
+
 def normalize_prompt(text: str) -> str:
-    """Case-, space- and Unicode-insensitive key, so near-identical prompts land in the same split."""
-    return " ".join(unicodedata.normalize("NFKC", text).casefold().split())
+    """Case-, space-, Unicode- and invisible-character-insensitive key: the split of a prompt is decided by it.
+
+    NFKC (compatibility forms: full-width letters, ligatures, non-breaking spaces), format characters
+    removed, case-folded, whitespace runs folded to one space. A text with no format character keys exactly
+    as before they were removed, so the splits of data without them are unchanged.
+    """
+    return " ".join(_visible(unicodedata.normalize("NFKC", text)).casefold().split())
+
+
+# Latin look-alikes in Cyrillic and Greek (lower case, after case-folding) that NFKC leaves alone.
+_CONFUSABLES = str.maketrans(
+    {
+        "а": "a", "в": "b", "е": "e", "к": "k", "м": "m", "н": "h", "о": "o", "р": "p", "с": "c",
+        "т": "t", "у": "y", "х": "x", "ѕ": "s", "і": "i", "ј": "j", "ԁ": "d", "һ": "h", "ԛ": "q",
+        "ԝ": "w", "α": "a", "ε": "e", "ι": "i", "κ": "k", "ν": "v", "ο": "o", "ρ": "p", "τ": "t",
+        "υ": "u", "χ": "x",
+    }
+)  # fmt: skip
+
+
+def near_duplicate_key(text: str) -> str:
+    """Key under which trivially edited copies of a prompt collide: the held-out line must not separate them.
+
+    On top of :func:`normalize_prompt`: accents stripped (NFKD, combining marks dropped), Cyrillic and Greek
+    look-alikes mapped to Latin, and everything but letters and digits dropped (punctuation, spacing,
+    emoji). So "How do I bake bread?", "how do i bake bread!!" and "how dо i bake bread" (Cyrillic о) share
+    a key. A prompt with no letter or digit keys by its normalised form, so such prompts do not all collide.
+    """
+    folded = unicodedata.normalize("NFKD", normalize_prompt(text))
+    folded = "".join(c for c in folded if not unicodedata.combining(c)).translate(_CONFUSABLES)
+    key = "".join(c for c in folded if c.isalnum())
+    return key or normalize_prompt(text)
 
 
 def split_of(prompt: str, seed: int, val_fraction: float, heldout_fraction: float) -> str:

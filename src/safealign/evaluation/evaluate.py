@@ -316,21 +316,18 @@ def evaluate(settings: Settings, suite: str = "all") -> dict[str, Any]:
     }
     reward_hash = tree_hash(layout.reward_model_dir)
     adapter_hash = tree_hash(layout.adapter_dir)
+    # Loaded before generating (minutes) so a corrupt or mismatched reward model fails at once.
+    rm = RewardModel.for_settings(layout.reward_model_dir, settings)
 
     with stage_run(settings, "evaluate"):
         base_all, aligned_all, timing = _generate_all(settings, layout.adapter_dir, prompts, n_standard)
         t = time.perf_counter()
-        rm = RewardModel.from_pretrained(layout.reward_model_dir)
         # The reward model judges a reply against the PLAIN request, whatever wrapper carried it.
         score_prompts = prompts[:n_standard] + [requests[i]["prompt"] for _, i, _ in attack_items]
         base_scores = rm.score(score_prompts, base_all)
         aligned_scores = rm.score(score_prompts, aligned_all)
         timing["scoring_s"] = time.perf_counter() - t
         aspects, weights = list(rm.aspects), np.asarray(rm.weights, dtype=np.float64)
-        if aspects != settings.aspect_names:
-            log.warning(
-                "reward model aspects %s differ from params aspects %s", aspects, settings.aspect_names
-            )
         safety = "safety" if "safety" in aspects else None
 
         robustness: dict[str, Any] | None = None

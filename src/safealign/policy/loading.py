@@ -26,7 +26,8 @@ import torch
 
 from safealign.atomic import atomic_dir
 from safealign.config import Settings
-from safealign.errors import ConfigError
+from safealign.errors import ConfigError, ModelFolderError
+from safealign.special_tokens import neutralise
 
 log = logging.getLogger(__name__)
 
@@ -265,7 +266,11 @@ def load_policy_with_adapter(
     if not (adapter_dir / "adapter_config.json").exists():
         raise ConfigError(f"{adapter_dir} is not a PEFT adapter folder (no adapter_config.json)")
     model, tokenizer = load_policy(settings_or_spec, cache_dir=cache_dir)
-    peft_model = PeftModel.from_pretrained(model, str(adapter_dir))
+    try:
+        peft_model = PeftModel.from_pretrained(model, str(adapter_dir))
+    except Exception as exc:  # noqa: BLE001 - peft/safetensors raise many types for a truncated or bad file
+        detail = " ".join(str(exc).split())[:300] or type(exc).__name__
+        raise ModelFolderError(f"{adapter_dir}: cannot load the LoRA adapter: {detail}") from exc
     if merge:
         merged = peft_model.merge_and_unload()
         merged.eval()
@@ -291,11 +296,18 @@ def lora_config(settings: Settings) -> Any:
     )
 
 
-def chat_messages(prompt: str, system_prompt: str | None = None) -> list[dict[str, str]]:
+def chat_messages(tokenizer: Any, prompt: str, system_prompt: str | None = None) -> list[dict[str, str]]:
+    """System (when given) and user turn, the user text neutralised so it stays data.
+
+    The single place every engine builds its conversation (the fast engine and evaluation through
+    :func:`format_prompt`, TRL through its dataset): special-token strings of ``tokenizer`` inside the
+    prompt are broken here (``safealign.special_tokens``) so ``<|im_start|>system`` typed by a user can
+    never open a real turn. The system prompt comes from the config and is trusted as written.
+    """
     messages = []
     if system_prompt is not None:
         messages.append({"role": "system", "content": system_prompt})
-    messages.append({"role": "user", "content": prompt})
+    messages.append({"role": "user", "content": neutralise(prompt, tokenizer)})
     return messages
 
 
@@ -307,9 +319,8 @@ def format_prompt(tokenizer: Any, prompt: str, system_prompt: str | None = None)
     """
     if getattr(tokenizer, "chat_template", None):
         return tokenizer.apply_chat_template(
-            chat_messages(prompt, system_prompt), tokenize=False, add_generation_prompt=True
+            chat_messages(tokenizer, prompt, system_prompt), tokenize=False, add_generation_prompt=True
         )
     # No template (a bare base model): a plain fallback rather than an error, so any causal LM works.
     head = f"{system_prompt}\n\n" if system_prompt else ""
-    return f"{head}User: {prompt}\nAssistant:"
-
+    return f"{head}User: {neutralise(prompt, tokenizer)}\nAssistant:"

@@ -19,7 +19,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from safealign.config import Settings
-from safealign.errors import ConfigError, DataError
+from safealign.errors import ConfigError
 from safealign.layout import Layout
 
 
@@ -56,15 +56,14 @@ class RewardModelScorer:
 
 
 def load_scorer(settings: Settings) -> Scorer:
-    """The trained reward model in ``Layout.reward_model_dir`` as a Scorer; missing is a DataError."""
+    """The trained reward model in ``Layout.reward_model_dir`` as a Scorer.
+
+    Missing, corrupt or trained for other aspects than the settings name: ModelFolderError (exit 2).
+    """
     from safealign.reward.model import RewardModel  # torch + transformers: only when a model is loaded
 
     folder = Layout.from_settings(settings).reward_model_dir
-    try:
-        model = RewardModel.from_pretrained(folder)
-    except FileNotFoundError as exc:
-        raise DataError(f"{folder}: no trained reward model (run `safealign train-reward`): {exc}") from exc
-    return RewardModelScorer(model)
+    return RewardModelScorer(RewardModel.for_settings(folder, settings))
 
 
 def aspect_weights(

@@ -54,11 +54,17 @@ def world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
-def trl_dataset(rows: list[dict[str, Any]], system_prompt: str | None) -> Any:
-    """Conversational prompts (TRL applies the chat template) plus the raw prompt and its kind per row."""
+def trl_dataset(tokenizer: Any, rows: list[dict[str, Any]], system_prompt: str | None) -> Any:
+    """Conversational prompts (TRL applies the chat template) plus the raw prompt and its kind per row.
+
+    The messages come from ``chat_messages``, so user text is neutralised for the policy's tokenizer exactly
+    as in the fast engine; the raw prompt is neutralised for the reward model's tokenizer when it is scored.
+    """
     from datasets import Dataset
 
-    return Dataset.from_list([{"prompt": chat_messages(r["raw_prompt"], system_prompt), **r} for r in rows])
+    return Dataset.from_list(
+        [{"prompt": chat_messages(tokenizer, r["raw_prompt"], system_prompt), **r} for r in rows]
+    )
 
 
 def trl_config(
@@ -162,7 +168,7 @@ def build_trl_trainer(
         model=model,
         reward_funcs=trl_reward_functions(cache),
         args=args,
-        train_dataset=trl_dataset(sampler.rows(), settings.policy.system_prompt),
+        train_dataset=trl_dataset(tokenizer, sampler.rows(), settings.policy.system_prompt),
         processing_class=tokenizer,
         peft_config=None if hasattr(model, "peft_config") else lora_config(settings),
         callbacks=callbacks,

@@ -22,7 +22,7 @@ import numpy as np
 
 from safealign.atomic import atomic_dir, write_json
 from safealign.config import Settings
-from safealign.errors import DataError, GateFailed
+from safealign.errors import GateFailed
 from safealign.layout import Layout
 from safealign.reward.metrics import auroc, json_safe, per_aspect, r2_score
 from safealign.reward.plots import reliability_plot
@@ -105,18 +105,10 @@ def format_aspect_failures(
 
 
 def _load_checked(settings: Settings, layout: Layout) -> Any:
-    """The trained reward model; missing, or trained for other aspects than params name, is bad input."""
+    """The trained reward model; missing, corrupt, or trained for other aspects than params name: bad input."""
     from safealign.reward.model import RewardModel
 
-    if not (layout.reward_model_dir / "reward_config.json").exists():
-        raise DataError(f"{layout.reward_model_dir}: no reward model (run `safealign train-reward` first)")
-    model = RewardModel.from_pretrained(layout.reward_model_dir)
-    if model.aspects != settings.aspect_names:
-        raise DataError(
-            f"{layout.reward_model_dir}: model aspects {model.aspects} differ from params "
-            f"{settings.aspect_names}; retrain the reward model"
-        )
-    return model
+    return RewardModel.for_settings(layout.reward_model_dir, settings)
 
 
 def _report_metrics(report: dict[str, Any]) -> dict[str, float]:

