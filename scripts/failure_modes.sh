@@ -44,16 +44,17 @@ json.dump({"held": held}, open("$R/held.json", "w"))
 PY
 HELD=$($W/.venv/bin/python -c "import json;print(json.load(open('$R/held.json'))['held'])")
 echo "held-out prompt used: $HELD"
-cp $R/data/prompts_benign.jsonl $R/benign.orig
+cp $R/data/prompts_adversarial.jsonl $R/adv.orig
 $W/.venv/bin/python - <<PY
 import json
 held = json.load(open("$R/held.json"))["held"]
-with open("$R/data/prompts_benign.jsonl", "a") as f:
-    f.write(json.dumps({"id": "attack-zw", "prompt": held[:5] + "\u200b" + held[5:], "category": "everyday"}, ensure_ascii=False) + "\n")
+with open("$R/data/prompts_adversarial.jsonl", "a") as f:
+    first = json.loads(open("$R/adv.orig").readline())  # every column an adversarial row has
+    f.write(json.dumps({**first, "id": "attack-zw", "prompt": held[:5] + "\u200b" + held[5:]}, ensure_ascii=False) + "\n")
 PY
-show "held-out prompt + U+200B appended to benign prompts" $SA validate $(common)
-echo "    attack-zw in benign_heldout: $(grep -c attack-zw $R/artifacts/splits/benign_heldout.jsonl), in benign_train: $(grep -c attack-zw $R/artifacts/splits/benign_train.jsonl)"
-cp $R/benign.orig $R/data/prompts_benign.jsonl
+show "held-out prompt + U+200B appended to the adversarial prompts" $SA validate $(common)
+echo "    attack-zw in adversarial_heldout: $(grep -c attack-zw $R/artifacts/splits/adversarial_heldout.jsonl), in adversarial_train: $(grep -c attack-zw $R/artifacts/splits/adversarial_train.jsonl)"
+cp $R/adv.orig $R/data/prompts_adversarial.jsonl
 $W/.venv/bin/python - <<PY
 import json
 held = json.load(open("$R/held.json"))["held"]
@@ -63,14 +64,15 @@ from safealign.data import schema
 from safealign.config import load_settings
 d = load_settings("$W/params.yaml").data
 v = next(held.replace("o", "\u043e", 1) + "!" * n for n in count(1) if schema.split_of(held.replace("o", "\u043e", 1) + "!" * n, d.seed, d.val_fraction, d.heldout_fraction) != "heldout")
-with open("$R/data/prompts_benign.jsonl", "a") as f:
-    f.write(json.dumps({"id": "attack-near", "prompt": v, "category": "everyday"}, ensure_ascii=False) + "\n")
+with open("$R/data/prompts_adversarial.jsonl", "a") as f:
+    first = json.loads(open("$R/adv.orig").readline())
+    f.write(json.dumps({**first, "id": "attack-near", "prompt": v}, ensure_ascii=False) + "\n")
 PY
 sha_before=$(cd $R && find artifacts/splits metrics -type f | sort | xargs sha256sum | sha256sum)
 show "near-duplicate (Cyrillic o + '!') of a held-out prompt" $SA validate $(common)
 sha_after=$(cd $R && find artifacts/splits metrics -type f | sort | xargs sha256sum | sha256sum)
 echo "    previous splits+metrics byte-identical: $([ "$sha_before" = "$sha_after" ] && echo yes || echo NO)"
-cp $R/benign.orig $R/data/prompts_benign.jsonl
+cp $R/adv.orig $R/data/prompts_adversarial.jsonl
 # reward model folders (tiny encoder, untrained: loading is what is attacked)
 $W/.venv/bin/python - <<PY
 import sys; sys.path.insert(0, "$W/src")

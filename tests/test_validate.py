@@ -505,7 +505,7 @@ def test_split_key_ignores_invisible_characters_case_and_spacing():
 
 
 def test_heldout_prompt_with_a_zero_width_space_stays_heldout(tmp_path, mlflow_dir, capsys, monkeypatch):
-    """The attack: a held-out prompt plus U+200B added to the benign prompts. Under the old key it hashed on
+    """The attack: a held-out prompt plus U+200B added to the prompt file. Under the old key it hashed on
     its own and (for the variant chosen here) landed in train while validation passed: a held-out leak."""
     files = make_data(tmp_path / "data")
     original = _heldout_prompt(files)
@@ -517,13 +517,14 @@ def test_heldout_prompt_with_a_zero_width_space_stays_heldout(tmp_path, mlflow_d
             for v in (original[:i] + "\u200b" + original[i:] for i in range(1, len(original)))
             if schema.split_of(v, d.seed, d.val_fraction, d.heldout_fraction) != "heldout"
         )
-    files["prompts_benign.jsonl"].append({"id": "ben-zw", "prompt": variant, "category": "everyday"})
-    write_rows(tmp_path / "data" / "prompts_benign.jsonl", files["prompts_benign.jsonl"])
+    adversarial = files["prompts_adversarial.jsonl"]  # split by prompt (benign rows go by template family)
+    adversarial.append({**adversarial[0], "id": "adv-zw", "prompt": variant})
+    write_rows(tmp_path / "data" / "prompts_adversarial.jsonl", adversarial)
     assert run_validate(tmp_path, mlflow_dir) == 0, capsys.readouterr().err
     layout = Layout.from_settings(load_settings(REPO / "params.yaml", overrides(tmp_path, mlflow_dir)))
-    heldout_ids = [json.loads(x)["id"] for x in layout.benign_split("heldout").read_text().splitlines()]
-    train_ids = [json.loads(x)["id"] for x in layout.benign_split("train").read_text().splitlines()]
-    assert "ben-zw" in heldout_ids and "ben-zw" not in train_ids
+    heldout_ids = [json.loads(x)["id"] for x in layout.adversarial_split("heldout").read_text().splitlines()]
+    train_ids = [json.loads(x)["id"] for x in layout.adversarial_split("train").read_text().splitlines()]
+    assert "adv-zw" in heldout_ids and "adv-zw" not in train_ids
 
 
 def test_near_duplicate_of_a_heldout_prompt_in_train_fails_validation(tmp_path, mlflow_dir, capsys):
@@ -536,7 +537,8 @@ def test_near_duplicate_of_a_heldout_prompt_in_train_fails_validation(tmp_path, 
         for v in (original.replace("o", "\u043e", 1) + "!" * n for n in range(1, 40))
         if schema.split_of(v, d.seed, d.val_fraction, d.heldout_fraction) != "heldout"
     )
-    files["prompts_benign.jsonl"].append({"id": "ben-near", "prompt": variant, "category": "everyday"})
+    benign = files["prompts_benign.jsonl"]
+    benign.append({**benign[0], "id": "ben-near", "prompt": variant})  # every column a benign row has
     write_rows(tmp_path / "data" / "prompts_benign.jsonl", files["prompts_benign.jsonl"])
     err = expect_failure(tmp_path, mlflow_dir, capsys, "near-duplicate", "sides_sharing_near_duplicate")
     assert "benign_train.jsonl" in err and "adversarial_heldout.jsonl" in err
