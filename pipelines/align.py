@@ -8,7 +8,7 @@ The data version is resolved by an uncached step: the value passed in (submit pa
 or, when empty (scheduled runs), a hash of the data the step finds.
 
 Where steps run comes from ``pipeline.*``: every step's image (``pipeline.image``, or ``--image`` at
-compile or submit time), and with ``pipeline.gpu`` on, GRPO and evaluation run on the CUDA image with a
+compile or submit time), and with ``pipeline.gpu`` on, GRPO, evaluation and generation run on the CUDA image with a
 GPU request, node selector and tolerations (pipelines/align-gpu.yaml).
 
 Compile: ``safealign pipeline compile`` (or ``make compile``) writes pipelines/align.yaml and

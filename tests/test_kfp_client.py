@@ -252,12 +252,13 @@ def test_submit_resolves_images_at_submit_time(kfp_server, capsys, monkeypatch):
     assert code == 0, capsys.readouterr().err
     gpu_run = kfp_server.posts("/apis/v2beta1/runs")[-1]
     images = _images(gpu_run)
-    assert images.pop("exec-grpo-op") == images.pop("exec-evaluate-op") == "reg.test/sa:3-cuda"
+    gpu_steps = ("exec-grpo-op", "exec-evaluate-op", "exec-generate-op")
+    assert {images.pop(n) for n in gpu_steps} == {"reg.test/sa:3-cuda"}
     assert set(images.values()) == {"reg.test/sa:3"}
     accel = _spec(gpu_run)["deploymentSpec"]["executors"]["exec-grpo-op"]["container"]["resources"]
     assert accel["accelerator"]["resourceType"] == "nvidia.com/gpu"
     platform = gpu_run["pipeline_spec"]["platform_spec"]["platforms"]["kubernetes"]["deploymentSpec"]
-    assert {"exec-grpo-op", "exec-evaluate-op"} == set(platform["executors"])
+    assert set(gpu_steps) == set(platform["executors"])
 
 
 def test_multi_user_namespace_and_token(kfp_server, tmp_path, capsys, monkeypatch):

@@ -91,8 +91,9 @@ def test_caching_is_keyed_on_the_resolved_data_version():
     assert tasks["promote-op"]["cachingOptions"] == {}  # a registry write is never served from cache
 
 
-ALL_EXECUTORS = {f"exec-{n}" for n in [*STAGES, "data-version-op"]}
-GPU_STAGES = {"exec-grpo-op", "exec-evaluate-op"}
+ALL_EXECUTORS = {f"exec-{n}" for n in [*STAGES, "data-version-op", "generate-op"]}
+# The steps that run the policy: training, evaluation and the optional batch generation after promotion.
+GPU_STAGES = {"exec-grpo-op", "exec-evaluate-op", "exec-generate-op"}
 
 
 def _compile_cli(tmp_path: Path, *args: str) -> list[dict]:

@@ -443,7 +443,7 @@ class PipelineSettings(_Section):
     )
     gpu: bool = Field(
         default=False,
-        description="grpo and evaluate on cuda_image with a GPU request (pipelines/align-gpu.yaml)",
+        description="grpo, evaluate, generate on cuda_image with a GPU request (pipelines/align-gpu.yaml)",
     )
     accelerator: str = Field(default="nvidia.com/gpu", description="GPU resource the GPU steps request")
     accelerator_count: int = Field(default=1, ge=1, description="GPUs per GPU step")
