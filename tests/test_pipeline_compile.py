@@ -91,8 +91,9 @@ def test_caching_is_keyed_on_the_resolved_data_version():
     assert tasks["promote-op"]["cachingOptions"] == {}  # a registry write is never served from cache
 
 
-ALL_EXECUTORS = {f"exec-{n}" for n in [*STAGES, "data-version-op"]}
-GPU_STAGES = {"exec-grpo-op", "exec-evaluate-op"}
+ALL_EXECUTORS = {f"exec-{n}" for n in [*STAGES, "data-version-op", "generate-op"]}
+# batch inference after promotion generates like evaluation does: on the GPU when there is one
+GPU_STAGES = {"exec-grpo-op", "exec-evaluate-op", "exec-generate-op"}
 
 
 def _compile_cli(tmp_path: Path, *args: str) -> list[dict]:
