@@ -320,7 +320,8 @@ def finish(run: FastRun, t_start: float) -> dict[str, Any]:
         "selection": selection,
         **summarize(rows, list(run.scorer.aspects)),
     }
-    write_stage_outputs(run.layout, run.model, run.tokenizer, rows, summary)
+    metrics_path = run.layout.metrics_file("grpo")
+    write_stage_outputs(run.layout, run.model, run.tokenizer, rows, summary, metrics_path)
     return summary
 
 

@@ -146,17 +146,23 @@ def save_adapter(model: Any, folder: Path) -> None:
 
 
 def write_stage_outputs(
-    layout: Layout, model: Any, tokenizer: Any, rows: list[dict[str, Any]], summary: dict[str, Any]
+    layout: Layout,
+    model: Any,
+    tokenizer: Any,
+    rows: list[dict[str, Any]],
+    summary: dict[str, Any],
+    metrics_path: Path,
 ) -> None:
-    """Write the adapter, the per-step CSV and ``metrics/grpo.json`` (each atomically) and log them to the
-    active MLflow run, with the summary's numbers as ``final_*`` metrics."""
+    """Write the adapter, the per-step CSV and the summary to ``metrics_path`` (the stage's registered
+    metrics file), each atomically, and log them to the active MLflow run, with the summary's numbers as
+    ``final_*`` metrics."""
     import mlflow
 
     with atomic_dir(layout.adapter_dir) as tmp:
         save_adapter(model, tmp)
         tokenizer.save_pretrained(tmp)
     write_text(layout.grpo_steps_csv, rows_to_csv(rows))
-    write_json(layout.metrics_file("grpo"), summary)
+    write_json(metrics_path, summary)
     mlflow.log_metrics(
         {
             f"final_{k}": float(v)
@@ -166,4 +172,4 @@ def write_stage_outputs(
     )
     mlflow.log_artifacts(str(layout.adapter_dir), artifact_path="adapter")
     mlflow.log_artifact(str(layout.grpo_steps_csv))
-    mlflow.log_artifact(str(layout.metrics_file("grpo")))
+    mlflow.log_artifact(str(metrics_path))
