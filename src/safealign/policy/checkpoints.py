@@ -129,8 +129,9 @@ def run_identity(settings: Settings, scorer: Scorer) -> RunIdentity:
 
 
 def run_fingerprint(settings: Settings, scorer: Scorer) -> str:
-    """``run_identity(...).fingerprint``: what the TRL engine's checkpoints are matched on too."""
-    return run_identity(settings, scorer).fingerprint
+    """What the TRL engine's checkpoints are matched on: ``run_identity(...).settings_key``, everything but
+    the step count (TRL's trainer continues a shorter run of the same settings to a larger max_steps)."""
+    return run_identity(settings, scorer).settings_key
 
 
 # --------------------------------------------------------------------------------------------- finding
