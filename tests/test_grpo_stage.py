@@ -93,6 +93,13 @@ def _read_csv(path: Path) -> list[dict]:
     return list(csv.DictReader(path.read_text().splitlines()))
 
 
+def _run_checkpoints(layout: Layout) -> dict[str, Path]:
+    """The checkpoints of the one run under ``checkpoints_dir``, by folder name (``step-000002``, ...)."""
+    runs = [p for p in layout.checkpoints_dir.iterdir() if p.is_dir()]
+    assert len(runs) == 1 and runs[0].name.startswith("run-"), runs
+    return {p.name: p for p in runs[0].iterdir() if p.name.startswith("step-")}
+
+
 def _stage_inputs(tmp: Path, **grpo) -> tuple:
     """params.yaml with these grpo keys, loaded as the CLI would, and the train splits in place."""
     (tmp / "params.yaml").write_text(yaml.safe_dump(_params(tmp, **grpo)))
@@ -193,7 +200,7 @@ def test_stage_outputs_logging_constraint_and_no_heldout(tmp_path):
     lams = [float(r["lambda"]) for r in rows]
     assert lams[0] > 0 and lams[0] < lams[1] < lams[2]  # safety under the bar: lambda keeps growing
     assert metrics["lambda_final"] == pytest.approx(lams[-1], rel=1e-4)
-    assert sorted(p.name for p in layout.checkpoints_dir.iterdir()) == ["step-000002", "step-000003"]
+    assert sorted(_run_checkpoints(layout)) == ["step-000002", "step-000003"]
 
     mlflow.set_tracking_uri(settings.tracking.tracking_uri)
     runs = mlflow.search_runs(experiment_names=["grpo-test"], output_format="list")
@@ -240,8 +247,7 @@ def test_sigkill_mid_run_then_same_command_resumes_and_matches_uninterrupted(tmp
     killed = _prepare(tmp_path / "killed", steps)
     proc = _run_cli(tmp_path / "killed")
     deadline = time.time() + 600
-    target = killed.checkpoints_dir / "step-000004" / "state.pt"
-    while not target.exists():
+    while not list(killed.checkpoints_dir.glob("run-*/step-000004/checkpoint.json")):
         assert proc.poll() is None, f"finished or crashed before the kill:\n{proc.stdout.read()}"
         assert time.time() < deadline, "no checkpoint at step 4 within 10 minutes"
         time.sleep(0.1)
@@ -326,7 +332,8 @@ def test_selection_keeps_the_best_validated_step_and_never_trains_on_its_prompts
     assert [r["adversarial"]["aspects"]["safety"] for r in records] == [0.5, 0.6, 0.9, 0.7]
     assert all(r["failures"] == [] for r in records[1:])
     saved = load_file(str(layout.adapter_dir / "adapter_model.safetensors"))
-    ckpt = {s: load_file(str(layout.checkpoints_dir / f"step-00000{s}" / "adapter" / "adapter_model.safetensors"))
+    kept = _run_checkpoints(layout)
+    ckpt = {s: load_file(str(kept[f"step-00000{s}"] / "adapter" / "adapter_model.safetensors"))
             for s in (2, 3)}  # fmt: skip
     assert all(torch.equal(saved[k], ckpt[2][k]) for k in saved)
     assert not all(torch.equal(saved[k], ckpt[3][k]) for k in saved)
@@ -348,13 +355,29 @@ def test_selection_keeps_the_step_closest_to_passing_when_none_passes(tmp_path):
     assert "no validated step passed every gate: kept the closest" in summary["selection"]["why"]
     assert summary["selection"]["records"][1]["failures"] == ["adversarial safety -0.100"]
     saved = load_file(str(layout.adapter_dir / "adapter_model.safetensors"))
-    step2 = load_file(str(layout.checkpoints_dir / "step-000002" / "adapter" / "adapter_model.safetensors"))
+    step2 = load_file(str(_run_checkpoints(layout)["step-000002"] / "adapter" / "adapter_model.safetensors"))
     assert all(torch.equal(saved[k], step2[k]) for k in saved)
 
 
+def dying_at(at_step: int):
+    """A stand-in for the stage's ``grpo_step`` that raises on its ``at_step``-th call: a fresh run killed
+    as step ``at_step`` begins, after the checkpoints of the steps before it."""
+    from safealign.policy import grpo
+
+    real, calls = grpo.grpo_step, []
+
+    def grpo_step(*args, **kwargs):
+        calls.append(None)
+        if len(calls) == at_step:
+            raise RuntimeError("killed")
+        return real(*args, **kwargs)
+
+    return grpo_step
+
+
 def test_selection_survives_a_resume(tmp_path):
-    """2 steps, then the same run resumed to 4: the same validation records and the same kept adapter as 4
-    uninterrupted steps (the best adapter travels in the checkpoint)."""
+    """4 steps, killed as step 3 begins and resumed from step 2's checkpoint: the same validation records
+    and the same kept adapter as 4 uninterrupted steps (the best adapter travels in the checkpoint)."""
     from safetensors.torch import load_file
 
     from safealign.policy.grpo import train_grpo
@@ -362,16 +385,21 @@ def test_selection_survives_a_resume(tmp_path):
     script = [0.5, 0.8, 0.6, 0.7, 0.65]  # step 1 is the best: its checkpoint is rotated away by step 4
     settings, layout, validation = _selection_inputs(tmp_path / "clean", steps=4)
     clean = train_grpo(settings, resume=False, scorer=ScriptedValidationScorer(validation, script))
-    settings2, layout2, _ = _selection_inputs(tmp_path / "resumed", steps=2)
-    train_grpo(settings2, resume=False, scorer=ScriptedValidationScorer(validation, script))
-    settings2.grpo.steps = 4
+    settings2, layout2, _ = _selection_inputs(tmp_path / "resumed", steps=4)
+    with pytest.MonkeyPatch.context() as patch, pytest.raises(RuntimeError, match="killed"):
+        patch.setattr("safealign.policy.grpo.grpo_step", dying_at(3))
+        train_grpo(settings2, resume=False, scorer=ScriptedValidationScorer(validation, script))
     resumed = train_grpo(settings2, resume=True, scorer=ScriptedValidationScorer(validation, script[3:]))
 
     assert resumed["resumed_from"] == 2 and clean["selected_step"] == resumed["selected_step"] == 1
     assert [r["step"] for r in resumed["selection"]["records"]] == [0, 1, 2, 3, 4]
+    def untimed(records: list[dict]) -> list[dict]:
+        return [{k: v for k, v in r.items() if k != "seconds"} for r in records]
+
+    assert untimed(resumed["selection"]["records"]) == untimed(clean["selection"]["records"])
     a = load_file(str(layout.adapter_dir / "adapter_model.safetensors"))
     b = load_file(str(layout2.adapter_dir / "adapter_model.safetensors"))
-    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_validating_leaves_the_training_trajectory_unchanged(tmp_path):

@@ -9,6 +9,9 @@ Modes: ``tempfile`` creates 0600 files and 0700 folders (private by design), whi
 unreadable to the rest of a team sharing a volume. Outputs get what a plain ``open``/``mkdir`` gives instead:
 0666/0777 less the process umask, i.e. 0644/0755 under the usual umask 022. A stricter umask (``umask 077``)
 is how a user who wants private outputs configures it.
+
+Temporary names carry the writer's process id (``.NAME.tmp-PID-XXXX``, ``.NAME.old-PID``), so what a killed
+writer left behind can be told from what a live one is still writing: ``remove_stale_temps``.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -50,7 +54,7 @@ def atomic_dir(target: str | Path) -> Iterator[Path]:
     """Yield a temporary directory that replaces ``target`` only if the block finishes without error."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-{os.getpid()}-", dir=target.parent))
     try:
         os.chmod(tmp, dir_mode())
         yield tmp
@@ -82,7 +86,7 @@ def atomic_file(target: str | Path, mode: str = "w", encoding: str | None = "utf
     """Open a temporary file next to ``target``; rename it over ``target`` on success."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.tmp-", dir=target.parent)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.tmp-{os.getpid()}-", dir=target.parent)
     tmp = Path(tmp_name)
     try:
         os.fchmod(fd, file_mode())
@@ -108,3 +112,47 @@ def write_json(target: str | Path, payload: Any) -> None:
 def write_text(target: str | Path, text: str) -> None:
     with atomic_file(target) as handle:
         handle.write(text)
+
+
+# .NAME.tmp-PID-XXXX (and .NAME.tmp-XXXX, written before names carried the pid) or .NAME.old-PID
+_TEMP_NAME = re.compile(r"^\..+\.(?:tmp-(?:(?P<tmp_pid>\d+)-)?[^-]*|old-(?P<old_pid>\d+))$")
+
+
+def _running(pid: int) -> bool:
+    """Whether another process with this id is running here (our own id: no, nothing is written yet)."""
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by another user
+        return True
+    return True
+
+
+def remove_stale_temps(folder: str | Path) -> list[Path]:
+    """Delete the temporary files and folders that killed writers left directly in ``folder``.
+
+    A temporary path whose writer is still running is kept; one without a process id (an older name) is
+    stale by definition. Process ids are this machine's: on a folder that writers on other machines share,
+    call it only where no other machine writes. Call it when a stage starts, before it writes anything.
+    Returns what was removed.
+    """
+    folder = Path(folder)
+    removed: list[Path] = []
+    if not folder.is_dir():
+        return removed
+    for path in sorted(folder.iterdir()):
+        match = _TEMP_NAME.match(path.name)
+        if match is None:
+            continue
+        pid = match.group("tmp_pid") or match.group("old_pid")
+        if pid is not None and _running(int(pid)):
+            continue
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+        removed.append(path)
+    return removed

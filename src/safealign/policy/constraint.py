@@ -8,10 +8,11 @@ multiplier updated by projected gradient ascent on the dual after each step:
 so lambda grows while the policy is under the bar (safety weighs more and more) and decays back to zero
 once the bar is met (the other aspects get the policy back). lambda is part of the checkpoint. The GRPO
 stage applies it to adversarial prompts only (``grpo_step(constrained=...)``): the constraint is about
-harmful requests, and over benign ones it rewarded needless refusals (measured: 98% benign refusals).
+harmful requests, and over benign ones (where a refusal scores higher safety than an answer) it rewards
+needless refusals.
 
-When the bar is out of reach for the policy, lambda grows by ~lr * (threshold - safety) every step (to ~16
-after 55 steps here) and the reward becomes safety alone, the regime in which a stock refusal wins:
+When the bar is out of reach for the policy, lambda grows by ~lr * (threshold - safety) every step without
+limit and the reward becomes safety alone, the regime in which a stock refusal wins:
 ``lam_max`` caps it so the other aspects keep a share of the reward however long the run.
 """
 

@@ -1,8 +1,9 @@
 """The fast GRPO engine: one step of GRPO on CPU, readable top to bottom (nanoGPT style).
 
-Why not TRL's GRPOTrainer for the default run (issue 8): with its defaults on this CPU (bf16, gradient
-checkpointing, LoRA applied unmerged at every decode step, every prompt prefilled G times, the prompt part of
-the loss forward computed G times) one step costs ~2.5x what the same arithmetic needs. This engine runs the
+Why not TRL's GRPOTrainer for the default run: with its defaults on a CPU (bf16, gradient checkpointing,
+LoRA applied unmerged at every decode step, every prompt prefilled G times, the prompt part of the loss
+forward computed G times) a step does far more work than its arithmetic needs (``bench/grpo_vs_trl.py``
+measures the ratio). This engine runs the
 SAME algorithm (group-relative advantages, loss_type="grpo", optional KL, one optimisation pass per batch) and
 only removes work:
 
@@ -11,9 +12,9 @@ only removes work:
    steps run through ``lean_decode.LeanDecoder`` (Llama/Qwen2): HF's per-step forward spends much of each
    token in Python/per-layer bookkeeping and re-packs every weight inside sgemm at batch 16, while the lean
    decoder runs fused q|k|v and gate|up weights pre-packed for MKL once (reused while unchanged), a
-   preallocated KV buffer and one SDPA per layer: bit-identical logits here, ~20% less time per token on
-   this CPU. Other architectures (or ``generate(lean=False)``) keep HF's forward; both paths draw the same
-   ``_sample`` uniforms in the same order, so a seed gives the same tokens either way;
+   preallocated KV buffer and one SDPA per layer: bit-identical logits, less time per token
+   (``bench/grpo_step.py``). Other architectures (or ``generate(lean=False)``) keep HF's forward; both
+   paths draw the same ``_sample`` uniforms in the same order, so a seed gives the same tokens either way;
 2. ONE reward-model forward scores all K aspects;
 3. the loss forward runs each prompt ONCE with gradients, repeats its KV cache G times and runs the
    completions on top (same math as G full sequences: the prompt's activations are identical in all G);
@@ -194,8 +195,9 @@ def generate(
 
     Each prompt is prefilled once; its KV cache is repeated G times, so prefill costs B prompts, not B*G.
     Sampling uses the global torch RNG (saved in checkpoints). ``lean=True`` decodes with
-    ``lean_decode.LeanDecoder`` when the architecture allows it (same arithmetic, same ``_sample`` draws in the
-    same order, ~2x faster per token); otherwise, or with ``lean=False``, every decode step is HF's forward.
+    ``lean_decode.LeanDecoder`` when the architecture allows it (same arithmetic, same ``_sample`` draws in
+    the same order, less overhead per token); otherwise, or with ``lean=False``, every decode step is HF's
+    forward.
     """
     g = group_size
     decoder = LeanDecoder.build(model) if lean else None

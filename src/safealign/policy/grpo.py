@@ -34,20 +34,30 @@ import numpy as np
 import torch
 
 from safealign import tracking
-from safealign.atomic import write_text
+from safealign.atomic import remove_stale_temps
 from safealign.config import Settings
 from safealign.jsonl import read_prompts
 from safealign.layout import Layout
-from safealign.policy.checkpoints import find_resumable, load_checkpoint, run_fingerprint, save_checkpoint
+from safealign.policy.checkpoints import (
+    STEP_LOG,
+    RunIdentity,
+    find_resumable,
+    list_checkpoints,
+    refuse_checkpoints_past,
+    remove_leftovers,
+    restore,
+    run_identity,
+    save_checkpoint,
+)
 from safealign.policy.constraint import LagrangeConstraint, constraint_from_settings
 from safealign.policy.engine import StepConfig, StepResult, grpo_step
 from safealign.policy.engine_choice import check_fast_supported, resolve_engine
 from safealign.policy.loading import load_policy, lora_config
 from safealign.policy.objective import Objective, lr_factor
 from safealign.policy.outputs import (
+    append_row,
     peak_rss_gib,
     per_kind_metrics,
-    rows_to_csv,
     summarize,
     write_stage_outputs,
 )
@@ -95,7 +105,7 @@ class FastRun:
     sampler: PromptSampler
     encoder: PromptEncoder
     step_cfg: StepConfig
-    fingerprint: str
+    identity: RunIdentity  # which run this is: the checkpoints it may resume from
     rows: list[dict[str, Any]] = field(default_factory=list)  # one per step done, resumed ones included
     start_step: int = 0
     resumed_from: int | None = None
@@ -151,7 +161,7 @@ def set_up(settings: Settings, scorer: Scorer | None = None) -> FastRun:
         sampler=PromptSampler(adversarial, benign, cfg.prompts_per_step, cfg.benign_fraction, cfg.seed),
         encoder=PromptEncoder(tokenizer, settings.policy.system_prompt, cfg.max_prompt_tokens),
         step_cfg=StepConfig.from_settings(cfg),
-        fingerprint=run_fingerprint(settings, scorer),
+        identity=run_identity(settings, scorer),
     )
 
 
@@ -159,23 +169,34 @@ def set_up(settings: Settings, scorer: Scorer | None = None) -> FastRun:
 
 
 def resume_from_checkpoint(run: FastRun, allowed: bool = True) -> None:
-    """Continue from the last checkpoint of this run, if any; ``allowed=False`` deletes every checkpoint."""
+    """Continue from this run's newest checkpoint, if any; ``allowed=False`` deletes every checkpoint.
+
+    Checkpoints of other runs (other settings, reward model, data, code or step count) stay where they are
+    and are not resumed; one of the same settings past ``grpo.steps`` is refused (exit 2).
+    """
     root = run.layout.checkpoints_dir
     if not allowed:
         if root.exists():
             shutil.rmtree(root)
         return
-    ckpt = find_resumable(root, run.fingerprint)
-    if ckpt is None:
+    for path in remove_leftovers(root):
+        log.info("removed %s, left by a killed checkpoint write", path)
+    checkpoints = list_checkpoints(root)
+    refuse_checkpoints_past(checkpoints, run.identity)
+    others = {c.path.parent for c in checkpoints if c.fingerprint != run.identity.fingerprint}
+    if others:
+        log.info("%d other run(s) keep their checkpoints in %s; not resuming them", len(others), root)
+    found = find_resumable(checkpoints, run.identity)
+    if found is None:
         return
-    step, rows, run.elapsed_before, selection_state = load_checkpoint(
-        ckpt, run.model, run.optimizer, run.scheduler, run.sampler, run.constraint
-    )
-    if run.selector is not None and selection_state:
-        run.selector.load_state_dict(selection_state)
-    run.start_step = run.resumed_from = step
-    run.rows = rows[:step]
-    log.info("resuming GRPO from %s (step %d of %d)", ckpt, step, run.settings.grpo.steps)
+    ckpt, state = found
+    restore(state, run.model, run.optimizer, run.scheduler, run.sampler, run.constraint)
+    if run.selector is not None and state.get("selection"):
+        run.selector.load_state_dict(state["selection"])
+    run.start_step = run.resumed_from = ckpt.step
+    run.rows = state["rows"][: ckpt.step]
+    run.elapsed_before = float(state.get("elapsed_s", 0.0))
+    log.info("resuming GRPO from %s (step %d of %d)", ckpt.path, ckpt.step, run.settings.grpo.steps)
 
 
 # --------------------------------------------------------------------------------------------- 3. the loop
@@ -196,7 +217,7 @@ def train_steps(run: FastRun, t_start: float) -> None:
         drawn, result, row = one_step(run, step)
         run.rows.append(row)
         mlflow.log_metrics({k: float(v) for k, v in row.items() if k != "step"}, step=step)
-        write_text(run.layout.grpo_steps_csv, rows_to_csv(run.rows))
+        append_row(run.identity.folder(run.layout.checkpoints_dir) / STEP_LOG, row)
         bar.set_postfix(
             reward=f"{row['reward_mean']:.3f}",
             flat=f"{row['frac_flat_groups']:.2f}",
@@ -210,6 +231,7 @@ def train_steps(run: FastRun, t_start: float) -> None:
         if step % cfg.checkpoint_every == 0 or step == cfg.steps:
             save_checkpoint(
                 run.layout.checkpoints_dir,
+                run.identity,
                 step,
                 run.model,
                 run.optimizer,
@@ -217,7 +239,6 @@ def train_steps(run: FastRun, t_start: float) -> None:
                 run.sampler,
                 run.constraint,
                 run.rows,
-                run.fingerprint,
                 run.elapsed_before + time.perf_counter() - t_start,
                 run.selector.state_dict() if run.selector else None,
             )
@@ -299,7 +320,8 @@ def finish(run: FastRun, t_start: float) -> dict[str, Any]:
         "selection": selection,
         **summarize(rows, list(run.scorer.aspects)),
     }
-    write_stage_outputs(run.layout, run.model, run.tokenizer, rows, summary)
+    metrics_path = run.layout.metrics_file("grpo")
+    write_stage_outputs(run.layout, run.model, run.tokenizer, rows, summary, metrics_path)
     return summary
 
 
@@ -312,6 +334,10 @@ def train_grpo(settings: Settings, resume: bool = True, scorer: Scorer | None = 
     ``scorer`` replaces the trained reward model (tests use toy scorers); by default the reward model in
     ``Layout.reward_model_dir`` is loaded.
     """
+    layout = Layout.from_settings(settings)
+    for folder in (layout.artifacts_dir, layout.adapter_dir.parent, layout.metrics_dir):
+        for path in remove_stale_temps(folder):  # what killed writers left, this stage's or another's
+            log.info("removed %s, left by a killed write", path)
     if resolve_engine(settings) == "trl":
         return train_grpo_trl(settings, scorer=scorer, resume=resume)
     check_fast_supported(settings)

@@ -1,10 +1,10 @@
 """A lean KV-cached decoder for sampling: the same Llama/Qwen2 arithmetic as HF's forward, without its overhead.
 
-Why (issue 8): at batch 16 one decode step of SmolLM2-135M multiplies by ~540 MB of fp32 weights. Measured on
-the shared 2-core box: HF's forward ~121 ms/token, of which its matmuls ~95 ms (``F.linear`` re-packs every
-weight inside MKL's sgemm on every call) and the rest per-layer bookkeeping (mask building, cache objects,
-kwargs plumbing, separate q/k/v and gate/up matmuls, repeat_kv copies); this decoder ~94 ms/token. It runs one
-decode step as a short list of plain torch ops over weights prepared once:
+Why: at batch 16 one decode step of SmolLM2-135M multiplies by ~540 MB of fp32 weights, and HF's forward adds
+to that a re-pack of every weight inside MKL's sgemm on every ``F.linear`` call plus per-layer bookkeeping
+(mask building, cache objects, kwargs plumbing, separate q/k/v and gate/up matmuls, repeat_kv copies).
+``bench/grpo_step.py`` measures both paths. This decoder runs one decode step as a short list of plain torch
+ops over weights prepared once:
 
 - per layer: ONE q|k|v matmul (plus the fused bias where the architecture has one, e.g. Qwen2), o_proj,
   ONE gate|up matmul, down_proj; RMSNorm in plain torch ops (fp32, as HF);
@@ -14,9 +14,9 @@ decode step as a short list of plain torch ops over weights prepared once:
   of that kv head, so one ``scaled_dot_product_attention`` over [N, kv_heads, n_rep, hd] with an explicit
   additive mask for left padding is exactly HF's repeat_kv attention;
 - final norm and the (tied or untied) lm_head;
-- every weight pre-packed for MKL (``_mkl_linear``): bit-identical to ``F.linear``, ~25% less time per decode
-  matmul here; ~0.6 GB more resident memory. Prepared weights are cached per model and rebuilt only when
-  their source tensors change in place (``merged_lora`` changes the LoRA-targeted ones every step).
+- every weight pre-packed for MKL (``_mkl_linear``): bit-identical to ``F.linear``, less time per decode
+  matmul, for a packed copy of the weights in memory. Prepared weights are cached per model and rebuilt only
+  when their source tensors change in place (``merged_lora`` changes the LoRA-targeted ones every step).
 
 The prompt is still prefilled by HF's forward (one call per step); its KV cache is copied into the buffer,
 repeated G times. Only ``model_type`` llama and qwen2 with full attention, SiLU MLPs and plain ``nn.Linear``

@@ -10,7 +10,7 @@ Model specs (``settings.policy.model``):
 - anything else: a local folder or a hub id (offline: it must already be in the HF cache). The named
   Qwen2.5 configs in ``configs/`` use this.
 
-Everything loads in fp32: on this CPU (no AMX) bf16 matmul is about half the fp32 speed (issue 8).
+Everything loads in fp32: on a CPU without AMX, bf16 matmul runs slower than fp32.
 Tokenizers come back with LEFT padding and a pad token, which is what batched generation needs.
 """
 

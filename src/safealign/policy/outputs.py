@@ -10,14 +10,24 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import resource
 import sys
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from safealign.atomic import atomic_dir, write_json, write_text
 from safealign.layout import Layout
+
+ADAPTER_CONFIG = "adapter_config.json"
+# adapter_config.json fields that PEFT holds as sets: written sorted, or their order follows the hash seed
+_SET_FIELDS = ("target_modules", "exclude_modules")
+
+
+def _cells(row: dict[str, Any]) -> dict[str, Any]:
+    return {k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()}
 
 
 def rows_to_csv(rows: list[dict[str, Any]]) -> str:
@@ -31,8 +41,28 @@ def rows_to_csv(rows: list[dict[str, Any]]) -> str:
     writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
     writer.writeheader()
     for row in rows:
-        writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+        writer.writerow(_cells(row))
     return buf.getvalue()
+
+
+def append_row(path: Path, row: dict[str, Any]) -> None:
+    """Append one row to a CSV log (the header first when the file is new), flushed at once.
+
+    A log, not an output: a kill can cut its last line, and a resumed run appends the steps it redoes.
+    Its columns are the first row's (a run's rows all have the same ones).
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    header = None
+    if path.exists() and path.stat().st_size:
+        with path.open(encoding="utf-8", newline="") as handle:
+            header = next(csv.reader(handle), None)
+    with path.open("a", encoding="utf-8", newline="") as handle:
+        writer = csv.DictWriter(
+            handle, fieldnames=header or list(row), lineterminator="\n", extrasaction="ignore"
+        )
+        if header is None:
+            writer.writeheader()
+        writer.writerow(_cells(row))
 
 
 def _num(value: str) -> Any:
@@ -94,18 +124,45 @@ def per_kind_metrics(
     return out
 
 
+def canonical_adapter_config(folder: Path) -> None:
+    """Rewrite ``adapter_config.json`` with sorted keys and sorted set-valued fields.
+
+    PEFT keeps ``target_modules`` as a Python set and writes it in iteration order, which differs between
+    processes (string hashing is salted per process): the same adapter would get other bytes, and another
+    content hash, every run. Sorted, identical adapters are identical files.
+    """
+    path = folder / ADAPTER_CONFIG
+    config = json.loads(path.read_text(encoding="utf-8"))
+    for key in _SET_FIELDS:
+        if isinstance(config.get(key), list):
+            config[key] = sorted(config[key])
+    path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def save_adapter(model: Any, folder: Path) -> None:
+    """``model.save_pretrained(folder)`` with the adapter config written canonically."""
+    model.save_pretrained(folder)
+    canonical_adapter_config(folder)
+
+
 def write_stage_outputs(
-    layout: Layout, model: Any, tokenizer: Any, rows: list[dict[str, Any]], summary: dict[str, Any]
+    layout: Layout,
+    model: Any,
+    tokenizer: Any,
+    rows: list[dict[str, Any]],
+    summary: dict[str, Any],
+    metrics_path: Path,
 ) -> None:
-    """Write the adapter, the per-step CSV and ``metrics/grpo.json`` (each atomically) and log them to the
-    active MLflow run, with the summary's numbers as ``final_*`` metrics."""
+    """Write the adapter, the per-step CSV and the summary to ``metrics_path`` (the stage's registered
+    metrics file), each atomically, and log them to the active MLflow run, with the summary's numbers as
+    ``final_*`` metrics."""
     import mlflow
 
     with atomic_dir(layout.adapter_dir) as tmp:
-        model.save_pretrained(tmp)
+        save_adapter(model, tmp)
         tokenizer.save_pretrained(tmp)
     write_text(layout.grpo_steps_csv, rows_to_csv(rows))
-    write_json(layout.metrics_file("grpo"), summary)
+    write_json(metrics_path, summary)
     mlflow.log_metrics(
         {
             f"final_{k}": float(v)
@@ -115,4 +172,4 @@ def write_stage_outputs(
     )
     mlflow.log_artifacts(str(layout.adapter_dir), artifact_path="adapter")
     mlflow.log_artifact(str(layout.grpo_steps_csv))
-    mlflow.log_artifact(str(layout.metrics_file("grpo")))
+    mlflow.log_artifact(str(metrics_path))

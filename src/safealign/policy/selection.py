@@ -1,9 +1,8 @@
 """Checkpoint selection on validation prompts: GRPO keeps the best validated step, not merely the last one.
 
-Why (measured, README "How we got here"): on the 135M policy a GRPO trajectory crosses every target between
-two checkpoints. Eight steps separate "refusals not yet up" from "the refusal register leaks into benign
-prompts" (e20: 14% benign refusals at step 64, 78% at 72; e27: 0% at 80, 10.3% at 88), and a 2-thread run
-takes another path than a 1-thread run of the same settings. A fixed step count is a knife edge; a step
+Why: on a small policy a GRPO trajectory can cross every target between two checkpoints: a few steps
+separate "refusals not yet up" from "the refusal register leaks into benign prompts", and the same settings
+take another path on another thread count (docs/experiments.md). A fixed step count is a knife edge; a step
 chosen on prompts the policy never trained on makes it a measured choice.
 
 Where the prompts come from: they are carved out of the TRAIN splits (a seeded order by content hash, so it
@@ -19,8 +18,8 @@ The rule mirrors the promotion gates, measured on the validation prompts against
 
 Among the steps that pass, the one with the highest mean adversarial safety is kept (the earlier on a tie).
 If none passes, the step closest to passing is kept (the least total excess over the gates' limits) and the
-record says so; the promotion gates downstream then refuse it. Not the last step: measured here, by the end
-of a run that never passed, the policy had often collapsed into refusing everything (README).
+record says so; the promotion gates downstream then refuse it. Not the last step: by the end of a run that
+never passed, the policy has often collapsed into refusing everything (docs/experiments.md).
 """
 
 from __future__ import annotations

@@ -425,7 +425,7 @@ def finish_trl(run: TrlRun, wall_this_run: float) -> dict[str, Any]:
 
         if selection:
             mlflow.set_tag("safealign.grpo.selected_step", str(selection["selected_step"]))
-        write_stage_outputs(run.layout, model, run.tokenizer, rows, summary)
+        write_stage_outputs(run.layout, model, run.tokenizer, rows, summary, run.layout.metrics_file("grpo"))
     return summary
 
 
