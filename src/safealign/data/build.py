@@ -150,7 +150,7 @@ def build_rows(settings: Settings, annotator: Annotator | None = None) -> dict[s
     written = benign_mod.checked_written(seed, topics)
     refusal = refusal_set.load(refusal_set.SOURCE_FILE)
     extra = onpolicy.load_extra(onpolicy.EXTRA_FILE, known_ids={r["id"] for r in refusal})
-    onpolicy_rows = onpolicy.build_rows(refusal, extra, aspects)
+    onpolicy_rows = onpolicy.build_rows(refusal, extra)
 
     # Over-long human-scored rows are dropped, not truncated: a cut reply is not the reply the human scored.
     max_p, max_r = settings.data.max_prompt_chars, settings.data.max_response_chars

@@ -34,6 +34,9 @@ BLIND_FILE = TEXTS / "onpolicy_second_pass_blind.jsonl"
 SECOND_PASS_FILE = TEXTS / "onpolicy_second_pass.jsonl"
 BLIND_SIZE = 60
 AGREE_WITHIN = 0.2  # two aspect labels closer than this count as agreeing
+# the aspects the rubric defines and every row labels; a configured aspect outside these has no hand label
+# (its on-policy R² is then not computed) but still enters the combined reward's AUROC through the model
+LABELLED_ASPECTS = ("politeness", "meaningfulness", "actionability", "safety")
 
 
 def load_extra(path: Path = EXTRA_FILE, known_ids: set[str] | None = None) -> list[dict[str, Any]]:
@@ -61,9 +64,11 @@ def load_extra(path: Path = EXTRA_FILE, known_ids: set[str] | None = None) -> li
 
 
 def build_rows(
-    refusal_rows: list[dict[str, Any]], extra_rows: list[dict[str, Any]], aspects: list[str]
+    refusal_rows: list[dict[str, Any]],
+    extra_rows: list[dict[str, Any]],
+    aspects: tuple[str, ...] | list[str] = LABELLED_ASPECTS,
 ) -> list[dict[str, Any]]:
-    """Policy rows of the refusal set + the extra rows, sorted by id; each must label every aspect."""
+    """Policy rows of the refusal set + the extra rows, sorted by id; each must label ``aspects``."""
     rows = [r for r in refusal_rows if r["source"].startswith("policy:")] + list(extra_rows)
     for r in rows:
         missing = [a for a in aspects if r["aspects"].get(a) is None]

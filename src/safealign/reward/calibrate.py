@@ -154,7 +154,8 @@ def calibrate(settings: Settings) -> dict[str, Any]:
     heldout = read_split(layout.labelled_split("heldout"), aspects)
     require_labels(heldout, aspects)
     onp_rows = onpolicy_data.load(layout.onpolicy_set)
-    onpolicy_data.build_rows(onp_rows, [], aspects)  # every row labels every aspect, or a named DataError
+    labelled = [a for a in aspects if a in onpolicy_data.LABELLED_ASPECTS]
+    onpolicy_data.build_rows(onp_rows, [], labelled)  # every row labels them, or a DataError naming the row
 
     with stage_run(settings, "calibrate") as run:
         import mlflow

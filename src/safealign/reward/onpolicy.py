@@ -52,7 +52,10 @@ def onpolicy_report(
     pred: np.ndarray, weights: np.ndarray, rows: list[dict[str, Any]], aspects: list[str], cfg: Any
 ) -> dict[str, Any]:
     """The on-policy block of calibration.json from the model's [N, K] scores of ``rows``."""
-    labels = np.array([[float(r["aspects"][a]) for a in aspects] for r in rows], dtype=np.float64)
+    labels = np.array(  # an aspect the set does not label is NaN: no R² for it, the AUROCs still count it
+        [[np.nan if r["aspects"].get(a) is None else float(r["aspects"][a]) for a in aspects] for r in rows],
+        dtype=np.float64,
+    )
     combined = np.asarray(pred, dtype=np.float64) @ np.asarray(weights, dtype=np.float64)
     sources = sorted({r["source"] for r in rows})
     by_source = {}
