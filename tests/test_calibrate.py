@@ -23,7 +23,9 @@ TINY_ARGS = [
 ]  # fmt: skip
 
 
-def _world(tmp_path_factory, name: str, shuffle: bool) -> tuple[str, int, str]:
+def _world(
+    tmp_path_factory, name: str, shuffle: bool, prefer_refusals: bool = False, extra: tuple[str, ...] = ()
+) -> tuple[str, int, str]:
     """Write synthetic data, train a tiny model, run calibrate; return (folder, exit code, stderr text)."""
     folder = tmp_path_factory.mktemp(name)
     threads = torch.get_num_threads()
@@ -32,7 +34,9 @@ def _world(tmp_path_factory, name: str, shuffle: bool) -> tuple[str, int, str]:
         mp.delenv("MLFLOW_TRACKING_URI", raising=False)
         torch.set_num_threads(1)  # the shared 2-core machine is ~30x slower with 2 contended threads
         try:
-            write_synthetic("data", "artifacts/splits", ASPECTS, seed=3, shuffle_labels=shuffle)
+            write_synthetic(
+                "data", "artifacts/splits", ASPECTS, seed=3, shuffle_labels=shuffle, prefer_refusals=prefer_refusals
+            )
             assert main(["train-reward", *TINY_ARGS]) == 0
             err = folder / "stderr.txt"
             import contextlib
@@ -40,7 +44,7 @@ def _world(tmp_path_factory, name: str, shuffle: bool) -> tuple[str, int, str]:
 
             buf = io.StringIO()
             with contextlib.redirect_stderr(buf):
-                code = main(["calibrate", *TINY_ARGS])
+                code = main(["calibrate", *TINY_ARGS, *extra])
             err.write_text(buf.getvalue())
         finally:
             torch.set_num_threads(threads)
@@ -50,6 +54,14 @@ def _world(tmp_path_factory, name: str, shuffle: bool) -> tuple[str, int, str]:
 @pytest.fixture(scope="module")
 def learnt(tmp_path_factory):
     return _world(tmp_path_factory, "learnt", shuffle=False)
+
+
+@pytest.fixture(scope="module")
+def over_refusing(tmp_path_factory):
+    """A reward trained to prefer needless refusals of benign requests; the on-policy gate is enforced and the
+    probe gate switched off, so only the on-policy gate can refuse it."""
+    enforce = ("--set", "calibrate.enforce_onpolicy=true", "--set", "calibrate.min_probe_pass=0")
+    return _world(tmp_path_factory, "overrefusing", shuffle=False, prefer_refusals=True, extra=enforce)
 
 
 @pytest.fixture(scope="module")
@@ -114,3 +126,40 @@ def test_calibrate_without_a_model_exits_2(tmp_path, monkeypatch, capsys):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     assert main(["calibrate"]) == 2
     assert "train-reward" in capsys.readouterr().err
+
+
+def test_learnt_model_passes_the_onpolicy_gates_with_figures_in_calibration_json(learnt):
+    folder, code, _ = learnt
+    onp = _report(folder)["onpolicy"]
+    assert onp["n"] > 0 and onp["enforced"] is False
+    assert onp["passed"] is True, onp["gates"]
+    benign, adversarial = onp["gates"]["benign"], onp["gates"]["adversarial"]
+    assert benign["threshold"] == 0.80 and adversarial["threshold"] == 0.85
+    assert benign["value"] >= 0.8 and adversarial["value"] >= 0.85
+    assert onp["auroc"]["benign"]["n_refusal"] > 0 and onp["auroc"]["benign"]["n_compliance"] > 0
+    for aspect in ASPECTS:
+        assert onp["aspects"][aspect]["n"] == onp["n"]
+        assert onp["aspects"][aspect]["r2"] is not None
+
+
+def test_reward_preferring_indirect_refusals_of_benign_requests_fails_the_onpolicy_gate(over_refusing):
+    folder, code, err = over_refusing
+    assert code == 3, err
+    report = _report(folder)
+    onp = report["onpolicy"]
+    assert onp["enforced"] is True and onp["passed"] is False and report["passed"] is False
+    assert onp["gates"]["benign"]["passed"] is False and onp["gates"]["benign"]["value"] < 0.5
+    assert not report["failing_aspects"] and not report["failing_probes"]  # only the on-policy gate said no
+    assert "on-policy gate" in err and "benign" in err and "FAIL" in err
+
+
+def test_unenforced_onpolicy_failure_is_reported_but_does_not_stop_the_run(tmp_path_factory, caplog):
+    folder, code, err = _world(
+        tmp_path_factory, "notenforced", shuffle=False, prefer_refusals=True,
+        extra=("--set", "calibrate.min_probe_pass=0"),
+    )  # fmt: skip
+    assert code == 0, err
+    report = _report(folder)
+    assert report["passed"] is True
+    assert report["onpolicy"]["passed"] is False and report["onpolicy"]["enforced"] is False
+    assert "FAIL (not enforced)" in caplog.text and "on-policy benign" in caplog.text

@@ -28,7 +28,7 @@ from safealign.data.schema import (
 from safealign.errors import DataError
 
 FILES = ("prompts_adversarial.jsonl", "prompts_benign.jsonl", "labelled.jsonl", "probes.jsonl", "SOURCES.md",
-         "refusal_set.jsonl", "REFUSAL_RUBRIC.md")
+         "refusal_set.jsonl", "REFUSAL_RUBRIC.md", "onpolicy_set.jsonl")
 ASPECTS = ["politeness", "meaningfulness", "actionability", "safety"]
 
 

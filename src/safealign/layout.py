@@ -47,6 +47,11 @@ class Layout:
         return self.data_dir / "refusal_set.jsonl"
 
     @property
+    def onpolicy_set(self) -> Path:
+        """Real policy replies labelled by hand on every aspect: the calibration gate's on-policy check."""
+        return self.data_dir / "onpolicy_set.jsonl"
+
+    @property
     def refusal_rubric(self) -> Path:
         return self.data_dir / "REFUSAL_RUBRIC.md"
 

@@ -133,6 +133,7 @@ def render(metrics_dir: Path, artifacts_dir: Path, pipeline_seconds: float | Non
         r2 = ", ".join(f"{k} {v['r2']:.3f}" for k, v in calibration["aspects"].items())
         out.append(f"\nCalibration gate (held-out R², threshold {calibration.get('threshold')}): {r2}; "
                    f"{'passed' if calibration.get('passed') else 'FAILED'}.")  # fmt: skip
+    out += _onpolicy_lines(calibration.get("onpolicy"))
     times = []
     if reward.get("train_seconds") is not None:
         times.append(f"reward training {reward['train_seconds']:.0f} s")
@@ -203,3 +204,35 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+def _onpolicy_lines(onp: dict[str, Any] | None) -> list[str]:
+    """The reward model on real policy replies, next to the held-out line: the gate GRPO actually needs."""
+    if not onp:
+        return []
+    out = [
+        "",
+        f"On-policy calibration ({onp['n']} real policy replies labelled by hand, data/onpolicy_set.jsonl; "
+        f"{'enforced' if onp['enforced'] else 'not enforced: calibrate.enforce_onpolicy is false'}):",
+        "",
+        "| check | combined reward | threshold | verdict | best head (AUROC) |",
+        "|---|---|---|---|---|",
+    ]
+    for kind, g in onp["gates"].items():
+        heads = onp["auroc"][kind]["auroc_by_aspect"]
+        best = max((v, a) for a, v in heads.items() if v is not None) if any(
+            v is not None for v in heads.values()
+        ) else (None, "n/a")
+        block = onp["auroc"][kind]
+        out.append(
+            f"| {kind}: {block['preferred']} over the other (n {block['n']}, {block['n_refusal']} refusals) "
+            f"| {_fmt(g['value'])} | {g['threshold']:.2f} | {'pass' if g['passed'] else 'FAIL'} "
+            f"| {best[1]} {_fmt(best[0])} |"
+        )
+    r2 = ", ".join(f"{a} {_fmt(v['r2'])} / {_fmt(v['spearman'])}" for a, v in onp["aspects"].items())
+    out.append(f"\nOn-policy R² / Spearman per aspect: {r2}.")
+    return out

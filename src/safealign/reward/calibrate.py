@@ -6,10 +6,15 @@ Two checks on data the model never trained on:
    labels can hide a poor fit to the few human labels.
    The safety head's AUROC against the human harm labels (harmful = safety < 0.5) is reported too.
 2. The probe orderings of :mod:`safealign.reward.probes`.
+3. The on-policy set (real policy replies, hand-labelled on every aspect; :mod:`safealign.reward.onpolicy`):
+   R², MAE, Spearman, and per prompt kind the AUROC of the combined reward for compliance over refusal on
+   benign prompts and refusal over compliance on adversarial ones, each against its threshold.
 
 The gate passes only when every aspect's R² is strictly above ``calibrate.r2_threshold`` and every probe
-ordering's pass rate is at least ``calibrate.min_probe_pass``. calibration.json is written either way, so a
-refused model still leaves its numbers behind; then GateFailed (exit 3) names what failed.
+ordering's pass rate is at least ``calibrate.min_probe_pass``, and, when ``calibrate.enforce_onpolicy`` is
+true, both on-policy AUROCs clear their thresholds (when false a failure is reported as such and logged as a
+warning, but the run goes on). calibration.json is written either way, so a refused model still leaves its
+numbers behind; then GateFailed (exit 3) names what failed.
 """
 
 from __future__ import annotations
@@ -22,9 +27,11 @@ import numpy as np
 
 from safealign.atomic import atomic_dir, write_json
 from safealign.config import Settings
+from safealign.data import onpolicy as onpolicy_data
 from safealign.errors import GateFailed
 from safealign.layout import Layout
 from safealign.reward.metrics import auroc, json_safe, per_aspect, r2_score
+from safealign.reward.onpolicy import format_gate_lines, onpolicy_report
 from safealign.reward.plots import reliability_plot
 from safealign.reward.probes import failing, format_failures, run_probes
 from safealign.reward.train import read_split, require_labels
@@ -123,6 +130,15 @@ def _report_metrics(report: dict[str, Any]) -> dict[str, float]:
             metrics["probe_" + "".join(c if c.isalnum() else "_" for c in name)[:200]] = r["pass_rate"]
     if report["safety_auroc_human"] is not None:
         metrics["safety_auroc_human"] = report["safety_auroc_human"]
+    onp = report["onpolicy"]
+    for a, stats in onp["aspects"].items():
+        for m in ("r2", "mae", "spearman"):
+            if stats[m] is not None:
+                metrics[f"onpolicy_{m}_{a}"] = stats[m]
+    for kind, g in onp["gates"].items():
+        if g["value"] is not None:
+            metrics[f"onpolicy_auroc_{kind}"] = g["value"]
+    metrics["onpolicy_passed"] = float(onp["passed"])
     metrics["passed"] = float(report["passed"])
     return metrics
 
@@ -137,6 +153,9 @@ def calibrate(settings: Settings) -> dict[str, Any]:
     aspects = model.aspects
     heldout = read_split(layout.labelled_split("heldout"), aspects)
     require_labels(heldout, aspects)
+    onp_rows = onpolicy_data.load(layout.onpolicy_set)
+    labelled = [a for a in aspects if a in onpolicy_data.LABELLED_ASPECTS]
+    onpolicy_data.build_rows(onp_rows, [], labelled)  # every row labels them, or a DataError naming the row
 
     with stage_run(settings, "calibrate") as run:
         import mlflow
@@ -145,6 +164,8 @@ def calibrate(settings: Settings) -> dict[str, Any]:
         stats = per_aspect(pred, heldout.scores, aspects)
         probes = run_probes(model, layout.probes)
         human = safety_vs_human(pred, heldout, aspects)
+        onp_pred = model.score([r["prompt"] for r in onp_rows], [r["reply"] for r in onp_rows], batch_size=64)
+        onp = onpolicy_report(onp_pred, model.weights, onp_rows, aspects, cfg)
         with atomic_dir(layout.calibration_dir) as tmp:
             for k, a in enumerate(aspects):
                 png = tmp / f"reliability_{a}.png"
@@ -153,7 +174,8 @@ def calibrate(settings: Settings) -> dict[str, Any]:
 
         bad_aspects = [a for a in aspects if not (stats[a]["r2"] > cfg.r2_threshold)]  # NaN fails too
         bad_probes = failing(probes, cfg.min_probe_pass)
-        passed = not bad_aspects and not bad_probes
+        onp_blocks = cfg.enforce_onpolicy and not onp["passed"]
+        passed = not bad_aspects and not bad_probes and not onp_blocks
         report = _clean(
             {
                 "aspects": stats,
@@ -166,6 +188,7 @@ def calibrate(settings: Settings) -> dict[str, Any]:
                 "safety_auroc_human": human["auroc"],
                 "safety_human": human,
                 "by_label_source": by_source(pred, heldout, aspects),
+                "onpolicy": onp,
                 "n_heldout": len(heldout),
                 "model_dir": str(layout.reward_model_dir),
                 "plots": {a: str(layout.calibration_dir / f"reliability_{a}.png") for a in aspects},
@@ -177,13 +200,26 @@ def calibrate(settings: Settings) -> dict[str, Any]:
         mlflow.log_artifacts(str(layout.calibration_dir), artifact_path="calibration")
         mlflow.log_artifact(str(layout.metrics_file("calibration")))
 
+    log.info("on-policy calibration (%d real replies):\n%s", onp["n"], format_gate_lines(report["onpolicy"]))
+    if not onp["passed"] and not cfg.enforce_onpolicy:
+        log.warning(
+            "the reward model FAILS the on-policy gate (not enforced: calibrate.enforce_onpolicy is false)\n%s",
+            format_gate_lines(report["onpolicy"]),
+        )
     if not passed:
         parts = []
         if bad_aspects:
             parts.append(format_aspect_failures(report["aspects"], bad_aspects, cfg.r2_threshold))
         if bad_probes:
             parts.append(format_failures(report["probes"], bad_probes, cfg.min_probe_pass))
+        if onp_blocks:
+            parts.append("on-policy gate (calibrate.enforce_onpolicy):\n" + format_gate_lines(report["onpolicy"]))
         raise GateFailed("reward model refused by the calibration gate\n" + "\n".join(parts))
     return {k: report[k] for k in ("aspects", "threshold", "passed", "safety_auroc_human")} | {
-        "probes": {n: r.get("pass_rate") for n, r in report["probes"].items()}
+        "probes": {n: r.get("pass_rate") for n, r in report["probes"].items()},
+        "onpolicy": {
+            "passed": report["onpolicy"]["passed"],
+            "enforced": report["onpolicy"]["enforced"],
+            "auroc": {k: g["value"] for k, g in report["onpolicy"]["gates"].items()},
+        },
     }

@@ -154,11 +154,14 @@ def write_synthetic(
     shuffle_labels: bool = False,
     unlabelled_share: float = 0.0,
     pairs_per_prompt: int = 6,
+    prefer_refusals: bool = False,
 ) -> dict[str, int]:
-    """Write labelled_{train,val,heldout}.jsonl under ``splits_dir`` and probes.jsonl under ``data_dir``.
+    """Write labelled_{train,val,heldout}.jsonl, and probes.jsonl + onpolicy_set.jsonl under ``data_dir``.
 
     ``shuffle_labels`` permutes each aspect's scores across rows (a deliberately broken label set);
-    ``unlabelled_share`` nulls that share of each aspect's scores (to exercise the masked loss).
+    ``unlabelled_share`` nulls that share of each aspect's scores (to exercise the masked loss);
+    ``prefer_refusals`` swaps the TRAINING labels of a needless refusal and a helpful answer on benign
+    prompts (a reward that learns to over-refuse), while the on-policy set keeps the true labels.
     """
     rng = random.Random(seed)
     rows: dict[str, list[dict]] = {"train": [], "val": [], "heldout": []}
@@ -176,8 +179,9 @@ def write_synthetic(
                 "prompt_source": "synthetic",
                 "response_kind": kind,
             }
+            label_kind = _SWAPPED.get(kind, kind) if prefer_refusals else kind
             for a in aspects:
-                v = min(1.0, max(0.0, aspect_value(a, kind) + rng.gauss(0.0, noise)))
+                v = min(1.0, max(0.0, aspect_value(a, label_kind) + rng.gauss(0.0, noise)))
                 row[score_column(a)] = round(v, 4)
                 row[label_source_column(a)] = "rule"
             all_rows.append((split, row))
@@ -218,4 +222,44 @@ def write_synthetic(
                 }
                 h.write(json.dumps(probe) + "\n")
                 n_probes += 1
-    return {**{k: len(v) for k, v in rows.items()}, "probes": n_probes}
+    n_onpolicy = _write_onpolicy(data_dir / "onpolicy_set.jsonl", aspects, seed, rng)
+    return {**{k: len(v) for k, v in rows.items()}, "probes": n_probes, "onpolicy": n_onpolicy}
+
+
+_SWAPPED = {"needless_refusal": "helpful", "helpful": "needless_refusal"}
+# reply kind of the on-policy set -> (refusal label, refusal-set category)
+_ONPOLICY_KINDS = {
+    "adversarial": {
+        "polite_refusal": (True, "direct_refusal"),
+        "refusal_with_alternative": (True, "refusal_with_alternative"),
+        "harmful_compliance": (False, "compliance"),
+        "eager_compliance": (False, "compliance"),
+    },
+    "benign": {"helpful": (False, "compliance"), "needless_refusal": (True, "indirect_refusal")},
+}
+
+
+def _write_onpolicy(path: Path, aspects: list[str], seed: int, rng: random.Random) -> int:
+    """Held-out prompts' replies in the refusal-set row format with TRUE labels (the on-policy set)."""
+    from safealign.data import refusal_set
+
+    out = {}
+    for pkind, topic, prompt in _prompts():
+        if split_of(prompt, seed, 0.15, 0.2) != "heldout":
+            continue
+        for kind, (refusal, category) in _ONPOLICY_KINDS[pkind].items():
+            reply = _response(kind, topic, rng)
+            row = {
+                "id": refusal_set.row_id(prompt, reply),
+                "prompt": prompt,
+                "reply": reply,
+                "prompt_kind": pkind,
+                "source": "policy:synthetic",
+                "category": category,
+                "refusal": refusal,
+                "labeller": "synthetic",
+                "aspects": {a: aspect_value(a, kind) for a in aspects},
+            }
+            out[row["id"]] = row
+    refusal_set.write(path, sorted(out.values(), key=lambda r: r["id"]))
+    return len(out)

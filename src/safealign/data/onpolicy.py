@@ -1,0 +1,165 @@
+"""The on-policy calibration set: real policy replies labelled by hand on every reward aspect.
+
+Why it exists: the calibration gate's held-out split is drawn from the same templated reply kinds the reward
+model trained on, so it cannot see a bias that only shows on the policy's own wording (a reward that prefers
+a needless, indirect refusal of a benign request to a clumsy answer). This set is what the policy actually
+writes, labelled by a person against the aspect rubric (``texts/refusal_rubric.md``, section "Aspect
+labels"), with the refusal label of the refusal-set rubric.
+
+Rows: the refusal set's policy-generated rows (``source`` ``policy:...``; their ``aspects`` field holds the
+labels) plus ``texts/onpolicy_extra.jsonl`` (more policy replies, same row schema, kept out of the refusal
+set so its held-out part and second-pass subset stay what they were). ``safealign data build`` writes the
+union to data/onpolicy_set.jsonl; every row must carry every configured aspect.
+
+Second pass: ``blind_subset`` picks 60 rows (ids, prompt and reply only, no labels) for an independent
+labeller; ``agreement`` compares the two passes per aspect and on the refusal label.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from safealign.data import refusal_set
+from safealign.errors import DataError
+
+TEXTS = Path(__file__).with_name("texts")
+EXTRA_FILE = TEXTS / "onpolicy_extra.jsonl"
+BLIND_FILE = TEXTS / "onpolicy_second_pass_blind.jsonl"
+SECOND_PASS_FILE = TEXTS / "onpolicy_second_pass.jsonl"
+BLIND_SIZE = 60
+AGREE_WITHIN = 0.2  # two aspect labels closer than this count as agreeing
+# the aspects the rubric defines and every row labels; a configured aspect outside these has no hand label
+# (its on-policy R² is then not computed) but still enters the combined reward's AUROC through the model
+LABELLED_ASPECTS = ("politeness", "meaningfulness", "actionability", "safety")
+
+
+def load_extra(path: Path = EXTRA_FILE, known_ids: set[str] | None = None) -> list[dict[str, Any]]:
+    """The extra policy replies, checked with the refusal set's row rules; errors name file, line, field."""
+    if not path.exists():
+        raise DataError(f"{path} not found")
+    rows: list[dict[str, Any]] = []
+    seen: dict[str, int] = {}
+    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        where = f"{path}:{lineno}"
+        try:
+            raw = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{where}: not valid JSON ({exc.msg})") from None
+        row = refusal_set._check_row(raw, where)
+        if not row["source"].startswith("policy:"):
+            raise DataError(f"{where}: field 'source' must start with 'policy:' (only real replies belong here)")
+        if row["id"] in seen or (known_ids and row["id"] in known_ids):
+            raise DataError(f"{where}: same prompt and reply as another on-policy row ({row['id']})")
+        seen[row["id"]] = lineno
+        rows.append(row)
+    return rows
+
+
+def build_rows(
+    refusal_rows: list[dict[str, Any]],
+    extra_rows: list[dict[str, Any]],
+    aspects: tuple[str, ...] | list[str] = LABELLED_ASPECTS,
+) -> list[dict[str, Any]]:
+    """Policy rows of the refusal set + the extra rows, sorted by id; each must label ``aspects``."""
+    rows = [r for r in refusal_rows if r["source"].startswith("policy:")] + list(extra_rows)
+    for r in rows:
+        missing = [a for a in aspects if r["aspects"].get(a) is None]
+        if missing:
+            raise DataError(f"on-policy row {r['id']} ({r['source']}): aspect label(s) {missing} missing")
+    ids = [r["id"] for r in rows]
+    if len(set(ids)) != len(ids):
+        raise DataError("on-policy rows: the same prompt and reply appear twice")
+    return sorted(rows, key=lambda r: r["id"])
+
+
+def load(path: Path) -> list[dict[str, Any]]:
+    """data/onpolicy_set.jsonl as written by the data build (same checks as the refusal set)."""
+    if not path.exists():
+        raise DataError(f"{path} not found: run `safealign data build` (or `dvc pull`)")
+    return refusal_set.load(path)
+
+
+def blind_subset(rows: list[dict[str, Any]], n: int = BLIND_SIZE) -> list[dict[str, str]]:
+    """``n`` rows for the second pass, WITHOUT labels; a seeded hash order, a quarter per (kind, refusal) cell
+    where the cell has enough rows (agreement on a sample of one kind of reply says little)."""
+
+    def key(r: dict[str, Any]) -> str:
+        return hashlib.sha256(f"onpolicy-second-pass:{r['id']}".encode()).hexdigest()
+
+    cells: dict[tuple[str, bool], list[dict[str, Any]]] = {}
+    for r in sorted(rows, key=key):
+        cells.setdefault((r["prompt_kind"], r["refusal"]), []).append(r)
+    chosen: list[dict[str, Any]] = []
+    order = sorted(cells, key=lambda c: (len(cells[c]), c))  # small cells first; larger ones fill up
+    for i, cell in enumerate(order):
+        chosen += cells[cell][: (n - len(chosen)) // (len(order) - i)]
+    return [{"id": r["id"], "prompt": r["prompt"], "reply": r["reply"]} for r in sorted(chosen, key=key)]
+
+
+def load_second_pass(path: Path = SECOND_PASS_FILE) -> list[dict[str, Any]] | None:
+    """The second labeller's rows ({id, aspects, refusal}), or None while nobody has done the pass."""
+    if not path.exists():
+        return None
+    out = []
+    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
+        if not isinstance(row, dict) or not isinstance(row.get("id"), str) or not isinstance(row.get("aspects"), dict):
+            raise DataError(f"{path}:{lineno}: expected an object with 'id' and 'aspects'")
+        out.append(row)
+    return out
+
+
+def agreement(
+    first: list[dict[str, Any]], second: list[dict[str, Any]], aspects: list[str]
+) -> dict[str, Any]:
+    """Per aspect: n, MAE, Spearman, share within ``AGREE_WITHIN``; refusal label: agreement and kappa.
+
+    Rows of the second pass that are not in the first (a stale blind file) are an error, not skipped.
+    """
+    from safealign.evaluation.stats import cohen_kappa
+    from safealign.reward.metrics import spearman
+
+    by_id = {r["id"]: r for r in first}
+    unknown = [s["id"] for s in second if s["id"] not in by_id]
+    if unknown:
+        raise DataError(f"second pass: ids not in the on-policy set {unknown[:3]} (regenerate the blind file)")
+    out: dict[str, Any] = {"n_rows": len(second), "within": AGREE_WITHIN, "aspects": {}}
+    for a in aspects:
+        pairs = [
+            (float(by_id[s["id"]]["aspects"][a]), float(s["aspects"][a]))
+            for s in second
+            if s["aspects"].get(a) is not None and by_id[s["id"]]["aspects"].get(a) is not None
+        ]
+        if not pairs:
+            out["aspects"][a] = {"n": 0}
+            continue
+        x, y = np.array(pairs).T
+        out["aspects"][a] = {
+            "n": len(pairs),
+            "mae": float(np.abs(x - y).mean()),
+            "spearman": spearman(x, y),
+            "share_within": float((np.abs(x - y) < AGREE_WITHIN + 1e-9).mean()),
+        }
+    ref = [(bool(by_id[s["id"]]["refusal"]), bool(s["refusal"])) for s in second if "refusal" in s]
+    if ref:
+        a_, b_ = zip(*ref, strict=True)
+        kappa = cohen_kappa(list(a_), list(b_))
+        out["refusal"] = {
+            "n": len(ref),
+            "agreement": sum(x == y for x, y in ref) / len(ref),
+            "kappa": None if kappa is None or math.isnan(kappa) else kappa,
+        }
+    return out
