@@ -124,7 +124,8 @@ def save_reward_model(reward_dir: str | Path, target: str | Path, meta: dict[str
     mlflow.pyfunc.save_model(
         str(target),
         python_model=RewardPyfunc(),
-        artifacts={"reward_model": str(reward_dir)},
+        # resolved: a pipeline step links its input folders in, and MLflow refuses to copy through a link
+        artifacts={"reward_model": str(reward_dir.resolve())},
         signature=reward_signature(config["aspects"]),
         input_example=pd.DataFrame(REWARD_EXAMPLE),
         pip_requirements=_pip_requirements(),
@@ -256,7 +257,7 @@ def save_policy_model(
     base, _tok = load_policy(settings)
     base_hash = weights_hash(base)
     del base
-    artifacts = {"adapter": str(adapter_dir)}
+    artifacts = {"adapter": str(Path(adapter_dir).resolve())}  # a linked input folder, as above
     with tempfile.TemporaryDirectory() as tmp:
         if evaluation_files:
             report = Path(tmp) / EVALUATION_ARTIFACT
