@@ -221,30 +221,70 @@ def _register_pair(
     """Find each model by content hash, else log it as an MLflow model and create a pending version; then
     complete both (policy first: the commit point). Returns (reward version, policy version)."""
     p = settings.promote
-    base_tags = {
+    base_tags = _base_tags(settings)
+    meta = {
+        "git_commit": base_tags["safealign.git_commit"],
+        "data_version": base_tags["safealign.data_version"],
+    }
+    reward_v, reward_new = _register_reward(
+        settings, client, run, owner, layout, base_tags, meta, result, created
+    )
+    registry.step("reward_registered")
+    policy_v, policy_new = _register_policy(
+        settings, client, run, owner, layout, base_tags, meta, cand, fingerprint, result, reward_v, created
+    )
+    registry.step("policy_registered")
+    registry.complete(client, p.policy_model_name, policy_v)  # the commit point
+    registry.step("policy_committed")
+    registry.complete(client, p.reward_model_name, reward_v)
+    registry.step("committed")
+    created.clear()  # complete now: a later failure must not delete them
+    result.update(
+        {
+            "policy_version": policy_v,
+            "policy_new_version": policy_new,
+            "reward_model_version": reward_v,
+            "reward_model_new_version": reward_new,
+        }
+    )
+    return reward_v, policy_v
+
+
+def _base_tags(settings: Settings) -> dict[str, str]:
+    """Tags both registered models carry: where they came from and the aspect weights they were made for."""
+    return {
         **common_tags(settings),
         "safealign.base_model": settings.policy.model,
         "safealign.aspect_weights": json.dumps(
             dict(zip(settings.aspect_names, settings.aspect_weights, strict=True))
         ),
     }
+
+
+def _register_reward(
+    settings: Settings,
+    client: Any,
+    run: Any,
+    owner: registry.Owner,
+    layout: Layout,
+    base_tags: dict[str, str],
+    meta: dict[str, str],
+    result: dict[str, Any],
+    created: list[tuple[str, str]],
+) -> tuple[str, bool]:
+    """(version, new?) of the reward model in the registry, logged as a pyfunc only when its hash is new."""
     reward_hash = result["candidate"]["reward_model_hash"]
-    adapter_hash = result["candidate"]["adapter_hash"]
-    meta = {
-        "git_commit": base_tags["safealign.git_commit"],
-        "data_version": base_tags["safealign.data_version"],
-    }
 
     def save_reward(target: Path) -> None:
         from safealign.serving import save_reward_model
 
         save_reward_model(layout.reward_model_dir, target, {**meta, "content_hash": reward_hash})
 
-    reward_v, reward_new = _find_or_create(
+    return _find_or_create(
         client,
         run,
         owner,
-        p.reward_model_name,
+        settings.promote.reward_model_name,
         "reward_model",
         reward_hash,
         base_tags,
@@ -253,7 +293,26 @@ def _register_pair(
         save_reward,
         created,
     )
-    registry.step("reward_registered")
+
+
+def _register_policy(
+    settings: Settings,
+    client: Any,
+    run: Any,
+    owner: registry.Owner,
+    layout: Layout,
+    base_tags: dict[str, str],
+    meta: dict[str, str],
+    cand: dict[str, Any],
+    fingerprint: str,
+    result: dict[str, Any],
+    reward_v: str,
+    created: list[tuple[str, str]],
+) -> tuple[str, bool]:
+    """(version, new?) of the policy, tagged with its evaluation and the reward model version it was
+    trained against, so a registry reader needs no other source to judge it."""
+    reward_hash = result["candidate"]["reward_model_hash"]
+    adapter_hash = result["candidate"]["adapter_hash"]
     metrics_tag = {k: v for k, v in cand.items() if k != "aspect_changes"}
     policy_tags = {
         **base_tags,
@@ -280,11 +339,11 @@ def _register_pair(
         )
 
     summary_line = ", ".join(f"{k} {v:.4f}" for k, v in sorted(metrics_tag.items()) if isinstance(v, float))
-    policy_v, policy_new = _find_or_create(
+    return _find_or_create(
         client,
         run,
         owner,
-        p.policy_model_name,
+        settings.promote.policy_model_name,
         "policy",
         adapter_hash,
         policy_tags,
@@ -293,21 +352,6 @@ def _register_pair(
         save_policy,
         created,
     )
-    registry.step("policy_registered")
-    registry.complete(client, p.policy_model_name, policy_v)  # the commit point
-    registry.step("policy_committed")
-    registry.complete(client, p.reward_model_name, reward_v)
-    registry.step("committed")
-    created.clear()  # complete now: a later failure must not delete them
-    result.update(
-        {
-            "policy_version": policy_v,
-            "policy_new_version": policy_new,
-            "reward_model_version": reward_v,
-            "reward_model_new_version": reward_new,
-        }
-    )
-    return reward_v, policy_v
 
 
 def _find_or_create(

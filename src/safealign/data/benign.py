@@ -82,7 +82,9 @@ def load_topics(path: Path = TOPICS_FILE) -> list[Topic]:
             continue
         parts = [p.strip() for p in line.split("|")]
         if len(parts) != 5 or not all(parts):
-            raise DataError(f"{path}:{lineno}: expected 'category|task|step1|step2|step3', got {len(parts)} fields")
+            raise DataError(
+                f"{path}:{lineno}: expected 'category|task|step1|step2|step3', got {len(parts)} fields"
+            )
         topics.append(Topic(parts[0], parts[1], (parts[2], parts[3], parts[4])))
     return topics
 

@@ -153,7 +153,7 @@ def read_split_files(paths: dict[str, Path]) -> pd.DataFrame:
 
 
 def split_check(frame: pd.DataFrame, label: str) -> Check:
-    """No normalized prompt in two sides (held-out vs the rest, over every file); labelled splits disjoint too.
+    """No normalized prompt on two sides (held-out vs the rest, over every file), nor in two labelled splits.
 
     Near duplicates too: two prompts with the same ``schema.near_duplicate_key`` (a copy with punctuation,
     accents or look-alike letters changed) on both sides of the held-out line fail, since the split hash
@@ -266,14 +266,16 @@ def problems_from(check: Check, result: Any) -> list[Problem]:
             covered = 1.0 - (r.get("unexpected_percent") or 0.0) / 100.0
             msg = (
                 f"labelled on {covered:.1%} of rows, need at least {config.kwargs.get('mostly'):.1%} "
-                f"({meta.get('setting')}); {count} rows have no label, the first at row {rows[0] if rows else '?'}"
+                f"({meta.get('setting')}); {count} rows have no label, the first at row "
+                f"{rows[0] if rows else '?'}"
             )
             rows = []  # coverage is a property of the column, not of one row
         elif meta.get("check") == "heldout_near_duplicate":
             msg = (
                 f"{count} rows have a near-duplicate prompt (equal after dropping punctuation, accents and "
                 f"look-alike letters) on the other side of the held-out line: ids {ids[:6]} in "
-                f"{', '.join(sorted({Path(f).name for f in files}))}; remove one copy or make them the same prompt"
+                f"{', '.join(sorted({Path(f).name for f in files}))}; remove one copy or make them the same "
+                f"prompt"
             )
         elif meta.get("check") in ("heldout_overlap", "labelled_overlap"):
             which = "held-out and train/val" if meta["check"] == "heldout_overlap" else "two labelled splits"

@@ -80,7 +80,14 @@ def build_probes(
             other_index = rng.choice([i for i in range(len(topics)) if i != p.topic_index])
             other = topics[other_index]
             response = benign_response(
-                p.prompt, kind, rng, topic.task, list(topic.steps), other.task, list(other.steps), family="probe"
+                p.prompt,
+                kind,
+                rng,
+                topic.task,
+                list(topic.steps),
+                other.task,
+                list(other.steps),
+                family="probe",
             )
             rows.append(_row(p.id, p.prompt, "benign", kind, response))
     return rows

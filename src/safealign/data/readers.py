@@ -154,7 +154,8 @@ def _decode(spec: FileSpec, raw: bytes) -> str:
                     fname,
                     row,
                     bad_field,
-                    f"not valid UTF-8 (byte 0x{raw[exc.start]:02x} at file offset {exc.start}: {exc.reason}); "
+                    f"not valid UTF-8 (byte 0x{raw[exc.start]:02x} at file offset {exc.start}: "
+                    f"{exc.reason}); "
                     "data files must be UTF-8 encoded",
                 )
             ]
@@ -210,7 +211,7 @@ def _check_row(spec: FileSpec, obj: dict[str, Any], row: int) -> list[Problem]:
 
 
 def read_table(spec: FileSpec) -> tuple[Table, list[Problem]]:
-    """Read one JSONL file strictly. Fatal problems (missing, empty, not UTF-8) raise; row problems are returned."""
+    """Read one JSONL file strictly: fatal problems (missing, empty, not UTF-8) raise, row problems return."""
     fname = str(spec.path)
     if not spec.path.is_file():
         raise DataValidationError(

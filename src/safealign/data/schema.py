@@ -42,7 +42,7 @@ def _visible(text: str) -> str:
 
 
 def normalize_prompt(text: str) -> str:
-    """Case-, space-, Unicode- and invisible-character-insensitive key: the split of a prompt is decided by it.
+    """Case-, space-, Unicode- and invisible-character-insensitive key that decides a prompt's split.
 
     NFKC (compatibility forms: full-width letters, ligatures, non-breaking spaces), format characters
     removed, case-folded, whitespace runs folded to one space. A text with no format character keys exactly

