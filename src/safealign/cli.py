@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from safealign import __version__, stages
+from safealign import __version__, stack_cli, stages
 from safealign.config import Settings, load_settings
 from safealign.errors import EXIT_BAD_INPUT, EXIT_FILE_ENV, EXIT_GATE, EXIT_INTERNAL, SafealignError
 
@@ -58,6 +58,7 @@ GROUPS = {
     "config": "the settings: params.yaml is generated from src/safealign/config.py",
     "data": "assemble the input data set in data/",
     "pipeline": "Kubeflow Pipelines: compile, submit, schedule",
+    "stack": "the team's services on 127.0.0.1: PostgreSQL, S3 server, MLflow server (docs/team.md)",
 }
 
 
@@ -344,6 +345,13 @@ COMMANDS: tuple[Command, ...] = (
     Command(("pipeline", "schedule"), _cmd_pipeline_schedule,
             "create a recurring run (max concurrency 1, no catch-up)",
             "create a recurring run (max concurrency 1, no catch-up)", _schedule_arguments),
+    Command(("stack", "up"), stack_cli.cmd_up, "start what is not running yet (idempotent), print the time",
+            arguments=stack_cli.add_arguments, settings_options=False, loads_settings=False),
+    Command(("stack", "down"), stack_cli.cmd_down, "stop every service of the state folder",
+            arguments=stack_cli.down_arguments, settings_options=False, loads_settings=False),
+    Command(("stack", "status"), stack_cli.cmd_status,
+            "whether each service answers, and the exports a client needs (exit 1 if one does not)",
+            arguments=stack_cli.status_arguments, settings_options=False, loads_settings=False),
 )  # fmt: skip
 
 
