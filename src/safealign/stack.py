@@ -73,6 +73,19 @@ class Ports:
             "s3.port.grpc": b + 13,
         }
 
+    @classmethod
+    def free(cls, low: int = 20000, high: int = 40000, tries: int = 50) -> Ports:
+        """A block of ports that are all free now (tests: a stack of their own beside a developer's)."""
+        import random
+
+        rng = random.Random()
+        for _ in range(tries):
+            base = rng.randrange(low, high - 30, 10)
+            ports = cls(postgres=base, mlflow=base + 1, s3=base + 2, weed_base=base + 10)
+            if not any(port_open(p) for p in ports.all().values()):
+                return ports
+        raise ServiceError(f"no block of free ports found in {low}..{high}")
+
     def all(self) -> dict[str, int]:
         return {"postgres": self.postgres, "mlflow": self.mlflow, "s3": self.s3, **self.weed()}
 
@@ -267,9 +280,17 @@ class Stack:
         """Stop every service this state folder started (MLflow first: it holds the other two)."""
         return {
             "mlflow": self.stop_mlflow(timeout_s),
-            "s3": self.stop_s3(timeout_s),
+            "s3": self.stop_s3(min(timeout_s, 8.0)),
             "postgres": self.stop_postgres(timeout_s),
         }
+
+    def purge(self) -> None:
+        """Delete all state (data, logs, credentials) of a stopped stack, the database's folder included."""
+        if self._any_running():
+            raise ServiceError(f"the stack in {self.state_dir} still runs: `safealign stack down` first")
+        if self._pg_link.is_symlink():
+            shutil.rmtree(self._pg_dir, ignore_errors=True)
+        shutil.rmtree(self.state_dir, ignore_errors=True)
 
     def status(self) -> dict[str, dict[str, Any]]:
         """Whether each service answers a real request (not only whether its port is open)."""
@@ -438,8 +459,13 @@ class Stack:
 
     # ------------------------------------------------------------------------------------ PostgreSQL
     @property
-    def _pg_dir(self) -> Path:
+    def _pg_link(self) -> Path:
         return self.state_dir / "postgres"
+
+    @property
+    def _pg_dir(self) -> Path:
+        """The real folder (the server's account may not walk the link's path, see _prepare_pg_dir)."""
+        return self._pg_link.resolve()
 
     @property
     def _pgdata(self) -> Path:
@@ -468,21 +494,22 @@ class Stack:
         folder holds a link to it, so all state is still found from one place.
         """
         user = self._pg_user()
-        if self._pg_dir.exists() or self._pg_dir.is_symlink():
+        link = self._pg_link
+        if link.exists() or link.is_symlink():
             return
-        self._pg_dir.mkdir(parents=True)
+        link.mkdir(parents=True)
         if user is None:
             return
         info = pwd.getpwnam(user)
-        os.chown(self._pg_dir, info.pw_uid, info.pw_gid)
-        if self._as_pg(["test", "-w", str(self._pg_dir)]).returncode != 0:
-            self._pg_dir.rmdir()
+        os.chown(link, info.pw_uid, info.pw_gid)
+        if self._as_pg(["test", "-w", str(link)]).returncode != 0:
+            link.rmdir()
             import hashlib
 
             target = Path("/var/lib/safealign-stack") / hashlib.sha256(str(self.state_dir).encode()).hexdigest()[:16]
             target.mkdir(parents=True, exist_ok=True)
             os.chown(target, info.pw_uid, info.pw_gid)
-            self._pg_dir.symlink_to(target)
+            link.symlink_to(target)
 
     def _pg_pid(self) -> int | None:
         pidfile = self._pgdata / "postmaster.pid"
@@ -610,7 +637,8 @@ class Stack:
         self._spawn_s3()
         self._wait_s3(timeout_s)
 
-    def stop_s3(self, timeout_s: float = 20.0) -> str:
+    def stop_s3(self, timeout_s: float = 8.0) -> str:
+        """SeaweedFS can take half a minute to honour SIGTERM; after ``timeout_s`` it gets SIGKILL."""
         return self._terminate("s3", timeout_s)
 
     # ------------------------------------------------------------------------------------ MLflow

@@ -68,6 +68,9 @@ def cmd_down(settings: Any, args: argparse.Namespace) -> None:
     stack = stack_from_args(args)
     for name, how in stack.down().items():
         print(f"{name:<9} {how}")
+    if args.purge:
+        stack.purge()
+        print(f"deleted {stack.state_dir}")
 
 
 def cmd_status(settings: Any, args: argparse.Namespace) -> None:
