@@ -201,6 +201,7 @@ def _deploy_options(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "host": args.host, "package": args.package, "data_version": args.data_version, "image": args.image,
         "cuda_image": args.cuda_image, "namespace": args.namespace, "token": read_token(args.token_file),
+        "data_rev": args.data_rev,
     }
 
 
@@ -262,6 +263,10 @@ def _submit_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--token-file", default=None,
         help="file holding a bearer token for a multi-user Kubeflow (default: $SAFEALIGN_KFP_TOKEN)",
+    )
+    parser.add_argument(
+        "--data-rev", default=None,
+        help="train on data/ as data.dvc names it at this git revision (default: data.dvc as it is)",
     )
 
 

@@ -160,6 +160,10 @@ def pull_version(md5: str, dest: str | Path, remote: Remote) -> Path:
             yaml.safe_dump({"outs": [{"md5": md5, "hash": "md5", "path": "data"}]}), encoding="utf-8"
         )
         pull(repo, remote, ["data.dvc"])
+        # DVC hashes what it checked out and compares with the md5: the pulled data IS that version
+        status = run_dvc(["status", "--json", "data.dvc"], repo, remote, "status").strip()
+        if status not in ("{}", ""):
+            raise DataError(f"data pulled for version {md5} does not match it: dvc status {status}")
         dest.parent.mkdir(parents=True, exist_ok=True)
         staged = dest.parent / f".{dest.name}.pulling"
         shutil.rmtree(staged, ignore_errors=True)
