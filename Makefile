@@ -33,8 +33,9 @@ $(OPS_STAMP): requirements-ops.txt
 	$(OPS_VENV)/bin/python -m pip install -q -r requirements-ops.txt
 	@touch $(OPS_STAMP)
 
+# PROFILE=team: the shared MLflow server and DVC remote of the exports (docs/team.md)
 run: setup
-	$(VENV)/bin/safealign run
+	$(VENV)/bin/safealign run $(if $(filter team,$(PROFILE)),--team,)
 
 # Team services on 127.0.0.1 (docs/team.md). PostgreSQL comes from the distribution's packages; as root the
 # package is installed when its server programs are missing (a developer without root installs it once).

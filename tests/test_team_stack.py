@@ -245,3 +245,101 @@ def test_wrong_s3_credentials_name_the_remote_and_hide_the_secret(small_repo, te
     assert "DVC remote 'team' (s3://dvc at " in proc.stderr and "refused the credentials" in proc.stderr
     real = team_stack.credentials().s3_secret_key
     assert wrong not in proc.stderr + proc.stdout and real not in proc.stderr + proc.stdout
+
+
+# ------------------------------------------------------------------------------------- KFP data version
+
+
+def _kfp_run(tmp: Path, stack, data_version: str, overrides: list[str], raise_on_error: bool = True):
+    from kfp import local
+
+    from safealign.kfp_client import load_pipeline
+
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp / "root"),
+               enable_caching=True, cache_root=str(tmp / "kfp-cache"), raise_on_error=raise_on_error)
+    return load_pipeline(ROOT / "pipelines" / "align.py")(
+        data_version=data_version, data_dir="", overrides=[*TINY, *overrides],
+        tracking_uri=stack.tracking_uri, dvc_remote_url=stack.dvc_remote_url,
+        dvc_endpoint_url=stack.s3_endpoint, cache_dir=str(tmp / "model-cache"),
+    )
+
+
+def _step_output(tmp: Path, task: str) -> Path:
+    run = max((tmp / "root").glob("align-*"), key=lambda p: p.stat().st_mtime)
+    return run / task
+
+
+def test_data_version_step_pulls_from_the_remote_and_keys_the_cache(project, team_stack, stack_env, tmp_path,
+                                                                     monkeypatch, caplog):
+    """The steps get data/ from the DVC remote (no data_dir); the pulled md5 is the cache key."""
+    import logging
+
+    caplog.set_level(logging.INFO)
+    monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}:{os.environ['PATH']}")
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    gate_fails = ["calibrate.r2_threshold=1.0"]  # stop after calibrate: the data path is what is tested
+    v1 = _md5(project)
+    assert _kfp_run(tmp_path, team_stack, v1, gate_fails).output is False
+    version = json.loads((_step_output(tmp_path, "data-version-op") / "executor_output.json").read_text())
+    assert version["parameterValues"]["Output"] == v1
+    pulled = _step_output(tmp_path, "validate-op") / "dataset" / "data"
+    assert data_hash(pulled) == data_hash(project / "data")  # validate ran on exactly the pushed data
+
+    caplog.clear()
+    _kfp_run(tmp_path, team_stack, v1, gate_fails)
+    assert all(f"Task {t} cache hit" in caplog.text for t in ("validate-op", "train-reward-op", "calibrate-op"))
+
+    # new data: a new data.dvc pushed; an empty version (a scheduled run) resolves it from data.dvc and
+    # misses the cache (the new row is invalid, so the run stops at validate: enough to see the miss)
+    with (project / "data" / "labelled.jsonl").open("a", encoding="utf-8") as handle:
+        handle.write('{"id": "broken"}\n')
+    _dvc("add", "-q", "data", cwd=project)
+    from safealign.dvc_remote import Remote, push
+
+    push(project, Remote.from_env())
+    v2 = _md5(project)
+    assert v2 != v1
+    monkeypatch.chdir(project)
+    caplog.clear()
+    _kfp_run(tmp_path, team_stack, "", gate_fails, raise_on_error=False)
+    assert "Task validate-op cache hit" not in caplog.text and "validate-op" in caplog.text
+    version = json.loads((_step_output(tmp_path, "data-version-op") / "executor_output.json").read_text())
+    assert version["parameterValues"]["Output"] == v2
+
+
+# ------------------------------------------------------------------------------------------ team profile
+
+
+def test_team_profile_pushes_and_a_fresh_clone_with_only_the_exports_reproduces(team_stack, stack_env,
+                                                                                      tmp_path, monkeypatch):
+    """`make run PROFILE=team` (safealign run --team), up to validate to stay quick: the first
+    clone pushes data/ and the stage's outputs; a second clone given only the exports pulls them and
+    reproduces the same outputs."""
+    monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}:{os.environ['PATH']}")
+    monkeypatch.delenv("SAFEALIGN_PARENT_RUN_ID", raising=False)
+    first = tmp_path / "first"
+    _sh(["git", "clone", "-q", str(ROOT), str(first)], tmp_path)
+    run = [sys.executable, "-m", "safealign.cli", "run", "--team", "--until", "validate"]
+    out = _sh(run, first).stdout
+    assert f"team: MLflow {team_stack.tracking_uri}" in out
+    _sh(["git", "-c", "user.name=t", "-c", "user.email=t@example.invalid", "commit", "-qam", "validated",
+         "--allow-empty"], first)
+
+    second = tmp_path / "second"
+    _sh(["git", "clone", "-q", str(first), str(second)], tmp_path)
+    assert not (second / "data").exists() and not (second / ".dvc" / "config.local").exists()
+    out = _sh(run, second).stdout
+    # data/ came from the remote (not rebuilt); validate's metrics are not cached (cache: false, as metrics
+    # are), so DVC reruns the stage, and it reproduces the first clone's outputs byte for byte
+    assert "rebuilding" not in out and data_hash(second / "data") == data_hash(first / "data")
+    assert data_hash(second / "artifacts" / "splits") == data_hash(first / "artifacts" / "splits")
+    assert json.loads(_dvc("status", "--json", "validate", cwd=second).stdout or "{}") == {}
+    for clone in (first, second):
+        assert json.loads((clone / "metrics" / "validation.json").read_text())["success"] is True
+    assert (json.loads((first / "metrics" / "validation.json").read_text())
+            == json.loads((second / "metrics" / "validation.json").read_text()))
+
+    # without the exports the profile refuses to fall back to a local store
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    refused = _sh(run, second, check=False)
+    assert refused.returncode == 2 and "MLFLOW_TRACKING_URI" in refused.stderr

@@ -165,7 +165,7 @@ def _cmd_data_build(settings: Settings, args: argparse.Namespace) -> Any:
 def _cmd_run(settings: Settings, args: argparse.Namespace) -> Any:
     from safealign.run import run_pipeline
 
-    code = run_pipeline(settings, until=args.until, data_only=args.data_only)
+    code = run_pipeline(settings, until=args.until, data_only=args.data_only, team=args.team)
     if code:
         raise SystemExit(code)
 
@@ -222,6 +222,11 @@ def _cmd_pipeline_schedule(settings: Settings, args: argparse.Namespace) -> Any:
 
 def _run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-only", action="store_true", help="stop after restoring and checking data/")
+    parser.add_argument(
+        "--team", action="store_true",
+        help="the team profile: MLflow server and DVC remote from the exports; pull first, push after "
+        "(docs/team.md)",
+    )
     parser.add_argument(
         "--until",
         default=None,

@@ -187,6 +187,8 @@ def _main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m safealign.dvc_remote")
     parser.add_argument("action", choices=["configure", "push", "pull"])
     parser.add_argument("targets", nargs="*")
+    parser.add_argument("--allow-missing", action="store_true",
+                        help="pull: skip what the remote does not have (the pipeline rebuilds it)")
     args = parser.parse_args(argv)
     try:
         remote = Remote.from_env()
@@ -195,7 +197,7 @@ def _main(argv: list[str] | None = None) -> int:
         if args.action == "push":
             push(".", remote, args.targets)
         elif args.action == "pull":
-            pull(".", remote, args.targets)
+            pull(".", remote, [*(["--allow-missing"] if args.allow_missing else []), *args.targets])
         print(f"dvc {args.action}: {remote.describe()}: ok")
         return 0
     except SafealignError as exc:
