@@ -74,8 +74,11 @@ class Ports:
         }
 
     @classmethod
-    def free(cls, low: int = 20000, high: int = 40000, tries: int = 50) -> Ports:
-        """A block of ports that are all free now (tests: a stack of their own beside a developer's)."""
+    def free(cls, low: int = 20000, high: int = 32000, tries: int = 50) -> Ports:
+        """A block of ports that are all free now (tests: a stack of their own beside a developer's).
+
+        Below Linux's ephemeral range (32768+), so an outgoing connection cannot take one meanwhile.
+        """
         import random
 
         rng = random.Random()
