@@ -1,7 +1,7 @@
 """Time the pipeline on tiny settings: the default profile vs the team profile against a local stack.
 
 Prints the stack's start-up time (cold: first `up` with initdb and MLflow's schema migrations; warm: `up`
-after `down`) and the wall time of `scripts/run_pipeline.sh` (what `make run` runs) in two fresh clones of
+after `down`) and the wall time of `safealign run` (what `make run` runs) in two fresh clones of
 this repository's HEAD, one with the embedded default (SQLite MLflow, no DVC remote) and one with `--team`
 (MLflow server on PostgreSQL + S3, data/ pulled and outputs pushed). Tiny models keep it to minutes on a CPU:
 the figure compares the overheads of the two storage paths, not training speed.
@@ -46,7 +46,8 @@ def _clone(dest: Path) -> None:
 
 def _run(repo: Path, env: dict[str, str], team: bool) -> tuple[float, int]:
     start = time.monotonic()
-    proc = subprocess.run(["bash", "scripts/run_pipeline.sh", *(["--team"] if team else [])], cwd=repo,
+    argv = [sys.executable, "-m", "safealign.cli", "run", *(["--team"] if team else [])]
+    proc = subprocess.run(argv, cwd=repo,
                           env=env, capture_output=True, text=True)
     took = time.monotonic() - start
     if proc.returncode != 0:
@@ -81,7 +82,7 @@ def main() -> int:
             stack.purge()
     print(f"stack up: cold {cold:.1f} s (initdb + MLflow schema), warm {warm:.1f} s")
     for name, (took, rc) in results.items():
-        print(f"{name:<8} run_pipeline.sh on tiny settings: {took:.1f} s (exit {rc})")
+        print(f"{name:<8} safealign run on tiny settings: {took:.1f} s (exit {rc})")
     ratio = results["team"][0] / results["default"][0]
     print(f"team / default: {ratio:.2f}")
     return 0 if all(rc == 0 for _, rc in results.values()) else 1

@@ -73,7 +73,8 @@ def test_tracking_uri_is_fully_qualified_and_allowed(overlay):
     config = _find(objs, "ConfigMap", "safealign-config")["data"]
     uri = urlparse(config["MLFLOW_TRACKING_URI"])
     assert uri.hostname == f"safealign-mlflow.{namespace}.svc.cluster.local"
-    assert urlparse(config["SAFEALIGN_DVC_ENDPOINT_URL"]).hostname == f"safealign-minio.{namespace}.svc.cluster.local"
+    s3_host = urlparse(config["SAFEALIGN_DVC_ENDPOINT_URL"]).hostname
+    assert s3_host == f"safealign-minio.{namespace}.svc.cluster.local"
     # the CronJob (which submits the runs) gets exactly that URI
     cron = _find(objs, "CronJob", "safealign-retrain")
     (container,) = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"]

@@ -225,7 +225,9 @@ def test_cli_schedule_prints_ids(kfp_server, capsys, monkeypatch):
 def test_submit_refuses_a_tracking_store_the_pods_cannot_share(kfp_server, uri, capsys, monkeypatch):
     monkeypatch.chdir(ROOT)
     monkeypatch.delenv("SAFEALIGN_PIPELINE_TRACKING_URI")
-    settings = load_settings(ROOT / "params.yaml", [*CLUSTER, "pipeline.tracking_uri=", f"tracking.tracking_uri={uri}"])
+    settings = load_settings(
+        ROOT / "params.yaml", [*CLUSTER, "pipeline.tracking_uri=", f"tracking.tracking_uri={uri}"]
+    )
     with pytest.raises(ConfigError, match="pipeline.tracking_uri") as err:
         submit_run(settings, host=kfp_server.host, package=PACKAGE, data_version="v1")
     assert repr(uri) in str(err.value)

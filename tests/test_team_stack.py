@@ -1,4 +1,4 @@
-"""Team mode against real services: PostgreSQL, a SeaweedFS S3 server and an MLflow server (tests/stack_fixture.py).
+"""Team mode against real services: PostgreSQL, a SeaweedFS S3 server, an MLflow server (stack_fixture.py).
 
 A throw-away git + DVC project (tiny data built from the installed packages) runs every stage, validate to
 promote, as separate processes against the stack, exactly as `dvc repro` would; then the registry is read
@@ -45,7 +45,9 @@ LABELLED_ROWS = 300
 def _sh(args: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
     proc = subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=600)
     if check and proc.returncode != 0:
-        raise AssertionError(f"{args} failed ({proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")
+        raise AssertionError(
+            f"{args} failed ({proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
+        )
     return proc
 
 
@@ -164,7 +166,8 @@ def test_validate_to_promote_on_the_stack(project, team_stack, stack_env):
         assert champion.tags["safealign.data_version"] == _md5(project)
         assert "safealign.content_hash" in champion.tags
     # the champion's files come back through the server, and they are in the S3 bucket
-    local = Path(mlflow.artifacts.download_artifacts(f"models:/{settings.promote.policy_model_name}@champion"))
+    champion_uri = f"models:/{settings.promote.policy_model_name}@champion"
+    local = Path(mlflow.artifacts.download_artifacts(champion_uri))
     assert (local / "adapter_config.json").exists()
     keys = [o["Key"] for o in team_stack.s3_client().list_objects_v2(Bucket="mlflow")["Contents"]]
     assert any(k.endswith("adapter_config.json") for k in keys)
@@ -289,7 +292,8 @@ def test_data_version_step_pulls_from_the_remote_and_keys_the_cache(project, tea
 
     caplog.clear()
     _kfp_run(tmp_path, team_stack, v1, gate_fails)
-    assert all(f"Task {t} cache hit" in caplog.text for t in ("validate-op", "train-reward-op", "calibrate-op"))
+    cached = ("validate-op", "train-reward-op", "calibrate-op")
+    assert all(f"Task {t} cache hit" in caplog.text for t in cached)
 
     # new data: a new data.dvc pushed; an empty version (a scheduled run) resolves it from data.dvc and
     # misses the cache (the new row is invalid, so the run stops at validate: enough to see the miss)

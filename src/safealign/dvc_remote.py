@@ -91,7 +91,8 @@ def run_dvc(args: list[str], repo: str | Path, remote: Remote | None, action: st
     failed = proc.returncode != 0 or "ERROR:" in out
     if not failed:
         return out
-    detail = " ".join(line.strip() for line in out.splitlines() if line.startswith("ERROR"))[:400] or out[-400:]
+    errors = [line.strip() for line in out.splitlines() if line.startswith("ERROR")]
+    detail = " ".join(errors)[:400] or out[-400:]
     target = remote.describe() if remote else "the DVC remote"
     if any(sign in out for sign in _UNREACHABLE_SIGNS):
         raise ServiceError(

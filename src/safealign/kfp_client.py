@@ -125,7 +125,8 @@ def cluster_tracking_uri(settings: Settings) -> str:
         )
     if (parsed.hostname or "") in _LOOPBACK:
         raise ConfigError(
-            f"tracking URI {uri!r} names this machine: inside a pod {parsed.hostname} is the pod itself; {fix}"
+            f"tracking URI {uri!r} names this machine: inside a pod {parsed.hostname} is the pod itself; "
+            f"{fix}"
         )
     return uri
 
@@ -142,8 +143,9 @@ def cluster_dvc_remote(settings: Settings) -> tuple[str, str]:
     endpoint = settings.pipeline.dvc_endpoint_url or os.environ.get(ENDPOINT_ENV, "")
     if not url:
         raise ConfigError(
-            f"data_dir {settings.paths.data_dir!r} is a folder on this machine, which the cluster's pods cannot "
-            f"read: set pipeline.dvc_remote_url (or ${URL_ENV}) to the DVC remote holding data/, and push to it "
+            f"data_dir {settings.paths.data_dir!r} is a folder on this machine, which the cluster's pods "
+            f"cannot read: set pipeline.dvc_remote_url (or ${URL_ENV}) to the DVC remote holding data/, and "
+            "push to it "
             "(`dvc push`; docs/team.md)"
         )
     if endpoint and (urlparse(endpoint).hostname or "") in _LOOPBACK:

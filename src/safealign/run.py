@@ -227,7 +227,9 @@ def is_refused_promotion(layout: Layout, code: int, failed: dict[str, Any] | Non
     return path.exists() and json.loads(path.read_text(encoding="utf-8")).get("verdict") == "refused"
 
 
-def run_pipeline(settings: Settings, until: str | None = None, data_only: bool = False, team: bool = False) -> int:
+def run_pipeline(
+    settings: Settings, until: str | None = None, data_only: bool = False, team: bool = False
+) -> int:
     """The whole pipeline from the current directory (the project root); returns the exit code.
 
     ``team``: the shared MLflow server and DVC remote of the exports (safealign.team): pull first, push after.

@@ -164,7 +164,9 @@ def _pg_bin(name: str) -> str:
     found = shutil.which(name)
     if found:
         return found
-    versions = sorted(Path("/usr/lib/postgresql").glob("*/bin"), key=lambda p: int(p.parent.name), reverse=True)
+    versions = sorted(
+        Path("/usr/lib/postgresql").glob("*/bin"), key=lambda p: int(p.parent.name), reverse=True
+    )
     for folder in versions:
         if (folder / name).exists():
             return str(folder / name)
@@ -299,7 +301,8 @@ class Stack:
         """Whether each service answers a real request (not only whether its port is open)."""
         if not self.started_before():
             never = {"answers": False, "error": f"never started with state folder {self.state_dir}"}
-            return {"postgres": {"port": self.ports.postgres, **never}, "s3": {"port": self.ports.s3, **never},
+            return {"postgres": {"port": self.ports.postgres, **never},
+                    "s3": {"port": self.ports.s3, **never},
                     "mlflow": {"port": self.ports.mlflow, **never}}
         return {
             "postgres": self._probe(self._probe_postgres, self.ports.postgres),
@@ -481,7 +484,9 @@ class Stack:
         try:
             pwd.getpwnam("postgres")
         except KeyError as exc:
-            raise ServiceError("running as root needs the 'postgres' user: apt-get install -y postgresql") from exc
+            raise ServiceError(
+                "running as root needs the 'postgres' user: apt-get install -y postgresql"
+            ) from exc
         return "postgres"
 
     def _as_pg(self, argv: list[str], **kw: Any) -> subprocess.CompletedProcess:
@@ -509,7 +514,8 @@ class Stack:
             link.rmdir()
             import hashlib
 
-            target = Path("/var/lib/safealign-stack") / hashlib.sha256(str(self.state_dir).encode()).hexdigest()[:16]
+            key = hashlib.sha256(str(self.state_dir).encode()).hexdigest()[:16]
+            target = Path("/var/lib/safealign-stack") / key
             target.mkdir(parents=True, exist_ok=True)
             os.chown(target, info.pw_uid, info.pw_gid)
             link.symlink_to(target)
@@ -558,7 +564,8 @@ class Stack:
             ], timeout=timeout_s + 10)
             if out.returncode != 0:
                 raise ServiceError(
-                    f"PostgreSQL did not start: {out.stderr.strip()[-300:]}; see {self._pg_dir / 'server.log'}"
+                    f"PostgreSQL did not start: {out.stderr.strip()[-300:]}; "
+                    f"see {self._pg_dir / 'server.log'}"
                 )
         self._ensure_database(timeout_s)
 

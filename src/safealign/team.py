@@ -1,4 +1,4 @@
-"""The team profile of ``safealign run --team`` (``make run PROFILE=team``): shared services, not a laptop store.
+"""The team profile of ``safealign run --team`` (``make run PROFILE=team``): shared services, not a laptop.
 
 Before the pipeline: refuse to start unless MLflow is a server and a DVC remote is given (both from the
 exports of ``safealign stack status --exports`` or a cluster's), so a forgotten ``eval`` never splits the
@@ -22,7 +22,9 @@ def prepare(say: Callable[[str], None]) -> Remote:
     """Check the exports, point DVC at the remote and pull what it has; returns the remote."""
     uri = os.environ.get("MLFLOW_TRACKING_URI", "")
     if not uri.startswith(("http://", "https://")):
-        raise ConfigError(f"--team needs MLFLOW_TRACKING_URI set to the team's MLflow server (got {uri!r}): {HOW}")
+        raise ConfigError(
+            f"--team needs MLFLOW_TRACKING_URI set to the team's MLflow server (got {uri!r}): {HOW}"
+        )
     if not os.environ.get(URL_ENV):
         raise ConfigError(f"--team needs {URL_ENV} (the DVC remote): {HOW}")
     remote = Remote.from_env()
