@@ -65,6 +65,8 @@ COPY --from=build /opt/venv /opt/venv
 COPY --from=build /opt/safealign /opt/safealign
 # params.yaml and the compiled pipelines (CPU and GPU placement), for `safealign pipeline submit` from the retraining CronJob (k8s/).
 COPY --chown=10001:10001 params.yaml /app/params.yaml
+# data.dvc: the data version a scheduled run's data-version step pulls from the DVC remote (docs/team.md).
+COPY --chown=10001:10001 data.dvc /app/data.dvc
 COPY --chown=10001:10001 pipelines/align.yaml pipelines/align-gpu.yaml /app/pipelines/
 WORKDIR /app
 USER 10001:10001

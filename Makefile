@@ -14,7 +14,8 @@ export TOKENIZERS_PARALLELISM := false
 # OpenMP's thread wait policy is chosen per process from the machine's load (src/safealign/openmp_wait.py):
 # brief spinning on an idle CPU, passive sleeping on a shared one. An OMP_WAIT_POLICY you export wins.
 
-.PHONY: setup run test lint bench compile params image image-cuda base-image wheels docker-up e2e clean-outputs
+.PHONY: setup run test lint bench compile params image image-cuda base-image wheels docker-up e2e clean-outputs \
+	stack-deps stack-up stack-down
 
 setup: $(STAMP) $(OPS_STAMP)
 
@@ -32,11 +33,25 @@ $(OPS_STAMP): requirements-ops.txt
 	$(OPS_VENV)/bin/python -m pip install -q -r requirements-ops.txt
 	@touch $(OPS_STAMP)
 
+# PROFILE=team: the shared MLflow server and DVC remote of the exports (docs/team.md)
 run: setup
-	$(VENV)/bin/safealign run
+	$(VENV)/bin/safealign run $(if $(filter team,$(PROFILE)),--team,)
+
+# Team services on 127.0.0.1 (docs/team.md). PostgreSQL comes from the distribution's packages; as root the
+# package is installed when its server programs are missing (a developer without root installs it once).
+stack-deps:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get install -y -q postgresql >/dev/null || { apt-get update -q && apt-get install -y -q postgresql; }; \
+	  else echo "PostgreSQL is missing: sudo apt-get install -y postgresql" >&2; exit 1; fi; }
+
+stack-up: setup stack-deps
+	$(VENV)/bin/safealign stack up
+
+stack-down:
+	$(VENV)/bin/safealign stack down
 
 # Tests share the CPU with the subprocesses they start: sleeping OpenMP threads keep both steady.
-test: setup
+test: setup stack-deps
 	OMP_WAIT_POLICY=PASSIVE $(VENV)/bin/pytest -q -p no:cacheprovider
 
 lint: setup

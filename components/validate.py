@@ -13,6 +13,8 @@ def validate_op(
     params: str,
     overrides: list,
     tracking_uri: str,
+    dvc_remote_url: str,
+    dvc_endpoint_url: str,
     dataset: Output[Dataset],
     stage_metrics: Output[Dataset],
     report: Output[HTML],
@@ -20,15 +22,22 @@ def validate_op(
 ):
     """Validate data/ and publish it with its splits as one Dataset: ``data/`` (inputs) + ``splits/``.
 
-    ``data_version`` is an input only so that KFP's cache key contains it: same data and params, cache hit.
+    ``data_version`` is in KFP's cache key: same data and params, cache hit. With a DVC remote it is the
+    md5 of data/ that the data-version step resolved, and this step pulls exactly that (the steps of a
+    cluster run share no disk); without one, data_dir is read (and built when missing).
     A validation failure (DataError) fails the step, like exit 2 on the CLI.
     """
     from safealign.data.build import ensure_data
     from safealign.data.validate import validate_data
     from safealign.kfp_stage import StageWorkspace, pipeline_key
 
-    ws = StageWorkspace("validate", params, overrides, tracking_uri, data_dir=data_dir)
-    ensure_data(ws.settings)
+    ws = StageWorkspace("validate", params, overrides, tracking_uri, data_dir=data_dir or None)
+    if dvc_remote_url:
+        from safealign.dvc_remote import Remote, pull_version
+
+        pull_version(data_version, ws.layout.data_dir, Remote(dvc_remote_url, dvc_endpoint_url))
+    else:
+        ensure_data(ws.settings)
     ws.parent_run(pipeline_key(data_version, params, overrides))
     validate_data(ws.settings)
     ws.publish(ws.layout.data_dir, dataset.path + "/data")

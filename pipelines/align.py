@@ -78,15 +78,20 @@ def build_pipeline(settings: Settings, image: str | None = None, cuda_image: str
         params: str = params_default,
         overrides: list = [],  # noqa: B006 - KFP needs a literal default
         tracking_uri: str = settings.tracking.tracking_uri,
+        dvc_remote_url: str = settings.pipeline.dvc_remote_url,
+        dvc_endpoint_url: str = settings.pipeline.dvc_endpoint_url,
         checkpoint_root: str = "",
         cache_dir: str = "",
         generate_input: str = "",
     ) -> bool:
-        version = data_version_op(data_version=data_version, data_dir=data_dir, params=params, overrides=overrides)
+        remote = {"dvc_remote_url": dvc_remote_url, "dvc_endpoint_url": dvc_endpoint_url}
+        version = data_version_op(
+            data_version=data_version, data_dir=data_dir, params=params, overrides=overrides, **remote
+        )
         version.set_caching_options(False).set_display_name("data-version").set_container_image(cpu_image)
         common = {"data_version": version.output, "params": params, "overrides": overrides, "tracking_uri": tracking_uri}
 
-        validate = _step(validate_op(data_dir=data_dir, **common)).set_display_name("validate")
+        validate = _step(validate_op(data_dir=data_dir, **remote, **common)).set_display_name("validate")
         reward = _step(
             train_reward_op(dataset=validate.outputs["dataset"], metrics_in=validate.outputs["stage_metrics"], **common)
         ).set_display_name("train-reward")

@@ -128,7 +128,7 @@ def test_mlflow_uses_postgres_and_minio_and_minio_hosts_dvc_bucket(rendered):
     assert "--backend-store-uri=postgresql+psycopg2://" in args and "safealign-postgres:5432" in args
     assert "--artifacts-destination=s3://" in args and "--serve-artifacts" in args
     config = objects[("ConfigMap", "safealign-config")]["data"]
-    assert config["MLFLOW_S3_ENDPOINT_URL"].startswith("http://safealign-minio:")
+    assert config["MLFLOW_S3_ENDPOINT_URL"] == "http://safealign-minio.safealign.svc.cluster.local:9000"
     buckets = " ".join(_pod_spec(objects[("Job", "safealign-minio-buckets")])["containers"][0]["args"])
     assert "$MLFLOW_BUCKET" in buckets and "$DVC_BUCKET" in buckets and config["DVC_BUCKET"] == "dvc"
     role = objects[("Role", "safealign-pipeline-runner")]

@@ -28,6 +28,11 @@ from safealign.kfp_client import normalize_cron, schedule_run, submit_run
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "pipelines" / "align.yaml"
+# What a cluster run needs: MLflow and the object store by the names the pods can resolve.
+CLUSTER_MLFLOW = "http://safealign-mlflow.team.svc.cluster.local:5000"
+CLUSTER_S3 = "http://safealign-minio.team.svc.cluster.local:9000"
+CLUSTER = [f"pipeline.tracking_uri={CLUSTER_MLFLOW}", "pipeline.dvc_remote_url=s3://dvc",
+           f"pipeline.dvc_endpoint_url={CLUSTER_S3}"]
 
 
 class FakeKfp:
@@ -146,6 +151,10 @@ def _isolated(tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.delenv("KF_PIPELINES_ENDPOINT", raising=False)
     monkeypatch.delenv("SAFEALIGN_KFP_TOKEN", raising=False)
+    # a cluster's MLflow and DVC remote, as the CronJob's ConfigMap gives them (the refusal tests drop them)
+    monkeypatch.setenv("SAFEALIGN_PIPELINE_TRACKING_URI", CLUSTER_MLFLOW)
+    monkeypatch.setenv("SAFEALIGN_DVC_REMOTE_URL", "s3://dvc")
+    monkeypatch.setenv("SAFEALIGN_DVC_ENDPOINT_URL", CLUSTER_S3)
 
 
 def _pipeline_spec_name(body: dict) -> str:
@@ -153,7 +162,7 @@ def _pipeline_spec_name(body: dict) -> str:
 
 
 def test_submit_creates_experiment_and_run_with_parameters(kfp_server):
-    settings = load_settings(ROOT / "params.yaml", ["grpo.steps=7"])
+    settings = load_settings(ROOT / "params.yaml", ["grpo.steps=7", *CLUSTER])
     result = submit_run(settings, host=kfp_server.host, package=PACKAGE, data_version="md5-abc")
     assert result["run_id"] == "run-1"
 
@@ -165,12 +174,14 @@ def test_submit_creates_experiment_and_run_with_parameters(kfp_server):
     assert run["pipeline_spec"] == yaml.safe_load(PACKAGE.read_text())
     args = run["runtime_config"]["parameters"]
     assert args["data_version"] == "md5-abc"
-    assert args["tracking_uri"] == "sqlite:///mlflow.db"
+    assert args["tracking_uri"] == CLUSTER_MLFLOW
+    assert (args["dvc_remote_url"], args["dvc_endpoint_url"]) == ("s3://dvc", CLUSTER_S3)
+    assert args["data_dir"] == ""  # the steps pull data/ from the remote; this machine's folder is not there
     assert json.loads(args["params"])["grpo"]["steps"] == 7  # --set overrides travel with the run
 
 
 def test_submit_reuses_existing_experiment(kfp_server):
-    settings = load_settings(ROOT / "params.yaml")
+    settings = load_settings(ROOT / "params.yaml", CLUSTER)
     submit_run(settings, host=kfp_server.host, package=PACKAGE, data_version="v1")
     submit_run(settings, host=kfp_server.host, package=PACKAGE, data_version="v2")
     assert len(kfp_server.posts("/apis/v2beta1/experiments")) == 1
@@ -179,7 +190,7 @@ def test_submit_reuses_existing_experiment(kfp_server):
 
 
 def test_schedule_creates_recurring_run_max_concurrency_1_no_catchup(kfp_server):
-    settings = load_settings(ROOT / "params.yaml")
+    settings = load_settings(ROOT / "params.yaml", CLUSTER)
     result = schedule_run(settings, cron="0 3 * * *", host=kfp_server.host, package=PACKAGE)
     assert result["recurring_run_id"] == "rr-1"
     (rr,) = kfp_server.posts("/apis/v2beta1/recurringruns")
@@ -197,10 +208,73 @@ def test_schedule_creates_recurring_run_max_concurrency_1_no_catchup(kfp_server)
 
 def test_cli_schedule_prints_ids(kfp_server, capsys, monkeypatch):
     monkeypatch.chdir(ROOT)
+    # the cluster's names from the environment (the CronJob's ConfigMap), not from params.yaml
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", CLUSTER_MLFLOW)
+    monkeypatch.setenv("SAFEALIGN_DVC_REMOTE_URL", "s3://dvc")
+    monkeypatch.setenv("SAFEALIGN_DVC_ENDPOINT_URL", CLUSTER_S3)
     code = main(["pipeline", "schedule", "--host", kfp_server.host, "--cron", "0 0 4 * * 1"])
     assert code == 0
     out = json.loads(capsys.readouterr().out)
     assert out["cron"] == "0 0 4 * * 1" and out["recurring_run_id"] == "rr-1"
+    (rr,) = kfp_server.posts("/apis/v2beta1/recurringruns")
+    assert rr["runtime_config"]["parameters"]["tracking_uri"] == CLUSTER_MLFLOW
+
+
+@pytest.mark.parametrize("uri", ["sqlite:///mlflow.db", "file:///tmp/mlruns", "mlruns", "http://127.0.0.1:15000",
+                                 "http://localhost:5000"])
+def test_submit_refuses_a_tracking_store_the_pods_cannot_share(kfp_server, uri, capsys, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    monkeypatch.delenv("SAFEALIGN_PIPELINE_TRACKING_URI")
+    settings = load_settings(
+        ROOT / "params.yaml", [*CLUSTER, "pipeline.tracking_uri=", f"tracking.tracking_uri={uri}"]
+    )
+    with pytest.raises(ConfigError, match="pipeline.tracking_uri") as err:
+        submit_run(settings, host=kfp_server.host, package=PACKAGE, data_version="v1")
+    assert repr(uri) in str(err.value)
+    code = main(["pipeline", "submit", "--host", kfp_server.host, "--set", f"tracking.tracking_uri={uri}",
+                 "--set", "pipeline.dvc_remote_url=s3://dvc"])
+    assert code == 2 and "pipeline.tracking_uri" in capsys.readouterr().err
+    assert kfp_server.requests == []  # refused before the KFP API was contacted
+
+
+def test_submit_refuses_local_data_dir_without_a_dvc_remote(kfp_server, monkeypatch):
+    monkeypatch.delenv("SAFEALIGN_DVC_REMOTE_URL")
+    monkeypatch.delenv("SAFEALIGN_DVC_ENDPOINT_URL")
+    settings = load_settings(ROOT / "params.yaml", [f"pipeline.tracking_uri={CLUSTER_MLFLOW}"])
+    with pytest.raises(ConfigError, match="data_dir 'data' is a folder on this machine"):
+        submit_run(settings, host=kfp_server.host, package=PACKAGE, data_version="v1")
+    local_endpoint = [*CLUSTER, "pipeline.dvc_endpoint_url=http://127.0.0.1:18333"]
+    with pytest.raises(ConfigError, match="names this machine"):
+        submit_run(load_settings(ROOT / "params.yaml", local_endpoint), host=kfp_server.host, package=PACKAGE)
+    assert kfp_server.requests == []
+
+
+def test_submit_takes_the_cluster_uri_from_the_environment(kfp_server, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///laptop.db")  # this machine's own store
+    settings = load_settings(ROOT / "params.yaml", CLUSTER[1:])
+    submit_run(settings, host=kfp_server.host, package=PACKAGE, data_version="v1")
+    (run,) = kfp_server.posts("/apis/v2beta1/runs")
+    assert run["runtime_config"]["parameters"]["tracking_uri"] == CLUSTER_MLFLOW
+
+
+def test_submit_data_rev_sends_data_dvc_md5_at_that_revision(kfp_server, tmp_path, monkeypatch):
+    import subprocess
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@example.invalid"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    for md5 in ("1" * 32 + ".dir", "2" * 32 + ".dir"):
+        (repo / "data.dvc").write_text(yaml.safe_dump({"outs": [{"md5": md5, "path": "data"}]}))
+        subprocess.run([*git, "add", "data.dvc"], check=True)
+        subprocess.run([*git, "commit", "-qm", md5], check=True)
+    monkeypatch.chdir(repo)
+    settings = load_settings(ROOT / "params.yaml", CLUSTER)
+    assert submit_run(settings, host=kfp_server.host, package=PACKAGE, data_rev="HEAD~1")["data_version"] == (
+        "1" * 32 + ".dir")
+    assert submit_run(settings, host=kfp_server.host, package=PACKAGE)["data_version"] == "2" * 32 + ".dir"
+    with pytest.raises(Exception, match="no-such-rev"):
+        submit_run(settings, host=kfp_server.host, package=PACKAGE, data_rev="no-such-rev")
 
 
 def test_unreachable_host_is_a_service_error(tmp_path):
@@ -209,7 +283,7 @@ def test_unreachable_host_is_a_service_error(tmp_path):
     with socket.socket() as sock:  # a port nobody listens on
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    settings = load_settings(ROOT / "params.yaml")
+    settings = load_settings(ROOT / "params.yaml", CLUSTER)
     with pytest.raises(ServiceError, match=str(port)):
         submit_run(settings, host=f"http://127.0.0.1:{port}", package=PACKAGE, data_version="x")
 

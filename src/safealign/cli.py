@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from safealign import __version__, stages
+from safealign import __version__, stack_cli, stages
 from safealign.config import Settings, load_settings
 from safealign.errors import EXIT_BAD_INPUT, EXIT_FILE_ENV, EXIT_GATE, EXIT_INTERNAL, SafealignError
 
@@ -58,6 +58,7 @@ GROUPS = {
     "config": "the settings: params.yaml is generated from src/safealign/config.py",
     "data": "assemble the input data set in data/",
     "pipeline": "Kubeflow Pipelines: compile, submit, schedule",
+    "stack": "the team's services on 127.0.0.1: PostgreSQL, S3 server, MLflow server (docs/team.md)",
 }
 
 
@@ -164,7 +165,7 @@ def _cmd_data_build(settings: Settings, args: argparse.Namespace) -> Any:
 def _cmd_run(settings: Settings, args: argparse.Namespace) -> Any:
     from safealign.run import run_pipeline
 
-    code = run_pipeline(settings, until=args.until, data_only=args.data_only)
+    code = run_pipeline(settings, until=args.until, data_only=args.data_only, team=args.team)
     if code:
         raise SystemExit(code)
 
@@ -200,6 +201,7 @@ def _deploy_options(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "host": args.host, "package": args.package, "data_version": args.data_version, "image": args.image,
         "cuda_image": args.cuda_image, "namespace": args.namespace, "token": read_token(args.token_file),
+        "data_rev": args.data_rev,
     }
 
 
@@ -220,6 +222,11 @@ def _cmd_pipeline_schedule(settings: Settings, args: argparse.Namespace) -> Any:
 
 def _run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-only", action="store_true", help="stop after restoring and checking data/")
+    parser.add_argument(
+        "--team", action="store_true",
+        help="the team profile: MLflow server and DVC remote from the exports; pull first, push after "
+        "(docs/team.md)",
+    )
     parser.add_argument(
         "--until",
         default=None,
@@ -261,6 +268,10 @@ def _submit_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--token-file", default=None,
         help="file holding a bearer token for a multi-user Kubeflow (default: $SAFEALIGN_KFP_TOKEN)",
+    )
+    parser.add_argument(
+        "--data-rev", default=None,
+        help="train on data/ as data.dvc names it at this git revision (default: data.dvc as it is)",
     )
 
 
@@ -344,6 +355,13 @@ COMMANDS: tuple[Command, ...] = (
     Command(("pipeline", "schedule"), _cmd_pipeline_schedule,
             "create a recurring run (max concurrency 1, no catch-up)",
             "create a recurring run (max concurrency 1, no catch-up)", _schedule_arguments),
+    Command(("stack", "up"), stack_cli.cmd_up, "start what is not running yet (idempotent), print the time",
+            arguments=stack_cli.add_arguments, settings_options=False, loads_settings=False),
+    Command(("stack", "down"), stack_cli.cmd_down, "stop every service of the state folder",
+            arguments=stack_cli.down_arguments, settings_options=False, loads_settings=False),
+    Command(("stack", "status"), stack_cli.cmd_status,
+            "whether each service answers, and the exports a client needs (exit 1 if one does not)",
+            arguments=stack_cli.status_arguments, settings_options=False, loads_settings=False),
 )  # fmt: skip
 
 

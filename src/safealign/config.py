@@ -478,6 +478,23 @@ class PipelineSettings(_Section):
     memory_request: str = Field(
         default="8G", description="memory request of every step (Kubernetes quantity)"
     )
+    tracking_uri: str = Field(
+        default="",
+        description="MLflow as the cluster's pods reach it, e.g. http://safealign-mlflow.<namespace>.svc."
+        "cluster.local:5000; empty = $SAFEALIGN_PIPELINE_TRACKING_URI, else $MLFLOW_TRACKING_URI. submit "
+        "refuses "
+        "a local store (sqlite, file) or 127.0.0.1: each pod would write a throw-away database",
+    )
+    dvc_remote_url: str = Field(
+        default="",
+        description="the DVC remote the data-version step pulls data/ from (e.g. s3://dvc); empty = "
+        "$SAFEALIGN_DVC_REMOTE_URL. submit refuses to run without one: a laptop's data/ is not on the "
+        "cluster",
+    )
+    dvc_endpoint_url: str = Field(
+        default="",
+        description="that remote's S3 endpoint as the pods reach it; empty = $SAFEALIGN_DVC_ENDPOINT_URL",
+    )
 
     @property
     def resolved_cuda_image(self) -> str:

@@ -24,6 +24,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 from safealign.config import Settings
 from safealign.errors import ConfigError, ServiceError
@@ -97,16 +98,91 @@ def normalize_cron(cron: str) -> str:
     raise ConfigError(f"cron {cron!r}: expected 5 or 6 fields (KFP uses 'sec min hour dom month dow')")
 
 
-def run_arguments(settings: Settings, data_version: str) -> dict[str, Any]:
-    """The pipeline parameters of one run: the settings, the data version and where MLflow is."""
+PIPELINE_TRACKING_ENV = "SAFEALIGN_PIPELINE_TRACKING_URI"
+_LOOPBACK = {"127.0.0.1", "localhost", "::1", "0.0.0.0"}
+
+
+def cluster_tracking_uri(settings: Settings) -> str:
+    """MLflow as the cluster's pods see it: pipeline.tracking_uri, else $SAFEALIGN_PIPELINE_TRACKING_URI,
+    else the URI this machine uses ($MLFLOW_TRACKING_URI or tracking.tracking_uri).
+
+    Refused (ConfigError) when it cannot be shared: every KFP step runs in its own pod, so a SQLite or file
+    store becomes one throw-away database per pod (the promotion is lost), and 127.0.0.1 inside a pod is
+    the pod itself.
+    """
     from safealign.tracking import tracking_uri
 
+    uri = settings.pipeline.tracking_uri or os.environ.get(PIPELINE_TRACKING_ENV) or tracking_uri(settings)
+    parsed = urlparse(uri)
+    fix = (
+        f"set pipeline.tracking_uri (or ${PIPELINE_TRACKING_ENV}) to the cluster's MLflow server, e.g. "
+        "http://safealign-mlflow.<namespace>.svc.cluster.local:5000 (docs/team.md)"
+    )
+    if parsed.scheme not in ("http", "https"):
+        raise ConfigError(
+            f"tracking URI {uri!r} is a local store: every pipeline step runs in its own pod and would write "
+            f"a throw-away database, so runs and promotions would be lost; {fix}"
+        )
+    if (parsed.hostname or "") in _LOOPBACK:
+        raise ConfigError(
+            f"tracking URI {uri!r} names this machine: inside a pod {parsed.hostname} is the pod itself; "
+            f"{fix}"
+        )
+    return uri
+
+
+def cluster_dvc_remote(settings: Settings) -> tuple[str, str]:
+    """The DVC remote (URL, S3 endpoint) the data-version step pulls from; refused when there is none.
+
+    Without a remote the steps would look for ``paths.data_dir`` inside the image, which is a folder of the
+    machine that submitted the run, not of the cluster.
+    """
+    from safealign.dvc_remote import ENDPOINT_ENV, URL_ENV
+
+    url = settings.pipeline.dvc_remote_url or os.environ.get(URL_ENV, "")
+    endpoint = settings.pipeline.dvc_endpoint_url or os.environ.get(ENDPOINT_ENV, "")
+    if not url:
+        raise ConfigError(
+            f"data_dir {settings.paths.data_dir!r} is a folder on this machine, which the cluster's pods "
+            f"cannot read: set pipeline.dvc_remote_url (or ${URL_ENV}) to the DVC remote holding data/, and "
+            "push to it "
+            "(`dvc push`; docs/team.md)"
+        )
+    if endpoint and (urlparse(endpoint).hostname or "") in _LOOPBACK:
+        raise ConfigError(
+            f"DVC endpoint {endpoint!r} names this machine, not one the pods can reach: set "
+            f"pipeline.dvc_endpoint_url (or ${ENDPOINT_ENV}) to the object store's in-cluster name"
+        )
+    return url, endpoint
+
+
+def run_arguments(settings: Settings, data_version: str) -> dict[str, Any]:
+    """The pipeline parameters of one cluster run: the settings, the data version, MLflow and the DVC remote.
+
+    ``data_dir`` is left empty: the steps pull data/ from the DVC remote into their own scratch space.
+    """
+    url, endpoint = cluster_dvc_remote(settings)
     return {
         "params": params_json(settings),
         "data_version": data_version,
-        "data_dir": settings.paths.data_dir,
-        "tracking_uri": tracking_uri(settings),
+        "data_dir": "",
+        "tracking_uri": cluster_tracking_uri(settings),
+        "dvc_remote_url": url,
+        "dvc_endpoint_url": endpoint,
     }
+
+
+def resolve_data_version(data_version: str | None, data_rev: str | None) -> str:
+    """The DVC md5 of data/ to train on: given, else data.dvc at git revision ``data_rev``, else data.dvc."""
+    from safealign.dvc_remote import data_dvc_at, dvc_md5
+    from safealign.tracking import data_version as dvc_version
+
+    if data_version:
+        return data_version
+    if data_rev:
+        return dvc_md5(data_dvc_at(data_rev), f"data.dvc@{data_rev}")
+    version = dvc_version()
+    return "" if version == "unversioned" else version
 
 
 def read_token(token_file: str | Path | None = None) -> str | None:
@@ -167,27 +243,26 @@ def resolved_package(
 def submit_run(
     settings: Settings, host: str | None = None, package: str | Path | None = None,
     data_version: str | None = None, image: str | None = None, cuda_image: str | None = None,
-    namespace: str | None = None, token: str | None = None,
+    namespace: str | None = None, token: str | None = None, data_rev: str | None = None,
 ) -> dict[str, Any]:
     """Create one run in the experiment ``pipeline.experiment`` (created if missing), like `kfp run create`.
 
-    The data version defaults to the md5 in data.dvc; without data.dvc it is left empty and the pipeline
-    hashes the data it reads. The package defaults to the committed file matching ``pipeline.gpu``.
+    The data version is the DVC md5 of data/: ``data_version`` when given, else data.dvc at git revision
+    ``data_rev``, else the working copy's data.dvc. The data-version step pulls exactly that from the DVC
+    remote. A local tracking store or no DVC remote is refused before the KFP API is contacted. The
+    package defaults to the committed file matching ``pipeline.gpu``.
     """
-    from safealign.tracking import data_version as dvc_version
-
     namespace = namespace or settings.pipeline.namespace
     url = host or settings.pipeline.host
+    version = resolve_data_version(data_version, data_rev)
+    arguments = run_arguments(settings, version)
     with resolved_package(settings, package, image, cuda_image) as pkg:
-        version = data_version if data_version is not None else dvc_version()
-        if version == "unversioned":
-            version = ""
         client = _client(settings, host, namespace, token)
         try:
             with contextlib.redirect_stdout(sys.stderr):  # kfp prints UI links; stdout is the CLI's JSON
                 result = client.create_run_from_pipeline_package(
                     pkg,
-                    arguments=run_arguments(settings, version),
+                    arguments=arguments,
                     run_name=f"align-{version[:12] or 'latest'}",
                     experiment_name=settings.pipeline.experiment,
                     namespace=namespace,
@@ -203,16 +278,18 @@ def submit_run(
 def schedule_run(
     settings: Settings, cron: str, host: str | None = None, package: str | Path | None = None,
     data_version: str | None = None, image: str | None = None, cuda_image: str | None = None,
-    namespace: str | None = None, token: str | None = None,
+    namespace: str | None = None, token: str | None = None, data_rev: str | None = None,
 ) -> dict[str, Any]:
     """Create a recurring run: ``cron``, max concurrency 1, no catch-up.
 
     A recurring run's parameters are frozen when it is created, so unless a version is given it passes
-    an empty data version: every scheduled run then hashes the data it finds, and KFP's cache retrains
-    only when that hash (or the params) changed.
+    an empty data version: every scheduled run's data-version step then pulls what the image's data.dvc
+    names and keys the cache on the pulled data's hash, so KFP retrains only when that (or the params)
+    changed.
     """
     schedule = normalize_cron(cron)
-    version = data_version or ""
+    version = resolve_data_version(data_version, data_rev) if (data_version or data_rev) else ""
+    arguments = run_arguments(settings, version)
     namespace = namespace or settings.pipeline.namespace
     url = host or settings.pipeline.host
     with resolved_package(settings, package, image, cuda_image) as pkg:
@@ -227,7 +304,7 @@ def schedule_run(
                     cron_expression=schedule,
                     max_concurrency=1,
                     no_catchup=True,
-                    params=run_arguments(settings, version),
+                    params=arguments,
                     pipeline_package_path=pkg,
                     enabled=True,
                 )

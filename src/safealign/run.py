@@ -227,8 +227,13 @@ def is_refused_promotion(layout: Layout, code: int, failed: dict[str, Any] | Non
     return path.exists() and json.loads(path.read_text(encoding="utf-8")).get("verdict") == "refused"
 
 
-def run_pipeline(settings: Settings, until: str | None = None, data_only: bool = False) -> int:
-    """The whole pipeline from the current directory (the project root); returns the exit code."""
+def run_pipeline(
+    settings: Settings, until: str | None = None, data_only: bool = False, team: bool = False
+) -> int:
+    """The whole pipeline from the current directory (the project root); returns the exit code.
+
+    ``team``: the shared MLflow server and DVC remote of the exports (safealign.team): pull first, push after.
+    """
     start = time.time()
     target = None
     if until is not None:
@@ -238,6 +243,11 @@ def run_pipeline(settings: Settings, until: str | None = None, data_only: bool =
             raise ConfigError(f"--until: {exc.args[0]}") from exc
     env = subprocess_env()
     layout = Layout.from_settings(settings)
+    remote = None
+    if team:
+        from safealign import team as team_profile
+
+        remote = team_profile.prepare(say)
     restore_and_check_data(settings, env)
     if data_only:
         return 0
@@ -254,5 +264,11 @@ def run_pipeline(settings: Settings, until: str | None = None, data_only: bool =
         render_results(layout, float(seconds))
     refused = is_refused_promotion(layout, code, failed)
     code = 0 if refused else code
+    if remote is not None and code == 0:
+        from safealign import team as team_profile
+
+        team_profile.publish(remote, say)
     print_summary(layout, code, seconds, refused)
+    if remote is not None:
+        say(f"team:        {os.environ['MLFLOW_TRACKING_URI']}   (runs, artifacts, registry on the server)")
     return code
