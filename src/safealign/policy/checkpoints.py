@@ -197,12 +197,12 @@ def refuse_checkpoints_past(checkpoints: list[Checkpoint], identity: RunIdentity
 # --------------------------------------------------------------------------------------------- state
 
 
-def _plain(obj: Any) -> Any:
+def plain_state(obj: Any) -> Any:
     """Numpy scalars as Python numbers, recursively: what ``torch.load(weights_only=True)`` accepts."""
     if isinstance(obj, dict):
-        return {k: _plain(v) for k, v in obj.items()}
+        return {k: plain_state(v) for k, v in obj.items()}
     if isinstance(obj, list | tuple):
-        return type(obj)(_plain(v) for v in obj)
+        return type(obj)(plain_state(v) for v in obj)
     if isinstance(obj, np.generic):
         return obj.item()
     return obj
@@ -214,7 +214,7 @@ def _rng_state() -> dict[str, Any]:
     return {
         "python": random.getstate(),
         "numpy": {
-            **_plain({k: v for k, v in numpy_state.items() if k != "state"}),
+            **plain_state({k: v for k, v in numpy_state.items() if k != "state"}),
             "state": {"key": torch.from_numpy(key.astype(np.int64)), "pos": int(numpy_state["state"]["pos"])},
         },
         "torch": torch.get_rng_state(),
@@ -255,12 +255,12 @@ def save_checkpoint(
         state = {
             **meta,
             "optimizer": optimizer.state_dict(),
-            "scheduler": _plain(scheduler.state_dict()),
+            "scheduler": plain_state(scheduler.state_dict()),
             "rng": _rng_state(),
             "rng_sampler": sampler.rng.bit_generator.state,
-            "constraint": _plain(constraint.state_dict()) if constraint else None,
+            "constraint": plain_state(constraint.state_dict()) if constraint else None,
             "elapsed_s": float(elapsed_s),
-            "selection": _plain(selection),
+            "selection": plain_state(selection),
         }
         torch.save(state, tmp / STATE_FILE)
         (tmp / "metrics.csv").write_text(rows_to_csv(rows), encoding="utf-8")

@@ -321,7 +321,7 @@ def _resumable(run: TrlRun, resume: bool) -> Path | None:
 
     found = complete_checkpoints(run.out_dir) if resume else []
     if found:
-        state = torch.load(found[-1] / STATE_FILE, weights_only=False)
+        state = torch.load(found[-1] / STATE_FILE, weights_only=True)  # data, never code
         if state.get("run", {}).get("fingerprint") == run.identity.fingerprint:
             log.info("resuming GRPO (TRL) from %s", found[-1])
             return found[-1]

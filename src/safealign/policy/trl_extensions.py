@@ -43,6 +43,7 @@ from torch.utils.data import Sampler
 from transformers import TrainerCallback
 from trl import GRPOTrainer
 
+from safealign.policy.checkpoints import plain_state
 from safealign.policy.constraint import LagrangeConstraint
 from safealign.policy.objective import Objective, lr_factor, sequence_kl, token_kl
 from safealign.policy.outputs import per_kind_metrics
@@ -275,7 +276,7 @@ class SafealignGRPOTrainer(GRPOTrainer):
         folder = Path(self._get_output_dir(trial=trial)) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
         if self.args.should_save:
             folder.mkdir(parents=True, exist_ok=True)
-            state = {name: obj.state_dict() for name, obj in self.checkpoint_extras.items()}
+            state = plain_state({name: obj.state_dict() for name, obj in self.checkpoint_extras.items()})
             with atomic_file(folder / STATE_FILE, mode="wb") as handle:
                 torch.save(state, handle)
         super()._save_checkpoint(model, trial)
@@ -284,7 +285,7 @@ class SafealignGRPOTrainer(GRPOTrainer):
         super()._load_optimizer_and_scheduler(checkpoint)
         if checkpoint is None:
             return
-        state = torch.load(Path(checkpoint) / STATE_FILE, weights_only=False)
+        state = torch.load(Path(checkpoint) / STATE_FILE, weights_only=True)  # data, never code
         for name, obj in self.checkpoint_extras.items():
             if name in state:
                 obj.load_state_dict(state[name])
