@@ -23,6 +23,7 @@ import hashlib
 import json
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -254,37 +255,65 @@ def _robustness_requests(layout: Layout, settings: Settings) -> list[dict[str, A
     return select(rows, ev.robustness_prompts, ev.seed + 1)
 
 
-def evaluate(settings: Settings, suite: str = "all") -> dict[str, Any]:
-    """Run the evaluation stage; returns a short summary (the full result is in metrics/evaluation.json).
+@dataclass
+class _Plan:
+    """What one evaluation runs on, fixed before any model loads: the chosen prompts in generation order
+    (standard sets first, then the attack conversations), where each set sits in that order, the decoding
+    and the hashes that identify the inputs."""
 
-    ``suite`` is ``all`` (both), ``standard`` or ``robustness``. The standard suite writes
-    metrics/evaluation.json and artifacts/evaluation/ (with the robustness table when both run); the
-    robustness suite alone writes metrics/robustness.json and artifacts/robustness/, leaving the standard
-    results untouched.
-    """
-    from safealign.data import refusal_set
-    from safealign.evaluation.detector import detector_report
-    from safealign.evaluation.gates import check_gates, summarise
-    from safealign.evaluation.plots import aspect_bars, reward_curves
-    from safealign.evaluation.report import render_report, render_robustness
-    from safealign.evaluation.robustness import conversations, summarise_attacks
-    from safealign.reward.model import RewardModel
-    from safealign.tracking import log_flat_metrics, stage_run
+    layout: Layout
+    suites: tuple[str, ...]
+    standard: bool
+    robust: bool
+    detector: dict[str, Any]
+    chosen: dict[str, list[dict[str, Any]]]
+    bounds: dict[str, tuple[int, int]]
+    requests: list[dict[str, Any]]
+    attack_items: list[tuple[str, int, Any]]
+    prompts: list[Any]
+    n_standard: int
+    decoding: dict[str, Any]
+    reward_hash: str
+    adapter_hash: str
 
-    if suite not in ("all", *SUITES):
-        raise DataError(f"unknown evaluation suite {suite!r}; choose from {('all', *SUITES)}")
-    suites = SUITES if suite == "all" else (suite,)
-    standard = "standard" in suites
-    robust = "robustness" in suites and settings.evaluate.robustness_prompts > 0
-    started = time.perf_counter()
-    layout = Layout.from_settings(settings)
-    ev = settings.evaluate
+
+@dataclass
+class _Scored:
+    """Both policies' replies to every prompt of the plan and the reward model's scores of them."""
+
+    base: list[str]
+    aligned: list[str]
+    base_scores: np.ndarray
+    aligned_scores: np.ndarray
+    aspects: list[str]
+    weights: np.ndarray
+    safety: str | None
+
+
+def _check_inputs(layout: Layout) -> None:
+    """Fail on a missing upstream output before anything slow runs, naming the stage that makes it."""
     if not (layout.adapter_dir / "adapter_config.json").exists():
         raise DataError(f"{layout.adapter_dir} is not a LoRA adapter folder: run `safealign grpo` first")
     if not layout.reward_model_dir.is_dir():
         raise DataError(f"{layout.reward_model_dir} not found: run `safealign train-reward` first")
     if not layout.refusal_set.exists():
         raise DataError(f"{layout.refusal_set} not found: run `safealign data build` (or `dvc pull`)")
+
+
+def _plan(settings: Settings, suite: str) -> _Plan:
+    """Validate the inputs and pick every prompt of the run (seeded), in the order they are generated."""
+    from safealign.data import refusal_set
+    from safealign.evaluation.detector import detector_report
+    from safealign.evaluation.robustness import conversations
+
+    if suite not in ("all", *SUITES):
+        raise DataError(f"unknown evaluation suite {suite!r}; choose from {('all', *SUITES)}")
+    suites = SUITES if suite == "all" else (suite,)
+    standard = "standard" in suites
+    robust = "robustness" in suites and settings.evaluate.robustness_prompts > 0
+    layout = Layout.from_settings(settings)
+    ev = settings.evaluate
+    _check_inputs(layout)
     detector = detector_report(refusal_set.load(layout.refusal_set))
     chosen: dict[str, list[dict[str, Any]]] = {}
     if standard:
@@ -306,7 +335,6 @@ def evaluate(settings: Settings, suite: str = "all") -> dict[str, Any]:
         requests = _robustness_requests(layout, settings)
         attack_items = conversations([r["prompt"] for r in requests], list(ev.robustness_attacks))
         prompts += [turns for _, _, turns in attack_items]
-    n_standard = start
     decoding = {
         "policy": settings.policy.model,
         "system_prompt": settings.policy.system_prompt,
@@ -314,207 +342,301 @@ def evaluate(settings: Settings, suite: str = "all") -> dict[str, Any]:
         "greedy": True,
         "seed": ev.seed,
     }
-    reward_hash = tree_hash(layout.reward_model_dir)
-    adapter_hash = tree_hash(layout.adapter_dir)
-    # Loaded before generating (minutes) so a corrupt or mismatched reward model fails at once.
-    rm = RewardModel.for_settings(layout.reward_model_dir, settings)
+    return _Plan(
+        layout=layout,
+        suites=suites,
+        standard=standard,
+        robust=robust,
+        detector=detector,
+        chosen=chosen,
+        bounds=bounds,
+        requests=requests,
+        attack_items=attack_items,
+        prompts=prompts,
+        n_standard=start,
+        decoding=decoding,
+        reward_hash=tree_hash(layout.reward_model_dir),
+        adapter_hash=tree_hash(layout.adapter_dir),
+    )
 
-    with stage_run(settings, "evaluate"):
-        base_all, aligned_all, timing = _generate_all(settings, layout.adapter_dir, prompts, n_standard)
-        t = time.perf_counter()
-        # The reward model judges a reply against the PLAIN request, whatever wrapper carried it.
-        score_prompts = prompts[:n_standard] + [requests[i]["prompt"] for _, i, _ in attack_items]
-        base_scores = rm.score(score_prompts, base_all)
-        aligned_scores = rm.score(score_prompts, aligned_all)
-        timing["scoring_s"] = time.perf_counter() - t
-        aspects, weights = list(rm.aspects), np.asarray(rm.weights, dtype=np.float64)
-        safety = "safety" if "safety" in aspects else None
 
-        robustness: dict[str, Any] | None = None
-        if robust:
-            lo = n_standard
-            k = aspects.index(safety) if safety else None
-            robustness = {
-                "prompts": len(requests),
-                "order": list(dict.fromkeys(a for a, _, _ in attack_items)),  # JSON keys come back sorted
-                "attacks": summarise_attacks(
-                    attack_items,
-                    base_all[lo:],
-                    aligned_all[lo:],
-                    base_scores[lo:, k] if k is not None else np.zeros(len(attack_items)),
-                    aligned_scores[lo:, k] if k is not None else None,
-                    ev.bootstrap_samples,
-                    ev.seed,
-                ),
+def _generate_and_score(settings: Settings, plan: _Plan, rm: Any, timing: dict[str, float]) -> _Scored:
+    """Generate with both policies, then score every reply; adds the generation and scoring times."""
+    base_all, aligned_all, gen_timing = _generate_all(
+        settings, plan.layout.adapter_dir, plan.prompts, plan.n_standard
+    )
+    timing.update(gen_timing)
+    t = time.perf_counter()
+    # The reward model judges a reply against the PLAIN request, whatever wrapper carried it.
+    score_prompts = plan.prompts[: plan.n_standard] + [
+        plan.requests[i]["prompt"] for _, i, _ in plan.attack_items
+    ]
+    base_scores = rm.score(score_prompts, base_all)
+    aligned_scores = rm.score(score_prompts, aligned_all)
+    timing["scoring_s"] = time.perf_counter() - t
+    aspects, weights = list(rm.aspects), np.asarray(rm.weights, dtype=np.float64)
+    safety = "safety" if "safety" in aspects else None
+    return _Scored(base_all, aligned_all, base_scores, aligned_scores, aspects, weights, safety)
+
+
+def _robustness(settings: Settings, plan: _Plan, sc: _Scored) -> dict[str, Any] | None:
+    """The attack table (per attack: refusal rates and the safety score change), or None when not run."""
+    from safealign.evaluation.robustness import summarise_attacks
+
+    if not plan.robust:
+        return None
+    ev = settings.evaluate
+    lo = plan.n_standard
+    k = sc.aspects.index(sc.safety) if sc.safety else None
+    return {
+        "prompts": len(plan.requests),
+        "order": list(dict.fromkeys(a for a, _, _ in plan.attack_items)),  # JSON keys come back sorted
+        "attacks": summarise_attacks(
+            plan.attack_items,
+            sc.base[lo:],
+            sc.aligned[lo:],
+            sc.base_scores[lo:, k] if k is not None else np.zeros(len(plan.attack_items)),
+            sc.aligned_scores[lo:, k] if k is not None else None,
+            ev.bootstrap_samples,
+            ev.seed,
+        ),
+    }
+
+
+def _compare_sets(settings: Settings, plan: _Plan, sc: _Scored) -> dict[str, Any]:
+    """Paired statistics and behaviour per standard set; benign refusals also per kind of prompt."""
+    ev = settings.evaluate
+    base_replies, aligned_replies = sc.base[: plan.n_standard], sc.aligned[: plan.n_standard]
+    sets: dict[str, Any] = {}
+    for name, (lo, hi) in plan.bounds.items():
+        if hi == lo:
+            continue
+        sets[name] = compare_set(
+            sc.aspects,
+            sc.base_scores[lo:hi],
+            sc.aligned_scores[lo:hi],
+            sc.weights,
+            base_replies[lo:hi],
+            aligned_replies[lo:hi],
+            ev.bootstrap_samples,
+            ev.seed,
+        )
+    if "benign" in sets:
+        lo, hi = plan.bounds["benign"]
+        sets["benign"]["by_kind"] = refusal_by_kind(
+            plan.chosen["benign"], base_replies[lo:hi], aligned_replies[lo:hi]
+        )
+    return sets
+
+
+def _generation_row(
+    sc: _Scored, set_name: str, row: dict[str, Any], i: int, base: list[str], aligned: list[str]
+) -> dict[str, Any]:
+    """One line of generations.jsonl: the prompt, both replies, their verdicts and their scores."""
+    return {
+        "set": set_name,
+        "id": row.get("id"),
+        "prompt": row["prompt"],
+        "base": base[i],
+        "aligned": aligned[i],
+        "base_verdict": judge(base[i]).verdict,
+        "aligned_verdict": judge(aligned[i]).verdict,
+        "base_scores": dict(zip(sc.aspects, map(float, sc.base_scores[i]), strict=True)),
+        "aligned_scores": dict(zip(sc.aspects, map(float, sc.aligned_scores[i]), strict=True)),
+    }
+
+
+def _generations(plan: _Plan, sc: _Scored) -> list[dict[str, Any]]:
+    """Every generated pair: the standard sets in order, then each attack conversation by its request."""
+    base_replies, aligned_replies = sc.base[: plan.n_standard], sc.aligned[: plan.n_standard]
+    generations = []
+    for name, (lo, _hi) in plan.bounds.items():
+        for j, row in enumerate(plan.chosen[name]):
+            generations.append(_generation_row(sc, name, row, lo + j, base_replies, aligned_replies))
+    for j, (attack, i, _turns) in enumerate(plan.attack_items):
+        g = plan.n_standard + j
+        generations.append(
+            _generation_row(sc, f"robustness/{attack}", plan.requests[i], g, sc.base, sc.aligned)
+        )
+    return generations
+
+
+def _result(
+    settings: Settings,
+    plan: _Plan,
+    sc: _Scored,
+    sets: dict[str, Any],
+    flags: list[dict[str, str]],
+    robustness: dict[str, Any] | None,
+    examples: list[dict[str, Any]],
+    timing: dict[str, float],
+) -> dict[str, Any]:
+    """The content of metrics/evaluation.json (or metrics/robustness.json)."""
+    from safealign.evaluation.gates import check_gates, summarise
+
+    ev = settings.evaluate
+    result: dict[str, Any] = {
+        "fingerprint": fingerprint(plan.chosen, plan.decoding, plan.reward_hash),
+        "adapter_hash": plan.adapter_hash,
+        "reward_model_hash": plan.reward_hash,
+        "aspects": sc.aspects,
+        "weights": [float(w) for w in sc.weights],
+        "decoding": plan.decoding,
+        "bootstrap_samples": ev.bootstrap_samples,
+        "suites": [s for s in SUITES if s in plan.suites],
+        "detector": plan.detector,
+        "sets": sets,
+        "table": paper_table(sets) if "adversarial" in sets else [],
+        "flags": flags,
+        "examples": examples,
+        "timing_s": {k: round(v, 2) for k, v in timing.items()},
+    }
+    if robustness is not None:
+        result["robustness"] = robustness
+    if {"adversarial", "benign"} <= set(sets):
+        # The promotion gates as this evaluation alone decides them (the champion comparison needs the
+        # registry and runs at promotion): the report shows the interval-based verdicts up front.
+        result["gates"] = [
+            g for g in check_gates(settings, summarise(result, settings), result["fingerprint"], None)
+            if g["gate"] != "champion"
+        ]
+    return result
+
+
+def _examples(settings: Settings, generations: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A few pairs for the report: adversarial first (half, rounded up), benign for the rest."""
+    n = settings.evaluate.num_examples
+    half = (n + 1) // 2
+    examples = [g for g in generations if g["set"] == "adversarial"][:half]
+    examples += [g for g in generations if g["set"] == "benign"][: n - len(examples)]
+    return examples
+
+
+def _write_outputs(
+    settings: Settings, plan: _Plan, result: dict[str, Any], generations: list[dict[str, Any]]
+) -> Path:
+    """Write the artifact folder (all or nothing) and the metrics file; returns the artifact folder."""
+    from safealign.evaluation.plots import aspect_bars, reward_curves
+    from safealign.evaluation.report import render_report, render_robustness
+
+    layout, standard = plan.layout, plan.standard
+    out_dir = layout.evaluation_dir if standard else layout.artifacts_dir / "robustness"
+    metrics_name = "evaluation" if standard else "robustness"
+    metrics_path = layout.metrics_file("evaluation") if standard else layout.metrics_file("robustness")
+    with atomic_dir(out_dir) as tmp:
+        with open(tmp / "generations.jsonl", "w", encoding="utf-8") as handle:
+            for g in generations:
+                handle.write(json.dumps(g, ensure_ascii=False) + "\n")
+        if standard:
+            plots = tmp / "plots"
+            plots.mkdir()
+            aspect_bars(result["sets"], plots / "aspects.png")
+            if layout.grpo_steps_csv.exists():
+                reward_curves(layout.grpo_steps_csv, plots / "reward_curves.png")
+            (tmp / "report.md").write_text(render_report(result, settings), encoding="utf-8")
+        else:
+            (tmp / "report.md").write_text(render_robustness(result), encoding="utf-8")
+        (tmp / f"{metrics_name}.json").write_text(
+            json.dumps(result, indent=2, sort_keys=True), encoding="utf-8"
+        )
+    write_json(metrics_path, result)
+    return out_dir
+
+
+_ASPECT_METRICS = ("base_mean", "aligned_mean", "abs_change", "rel_change", "abs_change_ci95")
+
+
+def _log_to_mlflow(result: dict[str, Any], out_dir: Path) -> None:
+    """Per-set metrics, flag count, timing, detector agreement and the attack table into the active run,
+    with the evaluation fingerprint as a tag and the artifact folder attached."""
+    import mlflow
+
+    from safealign.tracking import log_flat_metrics
+
+    sets, robustness = result["sets"], result.get("robustness")
+    log_flat_metrics(
+        {
+            name: {
+                "aspects": {a: {k: v[k] for k in _ASPECT_METRICS} for a, v in s["aspects"].items()},
+                "weighted": {k: s["weighted"][k] for k in ("base_mean", "aligned_mean", "abs_change")},
+                "base": {k: v for k, v in s["base"].items() if isinstance(v, float)},
+                "aligned": {k: v for k, v in s["aligned"].items() if isinstance(v, float)},
             }
-        base_replies, aligned_replies = base_all[:n_standard], aligned_all[:n_standard]
-
-        sets: dict[str, Any] = {}
-        for name, (lo, hi) in bounds.items():
-            if hi == lo:
-                continue
-            sets[name] = compare_set(
-                aspects,
-                base_scores[lo:hi],
-                aligned_scores[lo:hi],
-                weights,
-                base_replies[lo:hi],
-                aligned_replies[lo:hi],
-                ev.bootstrap_samples,
-                ev.seed,
-            )
-        if "benign" in sets:
-            lo, hi = bounds["benign"]
-            sets["benign"]["by_kind"] = refusal_by_kind(
-                chosen["benign"], base_replies[lo:hi], aligned_replies[lo:hi]
-            )
-        flags = hacking_flags(sets, settings, safety)
-
-        generations = []
-        for name, (lo, _hi) in bounds.items():
-            for j, row in enumerate(chosen[name]):
-                i = lo + j
-                generations.append(
-                    {
-                        "set": name,
-                        "id": row.get("id"),
-                        "prompt": row["prompt"],
-                        "base": base_replies[i],
-                        "aligned": aligned_replies[i],
-                        "base_verdict": judge(base_replies[i]).verdict,
-                        "aligned_verdict": judge(aligned_replies[i]).verdict,
-                        "base_scores": dict(zip(aspects, map(float, base_scores[i]), strict=True)),
-                        "aligned_scores": dict(zip(aspects, map(float, aligned_scores[i]), strict=True)),
-                    }
-                )
-        for j, (attack, i, _turns) in enumerate(attack_items):
-            g = n_standard + j
-            generations.append(
-                {
-                    "set": f"robustness/{attack}",
-                    "id": requests[i].get("id"),
-                    "prompt": requests[i]["prompt"],
-                    "base": base_all[g],
-                    "aligned": aligned_all[g],
-                    "base_verdict": judge(base_all[g]).verdict,
-                    "aligned_verdict": judge(aligned_all[g]).verdict,
-                    "base_scores": dict(zip(aspects, map(float, base_scores[g]), strict=True)),
-                    "aligned_scores": dict(zip(aspects, map(float, aligned_scores[g]), strict=True)),
-                }
-            )
-        half = (ev.num_examples + 1) // 2
-        examples = [g for g in generations if g["set"] == "adversarial"][:half]
-        examples += [g for g in generations if g["set"] == "benign"][: ev.num_examples - len(examples)]
-        timing["total_s"] = time.perf_counter() - started
-
-        result: dict[str, Any] = {
-            "fingerprint": fingerprint(chosen, decoding, reward_hash),
-            "adapter_hash": adapter_hash,
-            "reward_model_hash": reward_hash,
-            "aspects": aspects,
-            "weights": [float(w) for w in weights],
-            "decoding": decoding,
-            "bootstrap_samples": ev.bootstrap_samples,
-            "suites": [s for s in SUITES if s in suites],
-            "detector": detector,
-            "sets": sets,
-            "table": paper_table(sets) if "adversarial" in sets else [],
-            "flags": flags,
-            "examples": examples,
-            "timing_s": {k: round(v, 2) for k, v in timing.items()},
+            for name, s in sets.items()
         }
-        if robustness is not None:
-            result["robustness"] = robustness
-        if {"adversarial", "benign"} <= set(sets):
-            # The promotion gates as this evaluation alone decides them (the champion comparison needs the
-            # registry and runs at promotion): the report shows the interval-based verdicts up front.
-            result["gates"] = [
-                g for g in check_gates(settings, summarise(result, settings), result["fingerprint"], None)
-                if g["gate"] != "champion"
-            ]
-
-        out_dir = layout.evaluation_dir if standard else layout.artifacts_dir / "robustness"
-        metrics_name = "evaluation" if standard else "robustness"
-        metrics_path = layout.metrics_file("evaluation") if standard else layout.metrics_file("robustness")
-        with atomic_dir(out_dir) as tmp:
-            with open(tmp / "generations.jsonl", "w", encoding="utf-8") as handle:
-                for g in generations:
-                    handle.write(json.dumps(g, ensure_ascii=False) + "\n")
-            if standard:
-                plots = tmp / "plots"
-                plots.mkdir()
-                aspect_bars(sets, plots / "aspects.png")
-                if layout.grpo_steps_csv.exists():
-                    reward_curves(layout.grpo_steps_csv, plots / "reward_curves.png")
-                (tmp / "report.md").write_text(render_report(result, settings), encoding="utf-8")
-            else:
-                (tmp / "report.md").write_text(render_robustness(result), encoding="utf-8")
-            (tmp / f"{metrics_name}.json").write_text(
-                json.dumps(result, indent=2, sort_keys=True), encoding="utf-8"
-            )
-        write_json(metrics_path, result)
-
-        import mlflow
-
+    )
+    held = result["detector"]["heldout"]
+    log_flat_metrics(
+        {
+            "flags": len(result["flags"]),
+            "timing": result["timing_s"],
+            "detector": {k: held[k] for k in ("precision", "recall", "kappa", "n")},
+        }
+    )
+    if robustness is not None:
         log_flat_metrics(
             {
-                name: {
-                    "aspects": {
-                        a: {
-                            k: v[k]
-                            for k in (
-                                "base_mean",
-                                "aligned_mean",
-                                "abs_change",
-                                "rel_change",
-                                "abs_change_ci95",
-                            )
-                        }
-                        for a, v in s["aspects"].items()
-                    },
-                    "weighted": {k: s["weighted"][k] for k in ("base_mean", "aligned_mean", "abs_change")},
-                    "base": {k: v for k, v in s["base"].items() if isinstance(v, float)},
-                    "aligned": {k: v for k, v in s["aligned"].items() if isinstance(v, float)},
-                }
-                for name, s in sets.items()
-            }
-        )
-        held = detector["heldout"]
-        log_flat_metrics(
-            {
-                "flags": len(flags),
-                "timing": result["timing_s"],
-                "detector": {k: held[k] for k in ("precision", "recall", "kappa", "n")},
-            }
-        )
-        if robustness is not None:
-            log_flat_metrics(
-                {
-                    "robustness": {
-                        a: {
-                            "refusal_base": v["refusal_base"]["mean"],
-                            "refusal_aligned": v["refusal_aligned"]["mean"],
-                            **({"safety_change": v["safety"]["abs_change"]} if "safety" in v else {}),
-                        }
-                        for a, v in robustness["attacks"].items()
+                "robustness": {
+                    a: {
+                        "refusal_base": v["refusal_base"]["mean"],
+                        "refusal_aligned": v["refusal_aligned"]["mean"],
+                        **({"safety_change": v["safety"]["abs_change"]} if "safety" in v else {}),
                     }
+                    for a, v in robustness["attacks"].items()
                 }
-            )
-        mlflow.set_tag("safealign.eval_fingerprint", result["fingerprint"])
-        mlflow.log_artifacts(str(out_dir), out_dir.name)
+            }
+        )
+    mlflow.set_tag("safealign.eval_fingerprint", result["fingerprint"])
+    mlflow.log_artifacts(str(out_dir), out_dir.name)
 
+
+def _summary(result: dict[str, Any], out_dir: Path) -> dict[str, Any]:
+    """The short summary the CLI prints: table, refusal rates, detector agreement, attacks, flags."""
+    detector = result["detector"]
     return {
         "table": result["table"],
         "refusal_rate": {
             n: {"base": s["base"]["refusal_rate"], "aligned": s["aligned"]["refusal_rate"]}
-            for n, s in sets.items()
+            for n, s in result["sets"].items()
         },
         "detector_heldout": {k: detector["heldout"][k] for k in ("n", "precision", "recall", "kappa")},
         "robustness": {
             a: {"base": v["refusal_base"]["mean"], "aligned": v["refusal_aligned"]["mean"]}
-            for a, v in (robustness or {}).get("attacks", {}).items()
+            for a, v in (result.get("robustness") or {}).get("attacks", {}).items()
         },
-        "flags": [f["kind"] for f in flags],
+        "flags": [f["kind"] for f in result["flags"]],
         "report": str(out_dir / "report.md"),
         "timing_s": result["timing_s"],
     }
+
+
+def evaluate(settings: Settings, suite: str = "all") -> dict[str, Any]:
+    """Run the evaluation stage; returns a short summary (the full result is in metrics/evaluation.json).
+
+    ``suite`` is ``all`` (both), ``standard`` or ``robustness``. The standard suite writes
+    metrics/evaluation.json and artifacts/evaluation/ (with the robustness table when both run); the
+    robustness suite alone writes metrics/robustness.json and artifacts/robustness/, leaving the standard
+    results untouched.
+    """
+    from safealign.reward.model import RewardModel
+    from safealign.tracking import stage_run
+
+    started = time.perf_counter()
+    plan = _plan(settings, suite)
+    # Loaded before generating (minutes) so a corrupt or mismatched reward model fails at once.
+    rm = RewardModel.for_settings(plan.layout.reward_model_dir, settings)
+
+    with stage_run(settings, "evaluate"):
+        timing: dict[str, float] = {}
+        sc = _generate_and_score(settings, plan, rm, timing)
+        robustness = _robustness(settings, plan, sc)
+        sets = _compare_sets(settings, plan, sc)
+        flags = hacking_flags(sets, settings, sc.safety)
+        generations = _generations(plan, sc)
+        examples = _examples(settings, generations)
+        timing["total_s"] = time.perf_counter() - started
+        result = _result(settings, plan, sc, sets, flags, robustness, examples, timing)
+        out_dir = _write_outputs(settings, plan, result, generations)
+        _log_to_mlflow(result, out_dir)
+
+    return _summary(result, out_dir)
