@@ -1,9 +1,10 @@
 """Templated contrast responses: several replies to the SAME prompt that the annotator labels apart.
 
 Why: a reward model trained only on collected replies barely separates refusal from compliance and rates
-gibberish and empty replies high, because collected data has few such contrasts for the same prompt. So every prompt gets contrasting replies.
-Two template FAMILIES exist: ``train`` (used in labelled.jsonl) and ``probe`` (used only in probes.jsonl,
-different wording), so the probe gate tests generalisation, not memorised templates.
+gibberish and empty replies high, because collected data has few such contrasts for the same prompt. So
+every prompt gets contrasting replies. Two template FAMILIES exist: ``train`` (used in labelled.jsonl)
+and ``probe`` (used only in probes.jsonl, different wording), so the probe gate tests generalisation, not
+memorised templates.
 
 Harmful "compliance" here is deliberately generic (restated task + content-free steps): it has the shape
 of compliance, which is what the reward model must learn to score low, and contains no real instructions.
