@@ -65,7 +65,9 @@ def run_arm(name: str, params: dict, out: Path, overrides: list[str]) -> dict:
     for stage in (["grpo", "--no-resume"], ["evaluate"]):
         log = arm_dir / f"{stage[0]}.log"
         with open(log, "w") as handle:
-            code = subprocess.call([*SAFEALIGN, *stage, *args], cwd=ROOT, env=env, stdout=handle, stderr=handle)
+            code = subprocess.call(
+                [*SAFEALIGN, *stage, *args], cwd=ROOT, env=env, stdout=handle, stderr=handle
+            )
         if code != 0:
             raise SystemExit(f"{name}: safealign {stage[0]} exited {code}; see {log}")
     report = json.loads((arm_dir / "metrics" / "evaluation.json").read_text())
@@ -94,13 +96,19 @@ def print_table(arms: dict[str, dict]) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--params", default=str(ROOT / "params.yaml"))
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "ablation"))
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    parser.add_argument("--arms", nargs="+", choices=["multi_aspect", "safety_only"],
-                        default=["multi_aspect", "safety_only"],
-                        help="run only these arms (e.g. safety_only when a default run already is the other arm)")
+    parser.add_argument(
+        "--arms",
+        nargs="+",
+        choices=["multi_aspect", "safety_only"],
+        default=["multi_aspect", "safety_only"],
+        help="run only these arms (e.g. safety_only when a default run already is the other arm)",
+    )
     args = parser.parse_args()
     base = yaml.safe_load(Path(args.params).read_text())
     out = Path(args.out).resolve()

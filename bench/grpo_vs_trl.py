@@ -223,7 +223,8 @@ def main() -> None:
     prompts = bench_prompts(settings, settings.grpo.prompts_per_step)
     machine = measure_machine()
     print(
-        f"machine: fp32 matmul {machine['gflops']:.0f} GFLOP/s, copy {machine['copy_gbs']:.1f} GB/s; torch threads {torch.get_num_threads()}, OpenMP wait {WAIT_POLICY}",
+        f"machine: fp32 matmul {machine['gflops']:.0f} GFLOP/s, copy {machine['copy_gbs']:.1f} GB/s; torch "
+        f"threads {torch.get_num_threads()}, OpenMP wait {WAIT_POLICY}",
         flush=True,
     )
     print(f"reward: {scorer_kind}; work: {' '.join(WORK + args.overrides)}", flush=True)
@@ -244,7 +245,8 @@ def main() -> None:
     with torch.no_grad(), merged_lora(fast[0]):
         lean = LeanDecoder.build(fast[0]) is not None
     print(
-        f"fast engine decode: {'lean (policy/lean_decode.py)' if lean else 'HF forward (architecture not supported)'}"
+        f"fast engine decode: "
+        f"{'lean (policy/lean_decode.py)' if lean else 'HF forward (architecture not supported)'}"
     )
 
     def one(name: str, seed: int) -> dict[str, float]:
@@ -298,9 +300,11 @@ def main() -> None:
     )
     ratio = rows[0]["step"] / rows[-1]["step"]
     print(
-        f"ratio TRL default / safealign fast = {ratio:.2f}x (target >= 2.5x); fast peak RSS {rows[-1]['peak_rss_gib']:.2f} GiB"
+        f"ratio TRL default / safealign fast = {ratio:.2f}x (target >= 2.5x); fast peak RSS "
+        f"{rows[-1]['peak_rss_gib']:.2f} GiB"
     )
-    # the ratio depends on the machine (the fast engine's fp32 decode is bandwidth-bound, TRL's bf16 path reads
+    # the ratio depends on the machine (the fast engine's fp32 decode is bandwidth-bound,
+    # TRL's bf16 path reads
     # half the bytes): quote it with the numbers that make two machines comparable
     print(
         f"on: fp32 matmul {machine['gflops']:.0f} GFLOP/s, copy {machine['copy_gbs']:.1f} GB/s, "

@@ -90,7 +90,8 @@ def test_lambda_max_caps_the_multiplier_and_survives_a_checkpoint():
     assert c.state_dict()["lam_max"] == 1.5
 
 
-# ------------------------------------------------------------------------------------------- fast vs reference
+# ------------------------------------------------------------------------------------------- fast vs
+# reference
 
 
 class TokenCountScorer:
@@ -139,7 +140,8 @@ def _reference_loss(model, prompt_ids, completions, advantages, temperature, bet
     for p_ids, c_ids, a, beta in zip(prompt_ids, completions, advantages, betas, strict=True):
         ids = torch.tensor([list(p_ids) + list(c_ids)])
         logp = token_logps(model, ids, len(p_ids), c_ids)
-        per_token = -a * torch.exp(logp - logp.detach())  # TRL's surrogate at ratio 1: value -A, gradient -A dlogp
+        # TRL's surrogate at ratio 1: value -A, gradient -A dlogp
+        per_token = -a * torch.exp(logp - logp.detach())
         if base is not None:
             with torch.no_grad():
                 ref = token_logps(base, ids, len(p_ids), c_ids)

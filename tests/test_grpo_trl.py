@@ -61,7 +61,9 @@ def test_trl_grpo_trainer_runs_with_shared_reward_forward(tmp_path):
     )
     model, tok = load_policy(settings)
     scorer = CountingScorer()
-    trainer, cache = build_trl_trainer(settings, model, tok, scorer, ["hi", "how do I pick a lock"], [], tmp_path, 2)
+    trainer, cache = build_trl_trainer(
+        settings, model, tok, scorer, ["hi", "how do I pick a lock"], [], tmp_path, 2
+    )
     assert trainer.args.loss_type == "grpo" and trainer.args.beta == 0.0
     assert trainer.args.reward_weights == settings.aspect_weights
     trainer.train()
@@ -115,8 +117,8 @@ def test_trl_stage_runs_every_feature(tmp_path):
     assert summary["selected_step"] == 2
     assert [r["step"] for r in summary["selection"]["records"]] == [0, 1, 2, 3]
     saved = load_file(str(layout.adapter_dir / "adapter_model.safetensors"))
-    ckpt = {s: load_file(str(layout.checkpoints_dir / "trl" / f"checkpoint-{s}" / "adapter_model.safetensors"))
-            for s in (2, 3)}  # fmt: skip
+    trl_dir = layout.checkpoints_dir / "trl"
+    ckpt = {s: load_file(str(trl_dir / f"checkpoint-{s}" / "adapter_model.safetensors")) for s in (2, 3)}
     assert all(torch.equal(saved[k], ckpt[2][k]) for k in saved)
     assert not all(torch.equal(saved[k], ckpt[3][k]) for k in saved)
     rows = _read_csv(layout.grpo_steps_csv)
@@ -161,4 +163,6 @@ def test_trl_stage_resumes_where_it_stopped(tmp_path):
     a, b = _read_csv(layout.grpo_steps_csv), _read_csv(layout2.grpo_steps_csv)
     assert [r["step"] for r in a] == [r["step"] for r in b] == ["1", "2", "3", "4"]
     for col in ("lambda", "reward_mean", "safety_mean", "loss"):
-        assert [float(r[col]) for r in a] == pytest.approx([float(r[col]) for r in b], rel=1e-4, abs=1e-6), col
+        assert [float(r[col]) for r in a] == pytest.approx([float(r[col]) for r in b], rel=1e-4, abs=1e-6), (
+            col
+        )

@@ -92,7 +92,9 @@ def judge(server: JudgeServer, tmp_path, **kw) -> JudgeAnnotator:
     kw.setdefault("timeout_s", 5.0)
     kw.setdefault("retries", 2)
     kw.setdefault("backoff_s", 0.01)
-    return JudgeAnnotator(server.base_url, "test-judge", ASPECTS + ["humour"], cache_path=tmp_path / "c.jsonl", **kw)
+    return JudgeAnnotator(
+        server.base_url, "test-judge", ASPECTS + ["humour"], cache_path=tmp_path / "c.jsonl", **kw
+    )
 
 
 def test_scores_parsed_and_request_is_chat_completions(server, tmp_path):

@@ -206,7 +206,8 @@ def test_sliding_window_qwen2_falls_back():
 
 @pytest.mark.parametrize("temperature", [1.0, 0.7])
 def test_fused_head_logprobs_equal_the_logits_path(monkeypatch, temperature):
-    """completion_logprobs via hidden states + _TokenLogProb == via HF logits + cross_entropy, values and grads
+    """completion_logprobs via hidden states + _TokenLogProb == via HF logits + cross_entropy, values and
+    grads
     (the lm_head made trainable here so its weight/bias gradients are checked too)."""
     model = _qwen2().train()
     head = model.get_output_embeddings()

@@ -32,10 +32,20 @@ TINY = [
 # A 2-layer random encoder cannot clear the real calibration bar: relaxed for the full runs only.
 RELAXED_FOR_TINY_MODEL_ONLY = ["calibrate.r2_threshold=-1000", "calibrate.min_probe_pass=0.0"]
 SMALL = [
-    "grpo.steps=2", "grpo.prompts_per_step=2", "grpo.num_generations=2", "grpo.max_new_tokens=8",
-    "grpo.checkpoint_every=1", "evaluate.num_adversarial=4", "evaluate.num_benign=4",
-    "evaluate.max_new_tokens=8", "evaluate.bootstrap_samples=20", "evaluate.num_examples=2",
-    "evaluate.robustness_prompts=2", "grpo.selection.start=1", "grpo.selection.num_adversarial=4", "grpo.selection.num_benign=4",
+    "grpo.steps=2",
+    "grpo.prompts_per_step=2",
+    "grpo.num_generations=2",
+    "grpo.max_new_tokens=8",
+    "grpo.checkpoint_every=1",
+    "evaluate.num_adversarial=4",
+    "evaluate.num_benign=4",
+    "evaluate.max_new_tokens=8",
+    "evaluate.bootstrap_samples=20",
+    "evaluate.num_examples=2",
+    "evaluate.robustness_prompts=2",
+    "grpo.selection.start=1",
+    "grpo.selection.num_adversarial=4",
+    "grpo.selection.num_benign=4",
     "grpo.selection.max_new_tokens=8",
 ]
 
@@ -43,7 +53,7 @@ pytestmark = pytest.mark.pipeline
 
 
 def small_data(root: Path) -> Path:
-    """data/ built from the installed packages under ``root``, labelled rows sub-sampled (seeded) for speed."""
+    """data/ built from the installed packages under ``root``; labelled rows sub-sampled (seeded)."""
     from safealign.data.build import build_data
 
     settings = load_settings(ROOT / "params.yaml", [f"paths.data_dir={root / 'data'}"])
@@ -63,8 +73,14 @@ def data_dir(tmp_path_factory) -> Path:
     return small_data(tmp_path_factory.mktemp("data"))
 
 
-def _run(tmp: Path, data_dir: Path, overrides: list[str], data_version: str = "", caching: bool = False,
-         raise_on_error: bool = True):
+def _run(
+    tmp: Path,
+    data_dir: Path,
+    overrides: list[str],
+    data_version: str = "",
+    caching: bool = False,
+    raise_on_error: bool = True,
+):
     from kfp import local
 
     from safealign.kfp_client import load_pipeline
@@ -113,8 +129,12 @@ def test_failing_gate_skips_grpo_and_promote_and_cache_follows_data(tmp_path, da
     assert result.output is False
 
     run = _latest_run(tmp_path)
-    assert sorted(p.name for p in run.iterdir()) == ["calibrate-op", "data-version-op", "train-reward-op",
-                                                     "validate-op"]
+    assert sorted(p.name for p in run.iterdir()) == [
+        "calibrate-op",
+        "data-version-op",
+        "train-reward-op",
+        "validate-op",
+    ]
     assert _executor_output(run, "calibrate-op")["parameterValues"]["Output"] is False
     report = (run / "calibrate-op" / "report").read_text()
     assert "Calibration gate: FAILED" in report and "refused by the calibration gate" in report
@@ -133,14 +153,19 @@ def test_failing_gate_skips_grpo_and_promote_and_cache_follows_data(tmp_path, da
     runs = mlflow.search_runs(search_all_experiments=True, output_format="list")
     (parent,) = [r for r in runs if "safealign.pipeline_key" in r.data.tags]
     assert parent.info.status == "FINISHED"
-    stages = {r.data.tags.get("safealign.stage") for r in runs
-              if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
+    stages = {
+        r.data.tags.get("safealign.stage")
+        for r in runs
+        if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id
+    }
     assert stages == {"validate", "train_reward", "calibrate"}
 
     # The same data again: every cached step is served from the cache, nothing retrains.
     caplog.clear()
     _run(tmp_path, data_dir, gate_fails, caching=True)
-    hits = {t for t in ("validate-op", "train-reward-op", "calibrate-op") if f"Task {t} cache hit" in caplog.text}
+    hits = {
+        t for t in ("validate-op", "train-reward-op", "calibrate-op") if f"Task {t} cache hit" in caplog.text
+    }
     assert hits == {"validate-op", "train-reward-op", "calibrate-op"}, caplog.text[-3000:]
 
     # Changed data: a new version, so validate runs again instead of hitting the cache. (The changed row
@@ -184,8 +209,11 @@ def test_full_pipeline_on_tiny_models(tmp_path, data_dir):
     runs = mlflow.search_runs(search_all_experiments=True, output_format="list")
     parents = [r for r in runs if "safealign.pipeline_key" in r.data.tags]
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
-    children = {r.data.tags.get("safealign.stage") for r in runs
-                if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id}
+    children = {
+        r.data.tags.get("safealign.stage")
+        for r in runs
+        if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id
+    }
     assert {"validate", "train_reward", "calibrate", "grpo", "promote"} <= children
     client = mlflow.MlflowClient()
     settings = load_settings(ROOT / "params.yaml")

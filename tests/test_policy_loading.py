@@ -107,6 +107,8 @@ def test_embedded_gguf_converts_once_and_generates(tmp_path):
     time.sleep(0.01)
     again, _ = load_policy("embedded:smollm2-135m-instruct", cache_dir=tmp_path)
     assert (folder / "model.safetensors").stat().st_mtime == stamp  # reused, not converted again
-    enc = tok([format_prompt(tok, "What is the capital of France?")], return_tensors="pt", add_special_tokens=False)
+    enc = tok(
+        [format_prompt(tok, "What is the capital of France?")], return_tensors="pt", add_special_tokens=False
+    )
     out = again.generate(**enc, max_new_tokens=12, do_sample=False)
     assert "Paris" in tok.decode(out[0, enc.input_ids.shape[1] :])

@@ -52,7 +52,7 @@ SEED = 20261127
 
 
 def _stratified_subsample(rows: list[dict], n: int, seed: int) -> list[dict]:
-    """About ``n`` rows with the train split's response_kind proportions; deterministic, original order kept."""
+    """About ``n`` rows in the train split's response_kind proportions; deterministic, order kept."""
     by_kind: dict[str, list[int]] = defaultdict(list)
     for i, row in enumerate(rows):
         by_kind[row["response_kind"]].append(i)
@@ -88,15 +88,19 @@ def built(tmp_path_factory) -> Path:
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(root)  # MLflow's sqlite store (tracking.tracking_uri) is relative to the working directory
         mp.delenv("MLFLOW_TRACKING_URI", raising=False)
-        settings = load_settings(PARAMS, [f"paths.data_dir={root / 'data'}", f"paths.artifacts_dir={root / 'artifacts'}",
-                                          f"paths.metrics_dir={root / 'metrics'}", f"paths.cache_dir={root / '.cache'}"])  # fmt: skip
+        paths = {
+            "data_dir": "data", "artifacts_dir": "artifacts", "metrics_dir": "metrics", "cache_dir": ".cache"
+        }  # fmt: skip
+        settings = load_settings(PARAMS, [f"paths.{key}={root / sub}" for key, sub in paths.items()])
         build_data(settings)
         validate_data(settings)
     return root
 
 
 def _arm(built: Path, tmp_path_factory, name: str, weaken: bool) -> tuple[Path, int, str, dict]:
-    """Write this arm's splits, train the default encoder via the CLI, run calibrate; (folder, code, stderr, report)."""
+    """Write this arm's splits, train the default encoder via the CLI, run calibrate.
+
+    Returns (folder, exit code, stderr, report)."""
     folder = tmp_path_factory.mktemp(name)
     args = [
         "--params", str(PARAMS),
@@ -111,7 +115,8 @@ def _arm(built: Path, tmp_path_factory, name: str, weaken: bool) -> tuple[Path, 
     assert settings.reward.encoder == "embedded:all-minilm-l6-v2"  # the real default, not a tiny one
     assert settings.calibrate.min_probe_pass == 0.9 and settings.calibrate.r2_threshold == 0.75
     aspects = settings.aspect_names
-    source, target = Layout.from_settings(load_settings(PARAMS, [f"paths.artifacts_dir={built / 'artifacts'}"])), Layout.from_settings(settings)  # fmt: skip
+    source = Layout.from_settings(load_settings(PARAMS, [f"paths.artifacts_dir={built / 'artifacts'}"]))
+    target = Layout.from_settings(settings)
 
     train = _read_jsonl(source.labelled_split("train"))
     val = _read_jsonl(source.labelled_split("val"))

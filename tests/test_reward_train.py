@@ -136,8 +136,9 @@ def test_fit_with_frozen_layers_trains_only_the_upper_part(tmp_path):
 
     aspects = ["safety", "meaningfulness"]
     write_synthetic(tmp_path / "data", tmp_path / "splits", aspects, pairs_per_prompt=3)
-    s = load_settings(None, ["reward.encoder=tiny:all-minilm-l6-v2", "reward.freeze_layers=1", "reward.epochs=2",
-                             "reward.learning_rate=0.003", "reward.batch_size=16"])  # fmt: skip
+    s = load_settings(None, ["reward.encoder=tiny:all-minilm-l6-v2", "reward.freeze_layers=1",
+                             "reward.epochs=2", "reward.learning_rate=0.003",
+                             "reward.batch_size=16"])  # fmt: skip
     s.aspects = [{"name": a, "weight": 0.5} for a in aspects]
     model = RewardModel.from_settings(s)
     before = {k: v.clone() for k, v in model.state_dict().items()}

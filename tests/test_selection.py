@@ -21,9 +21,13 @@ def test_carve_is_seeded_disjoint_order_free_and_keeps_duplicates_together():
     train, held = carve(prompts, 10, seed=1, what="adversarial")
     assert len(held) == 10 == len(set(held))
     assert not set(held) & set(train)
-    assert len(train) == sum(p not in held for p in prompts)  # every copy of a validation prompt left training
+    assert len(train) == sum(
+        p not in held for p in prompts
+    )  # every copy of a validation prompt left training
     assert set(train) | set(held) == set(prompts)
-    assert carve(list(reversed(prompts)), 10, seed=1, what="adversarial")[1] == held  # row order is irrelevant
+    assert (
+        carve(list(reversed(prompts)), 10, seed=1, what="adversarial")[1] == held
+    )  # row order is irrelevant
     assert carve(prompts, 10, seed=2, what="adversarial")[1] != held
     assert carve(prompts, 0, seed=1, what="adversarial") == (prompts, [])
 
@@ -40,7 +44,9 @@ def test_each_gate_can_fail_a_step_and_names_why():
     assert RULE.failures(record(8, benign_act=0.47), base) == ["benign actionability -0.030"]
     assert RULE.failures(record(8, safety=0.77), base) == ["adversarial safety -0.030"]
     assert RULE.failures(record(8, adv_refusal=0.1), base) == ["adversarial refusals 10.0% < base 20.0%"]
-    assert RULE.failures(record(8, benign_refusal=0.05, benign_act=0.485, adv_refusal=0.2), base) == []  # bounds
+    assert (
+        RULE.failures(record(8, benign_refusal=0.05, benign_act=0.485, adv_refusal=0.2), base) == []
+    )  # bounds
 
 
 def test_choose_keeps_the_safest_passing_step_the_earlier_on_a_tie():
@@ -64,7 +70,12 @@ def test_choose_falls_back_to_the_step_closest_to_passing_when_none_passes():
 
 @pytest.mark.parametrize(
     "total,start,every,expected",
-    [(60, 40, 4, [40, 44, 48, 52, 56, 60]), (58, 40, 8, [40, 48, 56, 58]), (3, 40, 4, [3]), (3, 1, 1, [1, 2, 3])],
+    [
+        (60, 40, 4, [40, 44, 48, 52, 56, 60]),
+        (58, 40, 8, [40, 48, 56, 58]),
+        (3, 40, 4, [3]),
+        (3, 1, 1, [1, 2, 3]),
+    ],
 )
 def test_validation_schedule_always_ends_at_the_last_step(total, start, every, expected):
     assert validation_steps(total, start, every) == expected

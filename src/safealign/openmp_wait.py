@@ -2,18 +2,11 @@
 
 Why this matters on a small CPU: one decode token of the 135M policy runs ~150 parallel regions (a packed
 matmul or an SDPA per layer). With libgomp's PASSIVE policy every region wakes a sleeping sibling thread,
-which on this 2-core VM costs ~0.1 ms. Measured with 2 threads, 16 sequences x 64 tokens (the issue-8
-step), median of 3:
-
-    wait policy              idle machine: decode / loss fwd+bwd    one other busy core: decode / loss
-    PASSIVE                  5.07 s / 4.04 s                        6.81 s / 6.55 s
-    spin 30000 (~0.3 ms)     3.98 s / 3.46 s                        15.46 s / 11.84 s
-    spin 300000 (default)    3.95 s / 3.37 s                        16.78 s / 12.89 s
-
-So spinning briefly is ~20% faster when the process owns the CPU and ~2x slower when it shares it (a
-spinning thread burns the core its sibling needs). Neither policy is right everywhere, so the choice is
-made from the machine's load at start-up: spin when the other processes leave the cores idle, sleep when
-they do not. An explicit ``OMP_WAIT_POLICY`` or ``GOMP_SPINCOUNT`` in the environment always wins.
+which costs a wake-up per region. Spinning a little before sleeping avoids that when the process owns the
+CPU, but when another process shares the cores a spinning thread burns the core its sibling needs and the
+step gets much slower (docs/experiments.md has the figures). Neither policy is right everywhere, so the
+choice is made from the machine's load at start-up: spin when the other processes leave the cores idle,
+sleep when they do not. An explicit ``OMP_WAIT_POLICY`` or ``GOMP_SPINCOUNT`` in the environment always wins.
 libgomp reads these variables once, when torch is first imported; after that a change has no effect, so
 :func:`choose_wait_policy` does nothing once torch is loaded.
 """

@@ -12,7 +12,7 @@ Two sources, both in ``texts/``:
   trains on some families and the evaluation holds out the others, split by FAMILY
   (``benign_split_of``), so a held-out prompt never has a sibling in training.
 
-Over-refusal on the ``sounds_unsafe`` kind is exactly what the DESIGN's measured lessons saw after training.
+``sounds_unsafe`` is the kind a safety-trained policy over-refuses, so the over-refusal rate must cover it.
 Near-duplicates across the whole benign set are refused at build time (``near_duplicates``): a paraphrase
 counted twice would make the over-refusal interval narrower than the evidence behind it.
 """

@@ -1,4 +1,4 @@
-"""Probe set for the calibration gate (issue 9): fixed replies whose ORDER a usable reward model must get.
+"""Probe set for the calibration gate: fixed replies whose ORDER a usable reward model must get.
 
 Probes use only prompts whose split is ``heldout`` and the ``probe`` template family of
 :mod:`safealign.data.responses` (wording never seen in labelled.jsonl), so passing them means the reward

