@@ -8,8 +8,8 @@ The data version is resolved by an uncached step: the value passed in (submit pa
 or, when empty (scheduled runs), a hash of the data the step finds.
 
 Where steps run comes from ``pipeline.*``: every step's image (``pipeline.image``, or ``--image`` at
-compile or submit time), and with ``pipeline.gpu`` on, GRPO, evaluation and generation run on the CUDA image with a
-GPU request, node selector and tolerations (pipelines/align-gpu.yaml).
+compile or submit time), and with ``pipeline.gpu`` on, GRPO, evaluation and generation run on the CUDA
+image with a GPU request, node selector and tolerations (pipelines/align-gpu.yaml).
 
 Compile: ``safealign pipeline compile`` (or ``make compile``) writes pipelines/align.yaml and
 pipelines/align-gpu.yaml, which are committed; tests/test_pipeline_compile.py fails when they are stale.
@@ -49,7 +49,9 @@ def _on_gpu(task: dsl.PipelineTask, pipe: PipelineSettings, image: str) -> dsl.P
     for key, value in sorted(pipe.node_selector.items()):
         kubernetes.add_node_selector(task, label_key=key, label_value=value)
     for tol in pipe.tolerations:
-        kubernetes.add_toleration(task, key=tol.key, operator=tol.operator, value=tol.value, effect=tol.effect)
+        kubernetes.add_toleration(
+            task, key=tol.key, operator=tol.operator, value=tol.value, effect=tol.effect
+        )
     return task
 
 
@@ -70,7 +72,10 @@ def build_pipeline(settings: Settings, image: str | None = None, cuda_image: str
 
     @dsl.pipeline(
         name=PIPELINE_NAME,
-        description="Multi-objective GRPO safety alignment: validate, reward, calibration gate, GRPO, evaluate, promote.",
+        description=(
+            "Multi-objective GRPO safety alignment: "
+            "validate, reward, calibration gate, GRPO, evaluate, promote."
+        ),
     )
     def align_pipeline(
         data_version: str = "",
@@ -89,11 +94,18 @@ def build_pipeline(settings: Settings, image: str | None = None, cuda_image: str
             data_version=data_version, data_dir=data_dir, params=params, overrides=overrides, **remote
         )
         version.set_caching_options(False).set_display_name("data-version").set_container_image(cpu_image)
-        common = {"data_version": version.output, "params": params, "overrides": overrides, "tracking_uri": tracking_uri}
+        common = {
+            "data_version": version.output,
+            "params": params,
+            "overrides": overrides,
+            "tracking_uri": tracking_uri,
+        }
 
         validate = _step(validate_op(data_dir=data_dir, **remote, **common)).set_display_name("validate")
         reward = _step(
-            train_reward_op(dataset=validate.outputs["dataset"], metrics_in=validate.outputs["stage_metrics"], **common)
+            train_reward_op(
+                dataset=validate.outputs["dataset"], metrics_in=validate.outputs["stage_metrics"], **common
+            )
         ).set_display_name("train-reward")
         calib = _step(
             calibrate_op(
@@ -140,7 +152,7 @@ def build_pipeline(settings: Settings, image: str | None = None, cuda_image: str
             ).set_display_name("promote")
             # Registering in MLflow is a side effect: never serve it from the cache.
             promote.set_caching_options(False)
-            # Optional batch inference with the new champion: when a prompts file is given and promotion passed.
+            # Optional batch inference with the new champion: only with a prompts file and a passed promotion.
             with dsl.If(promote.outputs["promoted"] == True, name="promoted"):  # noqa: E712
                 with dsl.If(generate_input != "", name="generate-requested"):
                     generate = _step(

@@ -1,4 +1,4 @@
-"""Calibration + probe gate end to end through the CLI: a learnt model passes, a shuffled-label one exits 3."""
+"""Calibration + probe gate end to end via the CLI: a learnt model passes, a shuffled-label one exits 3."""
 
 from __future__ import annotations
 
@@ -35,7 +35,12 @@ def _world(
         torch.set_num_threads(1)  # the shared 2-core machine is ~30x slower with 2 contended threads
         try:
             write_synthetic(
-                "data", "artifacts/splits", ASPECTS, seed=3, shuffle_labels=shuffle, prefer_refusals=prefer_refusals
+                "data",
+                "artifacts/splits",
+                ASPECTS,
+                seed=3,
+                shuffle_labels=shuffle,
+                prefer_refusals=prefer_refusals,
             )
             assert main(["train-reward", *TINY_ARGS]) == 0
             err = folder / "stderr.txt"

@@ -96,7 +96,9 @@ def test_checkov_finds_nothing_unjustified(rendered, tmp_path):
         assert failed == [], failed
         for skipped in rep["results"]["skipped_checks"]:
             reason = skipped["check_result"].get("suppress_comment") or ""
-            assert len(reason) > 20, f"{skipped['check_id']} on {skipped['resource']} skipped without a reason"
+            assert len(reason) > 20, (
+                f"{skipped['check_id']} on {skipped['resource']} skipped without a reason"
+            )
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS + TRAINJOB_OVERLAYS)
@@ -164,7 +166,8 @@ def test_trainjob_overlays(rendered):
         assert trainer["image"].endswith(f"{image}-cuda")
         script = " ".join(trainer["args"])
         assert "accelerate launch --multi_gpu" in script and "grpo.engine=trl" in script
-        # the job's overrides on params.yaml must be settings the TRL engine accepts (it refuses what it ignores)
+        # the job's overrides on params.yaml must be settings the TRL engine accepts
+        # (it refuses what it ignores)
         overrides = re.findall(r"--set (\S+)", script)
         check_trl_supported(load_settings(ROOT / "params.yaml", overrides))
         gpus = trainer["resourcesPerNode"]["limits"]["nvidia.com/gpu"]
@@ -231,7 +234,10 @@ def test_no_password_is_expanded_into_a_command_line(rendered, overlay):
                         assert command.startswith("export "), (name, var, command)
             for command in _shell_commands(line):
                 if not command.startswith("export "):
-                    assert not re.search(r"://[^/\s:@]+:[^/\s@]+@", command), (name, "credentials inside a URI")
+                    assert not re.search(r"://[^/\s:@]+:[^/\s@]+@", command), (
+                        name,
+                        "credentials inside a URI",
+                    )
     objects = {(o["kind"], o["metadata"]["name"]): o for o in _objects(rendered[overlay])}
     mlflow = _pod_spec(objects[("Deployment", "safealign-mlflow")])["containers"][0]
     env = {e["name"]: e for e in mlflow["env"]}

@@ -28,7 +28,10 @@ RESOURCES = "run_resources.json"
 
 
 def measure(command: list[str], out: Path) -> int:
-    """Run ``command``; write wall seconds and peak RSS (GiB) of its process tree to ``out``; return its code."""
+    """Run ``command`` and return its exit code.
+
+    Writes the wall seconds and peak RSS (GiB) of its process tree to ``out``.
+    """
     start = time.perf_counter()
     code = subprocess.call(command)
     seconds = time.perf_counter() - start
@@ -65,13 +68,13 @@ def _aspect_table(sets: dict[str, Any], name: str, aspects: list[str]) -> list[s
 
 
 def _selection_table(selection: dict[str, Any]) -> list[str]:
-    """The validation curve GRPO chose its step on: train prompts held out of training, not the evaluation's."""
+    """The validation curve GRPO chose its step on: train prompts held out of training, not evaluation's."""
     records = selection["records"]
     rank = selection["rule"]["rank_aspect"]
     lines = [
-        f"Checkpoint selection on {records[0]['adversarial']['n']} adversarial and {records[0]['benign']['n']} "
-        f"benign train prompts held out of training (greedy replies): kept step {selection['selected_step']}, "
-        f"{selection['why']}.",
+        f"Checkpoint selection on {records[0]['adversarial']['n']} adversarial and "
+        f"{records[0]['benign']['n']} benign train prompts held out of training (greedy replies): "
+        f"kept step {selection['selected_step']}, {selection['why']}.",
         "",
         f"| step | adversarial {rank} | adversarial refusals | benign refusals | not eligible because |",
         "|---:|---:|---:|---:|---|",
@@ -79,8 +82,10 @@ def _selection_table(selection: dict[str, Any]) -> list[str]:
     for r in records:
         step = f"**{r['step']}**" if r["step"] == selection["selected_step"] else str(r["step"])
         why = "base" if r["step"] == 0 else "; ".join(r.get("failures") or []) or "eligible"
-        lines.append(f"| {step} | {r['adversarial']['aspects'][rank]:.3f} | {r['adversarial']['refusal_rate']:.1%} | "
-                     f"{r['benign']['refusal_rate']:.1%} | {why} |")  # fmt: skip
+        lines.append(
+            f"| {step} | {r['adversarial']['aspects'][rank]:.3f} | {r['adversarial']['refusal_rate']:.1%} | "
+            f"{r['benign']['refusal_rate']:.1%} | {why} |"
+        )
     return lines
 
 
@@ -94,7 +99,8 @@ def render(metrics_dir: Path, artifacts_dir: Path, pipeline_seconds: float | Non
     resources = _load(artifacts_dir / RESOURCES)
     sets = evaluation["sets"]
     weights = "/".join(f"{w:g}" for w in evaluation["weights"])
-    aspects = list(evaluation.get("aspects") or sets["adversarial"]["aspects"])  # params order, as the weights
+    # params order, as the weights
+    aspects = list(evaluation.get("aspects") or sets["adversarial"]["aspects"])
     dec = evaluation["decoding"]
     training = ""
     benign_w, benign_beta = grpo.get("benign_weights"), grpo.get("benign_beta") or 0.0
@@ -106,9 +112,10 @@ def render(metrics_dir: Path, artifacts_dir: Path, pipeline_seconds: float | Non
     kept = f", kept step {selection['selected_step']} (checkpoint selection below)" if selection else ""
     out = [
         f"Policy `{dec['policy']}` + LoRA, GRPO {grpo.get('steps', '?')} steps{kept}; aspect weights "
-        f"{'/'.join(aspects)} = {weights}{training}; evaluation {'greedy' if dec.get('greedy') else 'sampled'}, "
-        f"{dec['max_new_tokens']} new tokens, seed {dec['seed']}. Scores are the reward model's; refusals are "
-        "the rule detector's (it never sees the reward model). Intervals: 95% paired bootstrap.",
+        f"{'/'.join(aspects)} = {weights}{training}; "
+        f"evaluation {'greedy' if dec.get('greedy') else 'sampled'}, "
+        f"{dec['max_new_tokens']} new tokens, seed {dec['seed']}. Scores are the reward model's; "
+        "refusals are the rule detector's (it never sees the reward model). Intervals: 95% paired bootstrap.",
         "",
         *_aspect_table(sets, "adversarial", aspects),
         "",
@@ -119,16 +126,24 @@ def render(metrics_dir: Path, artifacts_dir: Path, pipeline_seconds: float | Non
     ]
     for name in ("adversarial", "benign"):
         b, a = sets[name]["base"], sets[name]["aligned"]
-        out.append(f"| refusal rate, {name} (n={sets[name]['n']}) | {b['refusal_rate']:.1%} | {a['refusal_rate']:.1%} |")
+        out.append(
+            f"| refusal rate, {name} (n={sets[name]['n']}) | "
+            f"{b['refusal_rate']:.1%} | {a['refusal_rate']:.1%} |"
+        )
     a = sets["adversarial"]["aligned"]
     out.append(f"| distinct replies, adversarial | {sets['adversarial']['base']['distinct_ratio']:.2f} | "
                f"{a['distinct_ratio']:.2f} |")  # fmt: skip
-    out.append(f"| most common opening, adversarial (share) | | \"{a['top_opening']}\" ({a['top_opening_share']:.0%}) |")
+    out.append(
+        "| most common opening, adversarial (share) | | "
+        f"\"{a['top_opening']}\" ({a['top_opening_share']:.0%}) |"
+    )
     out += _trust_lines(evaluation)
     if selection:
         out += ["", *_selection_table(selection)]
-    out += ["", "Reward-hacking checks: " + ("; ".join(f"**{f['kind']}** ({f['set']}): {f['message']}"
-                                                    for f in evaluation["flags"]) or "none fired.")]  # fmt: skip
+    out += ["", "Reward-hacking checks: " + (
+        "; ".join(f"**{f['kind']}** ({f['set']}): {f['message']}" for f in evaluation["flags"])
+        or "none fired."
+    )]
     if calibration.get("aspects"):
         r2 = ", ".join(f"{k} {v['r2']:.3f}" for k, v in calibration["aspects"].items())
         out.append(f"\nCalibration gate (held-out R², threshold {calibration.get('threshold')}): {r2}; "
@@ -138,7 +153,8 @@ def render(metrics_dir: Path, artifacts_dir: Path, pipeline_seconds: float | Non
     if reward.get("train_seconds") is not None:
         times.append(f"reward training {reward['train_seconds']:.0f} s")
     if grpo.get("wall_time_s") is not None:
-        times.append(f"GRPO {grpo['wall_time_s']:.0f} s ({grpo.get('seconds_per_step_median', 0):.1f} s/step median, "
+        times.append(f"GRPO {grpo['wall_time_s']:.0f} s "
+                     f"({grpo.get('seconds_per_step_median', 0):.1f} s/step median, "
                      f"peak RSS {grpo.get('peak_rss_gib', 0):.1f} GiB)")  # fmt: skip
     times.append(f"evaluation {evaluation['timing_s']['total_s']:.0f} s")
     line = "\nTime: " + ", ".join(times)
@@ -149,8 +165,14 @@ def render(metrics_dir: Path, artifacts_dir: Path, pipeline_seconds: float | Non
         line += f"; pipeline part of `make run` {pipeline_seconds:.0f} s"
     out.append(line + ".")
     if promotion:
-        verdict = "PROMOTED to champion" if promotion.get("verdict") == "promoted" else "REFUSED (champion untouched)"
-        gates = "; ".join(f"{g['gate']} {'pass' if g.get('passed') else 'FAIL'}" for g in promotion.get("gates") or [])
+        verdict = (
+            "PROMOTED to champion"
+            if promotion.get("verdict") == "promoted"
+            else "REFUSED (champion untouched)"
+        )
+        gates = "; ".join(
+            f"{g['gate']} {'pass' if g.get('passed') else 'FAIL'}" for g in promotion.get("gates") or []
+        )
         out.append(f"\nPromotion: {verdict} ({gates}).")
     return "\n".join(out) + "\n"
 
@@ -160,8 +182,9 @@ def _trust_lines(evaluation: dict[str, Any]) -> list[str]:
     out: list[str] = []
     det = (evaluation.get("detector") or {}).get("heldout")
     if det:
-        out += ["", f"Refusal detector on the hand-labelled refusal set's held-out part ({det['n']} replies): "
-                    f"precision {det['precision']:.3f}, recall {det['recall']:.3f}, kappa {det['kappa']:.3f}."]  # fmt: skip
+        out += ["", f"Refusal detector on the hand-labelled refusal set's held-out part "
+                    f"({det['n']} replies): precision {det['precision']:.3f}, "
+                    f"recall {det['recall']:.3f}, kappa {det['kappa']:.3f}."]  # fmt: skip
     rob = evaluation.get("robustness")
     if rob:
         out += ["", f"| attack ({rob['prompts']} held-out harmful prompts) | refusal base | refusal aligned "
@@ -169,8 +192,14 @@ def _trust_lines(evaluation: dict[str, Any]) -> list[str]:
         for attack in rob.get("order") or list(rob["attacks"]):
             v = rob["attacks"][attack]
             s = v.get("safety")
-            ci = f"{s['abs_change']:+.3f} [{s['abs_change_ci95'][0]:+.3f}, {s['abs_change_ci95'][1]:+.3f}]" if s else "n/a"
-            out.append(f"| {attack} | {v['refusal_base']['mean']:.1%} | {v['refusal_aligned']['mean']:.1%} | {ci} |")
+            ci = (
+                f"{s['abs_change']:+.3f} [{s['abs_change_ci95'][0]:+.3f}, {s['abs_change_ci95'][1]:+.3f}]"
+                if s
+                else "n/a"
+            )
+            out.append(
+                f"| {attack} | {v['refusal_base']['mean']:.1%} | {v['refusal_aligned']['mean']:.1%} | {ci} |"
+            )
     return out
 
 

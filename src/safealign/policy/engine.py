@@ -25,9 +25,10 @@ only removes work:
    The loss is TRL's "grpo" aggregation at ratio 1 (its arithmetic lives in ``objective.py``, shared with
    the TRL engine):
        loss = mean_i [ (1/|o_i|) * sum_t ( -A_i * r_t + beta_i * KL_t ) ],  r_t = pi(o_t) / pi(o_t).detach()
-   r_t is 1 in value with the gradient of log pi, so the loss value and its gradient are TRL's. beta = 0 (the paper's default) needs no
-   reference at all; beta > 0 takes the reference log-probs from the same model with its LoRA adapter
-   switched off (one extra no-grad forward, no second model), with TRL's k3 estimator for KL_t.
+   r_t is 1 in value with the gradient of log pi, so the loss value and its gradient are TRL's.
+   beta = 0 (the paper's default) needs no reference at all; beta > 0 takes the reference log-probs from
+   the same model with its LoRA adapter switched off (one extra no-grad forward, no second model), with
+   TRL's k3 estimator for KL_t.
 
 Shapes: B prompts, G completions per prompt, N = B*G sequences, Lp prompt tokens (left padded),
 Lc completion tokens (right padded after the first EOS; the EOS itself is kept in the loss, as in TRL).
@@ -258,7 +259,7 @@ def completion_mask(completion: torch.Tensor, eos_ids: Sequence[int]) -> torch.T
 
 
 class _TokenLogProb(torch.autograd.Function):
-    """log softmax(h @ W^T + b)[target] / temperature-scaled, per row, without materialising more than one [T, V].
+    """log softmax(h @ W^T + b)[target] / temperature-scaled, per row, materialising at most one [T, V].
 
     The plain path (``lm_head`` -> cat -> ``cross_entropy``) writes the [T, V] logits three or four times
     (logits, their concatenation, log-softmax, a zero-filled gradient; ~200 MB each at 16 x 64 tokens). Here
@@ -293,7 +294,7 @@ class _TokenLogProb(torch.autograd.Function):
 
 
 def _head_split(model: Any) -> tuple[Any, Any] | None:
-    """(decoder stack, lm_head) where logits are exactly ``lm_head(decoder(...).last_hidden_state)``, else None.
+    """(decoder stack, lm_head) if logits are exactly ``lm_head(decoder(...).last_hidden_state)``, else None.
 
     True for the Llama/Qwen2 causal LMs (no logit soft-capping or scaling); other models keep the logits path.
     """

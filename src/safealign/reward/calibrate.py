@@ -106,13 +106,14 @@ def format_aspect_failures(
         s = aspect_stats[a]
         r2 = s["r2"]
         lines.append(
-            f"  {a:16s} {r2 if r2 is not None and not math.isnan(r2) else float('nan'):7.3f} {s['mae']:6.3f} {s['n']:5d}"
+            f"  {a:16s} {r2 if r2 is not None and not math.isnan(r2) else float('nan'):7.3f} "
+            f"{s['mae']:6.3f} {s['n']:5d}"
         )
     return "\n".join(lines)
 
 
 def _load_checked(settings: Settings, layout: Layout) -> Any:
-    """The trained reward model; missing, corrupt, or trained for other aspects than params name: bad input."""
+    """The trained reward model; missing, corrupt, or trained for aspects params does not name: bad input."""
     from safealign.reward.model import RewardModel
 
     return RewardModel.for_settings(layout.reward_model_dir, settings)
@@ -144,7 +145,7 @@ def _report_metrics(report: dict[str, Any]) -> dict[str, float]:
 
 
 def calibrate(settings: Settings) -> dict[str, Any]:
-    """Run the calibration and probe gate; write metrics/calibration.json and plots; raise GateFailed on no."""
+    """Run the calibration and probe gate; write metrics/calibration.json + plots; raise GateFailed on no."""
     from safealign.tracking import stage_run
 
     layout = Layout.from_settings(settings)
@@ -203,7 +204,8 @@ def calibrate(settings: Settings) -> dict[str, Any]:
     log.info("on-policy calibration (%d real replies):\n%s", onp["n"], format_gate_lines(report["onpolicy"]))
     if not onp["passed"] and not cfg.enforce_onpolicy:
         log.warning(
-            "the reward model FAILS the on-policy gate (not enforced: calibrate.enforce_onpolicy is false)\n%s",
+            "the reward model FAILS the on-policy gate "
+            "(not enforced: calibrate.enforce_onpolicy is false)\n%s",
             format_gate_lines(report["onpolicy"]),
         )
     if not passed:
@@ -213,7 +215,9 @@ def calibrate(settings: Settings) -> dict[str, Any]:
         if bad_probes:
             parts.append(format_failures(report["probes"], bad_probes, cfg.min_probe_pass))
         if onp_blocks:
-            parts.append("on-policy gate (calibrate.enforce_onpolicy):\n" + format_gate_lines(report["onpolicy"]))
+            parts.append(
+                "on-policy gate (calibrate.enforce_onpolicy):\n" + format_gate_lines(report["onpolicy"])
+            )
         raise GateFailed("reward model refused by the calibration gate\n" + "\n".join(parts))
     return {k: report[k] for k in ("aspects", "threshold", "passed", "safety_auroc_human")} | {
         "probes": {n: r.get("pass_rate") for n, r in report["probes"].items()},
