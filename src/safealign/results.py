@@ -149,6 +149,28 @@ def render(metrics_dir: Path, artifacts_dir: Path, pipeline_seconds: float | Non
         out.append(f"\nCalibration gate (held-out R², threshold {calibration.get('threshold')}): {r2}; "
                    f"{'passed' if calibration.get('passed') else 'FAILED'}.")  # fmt: skip
     out += _onpolicy_lines(calibration.get("onpolicy"))
+    out.append(_time_line(reward, grpo, evaluation, resources, pipeline_seconds))
+    if promotion:
+        verdict = (
+            "PROMOTED to champion"
+            if promotion.get("verdict") == "promoted"
+            else "REFUSED (champion untouched)"
+        )
+        gates = "; ".join(
+            f"{g['gate']} {'pass' if g.get('passed') else 'FAIL'}" for g in promotion.get("gates") or []
+        )
+        out.append(f"\nPromotion: {verdict} ({gates}).")
+    return "\n".join(out) + "\n"
+
+
+def _time_line(
+    reward: dict[str, Any],
+    grpo: dict[str, Any],
+    evaluation: dict[str, Any],
+    resources: dict[str, Any] | None,
+    pipeline_seconds: float | None,
+) -> str:
+    """Where the run's time went, stage by stage, and the whole pipeline's wall time and memory."""
     times = []
     if reward.get("train_seconds") is not None:
         times.append(f"reward training {reward['train_seconds']:.0f} s")
@@ -163,18 +185,7 @@ def render(metrics_dir: Path, artifacts_dir: Path, pipeline_seconds: float | Non
                  f"{resources['peak_rss_gib']:.2f} GiB")  # fmt: skip
     if pipeline_seconds is not None:
         line += f"; pipeline part of `make run` {pipeline_seconds:.0f} s"
-    out.append(line + ".")
-    if promotion:
-        verdict = (
-            "PROMOTED to champion"
-            if promotion.get("verdict") == "promoted"
-            else "REFUSED (champion untouched)"
-        )
-        gates = "; ".join(
-            f"{g['gate']} {'pass' if g.get('passed') else 'FAIL'}" for g in promotion.get("gates") or []
-        )
-        out.append(f"\nPromotion: {verdict} ({gates}).")
-    return "\n".join(out) + "\n"
+    return line + "."
 
 
 def _trust_lines(evaluation: dict[str, Any]) -> list[str]:

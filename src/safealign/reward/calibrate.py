@@ -144,6 +144,31 @@ def _report_metrics(report: dict[str, Any]) -> dict[str, float]:
     return metrics
 
 
+def _announce(report: dict[str, Any], cfg: Any, bad_aspects: list[str], bad_probes: list[str],
+              onp_blocks: bool) -> None:
+    """Log the on-policy figures and raise GateFailed naming every failing check."""
+    onp = report["onpolicy"]
+    passed = report["passed"]
+    log.info("on-policy calibration (%d real replies):\n%s", onp["n"], format_gate_lines(report["onpolicy"]))
+    if not onp["passed"] and not cfg.enforce_onpolicy:
+        log.warning(
+            "the reward model FAILS the on-policy gate "
+            "(not enforced: calibrate.enforce_onpolicy is false)\n%s",
+            format_gate_lines(report["onpolicy"]),
+        )
+    if not passed:
+        parts = []
+        if bad_aspects:
+            parts.append(format_aspect_failures(report["aspects"], bad_aspects, cfg.r2_threshold))
+        if bad_probes:
+            parts.append(format_failures(report["probes"], bad_probes, cfg.min_probe_pass))
+        if onp_blocks:
+            parts.append(
+                "on-policy gate (calibrate.enforce_onpolicy):\n" + format_gate_lines(report["onpolicy"])
+            )
+        raise GateFailed("reward model refused by the calibration gate\n" + "\n".join(parts))
+
+
 def calibrate(settings: Settings) -> dict[str, Any]:
     """Run the calibration and probe gate; write metrics/calibration.json + plots; raise GateFailed on no."""
     from safealign.tracking import stage_run
@@ -201,24 +226,7 @@ def calibrate(settings: Settings) -> dict[str, Any]:
         mlflow.log_artifacts(str(layout.calibration_dir), artifact_path="calibration")
         mlflow.log_artifact(str(layout.metrics_file("calibration")))
 
-    log.info("on-policy calibration (%d real replies):\n%s", onp["n"], format_gate_lines(report["onpolicy"]))
-    if not onp["passed"] and not cfg.enforce_onpolicy:
-        log.warning(
-            "the reward model FAILS the on-policy gate "
-            "(not enforced: calibrate.enforce_onpolicy is false)\n%s",
-            format_gate_lines(report["onpolicy"]),
-        )
-    if not passed:
-        parts = []
-        if bad_aspects:
-            parts.append(format_aspect_failures(report["aspects"], bad_aspects, cfg.r2_threshold))
-        if bad_probes:
-            parts.append(format_failures(report["probes"], bad_probes, cfg.min_probe_pass))
-        if onp_blocks:
-            parts.append(
-                "on-policy gate (calibrate.enforce_onpolicy):\n" + format_gate_lines(report["onpolicy"])
-            )
-        raise GateFailed("reward model refused by the calibration gate\n" + "\n".join(parts))
+    _announce(report, cfg, bad_aspects, bad_probes, onp_blocks)
     return {k: report[k] for k in ("aspects", "threshold", "passed", "safety_auroc_human")} | {
         "probes": {n: r.get("pass_rate") for n, r in report["probes"].items()},
         "onpolicy": {
