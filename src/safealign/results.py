@@ -1,5 +1,5 @@
-"""The results section of a pipeline run, written by the pipeline itself (issue 7: README numbers must be
-reproducible with ``make run``, not typed in by hand).
+"""The results section of a pipeline run, written by the pipeline itself: the README's numbers must be
+reproducible with ``make run``, not typed in by hand.
 
 Two jobs, both used by ``safealign run`` (safealign.run):
 

@@ -8,7 +8,7 @@
 - :func:`trl_reward_functions` gives TRL one reward function per aspect (so it logs every aspect's mean and
   std and applies ``reward_weights``), all sharing ONE cached forward: the first function called on a
   batch scores all K aspects, the others read the cache. Passing the multi-output model itself to TRL would
-  use ``logits[:, 0]`` only, without the sigmoid (DESIGN.md, GRPO notes).
+  use ``logits[:, 0]`` only, without the sigmoid.
 """
 
 from __future__ import annotations

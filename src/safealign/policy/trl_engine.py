@@ -16,7 +16,7 @@ at 0 (the extension adds the KL term per sample).
 Devices: on CUDA bf16 autocast and gradient checkpointing are on (``grpo.bf16``), and generation goes through
 vLLM when it is importable (``grpo.use_vllm``, TRL's colocated mode); on the CPU it is fp32 without
 checkpointing. Under ``accelerate launch`` ``grpo.prompts_per_step`` is the GLOBAL number of prompts per
-step, shared by the processes. Why it is slower than the fast engine on the CPU (issue 8): TRL generates
+step, shared by the processes. Why it is slower than the fast engine on the CPU: TRL generates
 with the LoRA layers unmerged, prefills every prompt G times and runs the full prompt G times in the loss.
 """
 
