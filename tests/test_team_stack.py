@@ -168,7 +168,9 @@ def test_validate_to_promote_on_the_stack(project, team_stack, stack_env):
     # the champion's files come back through the server, and they are in the S3 bucket
     champion_uri = f"models:/{settings.promote.policy_model_name}@champion"
     local = Path(mlflow.artifacts.download_artifacts(champion_uri))
-    assert (local / "adapter_config.json").exists()
+    # a registered policy is an MLflow model: its MLmodel at the root, the LoRA adapter among its artifacts
+    assert (local / "MLmodel").exists()
+    assert list((local / "artifacts").rglob("adapter_config.json"))
     keys = [o["Key"] for o in team_stack.s3_client().list_objects_v2(Bucket="mlflow")["Contents"]]
     assert any(k.endswith("adapter_config.json") for k in keys)
 
