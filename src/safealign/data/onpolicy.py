@@ -27,6 +27,7 @@ import numpy as np
 
 from safealign.data import refusal_set
 from safealign.errors import DataError
+from safealign.jsonl import iter_jsonl
 
 TEXTS = Path(__file__).with_name("texts")
 EXTRA_FILE = TEXTS / "onpolicy_extra.jsonl"
@@ -45,14 +46,8 @@ def load_extra(path: Path = EXTRA_FILE, known_ids: set[str] | None = None) -> li
         raise DataError(f"{path} not found")
     rows: list[dict[str, Any]] = []
     seen: dict[str, int] = {}
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
+    for lineno, raw in iter_jsonl(path):
         where = f"{path}:{lineno}"
-        try:
-            raw = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{where}: not valid JSON ({exc.msg})") from None
         row = refusal_set._check_row(raw, where)
         if not row["source"].startswith("policy:"):
             raise DataError(

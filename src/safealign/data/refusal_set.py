@@ -25,6 +25,7 @@ from typing import Any
 
 from safealign.data.schema import PROMPT_KINDS, normalize_prompt
 from safealign.errors import DataError
+from safealign.jsonl import iter_jsonl
 
 SOURCE_FILE = Path(__file__).with_name("texts") / "refusal_set.jsonl"
 RUBRIC_FILE = Path(__file__).with_name("texts") / "refusal_rubric.md"
@@ -108,13 +109,7 @@ def load(path: Path = SOURCE_FILE) -> list[dict[str, Any]]:
         raise DataError(f"{path} not found")
     rows: list[dict[str, Any]] = []
     seen: dict[str, int] = {}
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            raw = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
+    for lineno, raw in iter_jsonl(path):
         row = _check_row(raw, f"{path}:{lineno}")
         if row["id"] in seen:
             raise DataError(f"{path}:{lineno}: same prompt and reply as line {seen[row['id']]}")
