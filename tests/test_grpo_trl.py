@@ -166,3 +166,21 @@ def test_trl_stage_resumes_where_it_stopped(tmp_path):
         assert [float(r[col]) for r in a] == pytest.approx([float(r[col]) for r in b], rel=1e-4, abs=1e-6), (
             col
         )
+
+
+def test_trl_stage_refuses_a_checkpoint_past_the_requested_steps(tmp_path):
+    """A 3-step run's checkpoints, then the same settings asked for 2 steps: exit 2 (ConfigError) naming the
+    checkpoint, and the longer run's checkpoints are still there (neither resumed as a 2-step run nor
+    deleted)."""
+    from safealign.errors import ConfigError
+    from safealign.policy.grpo import train_grpo
+
+    settings, layout, scorer = _trl_stage(tmp_path, steps=3, script=[0.5, 0.6, 0.9, 0.7])
+    train_grpo(settings, resume=False, scorer=scorer)
+    trl_dir = layout.checkpoints_dir / "trl"
+    before = sorted(p.name for p in trl_dir.iterdir())
+    settings.grpo.steps = 2
+    with pytest.raises(ConfigError, match=r"checkpoint-3.*past grpo.steps=2") as err:
+        train_grpo(settings, resume=True, scorer=scorer)
+    assert err.value.exit_code == 2
+    assert sorted(p.name for p in trl_dir.iterdir()) == before and "checkpoint-3" in before

@@ -323,6 +323,7 @@ def _resumable(run: TrlRun, resume: bool) -> Path | None:
     if found:
         state = torch.load(found[-1] / STATE_FILE, weights_only=True)  # data, never code
         if state.get("run", {}).get("fingerprint") == run.identity.fingerprint:
+            _refuse_past(found[-1], run.settings.grpo.steps)
             log.info("resuming GRPO (TRL) from %s", found[-1])
             return found[-1]
         log.warning(
@@ -331,6 +332,21 @@ def _resumable(run: TrlRun, resume: bool) -> Path | None:
     if run.out_dir.exists() and _is_main():
         shutil.rmtree(run.out_dir)
     return None
+
+
+def _refuse_past(checkpoint: Path, steps: int) -> None:
+    """A checkpoint of these settings past ``grpo.steps`` is a ConfigError (exit 2), as on the fast engine.
+
+    TRL's trainer would load it and stop at once, reporting a longer run as this one; deleting it would
+    throw away the longer run. The message says how to choose.
+    """
+    step = _step_of(checkpoint)
+    if step is not None and step > steps:
+        raise ConfigError(
+            f"{checkpoint}: TRL checkpoint at step {step} of a run with the same settings, past "
+            f"grpo.steps={steps}; not resuming it. Set grpo.steps>={step} to continue that run, or run "
+            f"`safealign grpo --no-resume` to delete the checkpoints and train {steps} steps from the start."
+        )
 
 
 def _is_main() -> bool:
