@@ -15,6 +15,7 @@ because a leak here would train the reward model on the very replies the evaluat
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 from pathlib import Path
@@ -137,21 +138,38 @@ def write_refresh(path: Path, rows: list[dict[str, Any]]) -> None:
             handle.write(json.dumps(row, ensure_ascii=False, sort_keys=True) + "\n")
 
 
+def refresh_key(settings: Settings, adapter_hash: str, round_no: int) -> str:
+    """What decides a round's rows: the adapter that replies, how many prompts, decoding and labelling."""
+    doc = {
+        "adapter": adapter_hash,
+        "round": round_no,
+        "prompts": settings.grpo.refresh_prompts,
+        "seed": settings.grpo.seed,
+        "max_new_tokens": settings.grpo.max_new_tokens,
+        "system_prompt": settings.policy.system_prompt,
+        "annotator": settings.data.annotator.model_dump(mode="json"),
+        "aspects": settings.aspect_names,
+    }
+    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
+
+
 def refresh_round_data(
     settings: Settings, layout: Layout, adapter_dir: Path, adapter_hash: str, round_no: int
 ) -> tuple[Path, list[dict[str, Any]], bool]:
-    """Round ``round_no``'s rows: read back when this adapter wrote them already, else sampled and written.
+    """Round ``round_no``'s rows: read back when the same adapter and settings wrote them, else sampled.
 
-    Returns ``(file, rows, reused)``. A file left by another adapter (other settings, another run) is
-    replaced: the data version then changes, which ``safealign run`` reports until it is committed.
+    Returns ``(file, rows, reused)``. A file left by another adapter or other settings is replaced: the
+    data version then changes, which ``safealign run`` reports until it is committed.
     """
     path = refresh_file(layout, round_no)
+    key = refresh_key(settings, adapter_hash, round_no)
     if path.exists():
         rows = read_refresh(path)
-        if rows and all(r.get("policy_adapter") == adapter_hash for r in rows):
+        if rows and all(r.get("refresh_key") == key for r in rows):
             return path, rows, True
     prompts = choose_prompts(layout, settings.grpo.refresh_prompts, settings.grpo.seed + round_no)
     replies = sample_replies(settings, adapter_dir, prompts)
-    rows = label_rows(settings, prompts, replies, round_no, adapter_hash)
+    labelled = label_rows(settings, prompts, replies, round_no, adapter_hash)
+    rows = [row | {"refresh_key": key} for row in labelled]
     write_refresh(path, rows)
     return path, rows, False

@@ -103,10 +103,14 @@ def heldout_evaluation(settings: Settings, layout: Layout, root: Path, policy_di
     _link(layout.reward_model_dir, el.reward_model_dir)
     _link(policy_dir, el.policy_dir)
     marker = ws / STATE_FILE
-    adapter = tree_hash(el.adapter_dir)
-    if _read_json(marker).get("adapter") != adapter or not el.metrics_file("evaluation").is_file():
+    key = {
+        "adapter": tree_hash(el.adapter_dir),
+        "reward_model": tree_hash(el.reward_model_dir),
+        "evaluate": settings.evaluate.model_dump(mode="json"),
+    }
+    if _read_json(marker) != key or not el.metrics_file("evaluation").is_file():
         evaluate(es, suite="standard")
-        write_json(marker, {"adapter": adapter})
+        write_json(marker, key)
     return heldout_figures(_read_json(el.metrics_file("evaluation")))
 
 
@@ -175,11 +179,15 @@ def refresh_round(
     times["sample_label_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    train_hash = prepare_splits(layout, rl, refresh_files)
-    state = _read_json(root / STATE_FILE)
-    if state.get("reward_train_split") != train_hash or not rl.reward_model_dir.is_dir():
+    # the reward model is kept only for the same train split and reward settings
+    key = {
+        "train_split": prepare_splits(layout, rl, refresh_files),
+        "reward": settings.reward.model_dump(mode="json"),
+        "aspects": settings.model_dump(mode="json")["aspects"],
+    }
+    if _read_json(root / STATE_FILE) != key or not rl.reward_model_dir.is_dir():
         train_reward(rs, progress=False)
-        write_json(root / STATE_FILE, {"reward_train_split": train_hash})
+        write_json(root / STATE_FILE, key)
     times["reward_train_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -189,9 +197,8 @@ def refresh_round(
         times["calibrate_s"] = time.perf_counter() - t
     calibration = _read_json(rl.metrics_file("calibration"))
 
-    t = time.perf_counter()
     grpo = train_grpo(rs, resume=resume, init_adapter=previous / "adapter")
-    times["grpo_s"] = time.perf_counter() - t
+    times["grpo_s"] = float(grpo.get("wall_time_s") or 0.0)  # resumed steps included
 
     t = time.perf_counter()
     heldout = heldout_evaluation(settings, layout, root, rl.policy_dir)
@@ -222,7 +229,6 @@ def train_grpo_rounds(settings: Settings, resume: bool = True) -> dict[str, Any]
 
     layout = Layout.from_settings(settings)
     total = settings.grpo.rounds
-    t = time.perf_counter()
     summary = train_grpo(settings, resume=resume)
     first: dict[str, Any] = {
         "round": 1,
@@ -239,11 +245,13 @@ def train_grpo_rounds(settings: Settings, resume: bool = True) -> dict[str, Any]
 
     root = round_root(layout, 1)
     previous = snapshot_policy(layout, root)
-    grpo_s = time.perf_counter() - t
     t = time.perf_counter()
     first["policy"] = str(previous)
     first["heldout"] = heldout_evaluation(settings, layout, root, previous)
-    first["seconds"] = {"grpo_s": round(grpo_s, 1), "heldout_eval_s": round(time.perf_counter() - t, 1)}
+    grpo_s = float(summary.get("wall_time_s") or 0.0)  # resumed steps included
+    eval_s = time.perf_counter() - t
+    first["seconds"] = {"grpo_s": round(grpo_s, 1), "heldout_eval_s": round(eval_s, 1)}
+    first["seconds"]["total_s"] = round(grpo_s + eval_s, 1)
     refresh_files: list[Path] = []
     for round_no in range(2, total + 1):
         log.info("reward refresh round %d of %d", round_no, total)
