@@ -251,3 +251,53 @@ def test_refresh_prompts_come_from_train_splits_only_even_when_a_split_leaks(tmp
     held = {normalize_prompt(p) for p in HELDOUT}
     assert not {normalize_prompt(c["prompt"]) for c in choose_prompts(layout, 4, 0)} & held
     assert os.path.exists(layout.adversarial_split("heldout"))
+
+
+@pytest.mark.parametrize("engine", ["fast", "trl"])
+def test_both_engines_continue_the_given_adapter_instead_of_a_fresh_one(tmp_path, engine):
+    """A refresh round's GRPO starts from the previous adapter: at a learning rate of ~0 its result is that
+    adapter (LoRA B non-zero), where a fresh adapter would come out with B ~ 0."""
+    import sys
+
+    from safetensors.torch import load_file
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_grpo_stage import RecordingScorer, _stage_inputs
+
+    from safealign.policy.grpo import train_grpo
+
+    torch.set_num_threads(1)
+    for name in ("first", "again"):
+        (tmp_path / name).mkdir()
+    settings, layout = _stage_inputs(tmp_path / "first", steps=2)
+    train_grpo(settings, resume=False, scorer=RecordingScorer())
+    start = tmp_path / "start"
+    shutil.copytree(layout.adapter_dir, start)
+    init = load_file(str(start / "adapter_model.safetensors"))
+    b_keys = [k for k in init if "lora_B" in k]
+    assert b_keys and max(float(init[k].abs().max()) for k in b_keys) > 1e-4
+
+    again, layout2 = _stage_inputs(tmp_path / "again", steps=2, engine=engine, learning_rate=1e-12)
+    train_grpo(again, resume=False, scorer=RecordingScorer(), init_adapter=start)
+    out = load_file(str(layout2.adapter_dir / "adapter_model.safetensors"))
+    assert set(out) == set(init)
+    for k in init:
+        torch.testing.assert_close(out[k], init[k], atol=1e-6, rtol=0)
+
+
+def test_an_adapter_of_another_shape_is_refused_by_name(tmp_path):
+    from safealign.config import Settings
+    from safealign.errors import ConfigError
+    from safealign.policy.loading import load_policy, with_adapter
+
+    folder = tmp_path / "adapter"
+    folder.mkdir()
+    (folder / "adapter_config.json").write_text(json.dumps({"r": 8, "target_modules": ["q_proj"]}))
+    settings = Settings.model_validate(
+        {"policy": {"model": "tiny:smollm2-135m-instruct"}, "paths": {"cache_dir": str(ROOT / ".cache")}}
+    )
+    base, _ = load_policy(settings)
+    with pytest.raises(ConfigError, match="adapter_config.json: r=8"):
+        with_adapter(base, settings, folder)
+    with pytest.raises(ConfigError, match="no adapter_config.json"):
+        with_adapter(base, settings, tmp_path)
