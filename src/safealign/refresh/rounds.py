@@ -252,6 +252,7 @@ def train_grpo_rounds(settings: Settings, resume: bool = True) -> dict[str, Any]
     eval_s = time.perf_counter() - t
     first["seconds"] = {"grpo_s": round(grpo_s, 1), "heldout_eval_s": round(eval_s, 1)}
     first["seconds"]["total_s"] = round(grpo_s + eval_s, 1)
+    write_json(layout.metrics_file(METRICS), report)  # progress, readable while later rounds run
     refresh_files: list[Path] = []
     for round_no in range(2, total + 1):
         log.info("reward refresh round %d of %d", round_no, total)
