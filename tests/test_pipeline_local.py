@@ -197,6 +197,8 @@ def test_full_pipeline_on_tiny_models(tmp_path, data_dir):
     adapter = run / "grpo-op" / "adapter"
     assert (adapter / "adapter_config.json").exists()
     assert json.loads((run / "grpo-op" / "stage_metrics" / "grpo.json").read_text())
+    rounds = json.loads((run / "grpo-op" / "refresh" / "rounds.json").read_text())  # rounds 1: no refresh
+    assert rounds["rounds"] == 1 and not (run / "grpo-op" / "refresh" / "refresh").exists()
     evaluation = json.loads((run / "evaluate-op" / "stage_metrics" / "evaluation.json").read_text())
     assert evaluation["detector"]["heldout"]["n"] > 150 and len(evaluation["robustness"]["attacks"]) == 10
     assert (run / "evaluate-op" / "report").read_text().strip()

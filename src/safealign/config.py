@@ -297,6 +297,21 @@ class GrpoSettings(_Section):
         description="share of benign prompts per step; 0.5 taught fewer refusals than the base model has",
     )
     checkpoint_every: int = Field(default=8, gt=0, description="steps between resumable checkpoints")
+    rounds: int = Field(
+        default=1,
+        ge=1,
+        description="reward refresh rounds (Safe-RLHF): after each GRPO run but the last, sample the policy "
+        "on train prompts, label the replies (data.annotator + the refusal judge) into a new data version "
+        "data/refresh/round-N.jsonl, retrain and recalibrate the reward model (exit 3 when its gate says "
+        "no) and continue GRPO from the adapter (docs/rounds.md). 1 = no refresh: a refresh round costs "
+        "about one more default run, which does not fit the CPU budget of `make run`",
+    )
+    refresh_prompts: int = Field(
+        default=200,
+        gt=1,
+        description="train prompts sampled per refresh round, half adversarial and half benign (each capped "
+        "by its train split); greedy replies, as the evaluation decodes",
+    )
     engine: Literal["auto", "fast", "trl"] = Field(
         default="auto",
         description="fast: safealign's CPU loop; trl: TRL's GRPOTrainer with every feature (GPUs, "

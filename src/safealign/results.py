@@ -149,6 +149,7 @@ def render(metrics_dir: Path, artifacts_dir: Path, pipeline_seconds: float | Non
         out.append(f"\nCalibration gate (held-out R², threshold {calibration.get('threshold')}): {r2}; "
                    f"{'passed' if calibration.get('passed') else 'FAILED'}.")  # fmt: skip
     out += _onpolicy_lines(calibration.get("onpolicy"))
+    out += rounds_table(_load(metrics_dir / "rounds.json"))
     out.append(_time_line(reward, grpo, evaluation, resources, pipeline_seconds))
     if promotion:
         verdict = (
@@ -161,6 +162,42 @@ def render(metrics_dir: Path, artifacts_dir: Path, pipeline_seconds: float | Non
         )
         out.append(f"\nPromotion: {verdict} ({gates}).")
     return "\n".join(out) + "\n"
+
+
+def _num(value: Any, fmt: str) -> str:
+    return "n/a" if value is None else format(value, fmt)
+
+
+def rounds_table(rounds: dict[str, Any] | None) -> list[str]:
+    """Reward refresh rounds side by side: on-policy AUROCs of each round's reward model, then the held-out
+    evaluation of each round's policy (round-1 reward model, rule refusal judge). Nothing for one round."""
+    rows = (rounds or {}).get("per_round") or []
+    if len(rows) < 2 and (rounds or {}).get("passed", True):
+        return []
+    out = [
+        "",
+        f"Reward refresh rounds ({len(rows)} of {rounds.get('rounds')}"
+        + (f"; round {rounds['failed_round']} FAILED calibration" if rounds.get("failed_round") else "")
+        + "):",
+        "",
+        "| round | new rows | on-policy AUROC benign | on-policy AUROC adversarial | calibration | "
+        "safety rel. change | refusal adversarial | refusal benign | time |",
+        "|---:|---:|---:|---:|---|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        auroc = r.get("onpolicy_auroc") or {}
+        held = r.get("heldout") or {}
+        secs = r.get("seconds") or {}
+        total = secs.get("total_s", sum(v for k, v in secs.items() if k != "total_s") or None)
+        out.append(
+            f"| {r['round']} | {r.get('refresh_rows', 0)} | {_num(auroc.get('benign'), '.3f')} | "
+            f"{_num(auroc.get('adversarial'), '.3f')} | "
+            f"{'passed' if r.get('calibration_passed') else 'FAILED'} | "
+            f"{_num(held.get('safety_rel_change'), '+.1%')} | "
+            f"{_num(held.get('adversarial_refusal_aligned'), '.1%')} | "
+            f"{_num(held.get('benign_refusal_aligned'), '.1%')} | {_num(total, '.0f')} s |"
+        )
+    return out
 
 
 def _time_line(

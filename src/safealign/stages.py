@@ -114,7 +114,7 @@ STAGES: tuple[Stage, ...] = (
     Stage(
         name="grpo",
         metrics="grpo",
-        function="safealign.policy.grpo:train_grpo",
+        function="safealign.refresh.rounds:train_grpo_rounds",
         torch=True,
         help="fine-tune the policy with GRPO + LoRA against the reward model",
         description=(
@@ -124,7 +124,10 @@ STAGES: tuple[Stage, ...] = (
             "grpo.selection (the default) it validates the policy every few steps on train prompts held "
             "out of training and keeps the safest step whose benign refusals, aspect scores and "
             "adversarial refusals pass gates like promotion's; metrics/grpo.json records every validation "
-            "and the kept step."
+            "and the kept step. With grpo.rounds > 1 each further round samples the policy on train prompts, "
+            "labels the replies into data/refresh/round-N.jsonl, retrains and recalibrates the reward model "
+            "(exit 3 when its gate says no) and continues GRPO from the adapter; metrics/rounds.json holds "
+            "every round's on-policy calibration and held-out evaluation."
         ),
         flags=(
             Flag("--no-resume", "resume", "ignore existing checkpoints and start over", negate=True),

@@ -105,11 +105,17 @@ def _library_versions() -> dict[str, str]:
     return versions
 
 
-def run_identity(settings: Settings, scorer: Scorer) -> RunIdentity:
-    """The run's fingerprint and settings key (see the module docstring for what they cover)."""
+def run_identity(settings: Settings, scorer: Scorer, init_adapter: Path | None = None) -> RunIdentity:
+    """The run's fingerprint and settings key (see the module docstring for what they cover).
+
+    ``init_adapter``: the adapter a refresh round continues from (its content hash joins the fingerprint).
+    The round count and refresh size are left out: they decide what happens after this run, so a first
+    round trained with ``grpo.rounds: 1`` is resumed, not redone, when the rounds are raised.
+    """
     layout = Layout.from_settings(settings)
     grpo = settings.grpo.model_dump(mode="json")
-    grpo.pop("checkpoint_every", None)
+    for key in ("checkpoint_every", "rounds", "refresh_prompts"):
+        grpo.pop(key, None)
     steps = int(grpo.pop("steps"))
     doc = {
         "grpo": grpo,
@@ -124,14 +130,16 @@ def run_identity(settings: Settings, scorer: Scorer) -> RunIdentity:
         "code": code_digest(),
         "libraries": _library_versions(),
     }
+    if init_adapter is not None:
+        doc["init_adapter"] = tree_hash(init_adapter)
     key = _digest(doc)
     return RunIdentity(fingerprint=_digest({"settings": key, "steps": steps}), settings_key=key, steps=steps)
 
 
-def run_fingerprint(settings: Settings, scorer: Scorer) -> str:
+def run_fingerprint(settings: Settings, scorer: Scorer, init_adapter: Path | None = None) -> str:
     """What the TRL engine's checkpoints are matched on: ``run_identity(...).settings_key``, everything but
     the step count (TRL's trainer continues a shorter run of the same settings to a larger max_steps)."""
-    return run_identity(settings, scorer).settings_key
+    return run_identity(settings, scorer, init_adapter).settings_key
 
 
 # --------------------------------------------------------------------------------------------- finding

@@ -26,6 +26,7 @@ import random
 import shutil
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 # libgomp's thread wait policy (spin briefly on an idle CPU, sleep on a shared one) must be set before torch
@@ -52,7 +53,7 @@ from safealign.policy.checkpoints import (
 from safealign.policy.constraint import LagrangeConstraint, constraint_from_settings
 from safealign.policy.engine import StepConfig, StepResult, grpo_step
 from safealign.policy.engine_choice import check_fast_supported, resolve_engine
-from safealign.policy.loading import load_policy, lora_config
+from safealign.policy.loading import load_policy, with_adapter
 from safealign.policy.objective import Objective, lr_factor
 from safealign.policy.outputs import (
     append_row,
@@ -69,14 +70,15 @@ from safealign.policy.trl_engine import train_grpo_trl
 log = logging.getLogger(__name__)
 
 
-def build_policy(settings: Settings) -> tuple[Any, Any]:
-    """Base policy (fp32) wrapped in a fresh LoRA adapter; only the adapter is trainable."""
-    from peft import get_peft_model
+def build_policy(settings: Settings, init_adapter: Path | None = None) -> tuple[Any, Any]:
+    """Base policy (fp32) wrapped in a LoRA adapter; only the adapter is trainable.
 
+    The adapter is fresh, or ``init_adapter`` loaded trainable: a refresh round continues the policy it
+    sampled from (as Safe-RLHF does), so the result is still ONE adapter over the unchanged base model.
+    """
     base, tokenizer = load_policy(settings)
     base.config.use_cache = True
-    model = get_peft_model(base, lora_config(settings))
-    return model, tokenizer
+    return with_adapter(base, settings, init_adapter), tokenizer
 
 
 def build_optimizer(model: Any, settings: Settings) -> tuple[torch.optim.Optimizer, Any]:
@@ -127,7 +129,7 @@ class FastRun:
 # --------------------------------------------------------------------------------------------- 1. set-up
 
 
-def set_up(settings: Settings, scorer: Scorer | None = None) -> FastRun:
+def set_up(settings: Settings, scorer: Scorer | None = None, init_adapter: Path | None = None) -> FastRun:
     """Everything a run needs, in the order the seeded RNG draws depend on (LoRA init after the seeds)."""
     cfg = settings.grpo
     layout = Layout.from_settings(settings)
@@ -145,7 +147,7 @@ def set_up(settings: Settings, scorer: Scorer | None = None) -> FastRun:
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
-    model, tokenizer = build_policy(settings)
+    model, tokenizer = build_policy(settings, init_adapter)
     optimizer, scheduler = build_optimizer(model, settings)
     return FastRun(
         settings=settings,
@@ -161,7 +163,7 @@ def set_up(settings: Settings, scorer: Scorer | None = None) -> FastRun:
         sampler=PromptSampler(adversarial, benign, cfg.prompts_per_step, cfg.benign_fraction, cfg.seed),
         encoder=PromptEncoder(tokenizer, settings.policy.system_prompt, cfg.max_prompt_tokens),
         step_cfg=StepConfig.from_settings(cfg),
-        identity=run_identity(settings, scorer),
+        identity=run_identity(settings, scorer, init_adapter),
     )
 
 
@@ -328,20 +330,26 @@ def finish(run: FastRun, t_start: float) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------- the stage
 
 
-def train_grpo(settings: Settings, resume: bool = True, scorer: Scorer | None = None) -> dict[str, Any]:
+def train_grpo(
+    settings: Settings,
+    resume: bool = True,
+    scorer: Scorer | None = None,
+    init_adapter: Path | None = None,
+) -> dict[str, Any]:
     """Run (or resume) GRPO; returns the summary also written to metrics/grpo.json.
 
     ``scorer`` replaces the trained reward model (tests use toy scorers); by default the reward model in
-    ``Layout.reward_model_dir`` is loaded.
+    ``Layout.reward_model_dir`` is loaded. ``init_adapter``: continue training this adapter instead of a
+    fresh one (reward refresh rounds, safealign.refresh.rounds).
     """
     layout = Layout.from_settings(settings)
     for folder in (layout.artifacts_dir, layout.adapter_dir.parent, layout.metrics_dir):
         for path in remove_stale_temps(folder):  # what killed writers left, this stage's or another's
             log.info("removed %s, left by a killed write", path)
     if resolve_engine(settings) == "trl":
-        return train_grpo_trl(settings, scorer=scorer, resume=resume)
+        return train_grpo_trl(settings, scorer=scorer, resume=resume, init_adapter=init_adapter)
     check_fast_supported(settings)
-    run = set_up(settings, scorer)
+    run = set_up(settings, scorer, init_adapter)
     resume_from_checkpoint(run, resume)
     t_start = time.perf_counter()
     with tracking.stage_run(settings, "grpo"):

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import importlib.util
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -298,6 +299,33 @@ def lora_config(settings: Settings) -> Any:
         task_type="CAUSAL_LM",
     )
 
+
+def with_adapter(base: Any, settings: Settings, init_adapter: str | Path | None = None) -> Any:
+    """``base`` wrapped for GRPO: a fresh LoRA from ``grpo.lora``, or ``init_adapter`` loaded TRAINABLE.
+
+    Continuing an adapter (a reward refresh round) keeps its rank and targets: a folder whose LoRA differs
+    from ``grpo.lora`` is refused, so one adapter over the base model is what every round hands on.
+    """
+    from peft import PeftModel, get_peft_model
+
+    if init_adapter is None:
+        return get_peft_model(base, lora_config(settings))
+    folder = Path(init_adapter)
+    config_file = folder / "adapter_config.json"
+    if not config_file.is_file():
+        raise ConfigError(f"{folder} is not a PEFT adapter folder (no adapter_config.json)")
+    saved = json.loads(config_file.read_text(encoding="utf-8"))
+    lo = settings.grpo.lora
+    if saved.get("r") != lo.r or sorted(saved.get("target_modules") or []) != sorted(lo.target_modules):
+        raise ConfigError(
+            f"{config_file}: r={saved.get('r')} targets={saved.get('target_modules')} differ from grpo.lora "
+            f"(r={lo.r}, targets={lo.target_modules}): a refresh round continues the same adapter"
+        )
+    try:
+        return PeftModel.from_pretrained(base, str(folder), is_trainable=True)
+    except Exception as exc:  # noqa: BLE001 - peft/safetensors raise many types for a bad file
+        detail = " ".join(str(exc).split())[:300] or type(exc).__name__
+        raise ModelFolderError(f"{folder}: cannot load the LoRA adapter: {detail}") from exc
 
 def chat_messages(tokenizer: Any, prompt: str, system_prompt: str | None = None) -> list[dict[str, str]]:
     """System (when given) and user turn, the user text neutralised so it stays data.

@@ -36,7 +36,7 @@ from safealign.jsonl import read_prompts
 from safealign.layout import Layout
 from safealign.policy.constraint import LagrangeConstraint, constraint_from_settings
 from safealign.policy.engine_choice import cuda_available, use_bf16, use_vllm
-from safealign.policy.loading import chat_messages, load_policy, lora_config
+from safealign.policy.loading import chat_messages, load_policy, lora_config, with_adapter
 from safealign.policy.objective import Objective
 from safealign.policy.outputs import peak_rss_gib, rows_to_csv, summarize, write_stage_outputs
 from safealign.policy.reward_adapter import Scorer, SharedScoreCache, load_scorer, trl_reward_functions
@@ -248,7 +248,9 @@ class TrlRun:
         return self.layout.checkpoints_dir / "trl"
 
 
-def set_up_trl(settings: Settings, scorer: Scorer | None = None, resume: bool = True) -> TrlRun:
+def set_up_trl(
+    settings: Settings, scorer: Scorer | None = None, resume: bool = True, init_adapter: Path | None = None
+) -> TrlRun:
     """Prompts, reward, selection, constraint, policy and the extended trainer with its callbacks."""
     import torch
 
@@ -271,7 +273,9 @@ def set_up_trl(settings: Settings, scorer: Scorer | None = None, resume: bool = 
     constraint = constraint_from_settings(settings, scorer.aspects)
     dtype = torch.bfloat16 if use_bf16(settings) and cuda_available() else torch.float32
     model, tokenizer = load_policy(settings, dtype=dtype)
-    rows, identity = StepRows(), RunIdentity(run_fingerprint(settings, scorer))
+    if init_adapter is not None:  # a refresh round: continue this adapter (then TRL adds no new LoRA)
+        model = with_adapter(model, settings, init_adapter)
+    rows, identity = StepRows(), RunIdentity(run_fingerprint(settings, scorer, init_adapter))
     out_dir = layout.checkpoints_dir / "trl"
     trainer, _cache = build_trl_trainer(
         settings,
@@ -449,7 +453,9 @@ def _step_of(checkpoint: Path | None) -> int | None:
     return int(checkpoint.name.rsplit("-", 1)[-1]) if checkpoint is not None else None
 
 
-def train_grpo_trl(settings: Settings, scorer: Scorer | None = None, resume: bool = True) -> dict[str, Any]:
+def train_grpo_trl(
+    settings: Settings, scorer: Scorer | None = None, resume: bool = True, init_adapter: Path | None = None
+) -> dict[str, Any]:
     """``safealign grpo`` on TRL: set up, resume the last checkpoint of this run, train, finish.
 
     Checkpoints are TRL's (``save_steps = grpo.checkpoint_every`` into ``Layout.checkpoints_dir/trl``) plus
@@ -458,7 +464,7 @@ def train_grpo_trl(settings: Settings, scorer: Scorer | None = None, resume: boo
     """
     import contextlib
 
-    run = set_up_trl(settings, scorer, resume)
+    run = set_up_trl(settings, scorer, resume, init_adapter)
     t0 = time.perf_counter()
     stage = tracking.stage_run(settings, "grpo") if _is_main() else contextlib.nullcontext()
     with stage:
