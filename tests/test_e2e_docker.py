@@ -45,7 +45,8 @@ def _unavailable(reason: str) -> None:
 
 @pytest.fixture(scope="module")
 def docker_image():
-    """A reachable Docker daemon (started here if needed, stopped after) that has the project image."""
+    """A reachable Docker daemon (started here if needed, and then stopped after) that has the project
+    image. A daemon that was already running (CI's, a developer's) is left running."""
     if not (shutil.which("docker") and shutil.which("dockerd")):
         _unavailable("Docker is not installed (apt-get install -y docker.io)")
     start = subprocess.run([str(ROOT / "scripts" / "dockerd.sh"), "start"], capture_output=True, text=True)
@@ -57,7 +58,8 @@ def docker_image():
             _unavailable(f"image {IMAGE} is not built: run `make image`")
         yield IMAGE
     finally:
-        subprocess.run([str(ROOT / "scripts" / "dockerd.sh", ), "stop"], capture_output=True, text=True)
+        if start.stdout.startswith("dockerd: started"):
+            subprocess.run([str(ROOT / "scripts" / "dockerd.sh"), "stop"], capture_output=True, text=True)
 
 
 def _tracking(work: Path) -> tuple[str, dict[str, str], list[str]]:
