@@ -52,7 +52,7 @@ stack-down:
 
 # Tests share the CPU with the subprocesses they start: sleeping OpenMP threads keep both steady.
 test: setup stack-deps
-	OMP_WAIT_POLICY=PASSIVE $(VENV)/bin/pytest -q -p no:cacheprovider
+	OMP_WAIT_POLICY=PASSIVE $(VENV)/bin/pytest -q -p no:cacheprovider --durations=15
 
 lint: setup
 	$(VENV)/bin/ruff check .
