@@ -80,7 +80,7 @@ def test_files_have_schema_columns_and_canonical_json(built):
 def test_labelled_scores_and_label_sources(built):
     data, summary = built
     rows = read_jsonl(data / "labelled.jsonl")
-    assert 3000 <= len(rows) <= 4500
+    assert 3000 <= len(rows) <= 5000  # 4,676: one phrasing-family row per benign topic prompt since v3
     for r in rows:
         for a in ASPECTS:
             score, source = r[f"score_{a}"], r[f"label_source_{a}"]
@@ -132,7 +132,10 @@ def test_every_contrast_kind_and_source_is_present(built):
     assert all(
         k & {"harmful_compliance", "eager_compliance", "disclaimer_compliance"} for k in by_prompt.values()
     )
-    assert all(k & {"polite_refusal", "refusal_with_alternative", "rude_refusal"} for k in by_prompt.values())
+    refusals = {"polite_refusal", "refusal_with_alternative", "rude_refusal"} | set(
+        phrasings.response_kinds("adversarial")
+    )
+    assert all(k & refusals for k in by_prompt.values())
     assert set(summary["labelled"]["by_split"]) == {"train", "val", "heldout"}
 
 
