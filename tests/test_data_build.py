@@ -80,7 +80,7 @@ def test_files_have_schema_columns_and_canonical_json(built):
 def test_labelled_scores_and_label_sources(built):
     data, summary = built
     rows = read_jsonl(data / "labelled.jsonl")
-    assert 3000 <= len(rows) <= 5000  # 4,676: one phrasing-family row per benign topic prompt since v3
+    assert 3000 <= len(rows) <= 5500  # one phrasing-family row per benign and per contrast adversarial prompt
     for r in rows:
         for a in ASPECTS:
             score, source = r[f"score_{a}"], r[f"label_source_{a}"]

