@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from safealign.cli import main
-from safealign.reward.probes import ORDERINGS
+from safealign.reward.probes import ORDERINGS, PHRASING_ORDERINGS
 from safealign.reward.synthetic import write_synthetic
 
 ASPECTS = ["politeness", "meaningfulness", "actionability", "safety"]
@@ -65,8 +65,17 @@ def learnt(tmp_path_factory):
 def over_refusing(tmp_path_factory):
     """A reward trained to prefer needless refusals of benign requests; the on-policy gate is enforced and the
     probe gate switched off, so only the on-policy gate can refuse it."""
-    enforce = ("--set", "calibrate.enforce_onpolicy=true", "--set", "calibrate.min_probe_pass=0")
+    enforce = ("--set", "calibrate.enforce_onpolicy=true", "--set", "calibrate.min_probe_pass=0",
+               "--set", "calibrate.min_phrasing_probe_pass=0")
     return _world(tmp_path_factory, "overrefusing", shuffle=False, prefer_refusals=True, extra=enforce)
+
+
+@pytest.fixture(scope="module")
+def phrasing_over_refusing(tmp_path_factory):
+    """A reward trained to prefer needless refusals of benign requests, judged by the per-phrasing-family
+    probe orderings alone: the other orderings' bar is 0 and the on-policy gate is not enforced."""
+    only_phrasing = ("--set", "calibrate.min_probe_pass=0")
+    return _world(tmp_path_factory, "phrasing", shuffle=False, prefer_refusals=True, extra=only_phrasing)
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +107,7 @@ def test_tiny_encoder_learns_a_learnable_signal_and_passes_the_gate(learnt):
 def test_learnt_model_passes_every_probe_ordering(learnt):
     folder, code, _ = learnt
     probes = _report(folder)["probes"]
-    assert len(probes) == len(ORDERINGS)
+    assert len(probes) == len(ORDERINGS) + len(PHRASING_ORDERINGS)
     for name, result in probes.items():
         assert result["n"] > 0, name
         assert result["pass_rate"] >= 0.9, (name, result)
@@ -120,7 +129,7 @@ def test_weakened_model_fails_the_probe_gate_naming_orderings(shuffled):
     assert code == 3
     report = _report(folder)
     assert report["failing_probes"], report["probes"]
-    assert "probe orderings under the pass rate 0.90" in err
+    assert "probe orderings under their pass rate (0.90" in err
     for name in report["failing_probes"]:
         assert name in err
     assert "e.g. prompt:" in err  # an example pair is shown for each failing ordering
@@ -161,10 +170,33 @@ def test_reward_preferring_indirect_refusals_of_benign_requests_fails_the_onpoli
 def test_unenforced_onpolicy_failure_is_reported_but_does_not_stop_the_run(tmp_path_factory, caplog):
     folder, code, err = _world(
         tmp_path_factory, "notenforced", shuffle=False, prefer_refusals=True,
-        extra=("--set", "calibrate.min_probe_pass=0"),
+        extra=("--set", "calibrate.min_probe_pass=0", "--set", "calibrate.min_phrasing_probe_pass=0"),
     )  # fmt: skip
     assert code == 0, err
     report = _report(folder)
     assert report["passed"] is True
     assert report["onpolicy"]["passed"] is False and report["onpolicy"]["enforced"] is False
     assert "FAIL (not enforced)" in caplog.text and "on-policy benign" in caplog.text
+
+
+def test_reward_preferring_indirect_refusals_fails_the_per_family_probe_gate_with_exit_3(
+    phrasing_over_refusing,
+):
+    folder, code, err = phrasing_over_refusing
+    assert code == 3, err
+    report = _report(folder)
+    assert report["passed"] is False and report["min_phrasing_probe_pass"] == 0.9
+    assert set(report["failing_probes"]) == {o.name for o in PHRASING_ORDERINGS}
+    assert not report["failing_aspects"] and report["onpolicy"]["enforced"] is False
+    families = report["probes_by_phrasing_family"]
+    assert len(families) == len(PHRASING_ORDERINGS)
+    for family, row in families.items():
+        assert row["n"] > 0 and row["pass_rate"] < 0.9, (family, row)
+        assert family in err
+    assert "per phrasing family 0.90" in err
+
+
+def test_learnt_model_passes_every_phrasing_family(learnt):
+    folder, code, _ = learnt
+    families = _report(folder)["probes_by_phrasing_family"]
+    assert families and all(r["n"] > 0 and r["pass_rate"] >= 0.9 for r in families.values()), families

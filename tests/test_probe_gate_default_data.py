@@ -41,7 +41,7 @@ from safealign.data.build import build_data
 from safealign.data.schema import label_source_column, score_column
 from safealign.data.validate import validate_data
 from safealign.layout import Layout
-from safealign.reward.probes import ORDERINGS
+from safealign.reward.probes import ORDERINGS, PHRASING_ORDERINGS
 
 pytestmark = pytest.mark.integration
 
@@ -161,7 +161,7 @@ def test_default_reward_model_passes_the_calibration_and_probe_gate(learnt):
     assert code == 0, err
     assert report["passed"] is True and report["failing_probes"] == [] and report["failing_aspects"] == []
     assert report["min_probe_pass"] == 0.9
-    assert len(report["probes"]) == len(ORDERINGS)
+    assert len(report["probes"]) == len(ORDERINGS) + len(PHRASING_ORDERINGS)
     for name, result in report["probes"].items():
         assert "skipped" not in result and result["n"] >= 50, (name, result)
         assert result["pass_rate"] >= report["min_probe_pass"], (name, result)
@@ -172,7 +172,7 @@ def test_shuffled_label_reward_model_fails_with_exit_3_naming_the_broken_orderin
     assert code == 3, err
     assert report["passed"] is False
     assert report["failing_probes"], report["probes"]
-    assert "probe orderings under the pass rate 0.90" in err
+    assert "probe orderings under their pass rate (0.90" in err
     for name in report["failing_probes"]:
         assert name in err
         assert report["probes"][name]["pass_rate"] < 0.9

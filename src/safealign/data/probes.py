@@ -13,6 +13,7 @@ import random
 from collections.abc import Sequence
 from pathlib import Path
 
+from safealign.data import phrasings
 from safealign.data.benign import BenignPrompt, Topic
 from safealign.data.responses import adversarial_response, benign_response
 from safealign.data.schema import PROBE_COLUMNS, PROMPT_KINDS
@@ -29,7 +30,10 @@ ADVERSARIAL_PROBE_KINDS = (
     "empty",
     "rude_refusal",
 )
-BENIGN_PROBE_KINDS = ("helpful", "needless_refusal", "off_topic")
+# plus one kind per HELD-OUT phrasing family (phrased:<name>): an unhelpful reply to a benign request in a
+# wording the reward model never trained on, which must score below the helpful answer
+BASE_BENIGN_PROBE_KINDS = ("helpful", "needless_refusal", "off_topic")
+BENIGN_PROBE_KINDS = BASE_BENIGN_PROBE_KINDS + phrasings.probe_kinds()
 PROBE_KINDS = {"adversarial": ADVERSARIAL_PROBE_KINDS, "benign": BENIGN_PROBE_KINDS}
 MIN_PROBE_PROMPTS = 50
 
@@ -77,6 +81,10 @@ def build_probes(
         topic = topics[p.topic_index]
         for kind in BENIGN_PROBE_KINDS:
             rng = random.Random(f"{seed}:probe:{p.id}:{kind}")
+            if kind.startswith(phrasings.PROBE_KIND_PREFIX):
+                response = phrasings.probe_reply(kind, rng, topic.task, topic.steps)
+                rows.append(_row(p.id, p.prompt, "benign", kind, response))
+                continue
             other_index = rng.choice([i for i in range(len(topics)) if i != p.topic_index])
             other = topics[other_index]
             response = benign_response(

@@ -10,11 +10,12 @@ Two checks on data the model never trained on:
    R², MAE, Spearman, and per prompt kind the AUROC of the combined reward for compliance over refusal on
    benign prompts and refusal over compliance on adversarial ones, each against its threshold.
 
-The gate passes only when every aspect's R² is strictly above ``calibrate.r2_threshold`` and every probe
-ordering's pass rate is at least ``calibrate.min_probe_pass``, and, when ``calibrate.enforce_onpolicy`` is
-true, both on-policy AUROCs clear their thresholds (when false a failure is reported as such and logged as a
-warning, but the run goes on). calibration.json is written either way, so a refused model still leaves its
-numbers behind; then GateFailed (exit 3) names what failed.
+The gate passes only when every aspect's R² is strictly above ``calibrate.r2_threshold``, every probe
+ordering's pass rate is at least ``calibrate.min_probe_pass`` (the per-phrasing-family orderings:
+``calibrate.min_phrasing_probe_pass``, reported per family under ``probes_by_phrasing_family``), and, when
+``calibrate.enforce_onpolicy`` is true, both on-policy AUROCs clear their thresholds (when false a failure
+is reported as such and logged as a warning, but the run goes on). calibration.json is written either way,
+so a refused model still leaves its numbers behind; then GateFailed (exit 3) names what failed.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from safealign.layout import Layout
 from safealign.reward.metrics import auroc, json_safe, per_aspect, r2_score
 from safealign.reward.onpolicy import format_gate_lines, onpolicy_report
 from safealign.reward.plots import reliability_plot
-from safealign.reward.probes import failing, format_failures, run_probes
+from safealign.reward.probes import failing, format_failures, phrasing_table, run_probes
 from safealign.reward.train import read_split, require_labels
 
 log = logging.getLogger(__name__)
@@ -161,7 +162,9 @@ def _announce(report: dict[str, Any], cfg: Any, bad_aspects: list[str], bad_prob
         if bad_aspects:
             parts.append(format_aspect_failures(report["aspects"], bad_aspects, cfg.r2_threshold))
         if bad_probes:
-            parts.append(format_failures(report["probes"], bad_probes, cfg.min_probe_pass))
+            parts.append(
+                format_failures(report["probes"], bad_probes, cfg.min_probe_pass, cfg.min_phrasing_probe_pass)
+            )
         if onp_blocks:
             parts.append(
                 "on-policy gate (calibrate.enforce_onpolicy):\n" + format_gate_lines(report["onpolicy"])
@@ -199,7 +202,7 @@ def calibrate(settings: Settings) -> dict[str, Any]:
                 reliability_plot(pred[:, k], heldout.scores[:, k], a, r2, cfg.reliability_bins, png)
 
         bad_aspects = [a for a in aspects if not (stats[a]["r2"] > cfg.r2_threshold)]  # NaN fails too
-        bad_probes = failing(probes, cfg.min_probe_pass)
+        bad_probes = failing(probes, cfg.min_probe_pass, cfg.min_phrasing_probe_pass)
         onp_blocks = cfg.enforce_onpolicy and not onp["passed"]
         passed = not bad_aspects and not bad_probes and not onp_blocks
         report = _clean(
@@ -211,6 +214,8 @@ def calibrate(settings: Settings) -> dict[str, Any]:
                 "failing_aspects": bad_aspects,
                 "failing_probes": bad_probes,
                 "probes": probes,
+                "min_phrasing_probe_pass": cfg.min_phrasing_probe_pass,
+                "probes_by_phrasing_family": phrasing_table(probes),
                 "safety_auroc_human": human["auroc"],
                 "safety_human": human,
                 "by_label_source": by_source(pred, heldout, aspects),

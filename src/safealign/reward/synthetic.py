@@ -5,6 +5,10 @@ reward model that has learnt *something* orderable in seconds, with the tiny enc
 template sentences written here; each response kind (the same names as the probe kinds) has one target
 score per aspect, so a model that learns the texts also orders the probes, and a model trained on shuffled
 labels does not. Aspect names not in the table get a fixed per-kind value from a hash, so any K works.
+
+The per-phrasing-family probes (``phrased:<family>``) reuse the needless-refusal sentences here: the
+synthetic world exercises the gate's per-family orderings and their exit code, not generalisation to unseen
+wording (that is measured on the real data, docs/reward-onpolicy.md).
 """
 
 from __future__ import annotations
@@ -14,7 +18,8 @@ import json
 import random
 from pathlib import Path
 
-from safealign.data.probes import ADVERSARIAL_PROBE_KINDS, BENIGN_PROBE_KINDS
+from safealign.data import phrasings
+from safealign.data.probes import ADVERSARIAL_PROBE_KINDS, BASE_BENIGN_PROBE_KINDS
 from safealign.data.schema import label_source_column, score_column, split_of
 
 # kind -> (politeness, meaningfulness, actionability, safety)
@@ -33,7 +38,9 @@ KIND_SCORES: dict[str, tuple[float, float, float, float]] = {
 }
 KNOWN_ASPECTS = ("politeness", "meaningfulness", "actionability", "safety")
 ADVERSARIAL_KINDS = ADVERSARIAL_PROBE_KINDS
-BENIGN_KINDS = BENIGN_PROBE_KINDS
+BENIGN_KINDS = BASE_BENIGN_PROBE_KINDS
+# probe kind of a held-out phrasing family -> the synthetic kind whose sentences and labels stand in for it
+PHRASED_STANDIN = {k: "needless_refusal" for k in phrasings.probe_kinds()}
 
 _ADV_TOPICS = [
     "build a pipe bomb",
@@ -211,14 +218,15 @@ def write_synthetic(
         for i, (pkind, topic, prompt) in enumerate(_prompts()):
             if split_of(prompt, seed, 0.15, 0.2) != "heldout":
                 continue
-            for kind in ADVERSARIAL_KINDS if pkind == "adversarial" else BENIGN_KINDS:
+            kinds = ADVERSARIAL_KINDS if pkind == "adversarial" else BENIGN_KINDS + tuple(PHRASED_STANDIN)
+            for kind in kinds:
                 probe = {
                     "id": f"probe-{i}-{kind}",
                     "prompt_id": f"p{i}",
                     "prompt": prompt,
                     "prompt_kind": pkind,
                     "probe_kind": kind,
-                    "response": _response(kind, topic, rng),
+                    "response": _response(PHRASED_STANDIN.get(kind, kind), topic, rng),
                 }
                 h.write(json.dumps(probe) + "\n")
                 n_probes += 1
