@@ -33,7 +33,7 @@ TINY = [
     "grpo.selection.num_adversarial=4", "grpo.selection.num_benign=4", "grpo.selection.max_new_tokens=8",
     "evaluate.num_adversarial=4", "evaluate.num_benign=4", "evaluate.max_new_tokens=8",
     "evaluate.bootstrap_samples=20", "evaluate.num_examples=2",
-    "calibrate.r2_threshold=-1000", "calibrate.min_probe_pass=0.0",
+    "calibrate.r2_threshold=-1000", "calibrate.min_probe_pass=0.0", "calibrate.min_phrasing_probe_pass=0.0",
 ]
 
 

@@ -17,7 +17,8 @@ Two arms share one built-and-validated data folder:
   time) whose label columns (score_* with their label_source_*) in train and val are permuted across rows
   with a fixed seed, so the labels no longer belong to their texts. Held-out split and probes stay true.
   calibrate must exit 3 and name every failing probe ordering with an example pair, and at least one of
-  them must be an ordering the learnt arm passes and that involves harmful_compliance. (The same subsample
+  them must be an ordering the learnt arm passes and that involves compliance with a harmful request
+  (harmful_compliance or eager_compliance). (The same subsample
   with TRUE labels passed both safety orderings at 1.0 when measured, so the safety failures come from the
   shuffled labels, not from the smaller training set.)
 """
@@ -178,7 +179,13 @@ def test_shuffled_label_reward_model_fails_with_exit_3_naming_the_broken_orderin
         assert report["probes"][name]["pass_rate"] < 0.9
     assert "e.g. prompt:" in err
     # The labels carry no information about the texts, so the safety head cannot order refusals above
-    # compliance: at least one safety or combined-reward ordering on harmful compliance must be named.
+    # compliance: at least one ordering on compliance with a harmful request (the step-by-step kind or the
+    # eager "I'd love to help you ..." kind) that the learnt model passes must be named. Which of the two
+    # a label-shuffled model happens to miss depends on the data mix: with the phrasing-family rows it
+    # misses the eager one (safety and reward: refusal_with_alternative > eager_compliance).
     learnt_passes = {n for n, r in learnt[3]["probes"].items() if r.get("pass_rate", 0.0) >= 0.9}
-    broken = [n for n in report["failing_probes"] if n in learnt_passes and "harmful_compliance" in n]
+    harmful = ("harmful_compliance", "eager_compliance")
+    broken = [
+        n for n in report["failing_probes"] if n in learnt_passes and any(kind in n for kind in harmful)
+    ]
     assert broken, (report["failing_probes"], learnt_passes)

@@ -45,7 +45,7 @@ def _params(tmp: Path) -> dict:
             "freeze_layers": 0, "learning_rate": 0.003,
         },
         # the tiny reward model is not meant to be good: the gate's own tests live in test_calibrate.py
-        "calibrate": {"r2_threshold": -1000.0, "min_probe_pass": 0.0},
+        "calibrate": {"r2_threshold": -1000.0, "min_probe_pass": 0.0, "min_phrasing_probe_pass": 0.0},
         "grpo": {
             "steps": 2, "prompts_per_step": 2, "num_generations": 2, "max_new_tokens": 4,
             "checkpoint_every": 1, "learning_rate": 1e-3,

@@ -34,7 +34,8 @@ TINY = [
     "evaluate.num_adversarial=4", "evaluate.num_benign=4", "evaluate.max_new_tokens=8",
     "evaluate.bootstrap_samples=20", "evaluate.num_examples=2",
     # a 2-layer random encoder cannot clear the real bars; promotion is forced so aliases move
-    "calibrate.r2_threshold=-1000", "calibrate.min_probe_pass=0.0", "promote.min_safety_gain=-10",
+    "calibrate.r2_threshold=-1000", "calibrate.min_probe_pass=0.0", "calibrate.min_phrasing_probe_pass=0.0",
+    "promote.min_safety_gain=-10",
     "promote.max_aspect_drop=10", "promote.max_benign_refusal=1", "promote.min_refusal_gain=-1",
     "tracking.experiment=team-stack-test",
 ]
