@@ -200,3 +200,37 @@ def test_learnt_model_passes_every_phrasing_family(learnt):
     folder, code, _ = learnt
     families = _report(folder)["probes_by_phrasing_family"]
     assert families and all(r["n"] > 0 and r["pass_rate"] >= 0.9 for r in families.values()), families
+
+
+def test_onpolicy_auroc_combines_benign_rows_with_the_grpo_benign_weights():
+    """The benign AUROC describes the reward GRPO optimises on benign prompts: with grpo.benign_weights set,
+    those weights combine the benign rows (adversarial rows keep the aspects' weights). Here the safety head
+    prefers refusals and actionability prefers compliance: the aspects' mix ranks refusals first, the benign
+    weights {actionability: 1} rank compliance first, and the adversarial figure does not move."""
+    import numpy as np
+
+    from safealign.config import Settings
+    from safealign.reward.calibrate import _benign_weights
+    from safealign.reward.onpolicy import onpolicy_report
+
+    aspects = ["politeness", "meaningfulness", "actionability", "safety"]
+    rows, pred = [], []
+    for i in range(4):  # benign: compliance (actionability high, safety lower) vs refusal (the reverse)
+        rows += [{"prompt_kind": "benign", "refusal": False}, {"prompt_kind": "benign", "refusal": True}]
+        pred += [[0.5, 0.5, 0.9, 0.6 + i / 100], [0.5, 0.5, 0.1, 0.99]]
+        rows += [{"prompt_kind": "adversarial", "refusal": r} for r in (True, False)]
+        pred += [[0.5, 0.5, 0.1, 0.95], [0.5, 0.5, 0.9, 0.2]]
+    for r in rows:
+        r.update(source="test", aspects={a: 0.5 for a in aspects})
+    pred, weights = np.array(pred), np.array([0.15, 0.15, 0.15, 0.55])
+    settings = Settings.model_validate({"grpo": {"benign_weights": {"actionability": 1.0}}})
+    benign_weights = _benign_weights(settings, aspects)
+    assert benign_weights.tolist() == [0.0, 0.0, 1.0, 0.0]
+    cfg = settings.calibrate
+
+    mixed = onpolicy_report(pred, weights, rows, aspects, cfg)
+    per_kind = onpolicy_report(pred, weights, rows, aspects, cfg, benign_weights)
+    assert mixed["auroc"]["benign"]["auroc"] == 0.0 and per_kind["auroc"]["benign"]["auroc"] == 1.0
+    assert mixed["auroc"]["adversarial"]["auroc"] == per_kind["auroc"]["adversarial"]["auroc"] == 1.0
+    assert per_kind["benign_weights"] == [0.0, 0.0, 1.0, 0.0] and mixed["benign_weights"] is None
+    assert _benign_weights(Settings(), aspects) is None

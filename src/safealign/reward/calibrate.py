@@ -172,6 +172,12 @@ def _announce(report: dict[str, Any], cfg: Any, bad_aspects: list[str], bad_prob
         raise GateFailed("reward model refused by the calibration gate\n" + "\n".join(parts))
 
 
+def _benign_weights(settings: Settings, aspects: list[str]) -> np.ndarray | None:
+    """``grpo.benign_weights`` in the model's aspect order (unlisted aspects 0), or None when unset."""
+    bw = settings.grpo.benign_weights
+    return None if bw is None else np.asarray([float(bw.get(a, 0.0)) for a in aspects], dtype=np.float64)
+
+
 def calibrate(settings: Settings) -> dict[str, Any]:
     """Run the calibration and probe gate; write metrics/calibration.json + plots; raise GateFailed on no."""
     from safealign.tracking import stage_run
@@ -194,7 +200,8 @@ def calibrate(settings: Settings) -> dict[str, Any]:
         probes = run_probes(model, layout.probes)
         human = safety_vs_human(pred, heldout, aspects)
         onp_pred = model.score([r["prompt"] for r in onp_rows], [r["reply"] for r in onp_rows], batch_size=64)
-        onp = onpolicy_report(onp_pred, model.weights, onp_rows, aspects, cfg)
+        benign_weights = _benign_weights(settings, aspects)
+        onp = onpolicy_report(onp_pred, model.weights, onp_rows, aspects, cfg, benign_weights)
         with atomic_dir(layout.calibration_dir) as tmp:
             for k, a in enumerate(aspects):
                 png = tmp / f"reliability_{a}.png"

@@ -5,7 +5,8 @@ still reward a bias GRPO will find: preferring a needless refusal of a benign re
 model scores the hand-labelled on-policy set (:mod:`safealign.data.onpolicy`) and the report gives:
 
 * R², MAE, Spearman per aspect against the hand labels (and per policy source);
-* per prompt kind, the AUROC of the COMBINED reward (the number GRPO optimises): compliance over refusal on
+* per prompt kind, the AUROC of the COMBINED reward (the number GRPO optimises for that kind of prompt: the
+  aspects' weights, or ``grpo.benign_weights`` on benign prompts when set): compliance over refusal on
   benign prompts, refusal over compliance on adversarial ones, next to each head's own AUROC so a failure
   points at the head that causes it;
 * a gate line per AUROC against ``calibrate.min_benign_compliance_auroc`` /
@@ -48,15 +49,35 @@ def auroc_block(
     }
 
 
+def combined_reward(
+    pred: np.ndarray, weights: np.ndarray, rows: list[dict[str, Any]], benign_weights: np.ndarray | None
+) -> np.ndarray:
+    """Each row's combined reward with the weights GRPO uses for its prompt kind."""
+    pred = np.asarray(pred, dtype=np.float64)
+    per_row = np.tile(np.asarray(weights, dtype=np.float64), (len(rows), 1))
+    if benign_weights is not None:
+        benign = np.array([r["prompt_kind"] == "benign" for r in rows], dtype=bool)
+        per_row[benign] = np.asarray(benign_weights, dtype=np.float64)
+    return (pred * per_row).sum(axis=1)
+
+
 def onpolicy_report(
-    pred: np.ndarray, weights: np.ndarray, rows: list[dict[str, Any]], aspects: list[str], cfg: Any
+    pred: np.ndarray,
+    weights: np.ndarray,
+    rows: list[dict[str, Any]],
+    aspects: list[str],
+    cfg: Any,
+    benign_weights: np.ndarray | None = None,
 ) -> dict[str, Any]:
-    """The on-policy block of calibration.json from the model's [N, K] scores of ``rows``."""
+    """The on-policy block of calibration.json from the model's [N, K] scores of ``rows``.
+
+    ``benign_weights`` (``grpo.benign_weights`` in the model's aspect order, or None) combine the benign
+    rows: the AUROC must describe the reward the policy is trained on, not a different mix."""
     labels = np.array(  # an aspect the set does not label is NaN: no R² for it, the AUROCs still count it
         [[np.nan if r["aspects"].get(a) is None else float(r["aspects"][a]) for a in aspects] for r in rows],
         dtype=np.float64,
     )
-    combined = np.asarray(pred, dtype=np.float64) @ np.asarray(weights, dtype=np.float64)
+    combined = combined_reward(pred, weights, rows, benign_weights)
     sources = sorted({r["source"] for r in rows})
     by_source = {}
     for src in sources:
@@ -77,6 +98,7 @@ def onpolicy_report(
         }
     return {
         "n": len(rows),
+        "benign_weights": None if benign_weights is None else [float(w) for w in benign_weights],
         "by_source_count": dict(sorted(Counter(r["source"] for r in rows).items())),
         "aspects": per_aspect(pred, labels, aspects),
         "by_source": by_source,
