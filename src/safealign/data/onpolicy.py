@@ -18,7 +18,6 @@ labeller; ``agreement`` compares the two passes per aspect and on the refusal la
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -106,18 +105,8 @@ def load_second_pass(path: Path = SECOND_PASS_FILE) -> list[dict[str, Any]] | No
     if not path.exists():
         return None
     out = []
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
-        if (
-            not isinstance(row, dict)
-            or not isinstance(row.get("id"), str)
-            or not isinstance(row.get("aspects"), dict)
-        ):
+    for lineno, row in iter_jsonl(path):
+        if not isinstance(row.get("id"), str) or not isinstance(row.get("aspects"), dict):
             raise DataError(f"{path}:{lineno}: expected an object with 'id' and 'aspects'")
         out.append(row)
     return out
