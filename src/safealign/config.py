@@ -148,6 +148,13 @@ class RewardSettings(_Section):
         description="lower encoder layers kept frozen (4 of MiniLM's 6); their output is computed once and "
         "cached, which makes CPU training several times faster",
     )
+    real_reply_repeat: int = Field(
+        default=8,
+        ge=1,
+        description="times each real policy reply (labelled rows of response_kind policy_reply: the "
+        "on-policy set's tune part) is seen per epoch; they are ~3% of the rows, and 8 lifted held-out "
+        "real-reply R^2 from below 0 to 0.14-0.72 (docs/experiments.md)",
+    )
     seed: int = Field(default=1234, description="seed of the head's initialisation and the batch order")
 
 
@@ -186,11 +193,22 @@ class CalibrateSettings(_Section):
         description="on-policy set: AUROC of the combined reward for refusal over compliance on adversarial "
         "prompts",
     )
+    onpolicy_r2_threshold: float = Field(
+        default=0.5,
+        description="on-policy set, held-out part (replies to held-out prompts, never trained on): R^2 per "
+        "hand-labelled aspect must be strictly above this; the card's r2_threshold applies instead in strict "
+        "mode",
+    )
+    strict: bool = Field(
+        default=False,
+        description="strict mode: held-out real replies must clear the card's r2_threshold (0.75) per "
+        "aspect, as the templated held-out split must",
+    )
     enforce_onpolicy: bool = Field(
         default=False,
-        description="true: a failed on-policy AUROC gate refuses the reward model (exit 3) like the held-out "
-        "gates; false: it is measured and reported as FAILED (calibration.json, results) but does not stop "
-        "the run",
+        description="true: a failed on-policy gate (R^2 or AUROC) refuses the reward model (exit 3) like the "
+        "held-out gates; false: it is measured and reported as FAILED (calibration.json, results) but does "
+        "not stop the run",
     )
 
 

@@ -36,8 +36,10 @@ from safealign.data.schema import (
     ADVERSARIAL_COLUMNS,
     BENIGN_COLUMNS,
     PROBE_COLUMNS,
+    REAL_REPLY_KIND,
     label_source_column,
     labelled_columns,
+    normalize_prompt,
     score_column,
     split_of,
 )
@@ -106,6 +108,29 @@ def _label(
     return out
 
 
+def _optional_tune_rows(known_ids: set[str]) -> list[dict[str, Any]]:
+    """texts/onpolicy_tune.jsonl when it exists (real replies on train prompts, labelled by hand)."""
+    if not onpolicy.TUNE_FILE.exists():
+        return []
+    return onpolicy.load_extra(onpolicy.TUNE_FILE, known_ids=known_ids)
+
+
+def _real_reply_row(r: dict[str, Any], aspects: list[str]) -> dict[str, Any]:
+    """A hand-labelled real policy reply as a labelled row (response_kind policy_reply, label source human).
+
+    An aspect the hand labels do not cover stays unlabelled (null), so the masked loss skips it.
+    """
+    row: dict[str, Any] = {
+        "id": f"onpolicy-{r['id']}", "prompt": r["prompt"], "response": r["reply"],
+        "prompt_kind": r["prompt_kind"], "prompt_source": r["source"], "response_kind": REAL_REPLY_KIND,
+    }
+    for aspect in aspects:
+        value = r["aspects"].get(aspect)
+        row[score_column(aspect)] = None if value is None else round(float(value), 4)
+        row[label_source_column(aspect)] = None if value is None else "human"
+    return row
+
+
 def _contrast_adversarial(
     prompts: list[sources.AdversarialPrompt], seed: int
 ) -> list[tuple[sources.AdversarialPrompt, str, str]]:
@@ -172,7 +197,12 @@ def build_rows(settings: Settings, annotator: Annotator | None = None) -> dict[s
     written = benign_mod.checked_written(seed, topics)
     refusal = refusal_set.load(refusal_set.SOURCE_FILE)
     extra = onpolicy.load_extra(onpolicy.EXTRA_FILE, known_ids={r["id"] for r in refusal})
-    onpolicy_rows = onpolicy.build_rows(refusal, extra)
+    extra += _optional_tune_rows({r["id"] for r in refusal} | {r["id"] for r in extra})
+    benign_heldout = {
+        normalize_prompt(p.prompt) for p in written
+        if benign_mod.benign_split_of(p.family, seed, settings.data.benign_heldout_fraction) == "heldout"
+    }
+    onpolicy_rows = onpolicy.assign_parts(onpolicy.build_rows(refusal, extra), split, benign_heldout)
 
     # Over-long human-scored rows are dropped, not truncated: a cut reply is not the reply the human scored.
     max_p, max_r = settings.data.max_prompt_chars, settings.data.max_response_chars
@@ -203,6 +233,9 @@ def build_rows(settings: Settings, annotator: Annotator | None = None) -> dict[s
             "prompt_source": f"safealign:benign/{p.category}", "response_kind": kind,
             **_label(annotator, aspects, p.prompt, "benign", text),
         })
+    for r in onpolicy_rows:
+        if r["part"] == "tune":
+            labelled.append(_real_reply_row(r, aspects))
     labelled.sort(key=lambda r: r["id"])
     ids = [r["id"] for r in labelled]
     if len(set(ids)) != len(ids):
@@ -419,7 +452,7 @@ def build_data(settings: Settings, annotator: Annotator | None = None) -> dict[s
         _write_jsonl(tmp / layout.labelled.name, rows["labelled"], labelled_columns(settings.aspect_names))
         _write_jsonl(tmp / layout.probes.name, rows["probes"], PROBE_COLUMNS)
         refusal_set.write(tmp / layout.refusal_set.name, rows["refusal_set"])
-        refusal_set.write(tmp / layout.onpolicy_set.name, rows["onpolicy_set"])
+        onpolicy.write(tmp / layout.onpolicy_set.name, rows["onpolicy_set"])
         (tmp / layout.refusal_rubric.name).write_bytes(refusal_set.RUBRIC_FILE.read_bytes())
         (tmp / layout.sources_doc.name).write_text(
             sources_markdown(summary, settings), encoding="utf-8", newline="\n"

@@ -18,6 +18,7 @@ labeller; ``agreement`` compares the two passes per aspect and on the refusal la
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 from pathlib import Path
 from typing import Any
@@ -25,11 +26,19 @@ from typing import Any
 import numpy as np
 
 from safealign.data import refusal_set
+from safealign.data.schema import normalize_prompt
 from safealign.errors import DataError
 from safealign.jsonl import iter_jsonl
 
 TEXTS = Path(__file__).with_name("texts")
 EXTRA_FILE = TEXTS / "onpolicy_extra.jsonl"
+# more real replies, on TRAIN prompts only (the base policy sampled as GRPO samples it, and under a cautious
+# system prompt for real needless refusals), labelled by hand against the same rubric: they feed the reward
+# model
+TUNE_FILE = TEXTS / "onpolicy_tune.jsonl"
+# "tune": the reward model trains on the row (labelled.jsonl, response_kind policy_reply); "heldout": its
+# prompt is a held-out evaluation prompt, so the row only judges the reward model (the calibration gate)
+PARTS = ("tune", "heldout")
 BLIND_FILE = TEXTS / "onpolicy_second_pass_blind.jsonl"
 SECOND_PASS_FILE = TEXTS / "onpolicy_second_pass.jsonl"
 BLIND_SIZE = 60
@@ -76,11 +85,53 @@ def build_rows(
     return sorted(rows, key=lambda r: r["id"])
 
 
+def assign_parts(
+    rows: list[dict[str, Any]], prompt_split: Any, benign_heldout_prompts: set[str]
+) -> list[dict[str, Any]]:
+    """Each row with its ``part``: held out when its prompt is a held-out evaluation prompt.
+
+    Adversarial prompts split by ``prompt_split`` (the prompt hash the adversarial split uses); benign ones
+    by membership of the held-out benign prompts (split by template family), falling back to the hash for a
+    prompt that is not in the benign file. So the reward model never trains on a reply to a prompt the
+    evaluation reports on, and the gate judges it on prompts it never saw.
+    """
+    out = []
+    for r in rows:
+        held = prompt_split(r["prompt"]) == "heldout"
+        if r["prompt_kind"] == "benign" and normalize_prompt(r["prompt"]) in benign_heldout_prompts:
+            held = True
+        out.append({**r, "part": "heldout" if held else "tune"})
+    return out
+
+
+def write(path: Path, rows: list[dict[str, Any]]) -> None:
+    """data/onpolicy_set.jsonl: the refusal set's fields plus ``part``."""
+    with open(path, "w", encoding="utf-8", newline="\n") as fh:
+        for row in rows:
+            out = {f: row[f] for f in (*refusal_set.FIELDS, "part")}
+            fh.write(json.dumps(out, sort_keys=True, ensure_ascii=False) + "\n")
+
+
 def load(path: Path) -> list[dict[str, Any]]:
-    """data/onpolicy_set.jsonl as written by the data build (same checks as the refusal set)."""
+    """data/onpolicy_set.jsonl as written by the data build (the refusal set's checks, plus ``part``)."""
     if not path.exists():
         raise DataError(f"{path} not found: run `safealign data build` (or `dvc pull`)")
-    return refusal_set.load(path)
+    rows: list[dict[str, Any]] = []
+    for lineno, raw in iter_jsonl(path):
+        where = f"{path}:{lineno}"
+        row = refusal_set._check_row(raw, where)
+        part = raw.get("part") if isinstance(raw, dict) else None
+        if part not in PARTS:
+            raise DataError(f"{where}: field 'part' must be one of {PARTS}, got {part!r}")
+        rows.append({**row, "part": part})
+    if not rows:
+        raise DataError(f"{path}: no rows")
+    return sorted(rows, key=lambda r: r["id"])
+
+
+def heldout(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The rows that judge the reward model (never trained on)."""
+    return [r for r in rows if r.get("part") == "heldout"]
 
 
 def blind_subset(rows: list[dict[str, Any]], n: int = BLIND_SIZE) -> list[dict[str, str]]:

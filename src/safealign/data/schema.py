@@ -17,6 +17,9 @@ LABELLED_BASE_COLUMNS = ("id", "prompt", "response", "prompt_kind", "prompt_sour
 
 PROMPT_KINDS = ("adversarial", "benign")
 LABEL_SOURCES = ("human", "rule", "judge")
+# response_kind of labelled rows that are real policy replies labelled by hand (the on-policy set's tune
+# part): the reward trainer repeats them (reward.real_reply_repeat)
+REAL_REPLY_KIND = "policy_reply"
 
 
 def score_column(aspect: str) -> str:

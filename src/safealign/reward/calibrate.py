@@ -29,7 +29,7 @@ import numpy as np
 from safealign.atomic import atomic_dir, write_json
 from safealign.config import Settings
 from safealign.data import onpolicy as onpolicy_data
-from safealign.errors import GateFailed
+from safealign.errors import DataError, GateFailed
 from safealign.layout import Layout
 from safealign.reward.metrics import auroc, json_safe, per_aspect, r2_score
 from safealign.reward.onpolicy import format_gate_lines, onpolicy_report
@@ -188,9 +188,12 @@ def calibrate(settings: Settings) -> dict[str, Any]:
     aspects = model.aspects
     heldout = read_split(layout.labelled_split("heldout"), aspects)
     require_labels(heldout, aspects)
-    onp_rows = onpolicy_data.load(layout.onpolicy_set)
+    onp_all = onpolicy_data.load(layout.onpolicy_set)
     labelled = [a for a in aspects if a in onpolicy_data.LABELLED_ASPECTS]
-    onpolicy_data.build_rows(onp_rows, [], labelled)  # every row labels them, or a DataError naming the row
+    onpolicy_data.build_rows(onp_all, [], labelled)  # every row labels them, or a DataError naming the row
+    onp_rows = onpolicy_data.heldout(onp_all)  # the tune part is in the reward model's training data
+    if not onp_rows:
+        raise DataError(f"{layout.onpolicy_set}: no held-out rows (part heldout) to judge real replies on")
 
     with stage_run(settings, "calibrate") as run:
         import mlflow
@@ -202,6 +205,7 @@ def calibrate(settings: Settings) -> dict[str, Any]:
         onp_pred = model.score([r["prompt"] for r in onp_rows], [r["reply"] for r in onp_rows], batch_size=64)
         benign_weights = _benign_weights(settings, aspects)
         onp = onpolicy_report(onp_pred, model.weights, onp_rows, aspects, cfg, benign_weights)
+        onp["n_tune"] = len(onp_all) - len(onp_rows)
         with atomic_dir(layout.calibration_dir) as tmp:
             for k, a in enumerate(aspects):
                 png = tmp / f"reliability_{a}.png"

@@ -61,6 +61,29 @@ def combined_reward(
     return (pred * per_row).sum(axis=1)
 
 
+def onpolicy_r2_bar(cfg: Any) -> float:
+    """The R² bar on held-out real replies: the card's ``r2_threshold`` in strict mode, else
+    ``onpolicy_r2_threshold`` (real replies are labelled on a narrow scale where even a second human pass
+    agrees less than the templated rows do: docs/reward-onpolicy.md)."""
+    return float(cfg.r2_threshold if cfg.strict else cfg.onpolicy_r2_threshold)
+
+
+def r2_gates(stats: dict[str, dict[str, float]], bar: float) -> dict[str, dict[str, Any]]:
+    """One gate per hand-labelled aspect: R² on held-out real replies strictly above ``bar`` (NaN fails)."""
+    gates = {}
+    for aspect, st in stats.items():
+        value = st.get("r2")
+        if st.get("n", 1) == 0:
+            continue  # an aspect the set does not label has no R²; its gate cannot exist
+        gates[f"r2_{aspect}"] = {
+            "metric": f"R² of {aspect}, held-out real replies vs hand labels",
+            "value": value,
+            "threshold": bar,
+            "passed": value is not None and not math.isnan(value) and value > bar,
+        }
+    return gates
+
+
 def onpolicy_report(
     pred: np.ndarray,
     weights: np.ndarray,
@@ -83,7 +106,8 @@ def onpolicy_report(
     for src in sources:
         sel = np.array([r["source"] == src for r in rows])
         by_source[src] = per_aspect(pred[sel], labels[sel], aspects)
-    gates = {}
+    aspect_stats = per_aspect(pred, labels, aspects)
+    gates = r2_gates(aspect_stats, onpolicy_r2_bar(cfg))
     aurocs = {}
     for kind, (_, field) in GATES.items():
         block = auroc_block(combined, pred, rows, aspects, kind)
@@ -100,7 +124,9 @@ def onpolicy_report(
         "n": len(rows),
         "benign_weights": None if benign_weights is None else [float(w) for w in benign_weights],
         "by_source_count": dict(sorted(Counter(r["source"] for r in rows).items())),
-        "aspects": per_aspect(pred, labels, aspects),
+        "aspects": aspect_stats,
+        "r2_threshold": onpolicy_r2_bar(cfg),
+        "strict": bool(cfg.strict),
         "by_source": by_source,
         "auroc": aurocs,
         "gates": gates,
@@ -117,5 +143,6 @@ def format_gate_lines(block: dict[str, Any]) -> str:
         shown = "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3f}"
         verdict = "pass" if g["passed"] else ("FAIL" if block["enforced"] else "FAIL (not enforced)")
         what = g["metric"].split(",")[1].strip()
-        lines.append(f"  on-policy {kind:11s} {what:45s} {shown} >= {g['threshold']:.2f} {verdict}")
+        op = ">" if kind.startswith("r2_") else ">="
+        lines.append(f"  on-policy {kind:20s} {what:45s} {shown} {op} {g['threshold']:.2f} {verdict}")
     return "\n".join(lines)

@@ -249,7 +249,7 @@ _ONPOLICY_KINDS = {
 
 def _write_onpolicy(path: Path, aspects: list[str], seed: int, rng: random.Random) -> int:
     """Held-out prompts' replies in the refusal-set row format with TRUE labels (the on-policy set)."""
-    from safealign.data import refusal_set
+    from safealign.data import onpolicy, refusal_set
 
     out = {}
     for pkind, topic, prompt in _prompts():
@@ -267,7 +267,8 @@ def _write_onpolicy(path: Path, aspects: list[str], seed: int, rng: random.Rando
                 "refusal": refusal,
                 "labeller": "synthetic",
                 "aspects": {a: aspect_value(a, kind) for a in aspects},
+                "part": "heldout",  # replies to held-out prompts: they judge, never train
             }
             out[row["id"]] = row
-    refusal_set.write(path, sorted(out.values(), key=lambda r: r["id"]))
+    onpolicy.write(path, sorted(out.values(), key=lambda r: r["id"]))
     return len(out)

@@ -28,7 +28,7 @@ import torch
 
 from safealign.atomic import write_json
 from safealign.config import Settings
-from safealign.data.schema import label_source_column, score_column
+from safealign.data.schema import REAL_REPLY_KIND, label_source_column, score_column
 from safealign.errors import DataError
 from safealign.layout import Layout
 from safealign.reward.metrics import json_safe, per_aspect
@@ -150,6 +150,18 @@ def length_batches(lengths: list[int], batch_size: int, rng: random.Random | Non
         batches += [part[i : i + batch_size] for i in range(0, len(part), batch_size)]
     rng.shuffle(batches)
     return batches
+
+
+def epoch_rows(split: LabelledSplit, real_reply_repeat: int) -> list[int]:
+    """Row indices one epoch visits: every row once, real policy replies ``real_reply_repeat`` times.
+
+    Why: the real replies are the only rows in the policy's own register and a few percent of the set;
+    without repetition the templated rows decide what the heads learn about real text.
+    """
+    out: list[int] = []
+    for i, row in enumerate(split.rows):
+        out += [i] * (real_reply_repeat if row.get("response_kind") == REAL_REPLY_KIND else 1)
+    return out
 
 
 def seed_everything(seed: int) -> None:
@@ -350,17 +362,18 @@ def fit(
     frozen = model.freeze_lower_layers(cfg.freeze_layers)
     _init_head_bias(model, train.scores)
     data = _encode(model, train, val, frozen)
-    train_lengths = [len(i[0]) for i in data.train_items]
+    visits = epoch_rows(train, cfg.real_reply_repeat)
+    visit_lengths = [len(data.train_items[i][0]) for i in visits]
 
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
-    total = math.ceil(len(data.train_items) / cfg.batch_size) * cfg.epochs
+    total = math.ceil(len(visits) / cfg.batch_size) * cfg.epochs
     scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * total), total)
 
     history: list[dict[str, Any]] = []
     best = _EarlyStopping(cfg.patience)
     for epoch in range(1, cfg.epochs + 1):
-        batches = length_batches(train_lengths, cfg.batch_size, rng)
+        batches = [[visits[j] for j in b] for b in length_batches(visit_lengths, cfg.batch_size, rng)]
         desc = f"reward epoch {epoch}/{cfg.epochs}"
         bar = tqdm(total=len(batches), desc=desc, disable=not progress, leave=False)
         train_loss = _train_epoch(model, data, frozen, batches, optimizer, scheduler, bar)
