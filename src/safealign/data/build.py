@@ -108,6 +108,20 @@ def _label(
     return out
 
 
+def _onpolicy_rows(
+    settings: Settings, refusal: list[dict[str, Any]], written: list[Any], split: Any
+) -> list[dict[str, Any]]:
+    """The on-policy set (refusal-set policy rows, extra and tune files), each with its part."""
+    extra = onpolicy.load_extra(onpolicy.EXTRA_FILE, known_ids={r["id"] for r in refusal})
+    extra += _optional_tune_rows({r["id"] for r in refusal} | {r["id"] for r in extra})
+    d = settings.data
+    benign_heldout = {
+        normalize_prompt(p.prompt) for p in written
+        if benign_mod.benign_split_of(p.family, d.seed, d.benign_heldout_fraction) == "heldout"
+    }
+    return onpolicy.assign_parts(onpolicy.build_rows(refusal, extra), split, benign_heldout)
+
+
 def _optional_tune_rows(known_ids: set[str]) -> list[dict[str, Any]]:
     """texts/onpolicy_tune.jsonl when it exists (real replies on train prompts, labelled by hand)."""
     if not onpolicy.TUNE_FILE.exists():
@@ -196,13 +210,7 @@ def build_rows(settings: Settings, annotator: Annotator | None = None) -> dict[s
     benign = benign_mod.benign_prompts(topics, seed)
     written = benign_mod.checked_written(seed, topics)
     refusal = refusal_set.load(refusal_set.SOURCE_FILE)
-    extra = onpolicy.load_extra(onpolicy.EXTRA_FILE, known_ids={r["id"] for r in refusal})
-    extra += _optional_tune_rows({r["id"] for r in refusal} | {r["id"] for r in extra})
-    benign_heldout = {
-        normalize_prompt(p.prompt) for p in written
-        if benign_mod.benign_split_of(p.family, seed, settings.data.benign_heldout_fraction) == "heldout"
-    }
-    onpolicy_rows = onpolicy.assign_parts(onpolicy.build_rows(refusal, extra), split, benign_heldout)
+    onpolicy_rows = _onpolicy_rows(settings, refusal, written, split)
 
     # Over-long human-scored rows are dropped, not truncated: a cut reply is not the reply the human scored.
     max_p, max_r = settings.data.max_prompt_chars, settings.data.max_response_chars
