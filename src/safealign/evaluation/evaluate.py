@@ -117,6 +117,13 @@ def compare_set(
         ),
         "base": behaviour(base_replies, samples, seed),
         "aligned": behaviour(aligned_replies, samples, seed),
+        # paired over prompts, so the interval of the change is narrower than two separate rates' would be
+        "refusal_change": paired_comparison(
+            [float(judge(r).is_refusal) for r in base_replies],
+            [float(judge(r).is_refusal) for r in aligned_replies],
+            samples=samples,
+            seed=seed,
+        ),
     }
 
 
