@@ -114,12 +114,14 @@ def test_greedy_rows_equal_model_generate_without_adapter(setup, batch_size):
 
 
 @pytest.mark.parametrize("batch_size", [1, 4])
-def test_greedy_rows_equal_model_generate_with_an_active_lora_adapter(setup, batch_size):
+def test_greedy_rows_equal_model_generate_with_an_active_lora_adapter(setup, batch_size, caplog):
     """An unmerged adapter is folded in by the path itself; today's paths are ``merged_lora`` + generate
     (selection) and ``merge_and_unload`` + generate (evaluation): all three give the same tokens."""
     base, tok, texts = setup
     model = _lora(copy.deepcopy(base))
-    ours = generate_rows(model, tok, texts, Decoding(MAX_NEW, batch_size, 0))
+    with caplog.at_level(logging.INFO, logger="safealign.policy.decoding"):
+        ours = generate_rows(model, tok, texts, Decoding(MAX_NEW, batch_size, 0))
+    assert "(lean decoder)" in caplog.text  # the adapter is folded in first, so the lean path runs
     with merged_lora(model):
         selection_path = _reference_rows(model, tok, texts, batch_size)
     merged = copy.deepcopy(model).merge_and_unload().eval()

@@ -198,9 +198,6 @@ def generate_rows(
     returns them). ``lean=False`` forces HF's ``model.generate``; otherwise it is used only where the lean
     path cannot promise the same replies (logged, with the reason)."""
     _prepare_tokenizer(tokenizer)
-    blocker = lean_blocker(model, decoding) if lean else "lean=False"
-    if blocker is not None and lean:
-        log.info("lean decoder not used (%s): generating with model.generate", blocker)
     lengths = [len(ids) for ids in tokenizer(list(texts), add_special_tokens=False)["input_ids"]]
     order = sorted(range(len(texts)), key=lambda i: (lengths[i], i))
     rows: list[torch.Tensor] = [torch.empty(0, dtype=torch.long)] * len(texts)
@@ -208,6 +205,9 @@ def generate_rows(
     device = next(model.parameters()).device
     started = time.perf_counter()
     with policy_weights(model):
+        blocker = lean_blocker(model, decoding) if lean else "lean=False"
+        if blocker is not None and lean:
+            log.info("lean decoder not used (%s): generating with model.generate", blocker)
         for start in range(0, len(order), decoding.batch_size):
             idx = order[start : start + decoding.batch_size]
             enc = tokenizer(

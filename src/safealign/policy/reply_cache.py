@@ -13,7 +13,9 @@ The key (sha256) covers:
 - the tokenizer (``tokenizer_fingerprint``: vocabulary, special tokens, chat template, class);
 - the exact templated prompt texts, in order;
 - the decoding (``Decoding.key()`` and the path taken, lean or ``model.generate``);
-- the code: ``decoding.DECODER_VERSION`` (passed in ``decoding``) and the torch and transformers versions.
+- the code: ``decoding.DECODER_VERSION`` (passed in ``decoding``) and the torch and transformers versions;
+- the CPU's kernel level and torch's thread count: both choose matmul kernels whose rounding can move a
+  near-tie between two tokens, and a cached reply must be the reply this machine would generate.
 
 Entries are JSON files ``<cache_dir>/replies/<key>.json`` written atomically (temporary file + rename), and
 carry their key, their count and a sha256 of their replies. An entry that does not parse or does not match
@@ -85,12 +87,13 @@ def weights_fingerprint(model: Any) -> str:
 
 def tokenizer_fingerprint(tokenizer: Any) -> str:
     """sha256 of what turns text into ids and back: vocabulary, special tokens, chat template, class."""
+    stamp = (len(tokenizer), str(tokenizer.special_tokens_map), getattr(tokenizer, "chat_template", None))
     try:
         hit = _TOKENIZERS.get(tokenizer)
     except TypeError:  # not weak-referenceable
         hit = None
-    if hit is not None:
-        return hit
+    if hit is not None and hit[0] == stamp:
+        return hit[1]
     parts = {
         "class": type(tokenizer).__name__,
         "vocab": sorted(tokenizer.get_vocab().items()),
@@ -99,7 +102,7 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
     }
     value = hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode("utf-8")).hexdigest()
     try:
-        _TOKENIZERS[tokenizer] = value
+        _TOKENIZERS[tokenizer] = (stamp, value)
     except TypeError:
         pass
     return value
@@ -125,6 +128,9 @@ class ReplyCache:
             "format": FORMAT,
             "torch": torch.__version__,
             "transformers": transformers.__version__,
+            # the matmul kernels and their split over threads can move a near-tie between two tokens
+            "cpu": torch.backends.cpu.get_cpu_capability(),
+            "threads": torch.get_num_threads(),
             "weights": weights_fingerprint(model),
             "tokenizer": tokenizer_fingerprint(tokenizer),
             "decoding": decoding,
