@@ -128,6 +128,8 @@ def test_greedy_rows_equal_model_generate_with_an_active_lora_adapter(setup, bat
     evaluation_path = _reference_rows(merged, tok, texts, batch_size)
     _assert_same(ours, selection_path)
     _assert_same(ours, evaluation_path)
+    with merged_lora(model):  # selection calls the path with the adapter already folded: never fold twice
+        _assert_same(generate_rows(model, tok, texts, Decoding(MAX_NEW, batch_size, 0)), selection_path)
     plain = _reference_rows(base, tok, texts, batch_size)
     assert any(not torch.equal(a, b) for a, b in zip(ours, plain, strict=True))  # the adapter matters
     assert not decoding.lora_folded(model)  # the base weights were restored, the adapter active again...
