@@ -129,7 +129,7 @@ def load_generator(settings: Settings, model: str) -> Callable[[list[list[dict[s
         raise ConfigError(
             f"--model {model}: not a registry URI, an MLflow model folder or a PEFT adapter folder"
         )
-    from safealign.evaluation.generate import generate_from_texts
+    from safealign.policy.decoding import generate_from_texts
     from safealign.policy.loading import load_policy_with_adapter
     from safealign.serving import chat_text
 

@@ -51,7 +51,8 @@ class PathsSettings(_Section):
     metrics_dir: str = Field(default="metrics", description="metrics/<stage>.json, declared as DVC metrics")
     cache_dir: str = Field(
         default=".cache",
-        description="the base policy converted once from GGUF to a plain HF folder, and the judge's answers",
+        description="the base policy converted once from GGUF to a plain HF folder, the judge's answers, and "
+        "policy replies keyed by content (weights, prompts, decoding: replies/, policy/reply_cache.py)",
     )
 
 

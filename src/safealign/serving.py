@@ -13,7 +13,7 @@ available where the model loads: the installed package for the embedded default,
 local folder otherwise (``SAFEALIGN_BASE_MODEL`` points at another copy, e.g. a volume holding a 14B base);
 the hash makes a different base a loud error instead of a silently different model. Input is a chat
 (``messages``: role/content pairs ending with a user turn), output the assistant's greedy ``reply``: the
-decoding of evaluation (:func:`generate_from_texts`), so a served reply is the evaluated reply.
+decoding of evaluation (``policy.decoding.generate_from_texts``), so a served reply is the evaluated reply.
 
 Both models are written with ``save_model`` into a local folder and logged as run artifacts (no serving
 input validation at log time: it would load the base model once more inside the promotion step).
@@ -147,7 +147,7 @@ class PolicyPyfunc(PythonModel):
     def predict(self, context, model_input, params=None):  # noqa: ANN001 - MLflow reads type hints as a schema
         import pandas as pd
 
-        from safealign.evaluation.generate import generate_from_texts
+        from safealign.policy.decoding import generate_from_texts
 
         frame = pd.DataFrame(model_input)
         if "messages" not in frame.columns:

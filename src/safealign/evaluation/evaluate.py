@@ -221,11 +221,14 @@ def _generate_all(
 
     Each policy loads once for both suites; the first ``n_standard`` prompts (standard suite) and the rest
     (robustness) are generated in separate calls so each suite's generation time is measured on its own.
+    Replies go through the reply cache (keyed by weights, prompts and decoding): the base policy's are
+    generated once for every evaluation, refresh round and candidate that asks the same of it.
     """
     import torch
 
-    from safealign.evaluation.generate import generate_replies
+    from safealign.policy.decoding import generate_replies
     from safealign.policy.loading import load_policy, load_policy_with_adapter
+    from safealign.policy.reply_cache import ReplyCache
 
     ev = settings.evaluate
     kw = dict(
@@ -233,6 +236,7 @@ def _generate_all(
         max_new_tokens=ev.max_new_tokens,
         batch_size=ev.batch_size,
         seed=ev.seed,
+        cache=ReplyCache(settings.paths.cache_dir),
     )
     timing: dict[str, float] = {}
     replies: dict[str, list[str]] = {}

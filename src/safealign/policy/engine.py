@@ -191,6 +191,7 @@ def generate(
     temperature: float = 1.0,
     top_p: float = 1.0,
     lean: bool = True,
+    greedy: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Sample G completions per prompt. Returns (completion_ids [N, Lc], completion_mask [N, Lc]).
 
@@ -198,7 +199,8 @@ def generate(
     Sampling uses the global torch RNG (saved in checkpoints). ``lean=True`` decodes with
     ``lean_decode.LeanDecoder`` when the architecture allows it (same arithmetic, same ``_sample`` draws in
     the same order, less overhead per token); otherwise, or with ``lean=False``, every decode step is HF's
-    forward.
+    forward. ``greedy=True`` takes the argmax instead of sampling (no RNG drawn): HF's greedy decoding, which
+    evaluation, selection and serving use through ``policy/decoding.py``.
     """
     g = group_size
     decoder = LeanDecoder.build(model) if lean else None
@@ -225,7 +227,7 @@ def generate(
     finished = torch.zeros(n, dtype=torch.bool)
     tokens: list[torch.Tensor] = []
     for step in range(max_new_tokens):
-        tok = _sample(logits, temperature, top_p)
+        tok = logits.argmax(-1) if greedy else _sample(logits, temperature, top_p)
         tok = torch.where(finished, torch.full_like(tok, pad_id), tok)
         tokens.append(tok)
         finished |= torch.isin(tok, eos)

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 SUPPORTED = ("llama", "qwen2")
 
 
-def _unwrap(model: Any) -> Any:
+def unwrap(model: Any) -> Any:
     """The HF causal LM under a PEFT wrapper (or the model itself)."""
     if hasattr(model, "get_base_model"):
         return model.get_base_model()
@@ -49,7 +49,7 @@ def _linear(module: Any) -> torch.nn.Linear | None:
     return base if type(base) is torch.nn.Linear else None
 
 
-def _lora_folded(model: Any) -> bool:
+def lora_folded(model: Any) -> bool:
     """True when no LoRA layer would add a delta on top of its base weight in a forward.
 
     That holds inside ``merged_lora`` (adapters disabled, delta folded into the base weights), after
@@ -198,48 +198,31 @@ class LeanDecoder:
     # ------------------------------------------------------------------------------------------ building
 
     @classmethod
+    def supports(cls, model: Any) -> bool:
+        """Whether ``build`` would return a decoder, checked without preparing (copying, packing) weights."""
+        return _parts(model) is not None
+
+    @classmethod
     def build(cls, model: Any, pack: bool = True) -> LeanDecoder | None:
         """A decoder over ``model``'s CURRENT weights, or None if this architecture/state is not supported."""
-        hf = _unwrap(model)
-        cfg = getattr(hf, "config", None)
-        if cfg is None or getattr(cfg, "model_type", None) not in SUPPORTED:
+        parts = _parts(model)
+        if parts is None:
             return None
-        if getattr(cfg, "hidden_act", "silu") != "silu" or not _lora_folded(model):
-            return None
-        if any(t != "full_attention" for t in (getattr(cfg, "layer_types", None) or [])):
-            return None
-        inner = getattr(hf, "model", None)
-        if inner is None or not all(
-            hasattr(inner, a) for a in ("embed_tokens", "layers", "norm", "rotary_emb")
-        ):
-            return None
-        if type(inner.embed_tokens) is not torch.nn.Embedding:
-            return None
-        if getattr(cfg, "num_hidden_layers", len(inner.layers)) != len(inner.layers):
-            return None
+        hf, blocks, head = parts
         layers = []
-        for i, block in enumerate(inner.layers):
-            att, mlp = block.self_attn, block.mlp
-            lin = [_linear(m) for m in (att.q_proj, att.k_proj, att.v_proj, att.o_proj)]
-            lin += [_linear(m) for m in (mlp.gate_proj, mlp.up_proj, mlp.down_proj)]
-            if any(m is None for m in lin):
-                return None
-            q, k, v, o, gate, up, down = lin
+        for i, (block, (q, k, v, o, gate, up, down)) in enumerate(blocks):
             layers.append(
                 _Layer(
                     ln1=block.input_layernorm.weight.detach(),
                     eps1=float(block.input_layernorm.variance_epsilon),
-                    qkv=_prepared(hf, f"{i}.qkv", [q, k, v], pack),  # type: ignore[list-item]
-                    o=_prepared(hf, f"{i}.o", [o], pack),  # type: ignore[list-item]
+                    qkv=_prepared(hf, f"{i}.qkv", [q, k, v], pack),
+                    o=_prepared(hf, f"{i}.o", [o], pack),
                     ln2=block.post_attention_layernorm.weight.detach(),
                     eps2=float(block.post_attention_layernorm.variance_epsilon),
-                    gate_up=_prepared(hf, f"{i}.gate_up", [gate, up], pack),  # type: ignore[list-item]
-                    down=_prepared(hf, f"{i}.down", [down], pack),  # type: ignore[list-item]
+                    gate_up=_prepared(hf, f"{i}.gate_up", [gate, up], pack),
+                    down=_prepared(hf, f"{i}.down", [down], pack),
                 )
             )
-        head = hf.get_output_embeddings()
-        if type(head) is not torch.nn.Linear:
-            return None
         return cls(hf, layers, _prepared(hf, "lm_head", [head], pack))
 
     # ------------------------------------------------------------------------------------------ decoding
@@ -304,6 +287,39 @@ class LeanDecoder:
         self.t = t + 1
         self.pos = self.pos + 1
         return self.head(x)
+
+
+def _parts(model: Any) -> tuple[Any, list[tuple[Any, list[torch.nn.Linear]]], torch.nn.Linear] | None:
+    """(HF causal LM, [(block, its 7 plain linears q k v o gate up down)], lm_head) when the lean decoder
+    computes exactly this model's forward, else None (architecture, activation, attention kind, wrapped
+    weights, or an active unmerged LoRA delta)."""
+    hf = unwrap(model)
+    cfg = getattr(hf, "config", None)
+    if cfg is None or getattr(cfg, "model_type", None) not in SUPPORTED:
+        return None
+    if getattr(cfg, "hidden_act", "silu") != "silu" or not lora_folded(model):
+        return None
+    if any(t != "full_attention" for t in (getattr(cfg, "layer_types", None) or [])):
+        return None
+    inner = getattr(hf, "model", None)
+    if inner is None or not all(hasattr(inner, a) for a in ("embed_tokens", "layers", "norm", "rotary_emb")):
+        return None
+    if type(inner.embed_tokens) is not torch.nn.Embedding:
+        return None
+    if getattr(cfg, "num_hidden_layers", len(inner.layers)) != len(inner.layers):
+        return None
+    blocks = []
+    for block in inner.layers:
+        att, mlp = block.self_attn, block.mlp
+        mods = (att.q_proj, att.k_proj, att.v_proj, att.o_proj, mlp.gate_proj, mlp.up_proj, mlp.down_proj)
+        lin = [_linear(m) for m in mods]
+        if any(m is None for m in lin):
+            return None
+        blocks.append((block, lin))
+    head = hf.get_output_embeddings()
+    if type(head) is not torch.nn.Linear:
+        return None
+    return hf, blocks, head  # type: ignore[return-value]
 
 
 def _cache_kv(cache: Any, i: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -40,6 +40,7 @@ from safealign.evaluation.evaluate import SETS
 from safealign.evaluation.refusal import refusal_rates
 from safealign.jsonl import read_prompts
 from safealign.layout import Layout
+from safealign.policy.reply_cache import ReplyCache
 from safealign.policy.reward_adapter import Scorer
 
 log = logging.getLogger(__name__)
@@ -142,13 +143,15 @@ def validate(
     max_new_tokens: int,
     batch_size: int,
     seed: int,
+    cache: ReplyCache | None = None,
 ) -> dict[str, Any]:
     """Greedy replies of the policy as it stands to every validation prompt, scored and judged.
 
     Decoding is the evaluation stage's (greedy, chat template) with the LoRA delta merged for speed. The
     global RNG is left exactly as it was, so validating changes nothing about the training trajectory.
+    With a ``cache`` the replies are read from it when these weights already answered these prompts.
     """
-    from safealign.evaluation.generate import generate_replies
+    from safealign.policy.decoding import generate_replies
     from safealign.policy.engine import merged_lora
 
     started = time.perf_counter()
@@ -163,6 +166,7 @@ def validate(
             max_new_tokens=max_new_tokens,
             batch_size=batch_size,
             seed=seed,
+            cache=cache,
         )
     tokenizer.padding_side = padding_side
     model.train(was_training)
@@ -200,11 +204,21 @@ class Selector:
 
     Its state travels in the GRPO checkpoint, the best adapter included (the checkpoint of that step may
     have been rotated away by then), so a resumed run chooses exactly what an uninterrupted one would.
+
+    ``cache`` serves the base validation (step 0) only: the base's replies repeat in every run with the same
+    carve and decoding, a trained step's never do (hashing its weights and writing an entry would be waste).
     """
 
-    def __init__(self, rule: SelectionRule, prompts: dict[str, list[str]], **decoding: Any) -> None:
+    def __init__(
+        self,
+        rule: SelectionRule,
+        prompts: dict[str, list[str]],
+        cache: ReplyCache | None = None,
+        **decoding: Any,
+    ) -> None:
         self.rule = rule
         self.prompts = prompts
+        self.cache = cache
         self.decoding = decoding
         self.records: list[dict[str, Any]] = []
         self.best_step: int | None = None
@@ -216,7 +230,8 @@ class Selector:
 
         if not self.records and step != 0:
             raise ValueError("the base policy (step 0) must be validated first")
-        record = validate(model, tokenizer, scorer, self.prompts, step=step, **self.decoding)
+        cache = self.cache if step == 0 else None
+        record = validate(model, tokenizer, scorer, self.prompts, step=step, cache=cache, **self.decoding)
         if self.records:
             record["failures"] = self.rule.failures(record, self.records[0])
         self.records.append(record)
@@ -268,6 +283,7 @@ def build_selector(
     selector = Selector(
         SelectionRule(sel.max_benign_refusal, sel.max_aspect_drop, rank),
         {"adversarial": val_adv, "benign": val_ben},
+        cache=ReplyCache(settings.paths.cache_dir),
         system_prompt=settings.policy.system_prompt,
         max_new_tokens=sel.max_new_tokens,
         batch_size=settings.evaluate.batch_size,

@@ -105,9 +105,11 @@ def label_rows(
 
 
 def sample_replies(settings: Settings, adapter_dir: Path, prompts: list[dict[str, str]]) -> list[str]:
-    """Greedy replies of base + ``adapter_dir`` to ``prompts`` (the evaluation's decoding)."""
-    from safealign.evaluation.generate import generate_replies
+    """Greedy replies of base + ``adapter_dir`` to ``prompts`` (the evaluation's decoding), read from the
+    reply cache when this policy already answered these prompts (a rerun of the round)."""
+    from safealign.policy.decoding import generate_replies
     from safealign.policy.loading import load_policy_with_adapter
+    from safealign.policy.reply_cache import ReplyCache
 
     model, tokenizer = load_policy_with_adapter(settings, adapter_dir, merge=True)
     return generate_replies(
@@ -118,6 +120,7 @@ def sample_replies(settings: Settings, adapter_dir: Path, prompts: list[dict[str
         max_new_tokens=settings.grpo.max_new_tokens,
         batch_size=settings.evaluate.batch_size,
         seed=settings.grpo.seed,
+        cache=ReplyCache(settings.paths.cache_dir),
     )
 
 
