@@ -375,7 +375,12 @@ class EvaluateSettings(_Section):
     """Base vs aligned evaluation on held-out adversarial prompts and the benign set."""
 
     max_new_tokens: int = Field(default=64, gt=0, description="greedy decoding length")
-    num_adversarial: int = Field(default=100, gt=0, description="held-out adversarial prompts scored")
+    num_adversarial: int = Field(
+        default=400,
+        gt=0,
+        description="held-out adversarial prompts scored (all of them when fewer: 248 by default): a refusal "
+        "rate's 95% interval is +-0.06 at 248, +-0.09 at 100",
+    )
     num_benign: int = Field(
         default=400,
         gt=0,
