@@ -17,6 +17,7 @@ writer left behind can be told from what a live one is still writing: ``remove_s
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import re
@@ -156,3 +157,25 @@ def remove_stale_temps(folder: str | Path) -> list[Path]:
             path.unlink(missing_ok=True)
         removed.append(path)
     return removed
+
+
+def rename_no_replace(source: str | Path, target: str | Path) -> None:
+    """Rename ``source`` to ``target``, refusing (FileExistsError) when ``target`` exists.
+
+    For outputs that must never replace a file the command did not write (``generate --output``): a hard
+    link is created atomically only where no file is (so a file that appeared meanwhile is not clobbered),
+    then the source name is dropped. Filesystems without hard links fall back to check-then-rename.
+    """
+    source, target = Path(source), Path(target)
+    try:
+        os.link(source, target)
+    except FileExistsError:
+        raise
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK, errno.ENOSYS):
+            raise
+        if target.exists():
+            raise FileExistsError(errno.EEXIST, "File exists", str(target)) from exc
+        os.replace(source, target)
+        return
+    source.unlink()
