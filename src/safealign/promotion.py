@@ -313,7 +313,7 @@ def _register_policy(
     trained against, so a registry reader needs no other source to judge it."""
     reward_hash = result["candidate"]["reward_model_hash"]
     adapter_hash = result["candidate"]["adapter_hash"]
-    metrics_tag = {k: v for k, v in cand.items() if k != "aspect_changes"}
+    metrics_tag = {k: v for k, v in cand.items() if k not in ("aspect_changes", "non_finite")}
     policy_tags = {
         **base_tags,
         FINGERPRINT_TAG: fingerprint,
