@@ -349,3 +349,22 @@ def test_split_normaliser_keeps_every_default_split_and_finds_no_near_duplicate_
             side_of.setdefault(near_duplicate_key(row["prompt"]), set()).add(label.endswith("/heldout"))
     crossing = [k for k, sides in side_of.items() if len(sides) > 1]
     assert not crossing, crossing[:5]
+
+
+def test_rebuild_keeps_refresh_rounds_and_files_it_does_not_write(built, tmp_path):
+    """Issue 32 case 3: data/refresh/ holds refresh-round replies that nothing can rebuild; a rebuild
+    replaced data/ whole and deleted them (exit 0, no warning)."""
+    good, _ = built
+    data = tmp_path / "data"
+    (data / "refresh").mkdir(parents=True)
+    round_file = data / "refresh" / "round-2.jsonl"
+    round_file.write_bytes(b'{"id": "refresh-2-00000", "prompt": "q", "response": "r"}\n')
+    (data / "NOTES.md").write_text("a user's note\n", encoding="utf-8")
+    (data / "labelled.jsonl").write_text("an edit the rebuild replaces\n", encoding="utf-8")
+    summary = build_data(settings_for(data))
+    assert round_file.read_bytes() == b'{"id": "refresh-2-00000", "prompt": "q", "response": "r"}\n'
+    assert (data / "NOTES.md").read_text(encoding="utf-8") == "a user's note\n"
+    assert summary["kept"] == ["NOTES.md", "refresh"]
+    for name in FILES:  # what the build writes is rebuilt byte for byte
+        assert (data / name).read_bytes() == (good / name).read_bytes(), name
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]
