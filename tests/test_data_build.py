@@ -368,3 +368,27 @@ def test_rebuild_keeps_refresh_rounds_and_files_it_does_not_write(built, tmp_pat
     for name in FILES:  # what the build writes is rebuilt byte for byte
         assert (data / name).read_bytes() == (good / name).read_bytes(), name
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]
+
+
+def test_split_key_of_every_default_text_is_unchanged_by_lookalike_folding(built):
+    """The split key now folds look-alike letters and invisible fillers (issue 32 case 6). No default
+    prompt, response or reply holds one, so every key, and with it every split and id, is as at b7ba37c."""
+    import unicodedata
+
+    from safealign.data.schema import normalize_prompt
+
+    def b7ba37c_key(text: str) -> str:
+        visible = "".join(c for c in unicodedata.normalize("NFKC", text) if unicodedata.category(c) != "Cf")
+        return " ".join(visible.casefold().split())
+
+    data, _ = built
+    texts = [
+        row[field]
+        for path in sorted(data.glob("*.jsonl"))
+        for row in read_jsonl(path)
+        for field in ("prompt", "response", "reply")
+        if isinstance(row.get(field), str)
+    ]
+    assert len(texts) > 10_000
+    changed = [t for t in texts if normalize_prompt(t) != b7ba37c_key(t)]
+    assert changed == []
