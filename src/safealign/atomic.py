@@ -51,14 +51,23 @@ def dir_mode() -> int:
 
 
 @contextlib.contextmanager
-def atomic_dir(target: str | Path) -> Iterator[Path]:
-    """Yield a temporary directory that replaces ``target`` only if the block finishes without error."""
+def atomic_dir(target: str | Path, keep_identical: bool = False) -> Iterator[Path]:
+    """Yield a temporary directory that replaces ``target`` only if the block finishes without error.
+
+    ``keep_identical``: when the new folder has the same files and bytes as ``target`` (a finished stage
+    run again on the same inputs), ``target`` is left as it is, not even renamed, and the copy is dropped.
+    """
+    from safealign.hashing import tree_hash
+
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-{os.getpid()}-", dir=target.parent))
     try:
         os.chmod(tmp, dir_mode())
         yield tmp
+        if keep_identical and target.is_dir() and tree_hash(tmp) == tree_hash(target):
+            shutil.rmtree(tmp, ignore_errors=True)
+            return
         _swap_in(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
