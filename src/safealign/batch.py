@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -154,10 +155,34 @@ def _chat(row: dict[str, Any], system_prompt: str | None) -> list[dict[str, str]
     return [*head, {"role": "user", "content": row["prompt"]}]
 
 
+# models:/NAME@ALIAS or models:/NAME/VERSION; runs:/RUN_ID/PATH. Registered-model names are MLflow's (letters,
+# digits, '_', '-', '.', spaces); no path segment may be '..' or empty.
+_MODELS_URI = re.compile(r"^models:/(?P<name>[A-Za-z0-9][A-Za-z0-9_.\- ]*)(?:@[A-Za-z0-9_\-]+|/[0-9]+)$")
+_RUNS_URI = re.compile(r"^runs:/[0-9a-f]{32}(?:/[A-Za-z0-9_.\-]+)+$")
+
+
+def check_registry_uri(uri: str) -> str:
+    """Refuse (ConfigError, exit 2) a registry URI that is not plainly ``models:/NAME@ALIAS``,
+    ``models:/NAME/VERSION`` or ``runs:/RUN_ID/PATH``, or that climbs with ``..``.
+
+    MLflow resolves such URIs into artifact paths and store queries; a ``..`` segment ended in a raw
+    traceback at b7ba37c, and nothing legitimate needs one.
+    """
+    segments = uri.split(":/", 1)[-1].split("/")
+    if any(seg in ("..", ".") for seg in segments) or not (_MODELS_URI.match(uri) or _RUNS_URI.match(uri)):
+        raise ConfigError(
+            f"--model {uri[:200]!r}: not a registry URI of the form models:/NAME@ALIAS, models:/NAME/VERSION "
+            "or runs:/RUN_ID/PATH (no '..' or empty segments)"
+        )
+    return uri
+
+
 def load_generator(settings: Settings, model: str) -> Callable[[list[list[dict[str, str]]]], list[str]]:
     """A function chats -> replies for a registry URI, an MLflow model folder or an adapter folder."""
     import pandas as pd
 
+    if model.startswith(("models:/", "runs:/")):
+        check_registry_uri(model)
     if model.startswith(("models:/", "runs:/")) or (Path(model) / "MLmodel").is_file():
         import mlflow.pyfunc
 

@@ -650,6 +650,34 @@ def _format_validation_error(err: ValidationError, source: str) -> str:
     return f"invalid settings in {source}: " + "; ".join(problems)
 
 
+# Expansion grows like 3^(aliases/3) at most (chains of lists of three aliases): 20 aliases expand to no more
+# than ~1,000 values, while 91 aliases (ten levels of ten) were 10^10 and exhausted memory in validation.
+MAX_YAML_ALIASES = 20
+
+
+def safe_load_bounded(text: str, source: str) -> Any:
+    """``yaml.safe_load`` that refuses more than ``MAX_YAML_ALIASES`` aliases (ConfigError, exit 2).
+
+    Aliases are shared references in the loaded object, but everything after loading (validation, error
+    messages, ``model_dump``) walks them as copies: nine levels of ten aliases ("billion laughs") is 10^9
+    values, and b7ba37c printed a 157 MB error line for one. params.yaml as generated holds none, and a
+    hand-written file rarely needs more than a few.
+    """
+    aliases = 0
+    try:
+        for event in yaml.parse(text, Loader=yaml.SafeLoader):
+            if isinstance(event, yaml.AliasEvent):
+                aliases += 1
+                if aliases > MAX_YAML_ALIASES:
+                    raise ConfigError(
+                        f"{source}: more than {MAX_YAML_ALIASES} YAML aliases (*name); settings need none "
+                        "(an alias bomb expands exponentially)"
+                    )
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{source}: not valid YAML: {' '.join(str(exc).split())[:300]}") from exc
+
+
 def _parse_override(text: str) -> tuple[list[str], Any]:
     if "=" not in text:
         raise ConfigError(f"override {text!r} must look like section.key=value")
@@ -658,10 +686,7 @@ def _parse_override(text: str) -> tuple[list[str], Any]:
     if not path:
         raise ConfigError(f"override {text!r} has an empty key")
     # YAML parsing gives numbers, booleans, null and lists their natural types ("1e-4" stays a float).
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"override {text!r}: value is not valid YAML: {exc}") from exc
+    value = safe_load_bounded(raw, f"override {text[:100]!r}") if raw.strip() else ""
     if isinstance(value, str):
         try:
             value = float(value) if any(c in value for c in "eE.") and value[0] in "0123456789.-+" else value
@@ -694,13 +719,11 @@ def load_settings(path: str | Path | None = None, overrides: list[str] | None = 
         if not source.is_file():
             raise ConfigError(f"params file {source} is not a file")
         try:
-            loaded = yaml.safe_load(source.read_text(encoding="utf-8"))
+            loaded = safe_load_bounded(source.read_text(encoding="utf-8"), str(source))
         except UnicodeDecodeError as exc:
             raise ConfigError(f"params file {source} is not UTF-8 text: {exc}") from exc
         except OSError as exc:
             raise ConfigError(f"params file {source} cannot be read: {exc}") from exc
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{source}: not valid YAML: {exc}") from exc
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):

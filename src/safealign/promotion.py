@@ -50,6 +50,7 @@ from safealign.tracking import (
     check_reachable,
     common_tags,
     configure,
+    fail_dead_stage_runs,
     log_flat_metrics,
     resolved_tracking_uri,
     set_mlflow_uri,
@@ -515,6 +516,8 @@ def repair_registry(settings: Settings) -> dict[str, Any]:
                 p.lock_lease_s,
             )
             report["lock_broken"] = lock.broken
+            exp_id = _experiment_id(settings)
+            report["stage_runs_failed"] = fail_dead_stage_runs(client, exp_id) if exp_id else []
             layout = Layout.from_settings(settings)
             try:
                 report["aliases"] = _check_agreement(client, settings, layout)
