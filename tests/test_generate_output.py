@@ -28,7 +28,7 @@ def stub_generator(monkeypatch):
     """Replies are 'reply to <last user turn>'; counts calls so a no-op rerun can be checked."""
     calls = []
 
-    def load(settings, model):
+    def load(settings, model, allow_pickle=False):
         def run(chats):
             calls.append(len(chats))
             return [f"reply to {c[-1]['content']}" for c in chats]

@@ -65,6 +65,7 @@ def atomic_dir(target: str | Path, keep_identical: bool = False) -> Iterator[Pat
     try:
         os.chmod(tmp, dir_mode())
         yield tmp
+        normalise_modes(tmp)
         if keep_identical and target.is_dir() and tree_hash(tmp) == tree_hash(target):
             shutil.rmtree(tmp, ignore_errors=True)
             return
@@ -72,6 +73,25 @@ def atomic_dir(target: str | Path, keep_identical: bool = False) -> Iterator[Pat
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def normalise_modes(folder: Path) -> None:
+    """Give everything under ``folder`` the modes a plain ``open``/``mkdir`` would (see the module doc).
+
+    Libraries that write through their own temporary files create them 0600: safetensors' ``save_file``
+    (every ``*.safetensors``: reward model, adapter, checkpoints) did, so model weights were private while
+    everything beside them was 0644. Execute bits a writer set are kept (less the umask).
+    """
+    mask = current_umask()
+    for root, dirs, files in os.walk(folder):
+        for name in dirs:
+            os.chmod(os.path.join(root, name), dir_mode())
+        for name in files:
+            path = os.path.join(root, name)
+            if os.path.islink(path):
+                continue
+            execute = os.stat(path).st_mode & 0o111 & ~mask
+            os.chmod(path, file_mode() | execute)
 
 
 def _swap_in(tmp: Path, target: Path) -> None:

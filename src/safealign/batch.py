@@ -177,12 +177,39 @@ def check_registry_uri(uri: str) -> str:
     return uri
 
 
-def load_generator(settings: Settings, model: str) -> Callable[[list[list[dict[str, str]]]], list[str]]:
+def local_model_folder(model: str, allow_pickle: bool) -> str:
+    """What to load for a local ``--model`` folder without running code it carries.
+
+    An MLflow pyfunc folder loads by unpickling ``python_model.pkl``, and unpickling runs whatever code the
+    pickle names: a folder from anywhere is a program. A policy folder this project wrote (it holds
+    ``artifacts/adapter/adapter_config.json``) is loaded from that adapter, never from its pickle; any
+    other MLflow folder is refused unless ``allow_pickle`` (``--allow-pickle``) says its author is trusted.
+    Registry URIs (``models:/``, ``runs:/``) load through MLflow: the team's registry is trusted.
+    """
+    folder = Path(model)
+    if not (folder / "MLmodel").is_file():
+        return model
+    adapter = folder / "artifacts" / "adapter"
+    if (adapter / "adapter_config.json").is_file():
+        return str(adapter)
+    if not allow_pickle:
+        raise ConfigError(
+            f"--model {model}: an MLflow model folder that safealign did not write; loading it unpickles "
+            "python_model.pkl, which runs code: pass --allow-pickle only if you trust its author"
+        )
+    return model
+
+
+def load_generator(
+    settings: Settings, model: str, allow_pickle: bool = False
+) -> Callable[[list[list[dict[str, str]]]], list[str]]:
     """A function chats -> replies for a registry URI, an MLflow model folder or an adapter folder."""
     import pandas as pd
 
     if model.startswith(("models:/", "runs:/")):
         check_registry_uri(model)
+    else:
+        model = local_model_folder(model, allow_pickle)
     if model.startswith(("models:/", "runs:/")) or (Path(model) / "MLmodel").is_file():
         import mlflow.pyfunc
 
@@ -231,7 +258,12 @@ def load_generator(settings: Settings, model: str) -> Callable[[list[list[dict[s
 
 
 def generate(
-    settings: Settings, model: str, input_path: str | Path, output_path: str | Path, chunk: int = 8
+    settings: Settings,
+    model: str,
+    input_path: str | Path,
+    output_path: str | Path,
+    chunk: int = 8,
+    allow_pickle: bool = False,
 ) -> dict[str, Any]:
     """Reply to every input row; resumes where a previous run stopped.
 
@@ -247,7 +279,7 @@ def generate(
     partial = partial_path(output)
     start = _resume_point(partial, rows)
     summary["skipped"] = start
-    generate_fn = load_generator(settings, model) if start < len(rows) else None
+    generate_fn = load_generator(settings, model, allow_pickle) if start < len(rows) else None
     output.parent.mkdir(parents=True, exist_ok=True)
     # 0666 less the umask (what `open` gives), like every other output: see safealign.atomic
     fd = os.open(partial, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)

@@ -220,7 +220,7 @@ def _cmd_promote(settings: Settings, args: argparse.Namespace) -> Any:
 def _cmd_generate(settings: Settings, args: argparse.Namespace) -> Any:
     from safealign.batch import generate
 
-    return generate(settings, args.model, args.input, args.output)
+    return generate(settings, args.model, args.input, args.output, allow_pickle=args.allow_pickle)
 
 
 def _cmd_pipeline_compile(settings: Settings, args: argparse.Namespace) -> Any:
@@ -335,6 +335,11 @@ def _generate_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--input", required=True, metavar="FILE.jsonl")
     parser.add_argument("--output", required=True, metavar="FILE.jsonl")
+    parser.add_argument(
+        "--allow-pickle", action="store_true",
+        help="load an MLflow model folder safealign did not write (unpickles python_model.pkl: runs its "
+        "code; only for folders whose author you trust)",
+    )
 
 
 GENERATE_DESCRIPTION = (

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from safealign import registry
-from safealign.atomic import write_json
+from safealign.atomic import normalise_modes, write_json
 from safealign.config import Settings
 from safealign.errors import DataError, GateFailed, ServiceError
 from safealign.evaluation.gates import check_gates, summarise
@@ -280,6 +280,7 @@ def _register_reward(
         from safealign.serving import save_reward_model
 
         save_reward_model(layout.reward_model_dir, target, {**meta, "content_hash": reward_hash})
+        normalise_modes(target)  # registry copies readable like every other output (not 0600 weights)
 
     return _find_or_create(
         client,
@@ -338,6 +339,7 @@ def _register_policy(
         save_policy_model(
             settings, layout.adapter_dir, target, {**meta, **summary}, _evaluation_files(layout)
         )
+        normalise_modes(target)
 
     summary_line = ", ".join(f"{k} {v:.4f}" for k, v in sorted(metrics_tag.items()) if isinstance(v, float))
     return _find_or_create(
