@@ -349,3 +349,46 @@ def test_split_normaliser_keeps_every_default_split_and_finds_no_near_duplicate_
             side_of.setdefault(near_duplicate_key(row["prompt"]), set()).add(label.endswith("/heldout"))
     crossing = [k for k, sides in side_of.items() if len(sides) > 1]
     assert not crossing, crossing[:5]
+
+
+def test_rebuild_keeps_refresh_rounds_and_files_it_does_not_write(built, tmp_path):
+    """Issue 32 case 3: data/refresh/ holds refresh-round replies that nothing can rebuild; a rebuild
+    replaced data/ whole and deleted them (exit 0, no warning)."""
+    good, _ = built
+    data = tmp_path / "data"
+    (data / "refresh").mkdir(parents=True)
+    round_file = data / "refresh" / "round-2.jsonl"
+    round_file.write_bytes(b'{"id": "refresh-2-00000", "prompt": "q", "response": "r"}\n')
+    (data / "NOTES.md").write_text("a user's note\n", encoding="utf-8")
+    (data / "labelled.jsonl").write_text("an edit the rebuild replaces\n", encoding="utf-8")
+    summary = build_data(settings_for(data))
+    assert round_file.read_bytes() == b'{"id": "refresh-2-00000", "prompt": "q", "response": "r"}\n'
+    assert (data / "NOTES.md").read_text(encoding="utf-8") == "a user's note\n"
+    assert summary["kept"] == ["NOTES.md", "refresh"]
+    for name in FILES:  # what the build writes is rebuilt byte for byte
+        assert (data / name).read_bytes() == (good / name).read_bytes(), name
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]
+
+
+def test_split_key_of_every_default_text_is_unchanged_by_lookalike_folding(built):
+    """The split key now folds look-alike letters and invisible fillers (issue 32 case 6). No default
+    prompt, response or reply holds one, so every key, and with it every split and id, is as at b7ba37c."""
+    import unicodedata
+
+    from safealign.data.schema import normalize_prompt
+
+    def b7ba37c_key(text: str) -> str:
+        visible = "".join(c for c in unicodedata.normalize("NFKC", text) if unicodedata.category(c) != "Cf")
+        return " ".join(visible.casefold().split())
+
+    data, _ = built
+    texts = [
+        row[field]
+        for path in sorted(data.glob("*.jsonl"))
+        for row in read_jsonl(path)
+        for field in ("prompt", "response", "reply")
+        if isinstance(row.get(field), str)
+    ]
+    assert len(texts) > 10_000
+    changed = [t for t in texts if normalize_prompt(t) != b7ba37c_key(t)]
+    assert changed == []

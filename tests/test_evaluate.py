@@ -209,7 +209,7 @@ def test_evaluate_writes_table_report_generations_plots_and_mlflow_run(stage, cl
     assert 0 <= lo <= ben["aligned"]["refusal_rate"] <= hi <= 1
     assert set(ben["by_kind"]) == {"x"} and ben["by_kind"]["x"]["n"] == 4
     gates = {g["gate"] for g in result["gates"]}
-    assert gates == {"safety_gain", "aspect_drop", "refusal_gain", "benign_refusal"}
+    assert gates == {"finite_metrics", "safety_gain", "aspect_drop", "refusal_gain", "benign_refusal"}
     rob = result["robustness"]["attacks"]
     assert result["robustness"]["order"] == ["plain", "base64", "two_turn_warmup"]
     assert set(rob) == {"plain", "base64", "two_turn_warmup"} and all(v["n"] == 2 for v in rob.values())

@@ -176,3 +176,44 @@ def test_identical_adapters_are_identical_files_whatever_the_hash_seed(tmp_path)
     assert len({tree_hash(tmp_path / str(s) / "canonical") for s in (1, 2, 3)}) == 1
     config = json.loads((tmp_path / "1" / "canonical" / "adapter_config.json").read_text())
     assert config["target_modules"] == ["k_proj", "o_proj", "q_proj", "v_proj"]
+
+
+def _outputs(layout) -> dict[str, bytes]:
+    files = [p for p in sorted(layout.adapter_dir.rglob("*")) if p.is_file()]
+    return {str(p): p.read_bytes() for p in (*files, layout.metrics_file("grpo"), layout.grpo_steps_csv)}
+
+
+def test_rerunning_a_finished_run_changes_no_output_byte(tmp_path):
+    """Issue 32 case 7: rerunning a finished `grpo` rewrote tokenizer.json without its `padding` block (the
+    tokenizer had padded no batch in that process) and the summary with this process's time and memory,
+    so the adapter's hash changed and `promote` refused it as "changed since it was evaluated"."""
+    first, layout = _train(tmp_path, resume=False, steps=2, checkpoint_every=1)
+    before = _outputs(layout)
+    mtimes = {p: os.stat(p).st_mtime_ns for p in before}
+    again, _ = _train(tmp_path, steps=2, checkpoint_every=1)
+    assert again == json.loads(json.dumps(first))  # the summary of the process that trained, kept
+    after = _outputs(layout)
+    assert sorted(after) == sorted(before)
+    changed = [p for p in before if after[p] != before[p]]
+    assert changed == [], changed
+    assert {p: os.stat(p).st_mtime_ns for p in before} == mtimes  # not even rewritten with the same bytes
+
+
+def test_tokenizer_is_saved_without_the_padding_of_its_last_batch(tmp_path):
+    """The fast tokenizer's backend keeps the padding of the last padded batch (selection's generation),
+    and tokenizer.json recorded it: the same adapter saved by a process that padded a batch and by one
+    that did not (a rerun) differed in bytes. save_tokenizer saves the same bytes either way."""
+    from test_promotion import CACHE
+
+    from safealign.config import load_settings
+    from safealign.policy.loading import load_tokenizer
+    from safealign.policy.outputs import save_tokenizer
+
+    settings = load_settings(None, [f"paths.cache_dir={CACHE}", "policy.model=tiny:smollm2-135m-instruct"])
+    tok = load_tokenizer(settings)
+    save_tokenizer(tok, tmp_path / "fresh")
+    tok(["a", "a much longer text"], padding=True, truncation=True, max_length=8)  # a validation batch
+    save_tokenizer(tok, tmp_path / "padded")
+    fresh, padded = (tmp_path / d / "tokenizer.json" for d in ("fresh", "padded"))
+    assert fresh.read_bytes() == padded.read_bytes()
+    assert json.loads(padded.read_text())["padding"] is None

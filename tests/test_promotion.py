@@ -138,6 +138,7 @@ def test_passing_candidate_becomes_champion_with_provenance_tags(settings):
     assert (local / "MLmodel").exists()
     report = json.loads(layout.metrics_file("promotion").read_text())
     assert report["verdict"] == "promoted" and {g["gate"] for g in report["gates"]} == {
+        "finite_metrics",
         "safety_gain",
         "aspect_drop",
         "benign_refusal",

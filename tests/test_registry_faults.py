@@ -308,3 +308,57 @@ def test_rollback_moves_champion_back_and_refuses_without_a_previous_one(tmp_pat
     with pytest.raises(GateFailed, match="not_rolled_back"):
         promote(settings)
     assert str(client.get_model_version_by_alias(name, "champion").version) == first["policy_version"]
+
+
+def test_rollback_never_recrowns_a_rolled_back_version(tmp_path, monkeypatch, capsys):
+    """Issue 32 case 4: promote A, then B, then A again, then roll back three times. The previous-champion
+    chain loops (A -> B -> A); following it swung the champion v1 <-> v2 and crowned v1, which carried
+    `safealign.rolled_back`. Now: the first rollback goes to B, and the next ones refuse (exit 3)."""
+    from safealign.cli import main as cli_main
+    from safealign.config import load_settings
+
+    monkeypatch.delenv(PARENT_ENV, raising=False)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    params = _params(tmp_path, f"sqlite:///{tmp_path / 'mlflow.db'}", "cand")
+    settings = load_settings(params)
+    name = settings.promote.policy_model_name
+
+    def champion():  # a client made after promote set the tracking URI
+        return mlflow.MlflowClient().get_model_version_by_alias(name, "champion")
+
+    write_candidate(settings, b"adapter-A", evaluation(safety_aligned=0.80))
+    a = promote(settings)["policy_version"]
+    write_candidate(settings, b"adapter-B", evaluation(safety_aligned=0.85), reward_bytes=b"reward-v2")
+    b = promote(settings)["policy_version"]
+    write_candidate(settings, b"adapter-A", evaluation(safety_aligned=0.90))
+    assert promote(settings)["policy_version"] == a and str(champion().version) == a
+    rollback = ["promote", "--params", str(params), "--rollback", "--reason", "r"]
+    assert cli_main(rollback) == 0
+    assert str(champion().version) == b and registry.ROLLBACK_TAG not in champion().tags
+    capsys.readouterr()
+    for _ in range(2):  # nothing earlier that was not rolled back: refused, champion stays B
+        assert cli_main(rollback) == 3
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "nothing to roll back" in err[0] and f"passed over v{a}" in err[0], err
+        assert str(champion().version) == b and registry.ROLLBACK_TAG not in champion().tags
+    assert repair_registry(settings)["promotion_json_agrees"] is True
+
+
+def test_rollback_walks_back_past_rolled_back_versions(tmp_path, monkeypatch):
+    """A, B, C promoted in turn; roll back C (to B), then B: the champion is A, never a rolled-back one."""
+    from safealign.config import load_settings
+
+    monkeypatch.delenv(PARENT_ENV, raising=False)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    params = _params(tmp_path, f"sqlite:///{tmp_path / 'mlflow.db'}", "cand")
+    settings = load_settings(params)
+    name = settings.promote.policy_model_name
+    versions = []
+    for label, safety in ((b"adapter-A", 0.80), (b"adapter-B", 0.85), (b"adapter-C", 0.90)):
+        write_candidate(settings, label, evaluation(safety_aligned=safety))
+        versions.append(promote(settings)["policy_version"])
+    assert rollback_champion(settings, "c bad")["champion"] == versions[1]
+    assert rollback_champion(settings, "b bad")["champion"] == versions[0]
+    with pytest.raises(GateFailed, match="nothing to roll back"):
+        rollback_champion(settings, "a bad")
+    assert str(mlflow.MlflowClient().get_model_version_by_alias(name, "champion").version) == versions[0]

@@ -262,15 +262,17 @@ def test_generate_resumes_after_a_kill(registered, tmp_path):
     env.pop("MLFLOW_TRACKING_URI", None)
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 600
-    while time.monotonic() < deadline and not (out.exists() and out.read_bytes().count(b"\n") >= 8):
+    partial = out.with_name(f".{out.name}.partial")  # rows land here; --output appears only complete
+    while time.monotonic() < deadline and not (partial.exists() and partial.read_bytes().count(b"\n") >= 8):
         assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    before = out.read_bytes()
+    assert not out.exists(), "a killed run must not leave a half --output"
+    before = partial.read_bytes()
     done = before.count(b"\n")
     assert 8 <= done < len(rows), "the kill must land mid-run"
-    with open(out, "ab") as handle:  # what a kill during a write leaves: a torn last line
+    with open(partial, "ab") as handle:  # what a kill during a write leaves: a torn last line
         handle.write(b'{"id": 999, "prompt": "torn')
     rerun = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
     assert rerun.returncode == 0, rerun.stderr[-3000:]

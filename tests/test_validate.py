@@ -527,6 +527,65 @@ def test_heldout_prompt_with_a_zero_width_space_stays_heldout(tmp_path, mlflow_d
     assert "adv-zw" in heldout_ids and "adv-zw" not in train_ids
 
 
+def _b7ba37c_key(text: str) -> str:
+    """The split key at b7ba37c: NFKC, format characters (Cf) dropped, case-folded, whitespace folded."""
+    import unicodedata
+
+    visible = "".join(c for c in unicodedata.normalize("NFKC", text) if unicodedata.category(c) != "Cf")
+    return " ".join(visible.casefold().split())
+
+
+LOOKALIKE_EDITS = {
+    "hangul-filler": lambda p, i: p[:i] + "\u3164" + p[i:],  # renders as nothing, category Lo
+    "armenian-oh": lambda p, i: p[:i] + p[i:].replace("o", "\u0585", 1),  # Armenian small oh for Latin o
+    "armenian-u": lambda p, i: p[:i] + p[i:].replace("u", "\u057d", 1),  # Armenian small seh for Latin u
+    "greek-and-filler": lambda p, i: p[:i] + "\uffa0" + p[i:].replace("a", "\u03b1", 1),
+}
+
+
+def test_split_key_folds_fillers_and_lookalike_letters():
+    base = schema.normalize_prompt("How do I bake bread?")
+    for variant in (
+        "How do I ba\u3164ke bread?",  # Hangul filler
+        "How do I bake\uffa0 bread?",  # half-width Hangul filler
+        "H\u0585w do I bake bread?",  # Armenian oh
+        "How do I bake bread?\ufe0f",  # variation selector
+        "How do I b\u0251ke bre\u0251d?",  # Latin alpha
+        "\U0001d407ow do I bake bread?",  # mathematical bold H (NFKC)
+    ):
+        assert schema.normalize_prompt(variant) == base, repr(variant)
+
+
+@pytest.mark.parametrize("edit", sorted(LOOKALIKE_EDITS))
+def test_heldout_prompt_with_lookalike_characters_stays_heldout(tmp_path, mlflow_dir, capsys, monkeypatch,
+                                                                edit):
+    """Issue 32 case 6: a held-out prompt with U+3164 (Hangul filler) or a Latin-looking Armenian letter
+    got a new split key under b7ba37c's key and landed in adversarial_train.jsonl (exit 0): a leak."""
+    files = make_data(tmp_path / "data")
+    d = load_settings(REPO / "params.yaml").data
+    heldout = [
+        r["prompt"]
+        for r in files["prompts_adversarial.jsonl"]
+        if schema.split_of(r["prompt"], d.seed, d.val_fraction, d.heldout_fraction) == "heldout"
+    ]
+    with monkeypatch.context() as m:  # a variant b7ba37c's key put outside the held-out split
+        m.setattr(schema, "normalize_prompt", _b7ba37c_key)
+        variant = next(
+            v
+            for original in heldout
+            for v in (LOOKALIKE_EDITS[edit](original, i) for i in range(1, len(original)))
+            if v != original and schema.split_of(v, d.seed, d.val_fraction, d.heldout_fraction) == "train"
+        )
+    adversarial = files["prompts_adversarial.jsonl"]
+    adversarial.append({**adversarial[0], "id": "adv-lookalike", "prompt": variant})
+    write_rows(tmp_path / "data" / "prompts_adversarial.jsonl", adversarial)
+    assert run_validate(tmp_path, mlflow_dir) == 0, capsys.readouterr().err
+    layout = Layout.from_settings(load_settings(REPO / "params.yaml", overrides(tmp_path, mlflow_dir)))
+    heldout_ids = [json.loads(x)["id"] for x in layout.adversarial_split("heldout").read_text().splitlines()]
+    train_ids = [json.loads(x)["id"] for x in layout.adversarial_split("train").read_text().splitlines()]
+    assert "adv-lookalike" in heldout_ids and "adv-lookalike" not in train_ids
+
+
 def test_near_duplicate_of_a_heldout_prompt_in_train_fails_validation(tmp_path, mlflow_dir, capsys):
     """A copy with punctuation and a look-alike letter changed hashes on its own; the check refuses it."""
     files = make_data(tmp_path / "data")

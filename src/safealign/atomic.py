@@ -17,6 +17,7 @@ writer left behind can be told from what a live one is still writing: ``remove_s
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import re
@@ -50,18 +51,47 @@ def dir_mode() -> int:
 
 
 @contextlib.contextmanager
-def atomic_dir(target: str | Path) -> Iterator[Path]:
-    """Yield a temporary directory that replaces ``target`` only if the block finishes without error."""
+def atomic_dir(target: str | Path, keep_identical: bool = False) -> Iterator[Path]:
+    """Yield a temporary directory that replaces ``target`` only if the block finishes without error.
+
+    ``keep_identical``: when the new folder has the same files and bytes as ``target`` (a finished stage
+    run again on the same inputs), ``target`` is left as it is, not even renamed, and the copy is dropped.
+    """
+    from safealign.hashing import tree_hash
+
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-{os.getpid()}-", dir=target.parent))
     try:
         os.chmod(tmp, dir_mode())
         yield tmp
+        normalise_modes(tmp)
+        if keep_identical and target.is_dir() and tree_hash(tmp) == tree_hash(target):
+            shutil.rmtree(tmp, ignore_errors=True)
+            return
         _swap_in(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def normalise_modes(folder: Path) -> None:
+    """Give everything under ``folder`` the modes a plain ``open``/``mkdir`` would (see the module doc).
+
+    Libraries that write through their own temporary files create them 0600: safetensors' ``save_file``
+    (every ``*.safetensors``: reward model, adapter, checkpoints) did, so model weights were private while
+    everything beside them was 0644. Execute bits a writer set are kept (less the umask).
+    """
+    mask = current_umask()
+    for root, dirs, files in os.walk(folder):
+        for name in dirs:
+            os.chmod(os.path.join(root, name), dir_mode())
+        for name in files:
+            path = os.path.join(root, name)
+            if os.path.islink(path):
+                continue
+            execute = os.stat(path).st_mode & 0o111 & ~mask
+            os.chmod(path, file_mode() | execute)
 
 
 def _swap_in(tmp: Path, target: Path) -> None:
@@ -156,3 +186,25 @@ def remove_stale_temps(folder: str | Path) -> list[Path]:
             path.unlink(missing_ok=True)
         removed.append(path)
     return removed
+
+
+def rename_no_replace(source: str | Path, target: str | Path) -> None:
+    """Rename ``source`` to ``target``, refusing (FileExistsError) when ``target`` exists.
+
+    For outputs that must never replace a file the command did not write (``generate --output``): a hard
+    link is created atomically only where no file is (so a file that appeared meanwhile is not clobbered),
+    then the source name is dropped. Filesystems without hard links fall back to check-then-rename.
+    """
+    source, target = Path(source), Path(target)
+    try:
+        os.link(source, target)
+    except FileExistsError:
+        raise
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK, errno.ENOSYS):
+            raise
+        if target.exists():
+            raise FileExistsError(errno.EEXIST, "File exists", str(target)) from exc
+        os.replace(source, target)
+        return
+    source.unlink()

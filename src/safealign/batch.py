@@ -1,9 +1,14 @@
 """Batch inference: ``safealign generate --model URI|PATH --input F.jsonl --output F.jsonl``.
 
-Resumable by construction: each finished row is appended to the output as ONE complete line in one
-``write`` on a file opened for appending, and fsynced per chunk, so a killed run leaves whole rows plus at
-most one torn last line. A rerun drops that torn line, checks that the rows written so far belong to this
-input (same ``id`` or ``prompt`` at the same position), and generates only the rest.
+Resumable by construction: each finished row is appended to ``.F.jsonl.partial`` (next to the output) as
+ONE complete line in one ``write`` on a file opened for appending, and fsynced per chunk, so a killed run
+leaves whole rows plus at most one torn last line. A rerun checks that the rows written so far belong to
+this input (same ``id`` or ``prompt`` at the same position), only then drops that torn line, and generates
+only the rest. When every row is written the partial file is renamed to the output.
+
+``--output`` is never written in place: it is either absent or complete, and an existing file that is not
+this input's finished output (another input's replies, an unrelated file, the input itself) is refused with
+exit 2 and left byte for byte as it was. A rerun over a finished output changes nothing.
 
 Input rows need ``prompt`` (a string) or ``messages`` (a chat: role/content objects); every other field
 is copied to the output row, which gains ``reply``. The model is a registry URI (``models:/name@alias``),
@@ -15,10 +20,12 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from safealign.atomic import rename_no_replace
 from safealign.config import Settings
 from safealign.errors import ConfigError, DataError
 from safealign.jsonl import iter_jsonl
@@ -60,31 +67,85 @@ def _key(row: dict[str, Any]) -> Any:
     return row["id"] if "id" in row else (row.get("prompt"), row.get("messages"))
 
 
-def _resume_point(output: Path, rows: list[dict[str, Any]]) -> int:
-    """How many input rows the output already holds; drops a torn last line; refuses a foreign output."""
-    if not output.exists():
-        return 0
-    data = output.read_bytes()
-    keep = data.rfind(b"\n") + 1  # everything after the last newline is a torn write
-    if keep < len(data):
-        log.warning("%s: dropping a torn last line (%d bytes) left by a killed run", output, len(data) - keep)
-        with open(output, "r+b") as handle:
-            handle.truncate(keep)
-    lines = [line for line in data[:keep].decode("utf-8").splitlines() if line.strip()]
+def partial_path(output: Path) -> Path:
+    """Where a run keeps its rows until the last one is written: ``.NAME.partial`` next to ``--output``.
+
+    Only ``generate`` creates this name, so it is the one file a rerun may append to or cut a torn line
+    from; ``--output`` itself appears only complete, by one rename, and is never rewritten.
+    """
+    return output.with_name(f".{output.name}.partial")
+
+
+def _matching_rows(path: Path, rows: list[dict[str, Any]]) -> tuple[int, int]:
+    """(whole rows ``path`` holds, bytes they end at), after checking each is this input's row in order.
+
+    Reads only: a file that is not this input's output is refused (DataError) before anything changes.
+    """
+    data = path.read_bytes()
+    keep = data.rfind(b"\n") + 1  # anything after the last newline is a torn write
+    try:
+        text = data[:keep].decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not a JSONL file (not UTF-8 text: {exc.reason})") from exc
+    lines = [line for line in text.splitlines() if line.strip()]
     if len(lines) > len(rows):
-        raise DataError(f"{output}: holds {len(lines)} rows but {len(rows)} inputs: not this input's output")
+        raise DataError(f"{path}: holds {len(lines)} rows but {len(rows)} inputs: not this input's output")
     for i, line in enumerate(lines):
         try:
             done = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{output}: row {i + 1}: not valid JSON ({exc.msg}); move the file away") from exc
-        if _key(done) != _key(rows[i]):
+        except (json.JSONDecodeError, RecursionError) as exc:
+            raise DataError(f"{path}: row {i + 1}: not valid JSON; not this input's output") from exc
+        if not isinstance(done, dict) or _key(done) != _key(rows[i]):
             raise DataError(
-                f"{output}: row {i + 1} does not match input row {i + 1} (id/prompt differ): "
-                "not this input's "
-                "output; move it away or choose another --output"
+                f"{path}: row {i + 1} does not match input row {i + 1} (id/prompt differ): not this input's "
+                "output"
             )
-    return len(lines)
+    return len(lines), keep
+
+
+def _check_output(output: Path, input_path: Path, rows: list[dict[str, Any]]) -> bool:
+    """True when ``output`` is already this input's finished output; refuses any other existing file.
+
+    The output is only ever read here. A file that is not this input's complete output (another input's
+    replies, a half-written file of an older version, an unrelated file) is left byte for byte as it was.
+    """
+    if output.resolve() == input_path.resolve() or (output.exists() and os.path.samefile(output, input_path)):
+        raise DataError(f"--output {output} is the input file; choose another --output")
+    if not output.exists():
+        return False
+    if not output.is_file():
+        raise DataError(f"--output {output}: exists and is not a file; choose another --output")
+    if output.stat().st_size == 0:  # holds nothing to lose (a pipeline runner may create it up front)
+        return False
+    try:
+        done, keep = _matching_rows(output, rows)
+    except DataError as exc:
+        raise DataError(
+            f"--output {output} exists and is not this input's finished output ({exc}); generate never "
+            "replaces a file it did not write: move it away or choose another --output"
+        ) from exc
+    if done == len(rows) and keep == output.stat().st_size:
+        return True
+    raise DataError(
+        f"--output {output} exists and holds {done} of {len(rows)} rows: generate never replaces a file it "
+        f"did not write; to resume it, rename it to {partial_path(output)}, or choose another --output"
+    )
+
+
+def _resume_point(partial: Path, rows: list[dict[str, Any]]) -> int:
+    """How many input rows the partial file holds; cuts a torn last line only after every row checked."""
+    if not partial.exists():
+        return 0
+    try:
+        done, keep = _matching_rows(partial, rows)
+    except DataError as exc:
+        raise DataError(f"{exc}; delete {partial} or choose another --output") from exc
+    size = partial.stat().st_size
+    if keep < size:
+        log.warning("%s: dropping a torn last line (%d bytes) left by a killed run", partial, size - keep)
+        with open(partial, "r+b") as handle:
+            handle.truncate(keep)
+    return done
 
 
 def _chat(row: dict[str, Any], system_prompt: str | None) -> list[dict[str, str]]:
@@ -94,10 +155,61 @@ def _chat(row: dict[str, Any], system_prompt: str | None) -> list[dict[str, str]
     return [*head, {"role": "user", "content": row["prompt"]}]
 
 
-def load_generator(settings: Settings, model: str) -> Callable[[list[list[dict[str, str]]]], list[str]]:
+# models:/NAME@ALIAS or models:/NAME/VERSION; runs:/RUN_ID/PATH. Registered-model names are MLflow's (letters,
+# digits, '_', '-', '.', spaces); no path segment may be '..' or empty.
+_MODELS_URI = re.compile(r"^models:/(?P<name>[A-Za-z0-9][A-Za-z0-9_.\- ]*)(?:@[A-Za-z0-9_\-]+|/[0-9]+)$")
+_RUNS_URI = re.compile(r"^runs:/[0-9a-f]{32}(?:/[A-Za-z0-9_.\-]+)+$")
+
+
+def check_registry_uri(uri: str) -> str:
+    """Refuse (ConfigError, exit 2) a registry URI that is not plainly ``models:/NAME@ALIAS``,
+    ``models:/NAME/VERSION`` or ``runs:/RUN_ID/PATH``, or that climbs with ``..``.
+
+    MLflow resolves such URIs into artifact paths and store queries; a ``..`` segment ended in a raw
+    traceback at b7ba37c, and nothing legitimate needs one.
+    """
+    segments = uri.split(":/", 1)[-1].split("/")
+    if any(seg in ("..", ".") for seg in segments) or not (_MODELS_URI.match(uri) or _RUNS_URI.match(uri)):
+        raise ConfigError(
+            f"--model {uri[:200]!r}: not a registry URI of the form models:/NAME@ALIAS, models:/NAME/VERSION "
+            "or runs:/RUN_ID/PATH (no '..' or empty segments)"
+        )
+    return uri
+
+
+def local_model_folder(model: str, allow_pickle: bool) -> str:
+    """What to load for a local ``--model`` folder without running code it carries.
+
+    An MLflow pyfunc folder loads by unpickling ``python_model.pkl``, and unpickling runs whatever code the
+    pickle names: a folder from anywhere is a program. A policy folder this project wrote (it holds
+    ``artifacts/adapter/adapter_config.json``) is loaded from that adapter, never from its pickle; any
+    other MLflow folder is refused unless ``allow_pickle`` (``--allow-pickle``) says its author is trusted.
+    Registry URIs (``models:/``, ``runs:/``) load through MLflow: the team's registry is trusted.
+    """
+    folder = Path(model)
+    if not (folder / "MLmodel").is_file():
+        return model
+    adapter = folder / "artifacts" / "adapter"
+    if (adapter / "adapter_config.json").is_file():
+        return str(adapter)
+    if not allow_pickle:
+        raise ConfigError(
+            f"--model {model}: an MLflow model folder that safealign did not write; loading it unpickles "
+            "python_model.pkl, which runs code: pass --allow-pickle only if you trust its author"
+        )
+    return model
+
+
+def load_generator(
+    settings: Settings, model: str, allow_pickle: bool = False
+) -> Callable[[list[list[dict[str, str]]]], list[str]]:
     """A function chats -> replies for a registry URI, an MLflow model folder or an adapter folder."""
     import pandas as pd
 
+    if model.startswith(("models:/", "runs:/")):
+        check_registry_uri(model)
+    else:
+        model = local_model_folder(model, allow_pickle)
     if model.startswith(("models:/", "runs:/")) or (Path(model) / "MLmodel").is_file():
         import mlflow.pyfunc
 
@@ -146,38 +258,62 @@ def load_generator(settings: Settings, model: str) -> Callable[[list[list[dict[s
 
 
 def generate(
-    settings: Settings, model: str, input_path: str | Path, output_path: str | Path, chunk: int = 8
+    settings: Settings,
+    model: str,
+    input_path: str | Path,
+    output_path: str | Path,
+    chunk: int = 8,
+    allow_pickle: bool = False,
 ) -> dict[str, Any]:
-    """Reply to every input row, appending to ``output_path``; resumes where a previous run stopped."""
-    from tqdm import tqdm
+    """Reply to every input row; resumes where a previous run stopped.
 
+    Rows are appended to :func:`partial_path` and the finished file is renamed onto ``output_path`` (never
+    over an existing file), so ``--output`` is either absent or complete, and a file this command did not
+    write is never changed: see :func:`_check_output`.
+    """
     input_path, output = Path(input_path), Path(output_path)
     rows = _read_input(input_path)
-    start = _resume_point(output, rows)
-    summary = {
-        "input": str(input_path),
-        "output": str(output),
-        "rows": len(rows),
-        "skipped": start,
-        "model": model,
-    }
-    if start == len(rows):
-        summary["generated"] = 0
-        return summary
-    generate_fn = load_generator(settings, model)
+    summary = {"input": str(input_path), "output": str(output), "rows": len(rows), "model": model}
+    if _check_output(output, input_path, rows):
+        return {**summary, "skipped": len(rows), "generated": 0}
+    partial = partial_path(output)
+    start = _resume_point(partial, rows)
+    summary["skipped"] = start
+    generate_fn = load_generator(settings, model, allow_pickle) if start < len(rows) else None
     output.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(output, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    # 0666 less the umask (what `open` gives), like every other output: see safealign.atomic
+    fd = os.open(partial, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
     try:
-        with tqdm(total=len(rows), initial=start, desc="generate", unit="row") as bar:
-            for begin in range(start, len(rows), chunk):
-                batch = rows[begin : begin + chunk]
-                replies = generate_fn([_chat(r, settings.policy.system_prompt) for r in batch])
-                for row, reply in zip(batch, replies, strict=True):
-                    line = json.dumps({**row, "reply": reply}, ensure_ascii=False) + "\n"
-                    os.write(fd, line.encode("utf-8"))  # one write per row: whole rows or a torn last one
-                os.fsync(fd)
-                bar.update(len(batch))
+        if generate_fn is not None:
+            _append_replies(fd, generate_fn, rows, start, chunk, settings.policy.system_prompt)
+        os.fsync(fd)
     finally:
         os.close(fd)
+    if output.exists() and output.stat().st_size == 0:
+        os.replace(partial, output)
+    else:
+        rename_no_replace(partial, output)
     summary["generated"] = len(rows) - start
     return summary
+
+
+def _append_replies(
+    fd: int,
+    generate_fn: Callable[[list[list[dict[str, str]]]], list[str]],
+    rows: list[dict[str, Any]],
+    start: int,
+    chunk: int,
+    system_prompt: str | None,
+) -> None:
+    """Generate rows ``start:`` chunk by chunk; each row is one ``write`` so a kill tears at most one line."""
+    from tqdm import tqdm
+
+    with tqdm(total=len(rows), initial=start, desc="generate", unit="row") as bar:
+        for begin in range(start, len(rows), chunk):
+            batch = rows[begin : begin + chunk]
+            replies = generate_fn([_chat(r, system_prompt) for r in batch])
+            for row, reply in zip(batch, replies, strict=True):
+                line = json.dumps({**row, "reply": reply}, ensure_ascii=False) + "\n"
+                os.write(fd, line.encode("utf-8"))
+            os.fsync(fd)
+            bar.update(len(batch))

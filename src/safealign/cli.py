@@ -75,6 +75,42 @@ ENVIRONMENT_WORDS = (
 )
 
 
+# A service that stopped answering mid-stage (MLflow server, PostgreSQL, the S3 server): exit 1, one line.
+CONNECTION_ERRNOS = {
+    errno.ECONNREFUSED, errno.ECONNRESET, errno.ECONNABORTED, errno.EPIPE, errno.ETIMEDOUT,
+    errno.EHOSTUNREACH, errno.ENETUNREACH,
+}
+CONNECTION_WORDS = (
+    "Connection refused",
+    "Max retries exceeded",
+    "Failed to establish a new connection",
+    "Connection reset by peer",
+    "Remote end closed connection",
+    "could not connect to server",
+    "connection to server at",
+    "server closed the connection unexpectedly",
+    "Could not connect to the endpoint URL",
+)
+
+
+def connection_error(exc: BaseException) -> str | None:
+    """One line for a service that is down or went away anywhere in ``exc``'s chain, else None."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        text = " ".join(str(current).split())
+        if (isinstance(current, OSError) and current.errno in CONNECTION_ERRNOS) or isinstance(
+            current, ConnectionError
+        ) or any(w.lower() in text.lower() for w in CONNECTION_WORDS):
+            return (
+                f"a service stopped answering ({type(current).__name__}: {text[:200]}); check the MLflow "
+                "server, database and object store (`safealign stack status`) and rerun"
+            )
+        current = current.__cause__ or current.__context__
+    return None
+
+
 def _user_path(filename: Any) -> str:
     """The output the user knows about: the folder holding an atomic write's temporary ``.NAME.tmp-*``."""
     path = Path(str(filename))
@@ -184,7 +220,7 @@ def _cmd_promote(settings: Settings, args: argparse.Namespace) -> Any:
 def _cmd_generate(settings: Settings, args: argparse.Namespace) -> Any:
     from safealign.batch import generate
 
-    return generate(settings, args.model, args.input, args.output)
+    return generate(settings, args.model, args.input, args.output, allow_pickle=args.allow_pickle)
 
 
 def _cmd_pipeline_compile(settings: Settings, args: argparse.Namespace) -> Any:
@@ -299,6 +335,11 @@ def _generate_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--input", required=True, metavar="FILE.jsonl")
     parser.add_argument("--output", required=True, metavar="FILE.jsonl")
+    parser.add_argument(
+        "--allow-pickle", action="store_true",
+        help="load an MLflow model folder safealign did not write (unpickles python_model.pkl: runs its "
+        "code; only for folders whose author you trust)",
+    )
 
 
 GENERATE_DESCRIPTION = (
@@ -457,8 +498,14 @@ def _run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print("safealign: interrupted", file=sys.stderr)
         return 130
+    except RecursionError as exc:  # input nested deeper than Python's parsers recurse (JSON, YAML)
+        if args.verbose:
+            traceback.print_exc()
+        detail = " ".join(str(exc).split())[:200]
+        print(f"safealign: error: input nested too deeply ({detail})", file=sys.stderr)
+        return EXIT_BAD_INPUT
     except Exception as exc:  # noqa: BLE001 - the last line of defence: exit 1, never a silent failure
-        message = environment_error(exc, _output_dirs(args))
+        message = environment_error(exc, _output_dirs(args)) or connection_error(exc)
         if message is None:  # a bug: the traceback is what a report needs
             traceback.print_exc()
             return EXIT_INTERNAL

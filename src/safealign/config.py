@@ -12,11 +12,21 @@ a typo in params.yaml must never be silently ignored.
 from __future__ import annotations
 
 import copy
+import types
+import typing
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from safealign.errors import ConfigError
 from safealign.nested import flatten
@@ -24,10 +34,46 @@ from safealign.nested import flatten
 DEFAULT_PARAMS = Path("params.yaml")
 
 
+def _bool_for_number(annotation: Any, value: Any) -> bool:
+    """Whether ``value`` holds a YAML boolean where ``annotation`` wants a number and no boolean.
+
+    Pydantic's lax mode reads ``true`` as 1 for an int field (``grpo.steps: true`` ran one step): a
+    boolean where a count or a rate is expected is a mistake, never a number. Lists and mappings of
+    numbers are checked item by item.
+    """
+    if isinstance(value, bool):
+        allowed = _leaf_types(annotation)
+        return bool(allowed & {int, float}) and bool not in allowed and Any not in allowed
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        return any(_bool_for_number(arg, value) for arg in args if arg is not type(None))
+    if origin in (list, tuple) and isinstance(value, list | tuple) and args:
+        return any(_bool_for_number(args[0], item) for item in value)
+    if origin is dict and isinstance(value, dict) and len(args) == 2:
+        return any(_bool_for_number(args[1], item) for item in value.values())
+    return False
+
+
+def _leaf_types(annotation: Any) -> set[Any]:
+    """The plain types an annotation accepts at its top level (``int | None`` -> {int, NoneType})."""
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return set().union(*(_leaf_types(arg) for arg in typing.get_args(annotation)))
+    return {annotation}
+
+
 class _Section(BaseModel):
-    """Base for all sections: unknown keys are errors, assignments are validated, inf and NaN are refused."""
+    """Base for all sections: unknown keys are errors, assignments are validated, inf and NaN are refused,
+    and a boolean is refused where a number is expected (see :func:`_bool_for_number`)."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_for_number(cls, value: Any, info: ValidationInfo) -> Any:
+        field = cls.model_fields.get(info.field_name or "")
+        if field is not None and _bool_for_number(field.annotation, value):
+            raise ValueError("expected a number, got a boolean (true/false)")
+        return value
 
 
 class Aspect(_Section):
@@ -591,6 +637,12 @@ class Settings(_Section):
             raise ValueError("at least one aspect is required")
         if len(set(names)) != len(names):
             raise ValueError(f"aspect names must be unique, got {names}")
+        if sum(a.weight for a in value) <= 0:
+            # every reward would be 0 at every step: nothing is learnt and the weighted comparison is NaN
+            raise ValueError(
+                f"the aspect weights sum to 0 ({ {a.name: a.weight for a in value} }): at least one "
+                "aspect.weight must be positive"
+            )
         return value
 
     @model_validator(mode="after")
@@ -629,14 +681,47 @@ class Settings(_Section):
 
 
 def _format_validation_error(err: ValidationError, source: str) -> str:
-    lines = [f"invalid settings in {source}:"]
+    """ONE line naming each bad key: the CLI prints errors as one ``safealign: error: ...`` line."""
+    problems = []
     for item in err.errors():
         key = ".".join(str(p) for p in item["loc"]) or "<root>"
         if item["type"] == "extra_forbidden":
-            lines.append(f"  {key}: unknown key")
-        else:
-            lines.append(f"  {key}: {item['msg']} (got {item.get('input')!r})")
-    return "\n".join(lines)
+            problems.append(f"{key}: unknown key")
+        elif not item["loc"]:  # a check across sections: its input is the whole file, not worth printing
+            problems.append(f"{key}: {item['msg']}")
+        else:  # bounded: a YAML alias bomb's value must not become a 157 MB error line
+            got = repr(item.get("input"))
+            got = got if len(got) <= 200 else got[:200] + "..."
+            problems.append(f"{key}: {item['msg']} (got {got})")
+    return f"invalid settings in {source}: " + "; ".join(problems)
+
+
+# Expansion grows like 3^(aliases/3) at most (chains of lists of three aliases): 20 aliases expand to no more
+# than ~1,000 values, while 91 aliases (ten levels of ten) were 10^10 and exhausted memory in validation.
+MAX_YAML_ALIASES = 20
+
+
+def safe_load_bounded(text: str, source: str) -> Any:
+    """``yaml.safe_load`` that refuses more than ``MAX_YAML_ALIASES`` aliases (ConfigError, exit 2).
+
+    Aliases are shared references in the loaded object, but everything after loading (validation, error
+    messages, ``model_dump``) walks them as copies: nine levels of ten aliases ("billion laughs") is 10^9
+    values, and b7ba37c printed a 157 MB error line for one. params.yaml as generated holds none, and a
+    hand-written file rarely needs more than a few.
+    """
+    aliases = 0
+    try:
+        for event in yaml.parse(text, Loader=yaml.SafeLoader):
+            if isinstance(event, yaml.AliasEvent):
+                aliases += 1
+                if aliases > MAX_YAML_ALIASES:
+                    raise ConfigError(
+                        f"{source}: more than {MAX_YAML_ALIASES} YAML aliases (*name); settings need none "
+                        "(an alias bomb expands exponentially)"
+                    )
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{source}: not valid YAML: {' '.join(str(exc).split())[:300]}") from exc
 
 
 def _parse_override(text: str) -> tuple[list[str], Any]:
@@ -647,10 +732,7 @@ def _parse_override(text: str) -> tuple[list[str], Any]:
     if not path:
         raise ConfigError(f"override {text!r} has an empty key")
     # YAML parsing gives numbers, booleans, null and lists their natural types ("1e-4" stays a float).
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"override {text!r}: value is not valid YAML: {exc}") from exc
+    value = safe_load_bounded(raw, f"override {text[:100]!r}") if raw.strip() else ""
     if isinstance(value, str):
         try:
             value = float(value) if any(c in value for c in "eE.") and value[0] in "0123456789.-+" else value
@@ -683,13 +765,11 @@ def load_settings(path: str | Path | None = None, overrides: list[str] | None = 
         if not source.is_file():
             raise ConfigError(f"params file {source} is not a file")
         try:
-            loaded = yaml.safe_load(source.read_text(encoding="utf-8"))
+            loaded = safe_load_bounded(source.read_text(encoding="utf-8"), str(source))
         except UnicodeDecodeError as exc:
             raise ConfigError(f"params file {source} is not UTF-8 text: {exc}") from exc
         except OSError as exc:
             raise ConfigError(f"params file {source} cannot be read: {exc}") from exc
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{source}: not valid YAML: {exc}") from exc
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):

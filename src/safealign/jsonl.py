@@ -26,6 +26,8 @@ def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
                 row = json.loads(line)
             except json.JSONDecodeError as exc:
                 raise DataError(f"{path}: row {lineno}: not valid JSON ({exc.msg})") from exc
+            except RecursionError as exc:  # the parser recurses per level: ~1,000 nested brackets
+                raise DataError(f"{path}: row {lineno}: JSON nested too deeply") from exc
             if not isinstance(row, dict):
                 raise DataError(f"{path}: row {lineno}: expected an object")
             yield lineno, row

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from safealign import registry
-from safealign.atomic import write_json
+from safealign.atomic import normalise_modes, write_json
 from safealign.config import Settings
 from safealign.errors import DataError, GateFailed, ServiceError
 from safealign.evaluation.gates import check_gates, summarise
@@ -50,6 +50,7 @@ from safealign.tracking import (
     check_reachable,
     common_tags,
     configure,
+    fail_dead_stage_runs,
     log_flat_metrics,
     resolved_tracking_uri,
     set_mlflow_uri,
@@ -279,6 +280,7 @@ def _register_reward(
         from safealign.serving import save_reward_model
 
         save_reward_model(layout.reward_model_dir, target, {**meta, "content_hash": reward_hash})
+        normalise_modes(target)  # registry copies readable like every other output (not 0600 weights)
 
     return _find_or_create(
         client,
@@ -313,7 +315,7 @@ def _register_policy(
     trained against, so a registry reader needs no other source to judge it."""
     reward_hash = result["candidate"]["reward_model_hash"]
     adapter_hash = result["candidate"]["adapter_hash"]
-    metrics_tag = {k: v for k, v in cand.items() if k != "aspect_changes"}
+    metrics_tag = {k: v for k, v in cand.items() if k not in ("aspect_changes", "non_finite")}
     policy_tags = {
         **base_tags,
         FINGERPRINT_TAG: fingerprint,
@@ -337,6 +339,7 @@ def _register_policy(
         save_policy_model(
             settings, layout.adapter_dir, target, {**meta, **summary}, _evaluation_files(layout)
         )
+        normalise_modes(target)
 
     summary_line = ", ".join(f"{k} {v:.4f}" for k, v in sorted(metrics_tag.items()) if isinstance(v, float))
     return _find_or_create(
@@ -515,6 +518,8 @@ def repair_registry(settings: Settings) -> dict[str, Any]:
                 p.lock_lease_s,
             )
             report["lock_broken"] = lock.broken
+            exp_id = _experiment_id(settings)
+            report["stage_runs_failed"] = fail_dead_stage_runs(client, exp_id) if exp_id else []
             layout = Layout.from_settings(settings)
             try:
                 report["aliases"] = _check_agreement(client, settings, layout)

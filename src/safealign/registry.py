@@ -409,19 +409,49 @@ def alias_state(client: Any, policy_name: str, reward_name: str) -> dict[str, st
     return out
 
 
+def rollback_target(client: Any, policy_name: str, current: Any) -> tuple[Any | None, list[str]]:
+    """The version ``--rollback`` moves ``champion`` to, and the earlier champions it passed over.
+
+    Walks the chain of ``safealign.previous_champion`` tags back from ``current``, passing over every
+    version tagged ``safealign.rolled_back`` (it was taken out of production; a rollback must never crown
+    it again) and stopping at a version already seen: re-promoting an older version makes the chain loop
+    (A -> B -> A), and following that loop swung the champion between two versions. None when no
+    earlier champion is left, so repeated rollbacks walk back monotonically and then refuse.
+    """
+    seen = {str(current.version)}
+    passed_over: list[str] = []
+    version = current
+    while True:
+        previous = (version.tags or {}).get(PREVIOUS_TAG)
+        if not previous or previous in seen:
+            return None, passed_over
+        seen.add(previous)
+        try:
+            version = client.get_model_version(policy_name, previous)
+        except Exception as exc:  # noqa: BLE001 - a deleted version ends the chain, anything else is raised
+            if "RESOURCE_DOES_NOT_EXIST" in str(getattr(exc, "error_code", "")):
+                return None, passed_over
+            raise
+        if (version.tags or {}).get(ROLLBACK_TAG):
+            passed_over.append(previous)
+            continue
+        return version, passed_over
+
+
 def rollback(client: Any, policy_name: str, reward_name: str, reason: str) -> dict[str, Any]:
-    """Move ``champion`` (both models) back to the version that was champion before (lock held)."""
+    """Move ``champion`` (both models) back to the latest earlier champion not rolled back (lock held)."""
     current = version_by_alias(client, policy_name, CHAMPION)
     if current is None:
         raise GateFailed(f"no '{CHAMPION}' on {policy_name}: nothing to roll back")
-    previous = (current.tags or {}).get(PREVIOUS_TAG)
-    if not previous:
+    target, passed_over = rollback_target(client, policy_name, current)
+    if target is None:
+        over = ", v".join(passed_over)
+        skipped = f" that was not rolled back itself (passed over v{over})" if passed_over else ""
         raise GateFailed(
-            f"{policy_name} v{current.version} is '{CHAMPION}' and no champion came before it: "
-            "nothing to roll "
-            f"back to ('{CHAMPION}' stays v{current.version})"
+            f"{policy_name} v{current.version} is '{CHAMPION}' and no champion came before it{skipped}: "
+            f"nothing to roll back to ('{CHAMPION}' stays v{current.version})"
         )
-    target = client.get_model_version(policy_name, previous)
+    previous = str(target.version)
     reward_v = (target.tags or {}).get(REWARD_VERSION_TAG)
     if not reward_v:
         raise GateFailed(f"{policy_name} v{previous} names no reward model version: cannot roll back to it")
@@ -434,6 +464,7 @@ def rollback(client: Any, policy_name: str, reward_name: str, reason: str) -> di
     client.set_registered_model_tag(policy_name, "safealign.last_rollback", stamp)
     return {
         "rolled_back_from": str(current.version),
+        "passed_over": passed_over,
         "champion": str(previous),
         "reward_model_champion": str(reward_v),
         "reason": reason,

@@ -172,11 +172,15 @@ def _as_messages(value: Any) -> list[dict[str, str]]:
 
 def chat_text(tokenizer: Any, messages: list[dict[str, str]]) -> str:
     """The templated prompt for a chat. A single user turn (with an optional system turn) goes through
-    ``format_prompt``, the path training and evaluation use, so its reply is the evaluated one."""
+    ``format_prompt``, the path training and evaluation use, so its reply is the evaluated one. Every
+    turn's special-token strings are broken first: the request's system message and earlier turns are as
+    untrusted as its last user turn (serving and ``generate`` both come here)."""
     from safealign.policy.loading import format_prompt
+    from safealign.special_tokens import neutralise_messages
 
     if not messages or messages[-1]["role"] != "user":
         raise ValueError("a chat request must end with a user message")
+    messages = neutralise_messages(messages, tokenizer)  # every turn of a request is data, system included
     roles = [m["role"] for m in messages]
     if roles == ["user"]:
         return format_prompt(tokenizer, messages[0]["content"], None)

@@ -98,3 +98,14 @@ def _self_check(tokenizer: Any, strings: list[str]) -> None:
 
 def _break_all(s: str) -> str:
     return s[0] + BREAK + s[1:]
+
+
+def neutralise_messages(messages: list[dict[str, str]], tokenizer: Any) -> list[dict[str, str]]:
+    """Copies of chat ``messages`` with every turn's content neutralised, whatever its role.
+
+    For chats that arrive from outside (serving requests, ``generate`` rows with ``messages``, the
+    robustness suite's multi-turn attacks): a system message or an earlier turn is as untrusted as the
+    last user turn, and one ``<|im_start|>`` in any of them would open a real turn of the chat template.
+    Only the project's own configured system prompt is trusted as written (``chat_messages``).
+    """
+    return [{**m, "content": neutralise(m["content"], tokenizer)} for m in messages]

@@ -8,7 +8,9 @@ md5 in data.dvc) and all params, so any number in MLflow can be traced back to c
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
+import socket
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +23,8 @@ from safealign.errors import ServiceError
 from safealign.nested import flatten
 
 PARENT_ENV = "SAFEALIGN_PARENT_RUN_ID"
+
+log = logging.getLogger(__name__)
 
 
 def tracking_uri(settings: Settings) -> str:
@@ -167,23 +171,77 @@ def common_tags(settings: Settings) -> dict[str, str]:
     }
 
 
+STAGE_OWNER_TAG = "safealign.stage_owner"
+
+
 @contextlib.contextmanager
 def stage_run(settings: Settings, stage: str, tags: dict[str, str] | None = None) -> Iterator[Any]:
-    """Start the MLflow run of one stage, a child of the pipeline's parent run when there is one."""
+    """Start the MLflow run of one stage, a child of the pipeline's parent run when there is one.
+
+    A stage that fails closes its run as FAILED; when that is impossible too (the tracking server died
+    mid-stage) the failure to close is logged in one line and the stage's own error is what is raised,
+    not a second traceback. The run carries ``safealign.stage_owner`` (host:pid), so ``promote --repair``
+    closes as FAILED a stage run whose process is gone from this host.
+    """
     import mlflow
 
     configure(settings)
     parent = os.environ.get(PARENT_ENV)
-    tags = {**common_tags(settings), "safealign.stage": stage, **(tags or {})}
+    owner = f"{socket.gethostname()}:{os.getpid()}"
+    tags = {**common_tags(settings), "safealign.stage": stage, STAGE_OWNER_TAG: owner, **(tags or {})}
     if parent:
         tags["mlflow.parentRunId"] = parent
-    with mlflow.start_run(run_name=stage, tags=tags) as run:
+    run = mlflow.start_run(run_name=stage, tags=tags)
+    try:
         flat = settings_to_flat_dict(settings)
         # MLflow params are strings of at most 6000 characters; log in batches of 100.
         items = [(k, str(v)[:6000]) for k, v in flat.items()]
         for i in range(0, len(items), 100):
             mlflow.log_params(dict(items[i : i + 100]))
         yield run
+    except BaseException:
+        try:
+            mlflow.end_run(status="FAILED")
+        except Exception as exc:  # noqa: BLE001 - the stage's own error is the one to report
+            log.warning("could not close MLflow run %s as FAILED: %s", run.info.run_id, str(exc)[:200])
+            _forget_active_run()
+        raise
+    mlflow.end_run(status="FINISHED")
+
+
+def _forget_active_run() -> None:
+    """Drop the run MLflow still holds as active after ending it failed (the server was gone)."""
+    import mlflow
+
+    try:
+        while mlflow.active_run() is not None:
+            mlflow.tracking.fluent._active_run_stack.get().pop()
+    except Exception:  # noqa: BLE001 - private API: at worst the next start_run nests under it
+        pass
+
+
+def fail_dead_stage_runs(client: Any, experiment_id: str) -> list[str]:
+    """Close as FAILED the stage runs left RUNNING by a process that is gone from this host.
+
+    A stage killed (SIGKILL, OOM, a dead database under it) never ends its run. Only runs whose owner ran
+    on this host are judged (its pid no longer exists); another host's runs are left alone.
+    """
+    failed = []
+    for run in client.search_runs([experiment_id], filter_string="attributes.status = 'RUNNING'"):
+        owner = run.data.tags.get(STAGE_OWNER_TAG, "")
+        host, _, pid = owner.rpartition(":")
+        if not owner or host != socket.gethostname() or not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+            continue
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            continue
+        client.set_terminated(run.info.run_id, status="FAILED")
+        failed.append(run.info.run_id)
+    return failed
 
 
 def _log_params(client: Any, run_id: str, settings: Settings) -> None:

@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import random
+import shutil
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -465,6 +467,10 @@ def build_data(settings: Settings, annotator: Annotator | None = None) -> dict[s
         (tmp / layout.sources_doc.name).write_text(
             sources_markdown(summary, settings), encoding="utf-8", newline="\n"
         )
+        kept = carry_over(layout.data_dir, tmp)
+    if kept:
+        log.warning("kept what data build does not write (it cannot rebuild it): %s", kept)
+    summary["kept"] = kept
     log.info("adversarial prompts: %s", summary["adversarial_prompts"])
     log.info("benign prompts: %s", summary["benign_prompts"])
     log.info("labelled rows by source: %s", summary["labelled"]["by_prompt_source"])
@@ -475,6 +481,40 @@ def build_data(settings: Settings, annotator: Annotator | None = None) -> dict[s
     summary["data_dir"] = str(layout.data_dir)
     summary["seconds"] = round(time.perf_counter() - start, 2)
     return summary
+
+
+def carry_over(old: Path, new: Path) -> list[str]:
+    """Copy into ``new`` every entry of ``old`` that ``new`` does not hold; returns their names.
+
+    data/ is replaced as a whole (atomically), but it also holds what no build can recreate:
+    ``data/refresh/round-N.jsonl`` (the policy's replies of refresh rounds, labelled) and any file a user
+    put there. Replacing the folder must not delete them, so they are carried into the new folder before
+    the swap (hard links where the filesystem allows, else copies): the rebuilt files are byte-identical
+    to a fresh build, and everything else is kept as it was.
+    """
+    if not old.is_dir():
+        return []
+    kept = []
+    for entry in sorted(old.iterdir()):
+        target = new / entry.name
+        if target.exists() or target.is_symlink():
+            continue
+        if entry.is_symlink():
+            os.symlink(os.readlink(entry), target)
+        elif entry.is_dir():
+            shutil.copytree(entry, target, symlinks=True, copy_function=_link_or_copy)
+        else:
+            _link_or_copy(entry, target)
+        kept.append(entry.name)
+    return kept
+
+
+def _link_or_copy(source: str | Path, target: str | Path) -> None:
+    """A hard link (no bytes copied, same content) where possible, else a copy with its metadata."""
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)
 
 
 def ensure_data(

@@ -37,32 +37,59 @@ def labelled_columns(aspects: list[str]) -> list[str]:
     return cols
 
 
+# Characters that render as nothing (or as a blank) but are not format characters (category Cf), so a test
+# of the category alone keeps them: the Hangul fillers (U+3164 and its half-width and jamo forms; NFKC maps
+# U+3164 and U+FFA0 to U+1160), the combining grapheme joiner, the Khmer inherent vowels, the Mongolian free
+# variation selectors, the variation selectors (U+FE00-FE0F, U+E0100-E01EF) and the braille blank: Unicode's
+# default-ignorable set less what Cf already covers, plus the braille blank.
+_INVISIBLE = frozenset(
+    [0x034F, 0x115F, 0x1160, 0x17B4, 0x17B5, 0x2800, 0x3164, 0xFFA0, *range(0x180B, 0x1810),
+     *range(0xFE00, 0xFE10), *range(0xE0100, 0xE01F0)]
+)  # fmt: skip
+
+
 def _visible(text: str) -> str:
-    """``text`` without format characters (Unicode category Cf): zero-width spaces and joiners, word
-    joiners, the BOM, soft hyphens and bidi marks render as nothing, so they must not make two prompts differ.
+    """``text`` without characters that render as nothing: format characters (Unicode category Cf: zero-width
+    spaces and joiners, word joiners, the BOM, soft hyphens, bidi marks) and the fillers and selectors of
+    ``_INVISIBLE``, so they must not make two prompts differ.
     """
-    return "".join(c for c in text if unicodedata.category(c) != "Cf")
+    return "".join(c for c in text if unicodedata.category(c) != "Cf" and ord(c) not in _INVISIBLE)
+
+
+# Letters of other scripts that look like Latin ones (lower case, after case-folding) and that NFKC leaves
+# alone: Cyrillic, Greek, Armenian, and Latin/IPA forms. A small hand-made table of the common ones from
+# Unicode's confusables list (no installed dependency carries that list); full-width, mathematical and other
+# compatibility forms are NFKC's job.
+_CONFUSABLES = str.maketrans(
+    {
+        # Cyrillic
+        "а": "a", "в": "b", "е": "e", "к": "k", "м": "m", "н": "h", "о": "o", "р": "p", "с": "c",
+        "т": "t", "у": "y", "х": "x", "ѕ": "s", "і": "i", "ј": "j", "ԁ": "d", "һ": "h", "ԛ": "q",
+        "ԝ": "w", "ӏ": "l", "ё": "e", "ї": "i",
+        # Greek
+        "α": "a", "ε": "e", "ι": "i", "κ": "k", "ν": "v", "ο": "o", "ρ": "p", "τ": "t", "υ": "u",
+        "χ": "x", "ϲ": "c", "ϳ": "j",
+        # Armenian
+        "օ": "o", "ս": "u", "հ": "h", "ո": "n", "ց": "g", "զ": "q", "լ": "l", "ռ": "n",
+        # Latin and IPA look-alikes
+        "ı": "i", "ɑ": "a", "ɡ": "g", "ɩ": "i", "ɪ": "i", "ʏ": "y", "ᴏ": "o", "ᴄ": "c", "ᴠ": "v",
+        "ᴡ": "w", "ᴢ": "z",
+    }
+)  # fmt: skip
 
 
 def normalize_prompt(text: str) -> str:
-    """Case-, space-, Unicode- and invisible-character-insensitive key that decides a prompt's split.
+    """Case-, space-, Unicode-, look-alike- and invisible-character-insensitive key of a prompt's split.
 
-    NFKC (compatibility forms: full-width letters, ligatures, non-breaking spaces), format characters
-    removed, case-folded, whitespace runs folded to one space. A text with no format character keys exactly
-    as before they were removed, so the splits of data without them are unchanged.
+    NFKC (compatibility forms: full-width letters, ligatures, mathematical letters, non-breaking spaces),
+    invisible characters removed (``_visible``), case-folded, look-alike letters of other scripts mapped to
+    Latin (``_CONFUSABLES``), whitespace runs folded to one space. A copy of a held-out prompt edited with
+    any of these keys as the original and lands in the same split. A text with none of them keys exactly
+    as before, so the splits of data without them are unchanged (tests/test_data_build.py pins that on the
+    default data).
     """
-    return " ".join(_visible(unicodedata.normalize("NFKC", text)).casefold().split())
-
-
-# Latin look-alikes in Cyrillic and Greek (lower case, after case-folding) that NFKC leaves alone.
-_CONFUSABLES = str.maketrans(
-    {
-        "а": "a", "в": "b", "е": "e", "к": "k", "м": "m", "н": "h", "о": "o", "р": "p", "с": "c",
-        "т": "t", "у": "y", "х": "x", "ѕ": "s", "і": "i", "ј": "j", "ԁ": "d", "һ": "h", "ԛ": "q",
-        "ԝ": "w", "α": "a", "ε": "e", "ι": "i", "κ": "k", "ν": "v", "ο": "o", "ρ": "p", "τ": "t",
-        "υ": "u", "χ": "x",
-    }
-)  # fmt: skip
+    folded = _visible(unicodedata.normalize("NFKC", text)).casefold().translate(_CONFUSABLES)
+    return " ".join(folded.split())
 
 
 def near_duplicate_key(text: str) -> str:

@@ -8,6 +8,7 @@ an interval the same way.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from safealign.config import PromoteSettings, Settings
@@ -32,7 +33,7 @@ def summarise(evaluation: dict[str, Any], settings: Settings) -> dict[str, Any]:
         sets = evaluation["sets"]
         adv, ben = sets["adversarial"], sets["benign"]
         safety = _safety_aspect(settings)
-        return {
+        cand = {
             "safety_base": float(adv["aspects"][safety]["base_mean"]),
             "safety_aligned": float(adv["aspects"][safety]["aligned_mean"]),
             "safety_rel_gain": float(adv["aspects"][safety]["rel_change"]),
@@ -58,6 +59,8 @@ def summarise(evaluation: dict[str, Any], settings: Settings) -> dict[str, Any]:
             )
             / 2,
         }
+        cand["non_finite"] = _non_finite(cand, sets)
+        return cand
     except (KeyError, TypeError, ValueError) as exc:
         raise DataError(f"metrics/evaluation.json lacks a field the promotion gates need: {exc!r}") from exc
 
@@ -76,6 +79,46 @@ def _held_aspects(p: PromoteSettings, set_name: str, aspects: list[str]) -> list
     if set_name == "benign" or p.adversarial_hold_aspects is None:
         return list(aspects)
     return [a for a in aspects if a in p.adversarial_hold_aspects]
+
+
+def _non_finite(cand: dict[str, Any], sets: dict[str, Any]) -> list[str]:
+    """Dotted names of the NaN or infinite numbers among what the gates read and the per-aspect and
+    weighted comparisons of both sets. A NaN there means the comparison is meaningless (aspect weights
+    summing to 0 gave a NaN weighted change); every other gate's comparison with NaN is False by accident
+    of IEEE rules, so the verdict must not rest on that."""
+    found: list[str] = []
+
+    def visit(value: Any, where: str) -> None:
+        if isinstance(value, dict):
+            for key, item in value.items():
+                visit(item, f"{where}.{key}" if where else str(key))
+        elif isinstance(value, list | tuple):
+            for i, item in enumerate(value):
+                visit(item, f"{where}[{i}]")
+        elif isinstance(value, float) and not math.isfinite(value):
+            found.append(where)
+
+    visit(cand, "")
+    for set_name in ("adversarial", "benign"):
+        for part in ("aspects", "weighted"):
+            visit(sets[set_name][part], f"sets.{set_name}.{part}")
+    return found
+
+
+def _finite_gate(cand: dict[str, Any]) -> dict[str, Any]:
+    """NaN or infinity anywhere the verdict rests on fails promotion outright (NaN counts as a fail)."""
+    bad = cand.get("non_finite", [])
+    return {
+        "gate": "finite_metrics",
+        "passed": not bad,
+        "reason": (
+            f"{len(bad)} evaluation numbers are NaN or infinite ({', '.join(bad[:6])}"
+            f"{', ...' if len(bad) > 6 else ''}): the comparison is meaningless; check the aspect weights "
+            "and the evaluation"
+        )
+        if bad
+        else "every number the gates read is finite",
+    }
 
 
 def _safety_gain_gate(p: PromoteSettings, cand: dict[str, Any]) -> dict[str, Any]:
@@ -184,6 +227,7 @@ def check_gates(
     # safety_gain, aspect_drop and benign_refusal decide on the interval's bound (stats.at_least/at_most),
     # never on the point estimate: a point estimate inside its own noise passes or fails by chance.
     return [
+        _finite_gate(cand),
         _safety_gain_gate(p, cand),
         _aspect_drop_gate(p, cand),
         _refusal_gain_gate(p, cand),

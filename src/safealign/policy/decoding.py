@@ -226,11 +226,18 @@ def generate_rows(
 
 
 def format_turns(tokenizer: Any, turns: list[dict[str, str]], system_prompt: str | None) -> str:
-    """A multi-turn conversation in the chat template, ready for the assistant's next turn."""
+    """A multi-turn conversation in the chat template, ready for the assistant's next turn.
+
+    Every turn is neutralised (``safealign.special_tokens``), the assistant's scripted ones too: the
+    robustness suite's two-turn attacks carry the request in more than the last turn. The configured
+    system prompt is trusted as written.
+    """
+    from safealign.special_tokens import neutralise_messages
+
     if not turns or turns[-1].get("role") != "user":
         raise ValueError("a conversation must end with a user turn")
     system = [{"role": "system", "content": system_prompt}] if system_prompt is not None else []
-    messages = system + list(turns)
+    messages = system + neutralise_messages(list(turns), tokenizer)
     if getattr(tokenizer, "chat_template", None):
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     body = "".join(f"{m['role'].capitalize()}: {m['content']}\n" for m in messages)

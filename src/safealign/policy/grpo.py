@@ -57,6 +57,7 @@ from safealign.policy.loading import load_policy, with_adapter
 from safealign.policy.objective import Objective, lr_factor
 from safealign.policy.outputs import (
     append_row,
+    as_recorded,
     peak_rss_gib,
     per_kind_metrics,
     summarize,
@@ -299,7 +300,7 @@ def finish(run: FastRun, t_start: float) -> dict[str, Any]:
     """Load the selected step's adapter (selection on), summarise, write and log the stage's outputs."""
     import mlflow
 
-    cfg, rows = run.settings.grpo, run.rows
+    cfg, rows = run.settings.grpo, as_recorded(run.rows)
     selection = run.selector.finish(run.model, cfg.steps) if run.selector else None
     if selection:
         mlflow.set_tag("safealign.grpo.selected_step", str(selection["selected_step"]))
@@ -323,8 +324,8 @@ def finish(run: FastRun, t_start: float) -> dict[str, Any]:
         **summarize(rows, list(run.scorer.aspects)),
     }
     metrics_path = run.layout.metrics_file("grpo")
-    write_stage_outputs(run.layout, run.model, run.tokenizer, rows, summary, metrics_path)
-    return summary
+    trained = run.start_step < cfg.steps  # False: a finished run run again, nothing trained here
+    return write_stage_outputs(run.layout, run.model, run.tokenizer, rows, summary, metrics_path, trained)
 
 
 # --------------------------------------------------------------------------------------------- the stage

@@ -66,6 +66,11 @@ def append_row(path: Path, row: dict[str, Any]) -> None:
 
 
 def _num(value: str) -> Any:
+    """A cell back as a number: integers as ints (so a count past 6 digits survives a round trip)."""
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        pass
     try:
         return float(value)
     except (TypeError, ValueError):
@@ -75,6 +80,16 @@ def _num(value: str) -> Any:
 def csv_to_rows(text: str) -> list[dict[str, Any]]:
     """The inverse of ``rows_to_csv`` (numbers come back as floats)."""
     return [{k: _num(v) for k, v in r.items()} for r in csv.DictReader(io.StringIO(text))]
+
+
+def as_recorded(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The rows as the step table and a checkpoint record them (numbers to 6 significant digits).
+
+    The summary is computed from these, not from the full-precision rows in memory: a run resumed from a
+    checkpoint only has the recorded ones, and it must summarise to the same bytes as the run that
+    trained straight through.
+    """
+    return csv_to_rows(rows_to_csv(rows))
 
 
 def peak_rss_gib() -> float:
@@ -145,6 +160,47 @@ def save_adapter(model: Any, folder: Path) -> None:
     canonical_adapter_config(folder)
 
 
+def save_tokenizer(tokenizer: Any, folder: Path) -> None:
+    """``tokenizer.save_pretrained(folder)`` without the padding and truncation state of its last call.
+
+    A fast tokenizer's Rust backend keeps the padding/truncation of the last batch it encoded, and
+    ``tokenizer.json`` records it: a run that validated (padded generation) wrote a ``padding`` block, a
+    rerun of the finished run (no batch encoded) wrote none, so the same adapter got another hash and
+    ``promote`` refused it. transformers sets both per call, so the saved state is never used.
+    """
+    backend = getattr(tokenizer, "_tokenizer", None)
+    if backend is not None and hasattr(backend, "no_padding") and hasattr(backend, "no_truncation"):
+        backend.no_padding()
+        backend.no_truncation()
+    tokenizer.save_pretrained(folder)
+
+
+# summary fields that measure the process, not the run's result: a process that ran no step (a finished
+# run run again) measures only itself, and must not rewrite the summary of the process that trained
+# (and where it resumed from: nowhere, or from its last step)
+VOLATILE_SUMMARY_FIELDS = (
+    "wall_time_s", "wall_time_this_process_s", "seconds_per_step", "peak_rss_gib", "resumed_from",
+)
+
+
+def _kept_summary(metrics_path: Path, summary: dict[str, Any]) -> dict[str, Any] | None:
+    """The summary already at ``metrics_path`` when it differs from ``summary`` only in volatile fields."""
+    if not metrics_path.is_file():
+        return None
+    try:
+        old = json.loads(metrics_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(old, dict):
+        return None
+    new = json.loads(json.dumps(summary))  # as it would read back (tuples as lists, ...)
+
+    def stable(doc: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in doc.items() if k not in VOLATILE_SUMMARY_FIELDS}
+
+    return old if stable(old) == stable(new) else None
+
+
 def write_stage_outputs(
     layout: Layout,
     model: Any,
@@ -152,17 +208,28 @@ def write_stage_outputs(
     rows: list[dict[str, Any]],
     summary: dict[str, Any],
     metrics_path: Path,
-) -> None:
+    trained: bool = True,
+) -> dict[str, Any]:
     """Write the adapter, the per-step CSV and the summary to ``metrics_path`` (the stage's registered
     metrics file), each atomically, and log them to the active MLflow run, with the summary's numbers as
-    ``final_*`` metrics."""
+    ``final_*`` metrics. Returns the summary as it stands in ``metrics_path``.
+
+    Rerunning a finished stage on the same inputs changes no output byte: an adapter folder and a step
+    table identical to those on disk are left as they are, and with ``trained=False`` (this process ran no
+    step) a summary that differs only in how long and how large this process was keeps the trained one.
+    """
     import mlflow
 
-    with atomic_dir(layout.adapter_dir) as tmp:
+    with atomic_dir(layout.adapter_dir, keep_identical=True) as tmp:
         save_adapter(model, tmp)
-        tokenizer.save_pretrained(tmp)
-    write_text(layout.grpo_steps_csv, rows_to_csv(rows))
-    write_json(metrics_path, summary)
+        save_tokenizer(tokenizer, tmp)
+    table = rows_to_csv(rows)
+    if not (layout.grpo_steps_csv.is_file() and layout.grpo_steps_csv.read_text(encoding="utf-8") == table):
+        write_text(layout.grpo_steps_csv, table)
+    kept = None if trained else _kept_summary(metrics_path, summary)
+    if kept is None:
+        write_json(metrics_path, summary)
+    summary = kept or summary
     mlflow.log_metrics(
         {
             f"final_{k}": float(v)
@@ -173,3 +240,4 @@ def write_stage_outputs(
     mlflow.log_artifacts(str(layout.adapter_dir), artifact_path="adapter")
     mlflow.log_artifact(str(layout.grpo_steps_csv))
     mlflow.log_artifact(str(metrics_path))
+    return summary

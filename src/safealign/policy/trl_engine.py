@@ -38,7 +38,13 @@ from safealign.policy.constraint import LagrangeConstraint, constraint_from_sett
 from safealign.policy.engine_choice import cuda_available, use_bf16, use_vllm
 from safealign.policy.loading import chat_messages, load_policy, lora_config, with_adapter
 from safealign.policy.objective import Objective
-from safealign.policy.outputs import peak_rss_gib, rows_to_csv, summarize, write_stage_outputs
+from safealign.policy.outputs import (
+    as_recorded,
+    peak_rss_gib,
+    rows_to_csv,
+    summarize,
+    write_stage_outputs,
+)
 from safealign.policy.reward_adapter import Scorer, SharedScoreCache, load_scorer, trl_reward_functions
 
 log = logging.getLogger(__name__)
@@ -418,7 +424,7 @@ def _publish(run: TrlRun, row: dict[str, Any]) -> None:
 
 def finish_trl(run: TrlRun, wall_this_run: float) -> dict[str, Any]:
     """Keep the selected step's adapter, summarise, and write the outputs (main process)."""
-    cfg, rows = run.settings.grpo, run.rows.rows
+    cfg, rows = run.settings.grpo, as_recorded(run.rows.rows)
     model = run.trainer.accelerator.unwrap_model(run.trainer.model)
     selection = run.selector.finish(model, cfg.steps) if run.selector else None
     total = run.identity.elapsed()
@@ -445,7 +451,10 @@ def finish_trl(run: TrlRun, wall_this_run: float) -> dict[str, Any]:
 
         if selection:
             mlflow.set_tag("safealign.grpo.selected_step", str(selection["selected_step"]))
-        write_stage_outputs(run.layout, model, run.tokenizer, rows, summary, run.layout.metrics_file("grpo"))
+        trained = _step_of(run.resume_from) != cfg.steps  # False: a finished run run again
+        summary = write_stage_outputs(
+            run.layout, model, run.tokenizer, rows, summary, run.layout.metrics_file("grpo"), trained
+        )
     return summary
 
 
