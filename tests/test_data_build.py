@@ -11,6 +11,7 @@ import pytest
 from safealign.config import load_settings
 from safealign.data import phrasings
 from safealign.data.annotators import RuleAnnotator
+from safealign.data.benign import benign_split_of
 from safealign.data.build import build_data
 from safealign.data.probes import (
     ADVERSARIAL_PROBE_KINDS,
@@ -80,14 +81,17 @@ def test_files_have_schema_columns_and_canonical_json(built):
 def test_labelled_scores_and_label_sources(built):
     data, summary = built
     rows = read_jsonl(data / "labelled.jsonl")
-    assert 3000 <= len(rows) <= 5500  # one phrasing-family row per benign and per contrast adversarial prompt
+    real = [r for r in rows if r["response_kind"] == "policy_reply"]
+    # one phrasing-family row per benign and per contrast adversarial prompt, plus the real replies
+    assert 3000 <= len(rows) - len(real) <= 5500 and len(real) >= 400
     for r in rows:
         for a in ASPECTS:
             score, source = r[f"score_{a}"], r[f"label_source_{a}"]
             assert (score is None) == (source is None)
             if score is not None:
                 assert 0.0 <= score <= 1.0 and source in ("human", "rule", "judge")
-    human = [r for r in rows if r["label_source_safety"] == "human"]
+    assert all(r["label_source_politeness"] == "human" and r["prompt_source"].startswith("policy:") for r in real)
+    human = [r for r in rows if r["label_source_safety"] == "human" and r["response_kind"] != "policy_reply"]
     assert len(human) >= 900
     assert all(r["prompt_source"].startswith("pyrit:scorer_evals/") for r in human)
     assert {r["response_kind"] for r in human} == {"collected"}
@@ -95,7 +99,7 @@ def test_labelled_scores_and_label_sources(built):
     # safety = 1 - harm, harm in steps of 0.25 averaged over up to 3 annotators
     assert {round(r["score_safety"] * 12) / 12 for r in human} <= {i / 12 for i in range(13)}
     cov = summary["labelled"]["label_coverage"]
-    assert cov["safety"]["by_label_source"]["human"] == len(human)
+    assert cov["safety"]["by_label_source"]["human"] == len(human) + len(real)
     assert all(cov[a]["labelled_share"] == 1.0 for a in ASPECTS)
 
 
@@ -127,7 +131,7 @@ def test_every_contrast_kind_and_source_is_present(built):
     # the same adversarial prompt carries both a compliance and a refusal (same-prompt contrast)
     by_prompt: dict[str, set[str]] = {}
     for r in rows:
-        if r["prompt_kind"] == "adversarial" and r["response_kind"] != "collected":
+        if r["prompt_kind"] == "adversarial" and r["response_kind"] not in ("collected", "policy_reply"):
             by_prompt.setdefault(r["prompt"], set()).add(r["response_kind"])
     assert all(
         k & {"harmful_compliance", "eager_compliance", "disclaimer_compliance"} for k in by_prompt.values()
@@ -152,9 +156,15 @@ def test_prompt_files(built):
     assert len({r["domain"] for r in ben if r["category"] == "everyday"}) >= 20
     assert any("kill a background job" in r["prompt"] for r in ben)
     assert not {r["prompt"].casefold() for r in ben} & {r["prompt"].casefold() for r in adv}
-    # benign policy prompts never occur in the reward model's labelled set
+    # held-out benign prompts never occur in the reward model's labelled set, nor train ones in its
+    # templated rows (only real policy replies to train prompts, the on-policy set's tune part)
+    labelled = read_jsonl(data / "labelled.jsonl")
+    cfg = load_settings(None).data
+    held = {r["prompt"].casefold() for r in ben
+            if benign_split_of(r["family"], cfg.seed, cfg.benign_heldout_fraction) == "heldout"}  # fmt: skip
+    assert not held & {r["prompt"].casefold() for r in labelled}
     assert not {r["prompt"].casefold() for r in ben} & {
-        r["prompt"].casefold() for r in read_jsonl(data / "labelled.jsonl")
+        r["prompt"].casefold() for r in labelled if r["response_kind"] != "policy_reply"
     }
     assert summary["benign_prompts"]["by_split"]["heldout"] >= 300
     assert summary["refusal_set"]["total"] >= 400
@@ -377,7 +387,7 @@ def test_split_key_of_every_default_text_is_unchanged_by_lookalike_folding(built
 
     from safealign.data.schema import normalize_prompt
 
-    def b7ba37c_key(text: str) -> str:
+    def b7ba37c_key(text: str) -> str:  # the real policy replies added since are sampled text: skipped
         visible = "".join(c for c in unicodedata.normalize("NFKC", text) if unicodedata.category(c) != "Cf")
         return " ".join(visible.casefold().split())
 
@@ -388,6 +398,7 @@ def test_split_key_of_every_default_text_is_unchanged_by_lookalike_folding(built
         for row in read_jsonl(path)
         for field in ("prompt", "response", "reply")
         if isinstance(row.get(field), str)
+        and not str(row.get("source", row.get("prompt_source", ""))).startswith("policy:smollm2-base-sampled")
     ]
     assert len(texts) > 10_000
     changed = [t for t in texts if normalize_prompt(t) != b7ba37c_key(t)]

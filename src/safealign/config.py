@@ -61,6 +61,11 @@ def _leaf_types(annotation: Any) -> set[Any]:
     return {annotation}
 
 
+# grpo.benign_weights' default: the helpfulness aspects only (see its description)
+DEFAULT_BENIGN_WEIGHTS: dict[str, float] = {"politeness": 0.2, "meaningfulness": 0.4, "actionability": 0.4}
+# promote.adversarial_hold_aspects' default
+DEFAULT_ADVERSARIAL_HOLD: list[str] = ["politeness"]
+
 class _Section(BaseModel):
     """Base for all sections: unknown keys are errors, assignments are validated, inf and NaN are refused,
     and a boolean is refused where a number is expected (see :func:`_bool_for_number`)."""
@@ -306,7 +311,7 @@ class SafetyConstraintSettings(_Section):
 class SelectionSettings(_Section):
     """Checkpoint selection on validation prompts carved out of the train splits (policy/selection.py)."""
 
-    start: int = Field(default=40, gt=0, description="first step validated (the base is validated too)")
+    start: int = Field(default=8, gt=0, description="first step validated (the base is validated too)")
     every: int = Field(default=4, gt=0, description="validate every N steps from `start`, and at the last")
     num_adversarial: int = Field(
         default=100,
@@ -326,11 +331,25 @@ class GrpoSettings(_Section):
     """GRPO + LoRA. Paper defaults: G=4, lr 1e-4, beta 0 (no KL, no reference model)."""
 
     steps: int = Field(
-        default=60, gt=0, description="optimizer steps; selection then keeps the best validated one"
+        default=32,
+        gt=0,
+        description="optimizer steps (32 x 8 prompts x G=4 = 1,024 completions); selection then keeps the "
+        "best validated one. Adversarial refusals rose 14% -> 28% by step 16 and 43% by step 32 on "
+        "validation, with benign refusals 6% and 17% (docs/experiments.md)",
     )
-    prompts_per_step: int = Field(default=4, gt=0, description="prompts per step (each gets G completions)")
+    prompts_per_step: int = Field(
+        default=8,
+        gt=0,
+        description="prompts per step (each gets G completions); 8 doubles the completions each step trains "
+        "on (the step times measured at 4 and 8 are in docs/experiments.md)",
+    )
     num_generations: int = Field(default=4, gt=1, description="G: completions per prompt (the paper's 4)")
-    max_new_tokens: int = Field(default=48, gt=0, description="completion length while training")
+    max_new_tokens: int = Field(
+        default=64,
+        gt=0,
+        description="completion length while training; at 48, 95% of completions were cut, so a short "
+        "refusal was rarely compared with a finished answer",
+    )
     max_prompt_tokens: int = Field(default=256, gt=0, description="chat-templated prompt cut from the left")
     temperature: float = Field(default=1.0, gt=0, description="sampling temperature of the completions")
     top_p: float = Field(default=1.0, gt=0, le=1, description="nucleus sampling; 1.0 = off")
@@ -360,9 +379,12 @@ class GrpoSettings(_Section):
     )
     include_benign: bool = Field(default=True, description="mix benign prompts into training")
     benign_weights: dict[str, float] | None = Field(
-        default=None,
-        description="aspect weights for BENIGN training prompts (unlisted aspects 0), e.g. "
-        "{meaningfulness: 0.5, actionability: 0.5}; null = the aspects' weights",
+        default_factory=lambda: dict(DEFAULT_BENIGN_WEIGHTS),
+        description="aspect weights for BENIGN training prompts (unlisted aspects 0); null = the aspects' "
+        "weights. Safety is left out by default: every harmless reply to a benign request is safe, and the "
+        "safety head rates real needless refusals above real answers (benign AUROC 0.63 alone, 0.76 in the "
+        "aspects' mix, 0.9 without it: docs/experiments.md). A config whose aspects lack these names falls "
+        "back to the aspects' weights",
     )
     benign_fraction: float = Field(
         default=0.3,
@@ -490,7 +512,7 @@ class PromoteSettings(_Section):
         "whose interval excludes 0",
     )
     adversarial_hold_aspects: list[str] | None = Field(
-        default=["politeness"],
+        default_factory=lambda: list(DEFAULT_ADVERSARIAL_HOLD),
         description="aspects that must hold (max_aspect_drop) on ADVERSARIAL prompts; on benign prompts "
         "every aspect must. A refusal of a harmful request is meant to score lower help than compliance, so "
         "meaningfulness and actionability fall there by design (docs/evaluation.md); null = every aspect on "
@@ -648,6 +670,10 @@ class Settings(_Section):
     @model_validator(mode="after")
     def _benign_weights_name_aspects(self) -> Settings:
         bw = self.grpo.benign_weights
+        if bw == DEFAULT_BENIGN_WEIGHTS and not set(bw) <= set(self.aspect_names):
+            # the default is written for the default aspects; other aspects use their own weights
+            object.__setattr__(self.grpo, "benign_weights", None)
+            bw = None
         if bw is not None:
             unknown = sorted(set(bw) - set(self.aspect_names))
             if unknown:
@@ -660,9 +686,9 @@ class Settings(_Section):
 
     @model_validator(mode="after")
     def _held_aspects_are_aspects(self) -> Settings:
-        """A name set by the user must be an aspect (the default skips aspects a config does not have)."""
+        """A name the user lists must be an aspect (the default skips aspects a config does not have)."""
         held = self.promote.adversarial_hold_aspects
-        if held is not None and "adversarial_hold_aspects" in self.promote.model_fields_set:
+        if held is not None and held != DEFAULT_ADVERSARIAL_HOLD:
             unknown = sorted(set(held) - set(self.aspect_names))
             if unknown:
                 raise ValueError(
