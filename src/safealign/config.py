@@ -473,8 +473,9 @@ class PipelineSettings(_Section):
 
     image: str = Field(
         default="safealign:0.1.0",
-        description="CPU component image (tag = package version); a team sets REGISTRY/safealign:TAG "
-        "or passes --image",
+        description="CPU component image (tag = package version). The default is the local tag `make image` "
+        "builds, which no cluster can pull: submit, schedule and compile refuse it (exit 2) until a team "
+        "sets REGISTRY/safealign:TAG (or @sha256:DIGEST) here or passes --image",
     )
     cuda_image: str | None = Field(
         default=None, description="image of the GPU steps when gpu is on; null = image + '-cuda'"
