@@ -45,11 +45,18 @@ from components import (  # noqa: E402
     train_reward_op,
     validate_op,
 )
+from safealign import TELEMETRY_ENV  # noqa: E402
 from safealign.config import PipelineSettings, Settings, load_settings  # noqa: E402
 from safealign.kfp_client import params_json  # noqa: E402
 from safealign.kfp_deploy import cluster_defaults, images_for  # noqa: E402
 
 PIPELINE_NAME = "align"
+
+
+def _no_telemetry(task: dsl.PipelineTask) -> dsl.PipelineTask:
+    """MLflow's usage telemetry off in the step's pod, whatever image it runs (the project image sets it
+    too): it tries outbound connections, and once failed a team run's log-batch."""
+    return task.set_env_variable(TELEMETRY_ENV, "true")
 
 
 def _on_gpu(task: dsl.PipelineTask, pipe: PipelineSettings, image: object) -> dsl.PipelineTask:
@@ -160,6 +167,7 @@ def _graph(settings: Settings, static_images: tuple[str, str] | None) -> Callabl
             """CPU and memory requests from params, cached; the image (CUDA for a GPU step in GPU mode)."""
             task.set_cpu_request(pipe.cpu_request).set_memory_request(pipe.memory_request)
             task.set_caching_options(True)
+            _no_telemetry(task)
             if gpu and pipe.gpu:
                 return _on_gpu(task, pipe, gpu_image)
             return task.set_container_image(cpu_image)
@@ -169,6 +177,7 @@ def _graph(settings: Settings, static_images: tuple[str, str] | None) -> Callabl
             data_version=data_version, data_dir=data_dir, params=params, overrides=overrides, **remote
         )
         version.set_caching_options(False).set_display_name("data-version").set_container_image(cpu_image)
+        _no_telemetry(version)
         common = {
             "data_version": version.output,
             "params": params,

@@ -254,3 +254,10 @@ def test_generate_runs_only_after_a_passed_promotion_and_when_asked():
     assert "generate_input" in joined and "!= ''" in joined  # only when an input file is given
     executor = spec["deploymentSpec"]["executors"]["exec-generate-op"]["container"]
     assert "safealign.batch import generate" in " ".join(executor["command"])
+
+
+@pytest.mark.parametrize("package", [COMMITTED, COMMITTED_GPU], ids=lambda p: p.name)
+def test_every_step_runs_with_mlflow_telemetry_off(package):
+    for name, ex in read_package(package)[0]["deploymentSpec"]["executors"].items():
+        env = {e["name"]: e["value"] for e in ex["container"].get("env", [])}
+        assert env.get("MLFLOW_DISABLE_TELEMETRY") == "true", name
