@@ -56,10 +56,13 @@ def generate_from_texts(
     max_new_tokens: int,
     batch_size: int,
     seed: int,
+    stopping_criteria: Any = None,
 ) -> list[str]:
     """Greedy replies to already-templated prompt texts, in input order.
 
     Shared by evaluation and the served policy, so a served reply is the evaluated reply, token for token.
+    ``stopping_criteria`` (transformers' StoppingCriteriaList) lets the server stop a generation at its
+    request deadline or on shutdown; evaluation passes none.
     """
     if not texts:
         return []
@@ -87,6 +90,7 @@ def generate_from_texts(
             top_p=None,
             top_k=None,
             pad_token_id=tokenizer.pad_token_id,
+            stopping_criteria=stopping_criteria,
         )
         new_tokens = out[:, enc["input_ids"].shape[1] :]
         for i, text in zip(idx, tokenizer.batch_decode(new_tokens, skip_special_tokens=True), strict=True):
