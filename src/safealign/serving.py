@@ -34,6 +34,7 @@ import json
 import logging
 import os
 import signal
+import sys
 import threading
 import time
 from collections.abc import Sequence
@@ -64,6 +65,7 @@ DEADLINE_SHARE = 0.9  # stop generating at 90% of the timeout: the client gets o
 DEFAULT_MAX_NEW_TOKENS_CAP = 512  # versions logged before serve.max_new_tokens_cap existed
 # Set when the serving process gets SIGTERM: every generation in flight stops at its next token.
 SHUTTING_DOWN = threading.Event()
+STOPS_GENERATION = "_safealign_stops_generation"  # marks the handlers installed here (installed once)
 EVALUATION_ARTIFACT = "evaluation"
 
 
@@ -301,14 +303,29 @@ class GenerationDeadline:
 
 
 def stop_generation_on_sigterm() -> None:
-    """Chain a SIGTERM handler that sets SHUTTING_DOWN before the server's own (uvicorn's, which then waits
-    for requests in flight): the generation stops at its next token, the request is answered 503 and the
-    server exits within seconds instead of after the generation. Only the main thread may install signal
-    handlers; elsewhere (a model loaded in a worker) nothing changes."""
+    """Set SHUTTING_DOWN when the serving process gets SIGTERM, before the server's own handling (uvicorn
+    stops accepting, then waits for requests in flight): the generation stops at its next token, the
+    request is answered 503 and the server exits within seconds instead of after the generation.
+
+    ``mlflow models serve`` runs uvicorn, which loads the model (this runs) *before* it installs its
+    SIGTERM handler, ``Server.handle_exit``, and restores the previous handler only after shutdown: a
+    plain signal handler installed here would be replaced for exactly the time it matters. So when
+    uvicorn is the server, its ``handle_exit`` is wrapped (it still does all it did); otherwise the
+    current handler is chained. Only the main thread may install signal handlers."""
+    server = sys.modules.get("uvicorn.server")
+    if server is not None and not getattr(server.Server.handle_exit, STOPS_GENERATION, False):
+        original = server.Server.handle_exit
+
+        def handle_exit(self: Any, sig: int, frame: Any) -> None:
+            SHUTTING_DOWN.set()
+            original(self, sig, frame)
+
+        setattr(handle_exit, STOPS_GENERATION, True)
+        server.Server.handle_exit = handle_exit
     if threading.current_thread() is not threading.main_thread():
         return
     previous = signal.getsignal(signal.SIGTERM)
-    if getattr(previous, "_safealign_stops_generation", False):
+    if getattr(previous, STOPS_GENERATION, False):
         return
 
     def on_sigterm(signum: int, frame: Any) -> None:
@@ -319,7 +336,7 @@ def stop_generation_on_sigterm() -> None:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             signal.raise_signal(signal.SIGTERM)
 
-    on_sigterm._safealign_stops_generation = True  # type: ignore[attr-defined]
+    setattr(on_sigterm, STOPS_GENERATION, True)
     signal.signal(signal.SIGTERM, on_sigterm)
 
 
