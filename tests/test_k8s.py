@@ -386,3 +386,46 @@ def test_retrain_cronjob_command_submits_a_usable_run(rendered, overlay, kfp_ser
 
 def cron_namespace(objects: dict) -> str:
     return objects[("CronJob", "safealign-retrain")]["metadata"]["namespace"]
+
+
+KSERVE_OVERLAYS = ["dev/kserve", "prod/kserve"]
+# InferenceService predictor fields that are KServe's own (the rest of the predictor is a PodSpec).
+KSERVE_COMPONENT_FIELDS = {"minReplicas", "maxReplicas", "scaleTarget", "scaleMetric", "containerConcurrency",
+                           "timeout", "canaryTrafficPercent", "logger", "batcher", "labels", "annotations"}
+
+
+@pytest.mark.parametrize("overlay", KSERVE_OVERLAYS)
+def test_kserve_inference_service_serves_the_champion_like_the_deployment(rendered, overlay, tmp_path):
+    """The InferenceService beside the Deployment: its predictor (a PodSpec plus KServe's scaling fields)
+    validates as a Pod against the Kubernetes schemas, runs the same `mlflow models serve` on the champion
+    alias as the Deployment, non-root, bounded, pullable, telemetry off, with the serving limits' timeout."""
+    kubectl, validator = _tool("kubectl"), _tool("kubernetes-validate")
+    proc = subprocess.run([str(kubectl), "kustomize", str(ROOT / "k8s" / "overlays" / overlay)],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    (isvc,) = [d for d in yaml.safe_load_all(proc.stdout) if d]
+    assert (isvc["apiVersion"], isvc["kind"]) == ("serving.kserve.io/v1beta1", "InferenceService")
+    predictor = isvc["spec"]["predictor"]
+    pod_spec = {k: v for k, v in predictor.items() if k not in KSERVE_COMPONENT_FIELDS}
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "predictor"}, "spec": pod_spec}
+    target = tmp_path / "pod.yaml"
+    target.write_text(yaml.safe_dump(pod))
+    check = subprocess.run([str(validator), "--strict", "--kubernetes-version", "1.33", str(target)],
+                           capture_output=True, text=True, timeout=120)
+    assert check.returncode == 0, check.stdout + check.stderr
+    namespace = "safealign-dev" if overlay.startswith("dev") else "safealign"
+    assert isvc["metadata"]["namespace"] == namespace
+    (container,) = predictor["containers"]
+    assert container["name"] == "kserve-container" and pod_spec["securityContext"]["runAsNonRoot"] is True
+    assert pod_spec["automountServiceAccountToken"] is False
+    deployment = {(o["kind"], o["metadata"]["name"]): o for o in _objects(rendered[overlay.split("/")[0]])}[
+        ("Deployment", "safealign-policy-serving")]
+    served = _pod_spec(deployment)["containers"][0]
+    assert container["image"] == served["image"] and container["command"] == served["command"]
+    assert [a for a in container["args"] if not a.startswith("--timeout")] == served["args"]
+    assert "--timeout=60" in container["args"]  # the deadline the policy stops generating at (90% of it)
+    assert container["readinessProbe"]["httpGet"] == {"path": "/ping", "port": 8080}
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["MLFLOW_DISABLE_TELEMETRY"] == "true"
+    assert {"cpu", "memory"} <= set(container["resources"]["limits"])
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
