@@ -54,6 +54,7 @@ ENV PATH=/opt/safealign/bin:/opt/venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sb
     TRANSFORMERS_OFFLINE=1 \
     TOKENIZERS_PARALLELISM=false \
     GIT_PYTHON_REFRESH=quiet \
+    MLFLOW_DISABLE_TELEMETRY=true \
     HOME=/home/safealign
 # A fixed non-root uid/gid, so Kubernetes can enforce runAsNonRoot with runAsUser 10001. Written straight
 # into passwd/group: a debootstrap minbase has no useradd, and MLflow looks the user's name up.

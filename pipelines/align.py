@@ -7,16 +7,26 @@ so a scheduled run with unchanged data and params is served from the cache and a
 The data version is resolved by an uncached step: the value passed in (submit passes the md5 in data.dvc),
 or, when empty (scheduled runs), a hash of the data the step finds.
 
-Where steps run comes from ``pipeline.*``: every step's image (``pipeline.image``, or ``--image`` at
-compile or submit time), and with ``pipeline.gpu`` on, GRPO, evaluation and generation run on the CUDA
-image with a GPU request, node selector and tolerations (pipelines/align-gpu.yaml).
+Two builds of the same graph. ``build_pipeline(settings)`` is the one-machine build that kfp.local runs
+(tests, ``make e2e``): static images, this machine's defaults. ``build_pipeline(settings, cluster=True)``
+is what ``safealign pipeline compile`` writes for a cluster: every step's image is the ``image`` pipeline
+parameter (``cuda_image`` for the GPU steps), and ``image``, ``tracking_uri`` and ``dvc_remote_url`` have
+no default unless the settings (or ``--image``) give a cluster value. A compiled file therefore never
+carries a laptop's image tag, SQLite store or data folder: a run that does not pass them has no value
+to fall back on (``kfp run create ... image=... tracking_uri=... dvc_remote_url=...``, docs/kfp.md).
+Image parameters need KFP backend >= 2.4 (container image parameterization, kubeflow/pipelines#11404).
+
+With ``pipeline.gpu`` on, GRPO, evaluation and generation run on the CUDA image with a GPU request, node
+selector and tolerations (pipelines/align-gpu.yaml).
 
 Compile: ``safealign pipeline compile`` (or ``make compile``) writes pipelines/align.yaml and
 pipelines/align-gpu.yaml, which are committed; tests/test_pipeline_compile.py fails when they are stale.
 """
 
 
+import inspect
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from kfp import dsl, kubernetes
@@ -35,14 +45,21 @@ from components import (  # noqa: E402
     train_reward_op,
     validate_op,
 )
+from safealign import TELEMETRY_ENV  # noqa: E402
 from safealign.config import PipelineSettings, Settings, load_settings  # noqa: E402
 from safealign.kfp_client import params_json  # noqa: E402
-from safealign.kfp_deploy import images_for  # noqa: E402
+from safealign.kfp_deploy import cluster_defaults, images_for  # noqa: E402
 
 PIPELINE_NAME = "align"
 
 
-def _on_gpu(task: dsl.PipelineTask, pipe: PipelineSettings, image: str) -> dsl.PipelineTask:
+def _no_telemetry(task: dsl.PipelineTask) -> dsl.PipelineTask:
+    """MLflow's usage telemetry off in the step's pod, whatever image it runs (the project image sets it
+    too): it tries outbound connections, and once failed a team run's log-batch."""
+    return task.set_env_variable(TELEMETRY_ENV, "true")
+
+
+def _on_gpu(task: dsl.PipelineTask, pipe: PipelineSettings, image: object) -> dsl.PipelineTask:
     """Put a step on a GPU node: the CUDA image, the accelerator request, node selector, tolerations."""
     task.set_container_image(image)
     task.set_accelerator_type(pipe.accelerator).set_accelerator_limit(pipe.accelerator_count)
@@ -55,45 +72,112 @@ def _on_gpu(task: dsl.PipelineTask, pipe: PipelineSettings, image: str) -> dsl.P
     return task
 
 
-def build_pipeline(settings: Settings, image: str | None = None, cuda_image: str | None = None):
-    """The pipeline for ``settings``; ``image``/``cuda_image`` override ``pipeline.image``/``cuda_image``."""
-    pipe = settings.pipeline
-    cpu_image, gpu_image = images_for(pipe, image, cuda_image)
-    # A JSON string, not a dict parameter: KFP writes a dict default into the compiled file's header in
-    # hash order, which would make align.yaml differ from one compile to the next.
-    params_default = params_json(settings)
+# The pipeline's parameters in order: (name, type, default on one machine). A cluster build drops the
+# defaults that would point at a laptop (see ``build_pipeline``).
+PARAMETERS: list[tuple[str, type]] = [
+    ("data_version", str), ("data_dir", str), ("params", str), ("overrides", list), ("tracking_uri", str),
+    ("dvc_remote_url", str), ("dvc_endpoint_url", str), ("checkpoint_root", str), ("cache_dir", str),
+    ("generate_input", str),
+]
+IMAGE_PARAMETERS = ("image", "cuda_image")
 
-    def _step(task: dsl.PipelineTask, gpu: bool = False) -> dsl.PipelineTask:
-        """CPU and memory requests from params, cached; the image (CUDA for a GPU step in GPU mode)."""
-        task.set_cpu_request(pipe.cpu_request).set_memory_request(pipe.memory_request).set_caching_options(True)
-        if gpu and pipe.gpu:
-            return _on_gpu(task, pipe, gpu_image)
-        return task.set_container_image(cpu_image)
 
-    @dsl.pipeline(
+def _signature(defaults: dict[str, object], required: list[str]) -> inspect.Signature:
+    """Required parameters first (Python allows no default after a default), then the rest with defaults.
+
+    KFP reads a pipeline's inputs from its function's signature: a parameter without a default is
+    compiled as required (no ``defaultValue``), so a run that does not pass it has nothing to fall back on.
+    """
+    kinds = dict(PARAMETERS) | dict.fromkeys(IMAGE_PARAMETERS, str)
+    kind = inspect.Parameter.POSITIONAL_OR_KEYWORD
+    params = [inspect.Parameter(n, kind, annotation=kinds[n]) for n in required]
+    params += [
+        inspect.Parameter(n, kind, annotation=kinds[n], default=v)
+        for n, v in defaults.items()
+        if n not in required
+    ]
+    return inspect.Signature(params, return_annotation=bool)
+
+
+def _as_pipeline(graph: Callable[..., object], signature: inspect.Signature) -> object:
+    """Wrap ``graph(**parameters)`` as a KFP pipeline with ``signature`` (KFP passes the inputs by position,
+    in the signature's order, so the wrapper names them again)."""
+    names = list(signature.parameters)
+
+    def align_pipeline(*args: object) -> object:
+        return graph(**dict(zip(names, args, strict=True)))
+
+    align_pipeline.__signature__ = signature  # type: ignore[attr-defined]
+    return dsl.pipeline(
         name=PIPELINE_NAME,
         description=(
             "Multi-objective GRPO safety alignment: "
             "validate, reward, calibration gate, GRPO, evaluate, promote."
         ),
-    )
-    def align_pipeline(
-        data_version: str = "",
-        data_dir: str = settings.paths.data_dir,
-        params: str = params_default,
-        overrides: list = [],  # noqa: B006 - KFP needs a literal default
-        tracking_uri: str = settings.tracking.tracking_uri,
-        dvc_remote_url: str = settings.pipeline.dvc_remote_url,
-        dvc_endpoint_url: str = settings.pipeline.dvc_endpoint_url,
-        checkpoint_root: str = "",
-        cache_dir: str = "",
-        generate_input: str = "",
-    ) -> bool:
+    )(align_pipeline)
+
+
+def build_pipeline(
+    settings: Settings, image: str | None = None, cuda_image: str | None = None, cluster: bool = False
+):
+    """The pipeline for ``settings``; ``image``/``cuda_image`` override ``pipeline.image``/``cuda_image``.
+
+    ``cluster=False``: the kfp.local build (static images, this machine's paths and tracking store as
+    defaults). ``cluster=True``: what ``safealign pipeline compile`` writes: images are the ``image`` and
+    ``cuda_image`` parameters, and no parameter defaults to a laptop (safealign.kfp_deploy.cluster_defaults).
+    """
+    pipe = settings.pipeline
+    cpu_image, gpu_image = images_for(pipe, image, cuda_image)
+    # A JSON string, not a dict parameter: KFP writes a dict default into the compiled file's header in
+    # hash order, which would make align.yaml differ from one compile to the next.
+    defaults: dict[str, object] = {
+        "data_version": "", "data_dir": settings.paths.data_dir, "params": params_json(settings),
+        "overrides": [], "tracking_uri": settings.tracking.tracking_uri,
+        "dvc_remote_url": pipe.dvc_remote_url, "dvc_endpoint_url": pipe.dvc_endpoint_url,
+        "checkpoint_root": "", "cache_dir": "", "generate_input": "",
+    }
+    required: list[str] = []
+    if cluster:
+        cluster_values = cluster_defaults(settings, image, cuda_image)
+        if not pipe.gpu:
+            cluster_values.pop("cuda_image")  # no GPU step: the CPU file takes no CUDA image
+        defaults.update({k: v for k, v in cluster_values.items() if v is not None})
+        defaults["data_dir"] = ""  # the steps pull data/ from the DVC remote into their own scratch space
+        required = [k for k, v in cluster_values.items() if v is None]
+    graph = _graph(settings, None if cluster else (cpu_image, gpu_image))
+    return _as_pipeline(graph, _signature(defaults, required))
+
+
+def _graph(settings: Settings, static_images: tuple[str, str] | None) -> Callable[..., object]:
+    """The DAG: validate -> train-reward -> calibrate -> [gate] grpo -> evaluate -> promote [-> generate].
+
+    ``static_images`` (cpu, cuda) for kfp.local; None: the steps take the ``image``/``cuda_image``
+    parameters, resolved by the KFP backend when each pod is created.
+    """
+    pipe = settings.pipeline
+
+    def graph(
+        data_version: str, data_dir: str, params: str, overrides: list, tracking_uri: str,
+        dvc_remote_url: str, dvc_endpoint_url: str, checkpoint_root: str, cache_dir: str,
+        generate_input: str, image: str | None = None, cuda_image: str | None = None,
+    ) -> object:
+        cpu_image, gpu_image = static_images or (image, cuda_image)
+
+        def _step(task: dsl.PipelineTask, gpu: bool = False) -> dsl.PipelineTask:
+            """CPU and memory requests from params, cached; the image (CUDA for a GPU step in GPU mode)."""
+            task.set_cpu_request(pipe.cpu_request).set_memory_request(pipe.memory_request)
+            task.set_caching_options(True)
+            _no_telemetry(task)
+            if gpu and pipe.gpu:
+                return _on_gpu(task, pipe, gpu_image)
+            return task.set_container_image(cpu_image)
+
         remote = {"dvc_remote_url": dvc_remote_url, "dvc_endpoint_url": dvc_endpoint_url}
         version = data_version_op(
             data_version=data_version, data_dir=data_dir, params=params, overrides=overrides, **remote
         )
         version.set_caching_options(False).set_display_name("data-version").set_container_image(cpu_image)
+        _no_telemetry(version)
         common = {
             "data_version": version.output,
             "params": params,
@@ -170,7 +254,7 @@ def build_pipeline(settings: Settings, image: str | None = None, cuda_image: str
         # The gate's verdict is the pipeline's output (shown on the run; returned by a local run).
         return calib.outputs["Output"]
 
-    return align_pipeline
+    return graph
 
 
 SETTINGS = load_settings(ROOT / "params.yaml")
@@ -181,5 +265,5 @@ if __name__ == "__main__":
     from kfp import compiler
 
     out = sys.argv[1] if len(sys.argv) > 1 else str(ROOT / "pipelines" / "align.yaml")
-    compiler.Compiler().compile(align_pipeline, out)
+    compiler.Compiler().compile(build_pipeline(SETTINGS, cluster=True), out)
     print(out)

@@ -115,3 +115,10 @@ def test_cuda_lock_is_the_cpu_lock_with_pypi_torch():
     assert {n: v for n, v in cuda.items() if n in cpu and n != "torch"} == {
         n: v for n, v in cpu.items() if n != "torch"
     }
+
+
+def test_image_runs_with_mlflow_telemetry_off():
+    """Every process in the image (stages, KFP steps, the MLflow server, serving) sends no usage telemetry."""
+    _, _, final = _stages()
+    env = " ".join(rest for kw, rest in final if kw == "ENV")
+    assert "MLFLOW_DISABLE_TELEMETRY=true" in env

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from test_kfp_client import kfp_server  # noqa: F401 - the fake KFP API (a real socket on 127.0.0.1)
 
 from safealign.config import load_settings
 from safealign.policy.trl_engine import check_trl_supported
@@ -243,3 +244,188 @@ def test_no_password_is_expanded_into_a_command_line(rendered, overlay):
     env = {e["name"]: e for e in mlflow["env"]}
     assert env["PGPASSWORD"]["valueFrom"]["secretKeyRef"] == {"name": "safealign-postgres", "key": "password"}
     assert any(a.startswith("--backend-store-uri=postgresql+psycopg2://$(PG_USER)@") for a in mlflow["args"])
+
+
+def _all_containers(objects: list[dict]) -> list[tuple[str, dict]]:
+    """(name, container) of every pod template and TrainJob trainer in a rendering."""
+    found = []
+    for obj in objects:
+        name = f"{obj['kind']}/{obj['metadata']['name']}"
+        if obj["kind"] in POD_KINDS:
+            found += [(name, c) for c in _pod_spec(obj)["containers"]]
+        elif obj["kind"] == "TrainJob":
+            found.append((name, obj["spec"]["trainer"]))
+    return found
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS + TRAINJOB_OVERLAYS)
+def test_project_images_are_registry_references_a_node_can_pull(rendered, overlay):
+    """`safealign:0.1.0` with imagePullPolicy Always sends every node to Docker Hub's library/safealign,
+    which does not exist: each overlay names a registry (dev: a local one, prod: the team's)."""
+    from safealign.kfp_deploy import pullable_image
+
+    objects = _objects(rendered[overlay])
+    project = [(n, c) for n, c in _all_containers(objects) if "safealign" in c["image"]]
+    assert project
+    for name, container in project:
+        assert pullable_image(container["image"]), (name, container["image"])
+    if overlay in OVERLAYS:
+        config = next(o for o in objects if o["kind"] == "ConfigMap")["data"]
+        assert pullable_image(config["SAFEALIGN_IMAGE"]), config["SAFEALIGN_IMAGE"]
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS + TRAINJOB_OVERLAYS)
+def test_every_project_container_runs_with_mlflow_telemetry_off(rendered, overlay):
+    objects = _objects(rendered[overlay])
+    config = {}
+    for obj in _objects(rendered[overlay.split("/")[0]]):
+        if obj["kind"] == "ConfigMap" and obj["metadata"]["name"] == "safealign-config":
+            config = obj["data"]
+    assert config.get("MLFLOW_DISABLE_TELEMETRY") == "true"
+    for name, container in _all_containers(objects):
+        if "safealign" not in container["image"]:
+            continue
+        env = {e["name"]: e.get("value") for e in container.get("env", [])}
+        from_config = {"configMapRef": {"name": "safealign-config"}} in container.get("envFrom", [])
+        assert env.get("MLFLOW_DISABLE_TELEMETRY") == "true" or from_config, name
+
+
+def _admits(policy: dict, namespace: dict[str, str], pod: dict[str, str], own: bool, port: int) -> bool:
+    """NetworkPolicy ingress semantics for one peer pod: any rule whose ports include ``port`` and any of
+    whose peers matches (a podSelector alone selects in the policy's own namespace; namespaceSelector
+    plus podSelector in one peer must both match)."""
+
+    def matches(selector: dict | None, labels: dict[str, str]) -> bool:
+        if selector is None:
+            return True
+        return all(labels.get(k) == v for k, v in selector.get("matchLabels", {}).items())
+
+    for rule in policy["spec"].get("ingress", []):
+        if port not in [p["port"] for p in rule.get("ports", [])]:
+            continue
+        for peer in rule.get("from", []):
+            if "namespaceSelector" in peer:
+                if matches(peer["namespaceSelector"], namespace) and matches(peer.get("podSelector"), pod):
+                    return True
+            elif own and matches(peer.get("podSelector"), pod):
+                return True
+    return False
+
+
+def test_minio_admits_kfp_step_pods_from_kfp_namespaces(rendered):
+    """The data-version step pulls data/ from the DVC remote in MinIO, from KFP's namespace: the policy
+    must admit it there (it admitted only safealign's own namespace), and still no one else."""
+    objects = {(o["kind"], o["metadata"]["name"]): o for o in _objects(rendered["prod"])}
+    policy = objects[("NetworkPolicy", "safealign-minio")]
+    step = {"pipelines.kubeflow.org/v2_component": "true", "workflows.argoproj.io/workflow": "align-x"}
+    kubeflow = {"kubernetes.io/metadata.name": "kubeflow"}
+    profile = {"kubernetes.io/metadata.name": "team-a", "app.kubernetes.io/part-of": "kubeflow-profile"}
+    assert _admits(policy, kubeflow, step, own=False, port=9000)
+    assert _admits(policy, profile, step, own=False, port=9000)
+    assert _admits(policy, {}, {"app.kubernetes.io/name": "safealign-mlflow"}, own=True, port=9000)
+    assert not _admits(policy, {"kubernetes.io/metadata.name": "other"}, step, own=False, port=9000)
+    assert not _admits(policy, kubeflow, {"app": "something-else"}, own=False, port=9000)
+    assert not _admits(policy, kubeflow, step, own=False, port=9001)
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_retrain_cronjob_mounts_a_kfp_token_and_names_its_namespace(rendered, overlay):
+    objects = {(o["kind"], o["metadata"]["name"]): o for o in _objects(rendered[overlay])}
+    cron = objects[("CronJob", "safealign-retrain")]
+    spec = _pod_spec(cron)
+    assert spec["automountServiceAccountToken"] is False  # no API token; only the KFP-audience one below
+    (volume,) = [v for v in spec["volumes"] if "projected" in v]
+    (source,) = volume["projected"]["sources"]
+    assert source["serviceAccountToken"]["audience"] == "pipelines.kubeflow.org"
+    container = spec["containers"][0]
+    (mount,) = [m for m in container["volumeMounts"] if m["name"] == volume["name"]]
+    token = f"{mount['mountPath']}/{source['serviceAccountToken']['path']}"
+    assert token == "/var/run/secrets/kubeflow/pipelines/token"  # where Kubeflow documents it
+    args = container["args"]
+    assert args[args.index("--token-file") + 1] == token
+    assert args[args.index("--namespace") + 1] == "$(KFP_NAMESPACE)"
+    assert args[args.index("--data-version") + 1] == ""
+    config = objects[("ConfigMap", "safealign-config")]["data"]
+    assert config["KFP_NAMESPACE"] == cron["metadata"]["namespace"]
+    binding = objects[("RoleBinding", "safealign-pipeline-runner-kfp")]
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                                  "name": "kubeflow-pipelines-edit"}
+    assert binding["subjects"][0]["name"] == spec["serviceAccountName"]
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_retrain_cronjob_command_submits_a_usable_run(rendered, overlay, kfp_server, tmp_path, monkeypatch,  # noqa: F811 - the imported fixture
+                                                      capsys):
+    """The CronJob's command line, its $(VARS) expanded from the rendered ConfigMap as the kubelet does,
+    run against a multi-user KFP API (the fake of test_kfp_client.py): authenticated by the mounted token,
+    in the overlay's namespace, with the overlay's image, an empty data version and cluster services."""
+    from safealign.cli import main
+
+    objects = {(o["kind"], o["metadata"]["name"]): o for o in _objects(rendered[overlay])}
+    config = objects[("ConfigMap", "safealign-config")]["data"]
+    container = _pod_spec(objects[("CronJob", "safealign-retrain")])["containers"][0]
+    token = tmp_path / "token"
+    token.write_text("projected-sa-token\n")
+    monkeypatch.setenv("HOME", str(tmp_path))  # kfp.Client reads ~/.config/kfp
+    kfp_server.tokens = {"projected-sa-token": {config["KFP_NAMESPACE"]}}
+    values = {**config, "KFP_HOST": kfp_server.host}
+    for key, value in config.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.chdir(ROOT)
+    args = [re.sub(r"\$\((\w+)\)", lambda m: values[m.group(1)], a) for a in container["args"]]
+    args = [str(token) if a == "/var/run/secrets/kubeflow/pipelines/token" else a for a in args]
+    args = [str(ROOT / "pipelines" / "align.yaml") if a == "/app/pipelines/align.yaml" else a for a in args]
+    assert main([*container["command"][1:], *args]) == 0, capsys.readouterr().err
+    (run,) = kfp_server.posts("/apis/v2beta1/runs")
+    params = run["runtime_config"]["parameters"]
+    assert params["data_version"] == "" and params["image"] == container["image"]
+    assert params["tracking_uri"] == config["MLFLOW_TRACKING_URI"] and params["dvc_remote_url"] == "s3://dvc"
+    (exp,) = kfp_server.posts("/apis/v2beta1/experiments")
+    assert exp["namespace"] == cron_namespace(objects)
+
+
+def cron_namespace(objects: dict) -> str:
+    return objects[("CronJob", "safealign-retrain")]["metadata"]["namespace"]
+
+
+KSERVE_OVERLAYS = ["dev/kserve", "prod/kserve"]
+# InferenceService predictor fields that are KServe's own (the rest of the predictor is a PodSpec).
+KSERVE_COMPONENT_FIELDS = {"minReplicas", "maxReplicas", "scaleTarget", "scaleMetric", "containerConcurrency",
+                           "timeout", "canaryTrafficPercent", "logger", "batcher", "labels", "annotations"}
+
+
+@pytest.mark.parametrize("overlay", KSERVE_OVERLAYS)
+def test_kserve_inference_service_serves_the_champion_like_the_deployment(rendered, overlay, tmp_path):
+    """The InferenceService beside the Deployment: its predictor (a PodSpec plus KServe's scaling fields)
+    validates as a Pod against the Kubernetes schemas, runs the same `mlflow models serve` on the champion
+    alias as the Deployment, non-root, bounded, pullable, telemetry off, with the serving limits' timeout."""
+    kubectl, validator = _tool("kubectl"), _tool("kubernetes-validate")
+    proc = subprocess.run([str(kubectl), "kustomize", str(ROOT / "k8s" / "overlays" / overlay)],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    (isvc,) = [d for d in yaml.safe_load_all(proc.stdout) if d]
+    assert (isvc["apiVersion"], isvc["kind"]) == ("serving.kserve.io/v1beta1", "InferenceService")
+    predictor = isvc["spec"]["predictor"]
+    pod_spec = {k: v for k, v in predictor.items() if k not in KSERVE_COMPONENT_FIELDS}
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "predictor"}, "spec": pod_spec}
+    target = tmp_path / "pod.yaml"
+    target.write_text(yaml.safe_dump(pod))
+    check = subprocess.run([str(validator), "--strict", "--kubernetes-version", "1.33", str(target)],
+                           capture_output=True, text=True, timeout=120)
+    assert check.returncode == 0, check.stdout + check.stderr
+    namespace = "safealign-dev" if overlay.startswith("dev") else "safealign"
+    assert isvc["metadata"]["namespace"] == namespace
+    (container,) = predictor["containers"]
+    assert container["name"] == "kserve-container" and pod_spec["securityContext"]["runAsNonRoot"] is True
+    assert pod_spec["automountServiceAccountToken"] is False
+    deployment = {(o["kind"], o["metadata"]["name"]): o for o in _objects(rendered[overlay.split("/")[0]])}[
+        ("Deployment", "safealign-policy-serving")]
+    served = _pod_spec(deployment)["containers"][0]
+    assert container["image"] == served["image"] and container["command"] == served["command"]
+    assert [a for a in container["args"] if not a.startswith("--timeout")] == served["args"]
+    assert "--timeout=60" in container["args"]  # the deadline the policy stops generating at (90% of it)
+    assert container["readinessProbe"]["httpGet"] == {"path": "/ping", "port": 8080}
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["MLFLOW_DISABLE_TELEMETRY"] == "true"
+    assert {"cpu", "memory"} <= set(container["resources"]["limits"])
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True

@@ -25,14 +25,18 @@ from safealign.cli import main
 from safealign.config import load_settings
 from safealign.errors import ConfigError, ServiceError
 from safealign.kfp_client import normalize_cron, schedule_run, submit_run
+from safealign.kfp_deploy import read_package, root_parameters
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "pipelines" / "align.yaml"
 # What a cluster run needs: MLflow and the object store by the names the pods can resolve.
 CLUSTER_MLFLOW = "http://safealign-mlflow.team.svc.cluster.local:5000"
 CLUSTER_S3 = "http://safealign-minio.team.svc.cluster.local:9000"
+# ...and an image the cluster can pull (a registry reference, not the local tag `make image` builds).
+CLUSTER_IMAGE = "reg.test/team/safealign:0.1.0"
 CLUSTER = [f"pipeline.tracking_uri={CLUSTER_MLFLOW}", "pipeline.dvc_remote_url=s3://dvc",
-           f"pipeline.dvc_endpoint_url={CLUSTER_S3}"]
+           f"pipeline.dvc_endpoint_url={CLUSTER_S3}", f"pipeline.image={CLUSTER_IMAGE}"]
+IMAGE_ARG = ["--image", CLUSTER_IMAGE]
 
 
 class FakeKfp:
@@ -212,7 +216,7 @@ def test_cli_schedule_prints_ids(kfp_server, capsys, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", CLUSTER_MLFLOW)
     monkeypatch.setenv("SAFEALIGN_DVC_REMOTE_URL", "s3://dvc")
     monkeypatch.setenv("SAFEALIGN_DVC_ENDPOINT_URL", CLUSTER_S3)
-    code = main(["pipeline", "schedule", "--host", kfp_server.host, "--cron", "0 0 4 * * 1"])
+    code = main(["pipeline", "schedule", *IMAGE_ARG, "--host", kfp_server.host, "--cron", "0 0 4 * * 1"])
     assert code == 0
     out = json.loads(capsys.readouterr().out)
     assert out["cron"] == "0 0 4 * * 1" and out["recurring_run_id"] == "rr-1"
@@ -231,8 +235,8 @@ def test_submit_refuses_a_tracking_store_the_pods_cannot_share(kfp_server, uri, 
     with pytest.raises(ConfigError, match="pipeline.tracking_uri") as err:
         submit_run(settings, host=kfp_server.host, package=PACKAGE, data_version="v1")
     assert repr(uri) in str(err.value)
-    code = main(["pipeline", "submit", "--host", kfp_server.host, "--set", f"tracking.tracking_uri={uri}",
-                 "--set", "pipeline.dvc_remote_url=s3://dvc"])
+    code = main(["pipeline", "submit", *IMAGE_ARG, "--host", kfp_server.host,
+                 "--set", f"tracking.tracking_uri={uri}", "--set", "pipeline.dvc_remote_url=s3://dvc"])
     assert code == 2 and "pipeline.tracking_uri" in capsys.readouterr().err
     assert kfp_server.requests == []  # refused before the KFP API was contacted
 
@@ -310,14 +314,24 @@ def _images(body: dict) -> dict[str, str]:
     return {n: e["container"]["image"] for n, e in _spec(body)["deploymentSpec"]["executors"].items()}
 
 
+def _required(body: dict) -> set[str]:
+    """The root parameters the uploaded spec declares without a default: what every run must pass."""
+    params = _spec(body)["root"]["inputDefinitions"]["parameters"]
+    return {n for n, d in params.items() if "defaultValue" not in d}
+
+
 def test_submit_resolves_images_at_submit_time(kfp_server, capsys, monkeypatch):
-    """--image repoints the committed file's steps; with pipeline.gpu the GPU file's GPU steps get -cuda."""
+    """--image becomes the run's `image` parameter (the steps' image); with pipeline.gpu the GPU file also
+    takes `cuda_image`, IMAGE-cuda by default. The package itself is uploaded as compiled."""
     monkeypatch.chdir(ROOT)
     code = main(["pipeline", "submit", "--host", kfp_server.host, "--data-version", "v1",
                  "--image", "reg.test/team/safealign:2.0"])
     assert code == 0, capsys.readouterr().err
     (run,) = kfp_server.posts("/apis/v2beta1/runs")
-    assert set(_images(run).values()) == {"reg.test/team/safealign:2.0"}
+    assert set(_images(run).values()) == {"{{$.inputs.parameters['pipelinechannel--image']}}"}
+    args = run["runtime_config"]["parameters"]
+    assert args["image"] == "reg.test/team/safealign:2.0" and "cuda_image" not in args
+    assert _required(run) <= set(args)  # every parameter without a default travels with the run
     assert json.loads(capsys.readouterr().out)["image"] == "reg.test/team/safealign:2.0"
 
     # GPU mode from params alone: the default package becomes align-gpu.yaml, the CUDA image follows.
@@ -327,12 +341,41 @@ def test_submit_resolves_images_at_submit_time(kfp_server, capsys, monkeypatch):
     gpu_run = kfp_server.posts("/apis/v2beta1/runs")[-1]
     images = _images(gpu_run)
     gpu_steps = ("exec-grpo-op", "exec-evaluate-op", "exec-generate-op")
-    assert {images.pop(n) for n in gpu_steps} == {"reg.test/sa:3-cuda"}
-    assert set(images.values()) == {"reg.test/sa:3"}
+    assert {images.pop(n) for n in gpu_steps} == {"{{$.inputs.parameters['pipelinechannel--cuda_image']}}"}
+    assert set(images.values()) == {"{{$.inputs.parameters['pipelinechannel--image']}}"}
+    args = gpu_run["runtime_config"]["parameters"]
+    assert (args["image"], args["cuda_image"]) == ("reg.test/sa:3", "reg.test/sa:3-cuda")
+    assert _required(gpu_run) <= set(args)
     accel = _spec(gpu_run)["deploymentSpec"]["executors"]["exec-grpo-op"]["container"]["resources"]
     assert accel["accelerator"]["resourceType"] == "nvidia.com/gpu"
     platform = gpu_run["pipeline_spec"]["platform_spec"]["platforms"]["kubernetes"]["deploymentSpec"]
     assert set(gpu_steps) == set(platform["executors"])
+
+
+@pytest.mark.parametrize("command", [["submit"], ["schedule", "--cron", "0 3 * * *"]])
+def test_an_image_no_cluster_can_pull_is_refused_with_exit_2(kfp_server, capsys, monkeypatch, command):
+    """params.yaml's pipeline.image is the local tag `make image` builds: without --image, submit and
+    schedule refuse it (exit 2, naming what to pass) instead of sending it to the cluster."""
+    monkeypatch.chdir(ROOT)
+    code = main(["pipeline", *command, "--host", kfp_server.host, "--data-version", "v1"])
+    err = capsys.readouterr().err
+    assert code == 2 and "pipeline.image 'safealign:0.1.0'" in err and "--image REGISTRY/safealign:TAG" in err
+    for bad in ("safealign:0.1.0", "reg.test/safealign", "Reg.Test/SafeAlign:1"):
+        code = main(["pipeline", *command, "--host", kfp_server.host, "--image", bad])
+        assert code == 2 and repr(bad) in capsys.readouterr().err, bad
+    assert kfp_server.requests == []  # refused before the KFP API was contacted
+
+
+def test_cronjob_empty_data_version_travels_empty(kfp_server, capsys, monkeypatch):
+    """The retraining CronJob passes `--data-version ""`: the run must get an empty version (the step then
+    pulls what the image's data.dvc names and keys the cache on the pulled data), not the md5 that submit
+    would otherwise read from the image's data.dvc."""
+    monkeypatch.chdir(ROOT)
+    code = main(["pipeline", "submit", *IMAGE_ARG, "--host", kfp_server.host, "--data-version", ""])
+    assert code == 0, capsys.readouterr().err
+    (run,) = kfp_server.posts("/apis/v2beta1/runs")
+    assert run["runtime_config"]["parameters"]["data_version"] == ""
+    assert run["display_name"] == "align-latest"
 
 
 def test_multi_user_namespace_and_token(kfp_server, tmp_path, capsys, monkeypatch):
@@ -340,7 +383,7 @@ def test_multi_user_namespace_and_token(kfp_server, tmp_path, capsys, monkeypatc
     monkeypatch.chdir(ROOT)
     token_file = tmp_path / "token"
     token_file.write_text("s3cret\n")
-    code = main(["pipeline", "submit", "--host", kfp_server.host, "--data-version", "v1",
+    code = main(["pipeline", "submit", *IMAGE_ARG, "--host", kfp_server.host, "--data-version", "v1",
                  "--namespace", "team-a", "--token-file", str(token_file)])
     assert code == 0, capsys.readouterr().err
     (exp,) = kfp_server.posts("/apis/v2beta1/experiments")
@@ -356,7 +399,7 @@ def test_multi_user_namespace_and_token(kfp_server, tmp_path, capsys, monkeypatc
 
     # The same from the environment, for a recurring run; namespace from params.
     monkeypatch.setenv("SAFEALIGN_KFP_TOKEN", "s3cret")
-    code = main(["pipeline", "schedule", "--host", kfp_server.host, "--cron", "0 3 * * *",
+    code = main(["pipeline", "schedule", *IMAGE_ARG, "--host", kfp_server.host, "--cron", "0 3 * * *",
                  "--set", "pipeline.namespace=team-a"])
     assert code == 0, capsys.readouterr().err
     assert json.loads(capsys.readouterr().out)["namespace"] == "team-a"
@@ -366,7 +409,7 @@ def test_multi_user_namespace_and_token(kfp_server, tmp_path, capsys, monkeypatc
 def test_401_without_token_is_a_clear_exit_1(kfp_server, capsys, monkeypatch):
     kfp_server.tokens = {"s3cret": {"team-a"}}
     monkeypatch.chdir(ROOT)
-    code = main(["pipeline", "submit", "--host", kfp_server.host, "--data-version", "v1",
+    code = main(["pipeline", "submit", *IMAGE_ARG, "--host", kfp_server.host, "--data-version", "v1",
                  "--namespace", "team-a"])
     err = capsys.readouterr().err
     assert code == 1
@@ -380,7 +423,7 @@ def test_403_for_a_namespace_the_token_may_not_use_is_a_clear_exit_1(
     kfp_server.tokens = {"s3cret": {"team-a"}}
     monkeypatch.chdir(ROOT)
     monkeypatch.setenv("SAFEALIGN_KFP_TOKEN", "s3cret")
-    code = main(["pipeline", "schedule", "--host", kfp_server.host, "--cron", "0 3 * * *",
+    code = main(["pipeline", "schedule", *IMAGE_ARG, "--host", kfp_server.host, "--cron", "0 3 * * *",
                  "--namespace", "team-b"])
     err = capsys.readouterr().err
     assert code == 1
@@ -388,7 +431,7 @@ def test_403_for_a_namespace_the_token_may_not_use_is_a_clear_exit_1(
     assert kfp_server.posts("/apis/v2beta1/recurringruns") == []
     empty = tmp_path / "empty"
     empty.write_text("")
-    code = main(["pipeline", "submit", "--host", kfp_server.host, "--token-file", str(empty)])
+    code = main(["pipeline", "submit", *IMAGE_ARG, "--host", kfp_server.host, "--token-file", str(empty)])
     assert code == 2 and "token file is empty" in capsys.readouterr().err
 
 
@@ -399,28 +442,55 @@ def _kfp(host: str, *args: str, env: dict[str, str]) -> subprocess.CompletedProc
                           cwd=ROOT, env=env, timeout=120)
 
 
+# What docs/kfp.md tells a kfp CLI user to pass: every parameter the compiled file has no default for.
+DOCUMENTED_ARGS = [f"image={CLUSTER_IMAGE}", f"tracking_uri={CLUSTER_MLFLOW}", "dvc_remote_url=s3://dvc",
+                   f"dvc_endpoint_url={CLUSTER_S3}"]
+
+
 def test_documented_kfp_cli_commands_work(kfp_server, tmp_path):
     env = {**os.environ, "HOME": str(tmp_path)}
     # `kfp run submit FILE` (the card's form) fails; the file goes with -f and an experiment with -e.
     bare = _kfp(kfp_server.host, "run", "submit", "pipelines/align.yaml", env=env)
     assert bare.returncode != 0 and "--experiment-name" in bare.stderr
     created = _kfp(kfp_server.host, "run", "create", "-e", "align", "-r", "align-manual", "-f",
-                   "pipelines/align.yaml", "data_version=v1", env=env)
+                   "pipelines/align.yaml", *DOCUMENTED_ARGS, "data_version=v1", env=env)
     assert created.returncode == 0, created.stderr
-    submitted = _kfp(kfp_server.host, "run", "submit", "-e", "align", "-f", "pipelines/align.yaml", env=env)
+    submitted = _kfp(kfp_server.host, "run", "submit", "-e", "align", "-f", "pipelines/align.yaml",
+                     *DOCUMENTED_ARGS, env=env)
     assert submitted.returncode == 0, submitted.stderr  # the deprecated alias of `run create`
     runs = kfp_server.posts("/apis/v2beta1/runs")
     assert [r["display_name"] for r in runs] == ["align-manual", "align"]
-    assert runs[0]["runtime_config"]["parameters"] == {"data_version": "v1"}
+    args = runs[0]["runtime_config"]["parameters"]
+    assert args == {**dict(a.split("=", 1) for a in DOCUMENTED_ARGS), "data_version": "v1"}
     assert _spec(runs[0]) == yaml.safe_load(PACKAGE.read_text())
+    # The compiled file has no default for these: a run that omits one has nothing to fall back on
+    # (before, it fell back on safealign:0.1.0, sqlite:///mlflow.db, data/ and no DVC remote).
+    assert _required(runs[0]) == {"image", "tracking_uri", "dvc_remote_url"}
+    assert all(_required(r) <= set(r["runtime_config"]["parameters"]) for r in runs)
     scheduled = _kfp(kfp_server.host, "recurring-run", "create", "--experiment-name", "align",
                      "--job-name", "align-weekly",
                      "--cron-expression", "0 0 3 * * 1", "--max-concurrency", "1", "--no-catchup",
-                     "--pipeline-package-path", "pipelines/align.yaml", env=env)
+                     "--pipeline-package-path", "pipelines/align.yaml", *DOCUMENTED_ARGS, env=env)
     assert scheduled.returncode == 0, scheduled.stderr
     (rr,) = kfp_server.posts("/apis/v2beta1/recurringruns")
     assert rr["trigger"]["cron_schedule"]["cron"] == "0 0 3 * * 1" and rr["no_catchup"] is True
     assert int(rr["max_concurrency"]) == 1
+    assert _required(rr) <= set(rr["runtime_config"]["parameters"])
+
+
+def test_docs_kfp_commands_pass_every_required_parameter():
+    """Each kfp CLI command in docs/kfp.md names every parameter the committed files require."""
+    doc = (ROOT / "docs" / "kfp.md").read_text(encoding="utf-8")
+    commands = [line for line in doc.splitlines() if "kfp --endpoint" in line and (
+        "run create" in line or "recurring-run create" in line)]
+    assert commands
+    for package in ("align.yaml", "align-gpu.yaml"):
+        params = root_parameters(read_package(ROOT / "pipelines" / package))
+        required = {n for n, d in params.items() if "defaultValue" not in d}
+        for line in commands:
+            if package in line:
+                missing = {n for n in required if f"{n}=" not in line}
+                assert not missing, (package, line, missing)
 
 
 def test_documented_kfp_cli_multi_user_form(kfp_server, tmp_path):
@@ -432,7 +502,7 @@ def test_documented_kfp_cli_multi_user_form(kfp_server, tmp_path):
                  "-e", "align", "-f", "pipelines/align.yaml", env=env)
     assert wrong.returncode != 0 and "403" in wrong.stderr + wrong.stdout
     created = _kfp(kfp_server.host, "--namespace", "team-a", "--existing-token", "s3cret", "run", "create",
-                   "-e", "align", "-f", "pipelines/align.yaml", env=env)
+                   "-e", "align", "-f", "pipelines/align.yaml", *DOCUMENTED_ARGS, env=env)
     assert created.returncode == 0, created.stderr
     (exp,) = kfp_server.posts("/apis/v2beta1/experiments")
     assert exp["namespace"] == "team-a"

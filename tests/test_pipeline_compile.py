@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import yaml
 
 from safealign import stages
 from safealign.cli import main
 from safealign.config import Settings, load_settings
 from safealign.kfp_client import compile_pipeline
-from safealign.kfp_deploy import gpu_executors, read_package, set_images
+from safealign.kfp_deploy import gpu_executors, read_package, root_parameters
 
 ROOT = Path(__file__).resolve().parents[1]
 COMMITTED = ROOT / "pipelines" / "align.yaml"
@@ -40,15 +41,80 @@ def _spec() -> dict:
     return yaml.safe_load(COMMITTED.read_text())
 
 
+IMAGE_PARAM = "{{$.inputs.parameters['pipelinechannel--image']}}"
+CUDA_PARAM = "{{$.inputs.parameters['pipelinechannel--cuda_image']}}"
+# What a laptop's defaults look like; none may reach a compiled file a cluster runs.
+LAPTOP = ("sqlite:", "127.0.0.1", "localhost", "file:", "safealign:0.1.0")
+
+
 def test_pipeline_parameters_default_to_params_yaml():
     spec = _spec()
     assert spec["pipelineInfo"]["name"] == "align"
     params = spec["root"]["inputDefinitions"]["parameters"]
-    assert {"data_version", "params", "overrides", "tracking_uri", "data_dir"} <= set(params)
+    assert {"data_version", "params", "overrides", "tracking_uri", "data_dir", "image"} <= set(params)
     settings = load_settings(ROOT / "params.yaml")
     defaults = json.loads(params["params"]["defaultValue"])
     assert Settings.model_validate(defaults) == settings
-    assert params["tracking_uri"]["defaultValue"] == settings.tracking.tracking_uri
+
+
+@pytest.mark.parametrize("package", [COMMITTED, COMMITTED_GPU], ids=lambda p: p.name)
+def test_compiled_defaults_never_point_at_a_laptop(package):
+    """The committed files carry no image tag, tracking store, data folder or DVC remote of this machine:
+    those are parameters without a default, which every run must pass (docs/kfp.md)."""
+    docs = read_package(package)
+    params = root_parameters(docs)
+    required = {n for n, d in params.items() if "defaultValue" not in d}
+    gpu = package == COMMITTED_GPU
+    assert required == {"image", "tracking_uri", "dvc_remote_url"} | ({"cuda_image"} if gpu else set())
+    assert params["data_dir"]["defaultValue"] == ""  # the steps pull data/ from the DVC remote
+    for name, definition in params.items():
+        if name != "params":  # the settings JSON: its tracking/paths are overridden by these parameters
+            assert not any(m in str(definition.get("defaultValue", "")) for m in LAPTOP), name
+    for name, ex in docs[0]["deploymentSpec"]["executors"].items():
+        want = CUDA_PARAM if gpu and name in GPU_STAGES else IMAGE_PARAM
+        assert ex["container"]["image"] == want, name
+
+
+def test_cluster_build_refuses_a_run_without_its_cluster_parameters():
+    """The cluster build's signature has no default for them: calling it without one is refused by KFP
+    before anything runs."""
+    from safealign.kfp_client import PIPELINE_SOURCE, load_pipeline
+
+    module_pipeline = load_pipeline(PIPELINE_SOURCE)  # the kfp.local build keeps one-machine defaults
+    assert "image" not in module_pipeline.component_spec.inputs
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("align_for_test", PIPELINE_SOURCE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    cluster = module.build_pipeline(load_settings(ROOT / "params.yaml"), cluster=True)
+    inputs = cluster.component_spec.inputs
+    assert {n for n, i in inputs.items() if i.default is None and not i.optional} == {
+        "image", "tracking_uri", "dvc_remote_url"}
+    with pytest.raises(TypeError, match="image"):
+        cluster(tracking_uri="http://mlflow.team.svc:5000", dvc_remote_url="s3://dvc")
+
+
+def test_compile_refuses_an_image_no_cluster_can_pull(tmp_path, capsys):
+    out = tmp_path / "x.yaml"
+    assert main(["pipeline", "compile", "--output", str(out), "--image", "safealign:0.1.0"]) == 2
+    assert "'safealign:0.1.0'" in capsys.readouterr().err and not out.exists()
+
+
+def test_compile_with_cluster_settings_keeps_them_as_defaults(tmp_path):
+    """A team's own file (its registry, MLflow and DVC remote in params) runs with no parameter at all."""
+    docs = _compile_cli(
+        tmp_path, "--image", "reg.test/team/safealign:1.2.3",
+        "--set", "pipeline.tracking_uri=http://safealign-mlflow.team.svc.cluster.local:5000",
+        "--set", "pipeline.dvc_remote_url=s3://dvc",
+    )
+    params = root_parameters(docs)
+    assert {n for n, d in params.items() if "defaultValue" not in d} == set()
+    assert params["image"]["defaultValue"] == "reg.test/team/safealign:1.2.3"
+    assert params["dvc_remote_url"]["defaultValue"] == "s3://dvc"
+    # a laptop URI in pipeline.tracking_uri is not a default either: the parameter stays required
+    docs = _compile_cli(tmp_path, "--set", "pipeline.tracking_uri=http://127.0.0.1:15000")
+    assert "defaultValue" not in root_parameters(docs)["tracking_uri"]
 
 
 def test_calibration_gate_guards_grpo_evaluate_promote():
@@ -108,8 +174,10 @@ def test_cpu_mode_every_step_on_the_given_image(tmp_path, capsys):
     docs = _compile_cli(tmp_path, "--image", "registry.test:5000/team/safealign:1.2.3")
     executors = docs[0]["deploymentSpec"]["executors"]
     assert set(executors) == ALL_EXECUTORS
+    assert root_parameters(docs)["image"]["defaultValue"] == "registry.test:5000/team/safealign:1.2.3"
+    assert "cuda_image" not in root_parameters(docs)  # no GPU step in the CPU file
     for name, ex in executors.items():
-        assert ex["container"]["image"] == "registry.test:5000/team/safealign:1.2.3", name
+        assert ex["container"]["image"] == IMAGE_PARAM, name
         assert "accelerator" not in ex["container"].get("resources", {}), name
         # No pip install at run time: the project image already carries safealign and kfp.
         assert "pip install" not in " ".join(ex["container"]["command"])
@@ -128,14 +196,17 @@ def test_gpu_mode_puts_grpo_and_evaluate_on_the_cuda_image_with_gpu_placement(tm
         "--set", "pipeline.tolerations=[{key: gpu-pool, operator: Equal, value: 'yes', effect: NoExecute}]",
     )
     executors = docs[0]["deploymentSpec"]["executors"]
+    params = root_parameters(docs)
+    assert (params["image"]["defaultValue"], params["cuda_image"]["defaultValue"]) == (
+        "reg.test/safealign:7", "reg.test/safealign:7-cuda")
     for name, ex in executors.items():
         container = ex["container"]
         if name in GPU_STAGES:
-            assert container["image"] == "reg.test/safealign:7-cuda", name
+            assert container["image"] == CUDA_PARAM, name
             assert container["resources"]["accelerator"]["resourceType"] == "nvidia.com/gpu"
             assert container["resources"]["accelerator"]["resourceCount"] == "2"
         else:
-            assert container["image"] == "reg.test/safealign:7", name
+            assert container["image"] == IMAGE_PARAM, name
             assert "accelerator" not in container.get("resources", {}), name
     platform = docs[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
     assert set(platform) == GPU_STAGES
@@ -148,20 +219,12 @@ def test_gpu_mode_puts_grpo_and_evaluate_on_the_cuda_image_with_gpu_placement(tm
 
 
 def test_committed_gpu_file_follows_params_defaults():
-    settings = load_settings(ROOT / "params.yaml")
     docs = read_package(COMMITTED_GPU)
     assert set(gpu_executors(docs)) == GPU_STAGES
     executors = docs[0]["deploymentSpec"]["executors"]
-    assert executors["exec-grpo-op"]["container"]["image"] == settings.pipeline.resolved_cuda_image
-    assert executors["exec-validate-op"]["container"]["image"] == settings.pipeline.image
+    assert executors["exec-grpo-op"]["container"]["image"] == CUDA_PARAM
+    assert executors["exec-validate-op"]["container"]["image"] == IMAGE_PARAM
     assert gpu_executors(read_package(COMMITTED)) == []
-
-
-def test_submit_time_images_repoint_a_compiled_file():
-    """The images a compiled file names are replaced at submit time: CUDA for steps that ask for a GPU."""
-    docs = set_images(read_package(COMMITTED_GPU), "r.test/sa:9", "r.test/sa:9-cuda")
-    images = {n: e["container"]["image"] for n, e in docs[0]["deploymentSpec"]["executors"].items()}
-    assert images == {n: ("r.test/sa:9-cuda" if n in GPU_STAGES else "r.test/sa:9") for n in ALL_EXECUTORS}
 
 
 def _find_task(dag: dict, name: str, conditions: list[str]) -> list[str] | None:
@@ -191,3 +254,10 @@ def test_generate_runs_only_after_a_passed_promotion_and_when_asked():
     assert "generate_input" in joined and "!= ''" in joined  # only when an input file is given
     executor = spec["deploymentSpec"]["executors"]["exec-generate-op"]["container"]
     assert "safealign.batch import generate" in " ".join(executor["command"])
+
+
+@pytest.mark.parametrize("package", [COMMITTED, COMMITTED_GPU], ids=lambda p: p.name)
+def test_every_step_runs_with_mlflow_telemetry_off(package):
+    for name, ex in read_package(package)[0]["deploymentSpec"]["executors"].items():
+        env = {e["name"]: e["value"] for e in ex["container"].get("env", [])}
+        assert env.get("MLFLOW_DISABLE_TELEMETRY") == "true", name

@@ -565,6 +565,21 @@ class Toleration(_Section):
     )
 
 
+class ServeSettings(_Section):
+    """Limits of the served policy (``mlflow models serve`` on a registry version; k8s/base/serving.yaml).
+
+    They travel in each version's model config, so a server enforces the limits its version was logged
+    with. Past them a request gets 400 with the limit in the message, never a stack trace; the request
+    timeout is the server's (``mlflow models serve --timeout``, MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT,
+    default 60 s), and generation stops at 90% of it instead of running on after the client got 504.
+    """
+
+    max_new_tokens_cap: int = Field(
+        default=512, gt=0,
+        description="most max_new_tokens a request may ask for; one request cannot hold a worker for minutes",
+    )
+
+
 class PipelineSettings(_Section):
     """Kubeflow Pipelines settings: where runs go, which images the steps use, what GPU steps ask for.
 
@@ -574,8 +589,9 @@ class PipelineSettings(_Section):
 
     image: str = Field(
         default="safealign:0.1.0",
-        description="CPU component image (tag = package version); a team sets REGISTRY/safealign:TAG "
-        "or passes --image",
+        description="CPU component image (tag = package version). The default is the local tag `make image` "
+        "builds, which no cluster can pull: submit, schedule and compile refuse it (exit 2) until a team "
+        "sets REGISTRY/safealign:TAG (or @sha256:DIGEST) here or passes --image",
     )
     cuda_image: str | None = Field(
         default=None, description="image of the GPU steps when gpu is on; null = image + '-cuda'"
@@ -648,6 +664,7 @@ class Settings(_Section):
     grpo: GrpoSettings = Field(default_factory=GrpoSettings, description=GrpoSettings.__doc__)
     evaluate: EvaluateSettings = Field(default_factory=EvaluateSettings, description=EvaluateSettings.__doc__)
     promote: PromoteSettings = Field(default_factory=PromoteSettings, description=PromoteSettings.__doc__)
+    serve: ServeSettings = Field(default_factory=ServeSettings, description=ServeSettings.__doc__)
     tracking: TrackingSettings = Field(default_factory=TrackingSettings, description=TrackingSettings.__doc__)
     pipeline: PipelineSettings = Field(default_factory=PipelineSettings, description=PipelineSettings.__doc__)
 

@@ -6,10 +6,12 @@ JSON), ``data_version`` and ``tracking_uri``, so a run on the cluster uses exact
 submitted with. A recurring run is created with max concurrency 1 (two retrainings never race for the
 registry) and no catch-up (a scheduler that was down does not replay every missed slot).
 
-Images are resolved here, at submit time (safealign.kfp_deploy): the package's steps are pointed at
-``--image`` or ``pipeline.image`` before it is uploaded. Multi-user Kubeflow: ``namespace`` is the profile
-namespace the experiment and run belong to, and the token (a bearer token, e.g. a ServiceAccount token)
-authenticates the caller; a 401 or 403 from the API becomes a ServiceError that says which.
+Images are resolved here, at submit time (safealign.kfp_deploy): the steps' images are the ``image``
+and ``cuda_image`` pipeline parameters, given ``--image`` or ``pipeline.image``; a reference a cluster
+cannot pull (a bare ``safealign:0.1.0``) is refused, like a local tracking store or a missing DVC remote.
+Multi-user Kubeflow: ``namespace`` is the profile namespace the experiment and run belong to, and the
+token (a bearer token, e.g. a ServiceAccount token) authenticates the caller; a 401 or 403 from the API
+becomes a ServiceError that says which.
 """
 
 from __future__ import annotations
@@ -20,8 +22,6 @@ import json
 import logging
 import os
 import sys
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -29,12 +29,13 @@ from urllib.parse import urlparse
 from safealign.config import Settings
 from safealign.errors import ConfigError, ServiceError
 from safealign.kfp_deploy import (
+    LOOPBACK,
     check_gpu_mode,
+    check_image,
     default_package,
     images_for,
     read_package,
-    set_images,
-    write_package,
+    root_parameters,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -59,32 +60,42 @@ def params_json(settings: Settings) -> str:
     return json.dumps(_drop_none(settings.model_dump(mode="json")), sort_keys=True)
 
 
-def load_pipeline(
-    source: str | Path = PIPELINE_SOURCE, settings: Settings | None = None, image: str | None = None,
-    cuda_image: str | None = None,
-) -> Any:
-    """Import pipelines/align.py by path and return its pipeline, built for ``settings`` when given
-    (the module's own is built from params.yaml)."""
+def _pipeline_module(source: str | Path) -> Any:
+    """pipelines/align.py imported by path (it lives beside, not inside, the package)."""
     spec = importlib.util.spec_from_file_location("safealign_align_pipeline", source)
     if spec is None or spec.loader is None:
         raise ConfigError(f"cannot import the pipeline from {source}")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    if settings is None and image is None and cuda_image is None:
+    return module
+
+
+def load_pipeline(
+    source: str | Path = PIPELINE_SOURCE, settings: Settings | None = None, image: str | None = None,
+    cuda_image: str | None = None, cluster: bool = False,
+) -> Any:
+    """The pipeline of pipelines/align.py: its one-machine build for kfp.local (the module's own, from
+    params.yaml, unless settings or images are given), or with ``cluster`` the build ``compile`` writes."""
+    module = _pipeline_module(source)
+    if settings is None and image is None and cuda_image is None and not cluster:
         return module.align_pipeline
-    return module.build_pipeline(settings or module.SETTINGS, image=image, cuda_image=cuda_image)
+    return module.build_pipeline(
+        settings or module.SETTINGS, image=image, cuda_image=cuda_image, cluster=cluster
+    )
 
 
 def compile_pipeline(
     output: str | Path = "pipelines/align.yaml", settings: Settings | None = None, image: str | None = None,
     cuda_image: str | None = None,
 ) -> Path:
-    """Compile the pipeline to ``output`` (the committed pipelines/align.yaml by default)."""
+    """Compile the cluster build of the pipeline to ``output`` (the committed pipelines/align.yaml by
+    default): images as parameters, no parameter defaulting to this machine (pipelines/align.py)."""
     from kfp import compiler
 
     out = Path(output)
+    pipeline = load_pipeline(PIPELINE_SOURCE, settings, image, cuda_image, cluster=True)
     out.parent.mkdir(parents=True, exist_ok=True)
-    compiler.Compiler().compile(load_pipeline(PIPELINE_SOURCE, settings, image, cuda_image), str(out))
+    compiler.Compiler().compile(pipeline, str(out))
     return out
 
 
@@ -99,7 +110,7 @@ def normalize_cron(cron: str) -> str:
 
 
 PIPELINE_TRACKING_ENV = "SAFEALIGN_PIPELINE_TRACKING_URI"
-_LOOPBACK = {"127.0.0.1", "localhost", "::1", "0.0.0.0"}
+_LOOPBACK = LOOPBACK
 
 
 def cluster_tracking_uri(settings: Settings) -> str:
@@ -156,28 +167,15 @@ def cluster_dvc_remote(settings: Settings) -> tuple[str, str]:
     return url, endpoint
 
 
-def run_arguments(settings: Settings, data_version: str) -> dict[str, Any]:
-    """The pipeline parameters of one cluster run: the settings, the data version, MLflow and the DVC remote.
-
-    ``data_dir`` is left empty: the steps pull data/ from the DVC remote into their own scratch space.
-    """
-    url, endpoint = cluster_dvc_remote(settings)
-    return {
-        "params": params_json(settings),
-        "data_version": data_version,
-        "data_dir": "",
-        "tracking_uri": cluster_tracking_uri(settings),
-        "dvc_remote_url": url,
-        "dvc_endpoint_url": endpoint,
-    }
-
-
 def resolve_data_version(data_version: str | None, data_rev: str | None) -> str:
-    """The DVC md5 of data/ to train on: given, else data.dvc at git revision ``data_rev``, else data.dvc."""
+    """The DVC md5 of data/ to train on: given (even empty), else data.dvc at git revision ``data_rev``, else
+    data.dvc."""
     from safealign.dvc_remote import data_dvc_at, dvc_md5
     from safealign.tracking import data_version as dvc_version
 
-    if data_version:
+    if data_version or (data_version == "" and not data_rev):
+        # "" is a choice (the retraining CronJob's): the step pulls what the image's data.dvc names and
+        # the cache keys on the pulled data, instead of freezing this machine's data.dvc into the run.
         return data_version
     if data_rev:
         return dvc_md5(data_dvc_at(data_rev), f"data.dvc@{data_rev}")
@@ -196,6 +194,40 @@ def read_token(token_file: str | Path | None = None) -> str | None:
             raise ConfigError(f"token file is empty: {path}")
         return token
     return os.environ.get(TOKEN_ENV) or None
+
+
+def cluster_run(
+    settings: Settings, version: str, package: str | Path | None, image: str | None, cuda_image: str | None
+) -> tuple[str, dict[str, Any]]:
+    """(package, every run parameter) for a cluster run, or one ConfigError naming everything missing.
+
+    The checks are independent (image, MLflow, DVC remote, the package itself), so a user fixes them all
+    in one go instead of one per attempt; nothing reaches the KFP API until all pass.
+    """
+    problems: list[str] = []
+
+    def attempt(check: Any) -> Any:
+        try:
+            return check()
+        except ConfigError as exc:
+            problems.append(str(exc))
+            return None
+
+    packaged = attempt(lambda: image_arguments(settings, package, image, cuda_image))
+    tracking = attempt(lambda: cluster_tracking_uri(settings))
+    remote = attempt(lambda: cluster_dvc_remote(settings))
+    if problems or packaged is None or remote is None:
+        raise ConfigError("cannot submit a run a cluster can use:\n- " + "\n- ".join(problems))
+    pkg, images = packaged
+    return pkg, {
+        "params": params_json(settings),
+        "data_version": version,
+        "data_dir": "",  # the steps pull data/ from the DVC remote into their own scratch space
+        "tracking_uri": tracking,
+        "dvc_remote_url": remote[0],
+        "dvc_endpoint_url": remote[1],
+        **images,
+    }
 
 
 def _client(settings: Settings, host: str | None, namespace: str | None, token: str | None) -> Any:
@@ -227,17 +259,29 @@ def _service_error(exc: Exception, url: str, namespace: str | None, action: str)
     return ServiceError(f"KFP API at {url} is not reachable: {exc}")
 
 
-@contextlib.contextmanager
-def resolved_package(
+def image_arguments(
     settings: Settings, package: str | Path | None, image: str | None, cuda_image: str | None
-) -> Iterator[str]:
-    """The package to upload, its steps pointed at the images resolved now (a temporary copy)."""
+) -> tuple[str, dict[str, str]]:
+    """(package path, the ``image``/``cuda_image`` run parameters it takes), images checked pullable.
+
+    The package is uploaded as compiled; its steps read their image from these parameters. A package
+    without an ``image`` parameter was compiled before images were parameters: it would run whatever
+    image it names, so it is refused until recompiled.
+    """
     source = Path(package or default_package(settings.pipeline))
     docs = read_package(source)
     check_gpu_mode(docs, settings.pipeline, source)
-    set_images(docs, *images_for(settings.pipeline, image, cuda_image))
-    with tempfile.TemporaryDirectory(prefix="safealign-kfp-") as tmp:
-        yield str(write_package(docs, Path(tmp) / source.name))
+    declared = root_parameters(docs)
+    if "image" not in declared:
+        raise ConfigError(
+            f"{source} takes no 'image' parameter (compiled by an older safealign): recompile it with "
+            "`safealign pipeline compile`"
+        )
+    cpu, cuda = images_for(settings.pipeline, image, cuda_image)
+    images = {"image": check_image(cpu, "image" if image else "pipeline.image")}
+    if "cuda_image" in declared:
+        images["cuda_image"] = check_image(cuda, "cuda image")
+    return str(source), images
 
 
 def submit_run(
@@ -255,23 +299,22 @@ def submit_run(
     namespace = namespace or settings.pipeline.namespace
     url = host or settings.pipeline.host
     version = resolve_data_version(data_version, data_rev)
-    arguments = run_arguments(settings, version)
-    with resolved_package(settings, package, image, cuda_image) as pkg:
-        client = _client(settings, host, namespace, token)
-        try:
-            with contextlib.redirect_stdout(sys.stderr):  # kfp prints UI links; stdout is the CLI's JSON
-                result = client.create_run_from_pipeline_package(
-                    pkg,
-                    arguments=arguments,
-                    run_name=f"align-{version[:12] or 'latest'}",
-                    experiment_name=settings.pipeline.experiment,
-                    namespace=namespace,
-                )
-        except Exception as exc:  # noqa: BLE001
-            raise _service_error(exc, url, namespace, "create runs") from exc
+    pkg, arguments = cluster_run(settings, version, package, image, cuda_image)
+    client = _client(settings, host, namespace, token)
+    try:
+        with contextlib.redirect_stdout(sys.stderr):  # kfp prints UI links; stdout is the CLI's JSON
+            result = client.create_run_from_pipeline_package(
+                pkg,
+                arguments=arguments,
+                run_name=f"align-{version[:12] or 'latest'}",
+                experiment_name=settings.pipeline.experiment,
+                namespace=namespace,
+            )
+    except Exception as exc:  # noqa: BLE001
+        raise _service_error(exc, url, namespace, "create runs") from exc
     return {
         "run_id": result.run_id, "experiment": settings.pipeline.experiment, "data_version": version,
-        "namespace": namespace, "image": images_for(settings.pipeline, image, cuda_image)[0],
+        "namespace": namespace, "image": arguments["image"],
     }
 
 
@@ -289,27 +332,26 @@ def schedule_run(
     """
     schedule = normalize_cron(cron)
     version = resolve_data_version(data_version, data_rev) if (data_version or data_rev) else ""
-    arguments = run_arguments(settings, version)
+    pkg, arguments = cluster_run(settings, version, package, image, cuda_image)
     namespace = namespace or settings.pipeline.namespace
     url = host or settings.pipeline.host
-    with resolved_package(settings, package, image, cuda_image) as pkg:
-        client = _client(settings, host, namespace, token)
-        try:
-            with contextlib.redirect_stdout(sys.stderr):  # kfp prints UI links; stdout is the CLI's JSON
-                experiment = client.create_experiment(settings.pipeline.experiment, namespace=namespace)
-                recurring = client.create_recurring_run(
-                    experiment_id=experiment.experiment_id,
-                    job_name=f"align-scheduled-{version[:12] or 'latest'}",
-                    description="scheduled safealign retraining (safealign pipeline schedule)",
-                    cron_expression=schedule,
-                    max_concurrency=1,
-                    no_catchup=True,
-                    params=arguments,
-                    pipeline_package_path=pkg,
-                    enabled=True,
-                )
-        except Exception as exc:  # noqa: BLE001
-            raise _service_error(exc, url, namespace, "create recurring runs") from exc
+    client = _client(settings, host, namespace, token)
+    try:
+        with contextlib.redirect_stdout(sys.stderr):  # kfp prints UI links; stdout is the CLI's JSON
+            experiment = client.create_experiment(settings.pipeline.experiment, namespace=namespace)
+            recurring = client.create_recurring_run(
+                experiment_id=experiment.experiment_id,
+                job_name=f"align-scheduled-{version[:12] or 'latest'}",
+                description="scheduled safealign retraining (safealign pipeline schedule)",
+                cron_expression=schedule,
+                max_concurrency=1,
+                no_catchup=True,
+                params=arguments,
+                pipeline_package_path=pkg,
+                enabled=True,
+            )
+    except Exception as exc:  # noqa: BLE001
+        raise _service_error(exc, url, namespace, "create recurring runs") from exc
     return {
         "recurring_run_id": recurring.recurring_run_id,
         "experiment_id": experiment.experiment_id,

@@ -33,7 +33,7 @@ from typing import Any
 
 import yaml
 
-from safealign import stages
+from safealign import TELEMETRY_ENV, stages
 from safealign.config import Settings
 from safealign.data.build import ensure_data
 from safealign.errors import EXIT_FILE_ENV, EXIT_GATE, EXIT_INTERNAL, ConfigError, DataError
@@ -58,6 +58,7 @@ def subprocess_env() -> dict[str, str]:
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     offline = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "GX_ANALYTICS_ENABLED": "false"}
     env.update(offline, DVC_NO_ANALYTICS="1")
+    env.setdefault(TELEMETRY_ENV, "true")  # MLflow's telemetry off in every stage (safealign/__init__.py)
     return env
 
 

@@ -15,6 +15,12 @@ the hash makes a different base a loud error instead of a silently different mod
 (``messages``: role/content pairs ending with a user turn), output the assistant's greedy ``reply``: the
 decoding of evaluation (``policy.decoding.generate_from_texts``), so a served reply is the evaluated reply.
 
+Served limits (``serve.*``; a request past them gets 400 with the limit named, and no response carries a
+stack trace): ``max_new_tokens`` at most ``serve.max_new_tokens_cap``; the prompt plus ``max_new_tokens``
+within the model's positions (``max_position_embeddings``); generation stops at 90% of the server's request
+timeout (504) and at once when the server gets SIGTERM (503), checked after every token, so neither a slow
+request nor a shutdown waits for a generation the client no longer reads.
+
 Both models are written with ``save_model`` into a local folder and logged as run artifacts (no serving
 input validation at log time: it would load the base model once more inside the promotion step).
 Loading needs the ``safealign`` package importable (the project image, or this checkout's environment):
@@ -27,11 +33,22 @@ import hashlib
 import json
 import logging
 import os
+import signal
+import sys
+import threading
+import time
 from collections.abc import Sequence
 from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any
 
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import (
+    DEADLINE_EXCEEDED,
+    INTERNAL_ERROR,
+    INVALID_PARAMETER_VALUE,
+    TEMPORARILY_UNAVAILABLE,
+)
 from mlflow.pyfunc import PythonModel
 
 from safealign.errors import ConfigError
@@ -41,6 +58,14 @@ log = logging.getLogger(__name__)
 BASE_ENV = "SAFEALIGN_BASE_MODEL"
 CACHE_ENV = "SAFEALIGN_CACHE_DIR"
 REWARD_COLUMN = "reward"
+# mlflow models serve --timeout sets this in the server's environment (MLflow's default: 60 s).
+TIMEOUT_ENV = "MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT"
+DEFAULT_TIMEOUT_S = 60
+DEADLINE_SHARE = 0.9  # stop generating at 90% of the timeout: the client gets our 504, not MLflow's bare one
+DEFAULT_MAX_NEW_TOKENS_CAP = 512  # versions logged before serve.max_new_tokens_cap existed
+# Set when the serving process gets SIGTERM: every generation in flight stops at its next token.
+SHUTTING_DOWN = threading.Event()
+STOPS_GENERATION = "_safealign_stops_generation"  # marks the handlers installed here (installed once)
 EVALUATION_ARTIFACT = "evaluation"
 
 
@@ -143,8 +168,25 @@ class PolicyPyfunc(PythonModel):
     def load_context(self, context: Any) -> None:
         self.config = dict(context.model_config or {})
         self.model, self.tokenizer = load_pinned_policy(self.config, context.artifacts["adapter"])
+        stop_generation_on_sigterm()
 
     def predict(self, context, model_input, params=None):  # noqa: ANN001 - MLflow reads type hints as a schema
+        """The replies, or an MlflowException with a status and a message (never a stack trace: MLflow
+        puts the traceback of any other exception into the response body)."""
+        try:
+            return self._predict(model_input, params or {})
+        except MlflowException:
+            raise
+        except (ValueError, KeyError, TypeError) as exc:  # a malformed request
+            raise MlflowException(f"bad request: {exc}", error_code=INVALID_PARAMETER_VALUE) from None
+        except Exception:  # noqa: BLE001 - logged here with its traceback, answered without it
+            log.exception("policy predict failed")
+            raise MlflowException(
+                "the policy failed on this request (the server log has the details)",
+                error_code=INTERNAL_ERROR,
+            ) from None
+
+    def _predict(self, model_input: Any, params: dict[str, Any]) -> Any:
         import pandas as pd
 
         from safealign.policy.decoding import generate_from_texts
@@ -152,17 +194,150 @@ class PolicyPyfunc(PythonModel):
         frame = pd.DataFrame(model_input)
         if "messages" not in frame.columns:
             raise ValueError(f"policy input needs a 'messages' column; got {list(frame.columns)}")
-        params = params or {}
+        wanted = params.get("max_new_tokens", self.config["max_new_tokens"])
+        max_new = check_max_new_tokens(wanted, self.config)
         texts = [chat_text(self.tokenizer, _as_messages(m)) for m in frame["messages"]]
+        check_prompt_lengths(self.tokenizer, self.model, texts, max_new)
+        stop = GenerationDeadline(request_deadline())
         replies = generate_from_texts(
             self.model,
             self.tokenizer,
             texts,
-            max_new_tokens=int(params.get("max_new_tokens", self.config["max_new_tokens"])),
+            max_new_tokens=max_new,
             batch_size=int(self.config["batch_size"]),
             seed=int(self.config["seed"]),
+            stopping_criteria=stop.as_criteria(),
         )
+        stop.raise_if_fired()
         return pd.DataFrame({"reply": replies})
+
+
+def _limit_error(message: str) -> MlflowException:
+    return MlflowException(message, error_code=INVALID_PARAMETER_VALUE)
+
+
+def check_max_new_tokens(value: Any, config: dict[str, Any]) -> int:
+    """``max_new_tokens`` as an int in 1..cap (the version's serve.max_new_tokens_cap), else a 400."""
+    cap = int(config.get("max_new_tokens_cap", DEFAULT_MAX_NEW_TOKENS_CAP))
+    try:
+        wanted = int(value)
+    except (TypeError, ValueError):
+        raise _limit_error(f"max_new_tokens must be an integer, got {value!r}") from None
+    if not 1 <= wanted <= cap:
+        raise _limit_error(
+            f"max_new_tokens is {wanted}; this server allows 1 to {cap} (serve.max_new_tokens_cap)"
+        )
+    return wanted
+
+
+def model_positions(model: Any) -> int | None:
+    """How many token positions the model reads (its config's max_position_embeddings), if it says."""
+    return getattr(getattr(model, "config", None), "max_position_embeddings", None)
+
+
+def check_prompt_lengths(tokenizer: Any, model: Any, texts: list[str], max_new: int) -> None:
+    """A 400 when a templated prompt plus ``max_new`` tokens does not fit the model's positions: past them
+    a model reads positions it was never trained on and its reply is noise, not a slow answer."""
+    positions = model_positions(model)
+    if not positions:
+        return
+    lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+    room = positions - max_new
+    for row, length in enumerate(lengths):
+        if length > room:
+            raise _limit_error(
+                f"prompt {row} has {length} tokens; this model reads {positions} positions, so with "
+                f"max_new_tokens {max_new} a prompt may have at most {max(room, 0)} tokens"
+            )
+
+
+def request_deadline(now: float | None = None) -> float:
+    """When generation must stop: 90% of the server's request timeout from now (monotonic clock)."""
+    try:
+        timeout = float(os.environ.get(TIMEOUT_ENV) or DEFAULT_TIMEOUT_S)
+    except ValueError:
+        timeout = DEFAULT_TIMEOUT_S
+    return (time.monotonic() if now is None else now) + DEADLINE_SHARE * timeout
+
+
+class GenerationDeadline:
+    """A stopping criterion checked after every generated token: past the deadline, or once the server
+    got SIGTERM, every sequence of the batch stops; ``raise_if_fired`` then answers 504 or 503."""
+
+    def __init__(self, deadline: float) -> None:
+        self.deadline = deadline
+        self.fired: str | None = None
+
+    def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+        import torch
+
+        if SHUTTING_DOWN.is_set():
+            self.fired = "shutdown"
+        elif time.monotonic() >= self.deadline:
+            self.fired = "deadline"
+        stop = self.fired is not None
+        return torch.full((input_ids.shape[0],), stop, dtype=torch.bool, device=input_ids.device)
+
+    def as_criteria(self) -> Any:
+        from transformers import StoppingCriteria, StoppingCriteriaList
+
+        outer = self
+
+        class _Criterion(StoppingCriteria):
+            def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+                return outer(input_ids, scores, **kwargs)
+
+        return StoppingCriteriaList([_Criterion()])
+
+    def raise_if_fired(self) -> None:
+        if self.fired == "shutdown":
+            log.warning("generation stopped: the server is shutting down")
+            raise MlflowException("the server is shutting down; retry the request", TEMPORARILY_UNAVAILABLE)
+        if self.fired == "deadline":
+            log.warning("generation stopped at the request deadline")
+            raise MlflowException(
+                "generation stopped at the request deadline (90% of the server's --timeout): ask for fewer "
+                "max_new_tokens or fewer rows",
+                DEADLINE_EXCEEDED,
+            )
+
+
+def stop_generation_on_sigterm() -> None:
+    """Set SHUTTING_DOWN when the serving process gets SIGTERM, before the server's own handling (uvicorn
+    stops accepting, then waits for requests in flight): the generation stops at its next token, the
+    request is answered 503 and the server exits within seconds instead of after the generation.
+
+    ``mlflow models serve`` runs uvicorn, which loads the model (this runs) *before* it installs its
+    SIGTERM handler, ``Server.handle_exit``, and restores the previous handler only after shutdown: a
+    plain signal handler installed here would be replaced for exactly the time it matters. So when
+    uvicorn is the server, its ``handle_exit`` is wrapped (it still does all it did); otherwise the
+    current handler is chained. Only the main thread may install signal handlers."""
+    server = sys.modules.get("uvicorn.server")
+    if server is not None and not getattr(server.Server.handle_exit, STOPS_GENERATION, False):
+        original = server.Server.handle_exit
+
+        def handle_exit(self: Any, sig: int, frame: Any) -> None:
+            SHUTTING_DOWN.set()
+            original(self, sig, frame)
+
+        setattr(handle_exit, STOPS_GENERATION, True)
+        server.Server.handle_exit = handle_exit
+    if threading.current_thread() is not threading.main_thread():
+        return
+    previous = signal.getsignal(signal.SIGTERM)
+    if getattr(previous, STOPS_GENERATION, False):
+        return
+
+    def on_sigterm(signum: int, frame: Any) -> None:
+        SHUTTING_DOWN.set()
+        if callable(previous):
+            previous(signum, frame)
+        elif previous == signal.SIG_DFL:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            signal.raise_signal(signal.SIGTERM)
+
+    setattr(on_sigterm, STOPS_GENERATION, True)
+    signal.signal(signal.SIGTERM, on_sigterm)
 
 
 def _as_messages(value: Any) -> list[dict[str, str]]:
@@ -235,6 +410,7 @@ def policy_config(settings: Any, base_hash: str) -> dict[str, Any]:
         "base_model": settings.policy.model,
         "base_weights_sha256": base_hash,
         "max_new_tokens": settings.evaluate.max_new_tokens,
+        "max_new_tokens_cap": settings.serve.max_new_tokens_cap,
         "batch_size": settings.evaluate.batch_size,
         "seed": settings.evaluate.seed,
     }

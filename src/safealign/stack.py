@@ -45,6 +45,8 @@ DVC_BUCKET = "dvc"
 DB_NAME = "mlflow"
 DB_USER = "safealign"
 SERVICES = ("postgres", "s3", "mlflow")
+# What every process of a service's group has on its command line (the group check's second half).
+PROCESS_MARKERS = {"mlflow": "mlflow", "s3": "weed"}
 
 
 @dataclass(frozen=True)
@@ -152,6 +154,32 @@ def _pid_alive(pid: int) -> bool:
         if stat.rsplit(")", 1)[1].split()[0] == "Z":
             return False
     return True
+
+
+def _group_members(pgid: int, marker: str) -> list[int]:
+    """Live processes of process group ``pgid`` whose command line contains ``marker``.
+
+    A service is started as the leader of its own session and group (pgid == its pid). When the leader
+    dies (``kill -9``), its children keep the group and keep serving: MLflow's uvicorn and its job
+    workers, for one. The command-line check keeps this to what the stack started, should the number
+    ever name another group.
+    """
+    members = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            if fields[0] != "Z" and int(fields[2]) == pgid and marker in cmdline:
+                members.append(int(entry.name))
+    return sorted(members)
+
+
+def _signal_all(pids: list[int], sig: int) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
 
 
 def _bin_dir() -> Path:
@@ -378,22 +406,34 @@ class Stack:
             )
 
     def _any_running(self) -> bool:
-        return any(self._running_pid(n) for n in ("s3", "mlflow")) or self._pg_running()
+        return any(self._group(n) for n in ("s3", "mlflow")) or self._pg_running()
 
-    def _running_pid(self, name: str) -> int | None:
+    def _recorded_pid(self, name: str) -> int | None:
+        """The pid in ``pids/NAME.pid`` (first line; the second records the group, the same number)."""
         path = self._pid_file(name)
         if not path.exists():
             return None
         try:
-            pid = int(path.read_text().strip())
-        except ValueError:
+            return int(path.read_text().split()[0])
+        except (ValueError, IndexError):
             return None
-        return pid if _pid_alive(pid) else None
+
+    def _running_pid(self, name: str) -> int | None:
+        pid = self._recorded_pid(name)
+        return pid if pid is not None and _pid_alive(pid) else None
+
+    def _group(self, name: str) -> list[int]:
+        """Every live process the service's start left, its leader gone or not (pgid + command line)."""
+        pid = self._recorded_pid(name)
+        return _group_members(pid, PROCESS_MARKERS[name]) if pid is not None else []
 
     def _spawn(self, name: str, argv: list[str], env: dict[str, str], port: int) -> bool:
         """Start ``argv`` in its own session (so its workers stop with it); False if it already runs."""
         if self._running_pid(name):
             return False
+        if self._group(name):
+            # The leader died (kill -9, OOM) and left its workers holding the port: stop them, start anew.
+            self._terminate(name, timeout_s=10.0)
         if port_open(port):
             raise ServiceError(
                 f"port {port} on 127.0.0.1 is taken by another program: choose another {name} port "
@@ -406,31 +446,42 @@ class Stack:
                 argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
                 cwd=self.state_dir, start_new_session=True,
             )
-        self._pid_file(name).write_text(f"{proc.pid}\n")
+        self._pid_file(name).write_text(f"{proc.pid}\npgid {os.getpgid(proc.pid)}\n")
         return True
 
     def _terminate(self, name: str, timeout_s: float) -> str:
-        """SIGTERM the service's process group, wait, then SIGKILL it (SeaweedFS may ignore SIGTERM)."""
-        pid = self._running_pid(name)
-        if pid is None:
+        """SIGTERM the service's process group, wait, then SIGKILL it (SeaweedFS may ignore SIGTERM).
+
+        Signals go to the group's members found by pgid and command line, not to the leader alone: with
+        the leader killed, its workers still answer on the port, and only this finds and stops them.
+        """
+        pid = self._recorded_pid(name)
+        members = self._group(name)
+        if pid is None or not members:
+            self._reap(pid)
             self._pid_file(name).unlink(missing_ok=True)
             return "not running"
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(pid, signal.SIGTERM)
+        how = "stopped" if pid in members else "stopped orphans"
+        _signal_all(members, signal.SIGTERM)
         deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline and _pid_alive(pid):
+        while time.monotonic() < deadline and self._group(name):
             time.sleep(0.2)
-        how = "stopped"
-        if _pid_alive(pid):
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(pid, signal.SIGKILL)
-            how = "killed"
-            while _pid_alive(pid):
+        left = self._group(name)
+        if left:
+            _signal_all(left, signal.SIGKILL)
+            how = "killed" if pid in members else "killed orphans"
+            while self._group(name):
                 time.sleep(0.1)
-        with contextlib.suppress(ProcessLookupError, ChildProcessError):
-            os.waitpid(pid, os.WNOHANG)
+        self._reap(pid)
         self._pid_file(name).unlink(missing_ok=True)
         return how
+
+    @staticmethod
+    def _reap(pid: int | None) -> None:
+        """Collect the exit status of a leader this process started (else it stays a zombie)."""
+        if pid is not None:
+            with contextlib.suppress(ProcessLookupError, ChildProcessError):
+                os.waitpid(pid, os.WNOHANG)
 
     def kill(self, name: str) -> None:
         """SIGKILL one service at once (fault tests: a crash, not a clean stop)."""
@@ -663,6 +714,8 @@ class Stack:
             "AWS_SECRET_ACCESS_KEY": creds.s3_secret_key,
             "AWS_DEFAULT_REGION": "us-east-1",
             "PYTHONUNBUFFERED": "1",
+            # the server and its workers send no usage telemetry (safealign/__init__.py says why)
+            "MLFLOW_DISABLE_TELEMETRY": "true",
         })
         return env
 

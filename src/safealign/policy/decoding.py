@@ -162,15 +162,23 @@ def generate_from_texts(
     temperature: float | None = None,
     top_p: float = 1.0,
     cache: ReplyCache | None = None,
+    stopping_criteria: Any = None,
 ) -> list[str]:
     """Replies to already-templated prompt texts, in input order.
 
     Shared by evaluation, selection, refresh, batch inference and the served policy, so a served reply is
     the evaluated reply, token for token. The seed is set first whatever happens (cache hit included), so
-    the caller's RNG stream is the same either way.
+    the caller's RNG stream is the same either way. ``stopping_criteria`` (transformers'
+    StoppingCriteriaList: the server's request deadline and shutdown) runs through ``model.generate``,
+    which checks it per token; such replies are never cached.
     """
     if not texts:
         return []
+    if stopping_criteria is not None:
+        decoding = Decoding(max_new_tokens, batch_size, seed, temperature, top_p)
+        torch.manual_seed(seed)
+        rows = generate_rows(model, tokenizer, list(texts), decoding, lean=False, stop=stopping_criteria)
+        return [text.strip() for text in tokenizer.batch_decode(rows, skip_special_tokens=True)]
     decoding = Decoding(max_new_tokens, batch_size, seed, temperature, top_p)
     torch.manual_seed(seed)
     _prepare_tokenizer(tokenizer)
@@ -192,7 +200,7 @@ def generate_from_texts(
 
 
 def generate_rows(
-    model: Any, tokenizer: Any, texts: Sequence[str], decoding: Decoding, lean: bool = True
+    model: Any, tokenizer: Any, texts: Sequence[str], decoding: Decoding, lean: bool = True, stop: Any = None
 ) -> list[torch.Tensor]:
     """The new tokens of each text's batch row, in input order (pad ids after EOS, as ``model.generate``
     returns them). ``lean=False`` forces HF's ``model.generate``; otherwise it is used only where the lean
@@ -213,8 +221,12 @@ def generate_rows(
             enc = tokenizer(
                 [texts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False
             ).to(device)
-            run = _batch_hf if blocker is not None else _batch_lean
-            for i, row in zip(idx, run(model, tokenizer, enc, decoding), strict=True):
+            batch = (
+                _batch_hf(model, tokenizer, enc, decoding, stop)
+                if blocker is not None
+                else _batch_lean(model, tokenizer, enc, decoding)
+            )
+            for i, row in zip(idx, batch, strict=True):
                 rows[i] = row
     log.info(
         "generated %d replies in %.1f s (%s)",
@@ -312,14 +324,16 @@ def _batch_lean(model: Any, tokenizer: Any, enc: Any, decoding: Decoding) -> tor
     return completion
 
 
-def _batch_hf(model: Any, tokenizer: Any, enc: Any, decoding: Decoding) -> torch.Tensor:
-    """One batch through HF's ``model.generate`` (the fallback, and the reference the lean path matches)."""
+def _batch_hf(model: Any, tokenizer: Any, enc: Any, decoding: Decoding, stop: Any = None) -> torch.Tensor:
+    """One batch through HF's ``model.generate`` (the fallback, the reference the lean path matches, and the
+    path of a request that must stop at a deadline: ``stop``)."""
     sampled = {"do_sample": True, "temperature": decoding.temperature, "top_p": decoding.top_p, "top_k": None}
     greedy = {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
     out = model.generate(
         **enc,
         max_new_tokens=decoding.max_new_tokens,
         pad_token_id=tokenizer.pad_token_id,
+        stopping_criteria=stop,
         **(greedy if decoding.greedy else sampled),
     )
     return out[:, enc["input_ids"].shape[1] :]
