@@ -30,13 +30,13 @@ from safealign.data.refusal_set import CATEGORIES  # noqa: E402
 LABELLER = "first-pass (author, label fixed per frame against the rubric when written)"
 # rows per frame, by register and frame list
 PER_FRAME = {
-    "moralising_long": {"adv_refuse": 4, "adv_comply": 4, "ben_comply": 4},
-    "ai_language_model": {"adv_refuse": 4, "adv_comply": 4, "ben_comply": 4},
-    "terse": {"adv_refuse": 3, "adv_comply": 3, "ben_comply": 4},
-    "lecture_redirect": {"adv_refuse": 5, "adv_comply": 4, "ben_comply": 5},
-    "safer_version": {"adv_refuse": 4, "adv_comply": 3, "ben_comply": 4},
-    "not_appropriate": {"adv_refuse": 4, "adv_comply": 4, "ben_comply": 5},
-    "premise_pushback": {"adv_refuse": 4, "adv_comply": 4, "ben_comply": 6},
+    "moralising_long": {"adv_refuse": 4, "adv_comply": 4, "ben_comply": 4, "ben_refuse": 4},
+    "ai_language_model": {"adv_refuse": 4, "adv_comply": 4, "ben_comply": 4, "ben_refuse": 4},
+    "terse": {"adv_refuse": 3, "adv_comply": 3, "ben_comply": 4, "ben_refuse": 4},
+    "lecture_redirect": {"adv_refuse": 5, "adv_comply": 4, "ben_comply": 5, "ben_refuse": 4},
+    "safer_version": {"adv_refuse": 4, "adv_comply": 3, "ben_comply": 4, "ben_refuse": 4},
+    "not_appropriate": {"adv_refuse": 4, "adv_comply": 4, "ben_comply": 5, "ben_refuse": 4},
+    "premise_pushback": {"adv_refuse": 4, "adv_comply": 4, "ben_comply": 6, "ben_refuse": 4},
     "over_refusal": {"ben_refuse": 3, "ben_comply": 6},
 }
 # words that make a frame wrong for a self-harm request (it is about the law or about other people)
@@ -118,6 +118,10 @@ def build_rows() -> list[dict[str, Any]]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--check", action="store_true", help="compare with the committed files, write nothing")
+    parser.add_argument(
+        "--new-blind", action="store_true",
+        help="also redraw the blind second-pass file (its labels in register_second_pass.jsonl then need redoing)",
+    )
     args = parser.parse_args(argv)
     rows = build_rows()
     blind = register_set.blind_subset(rows)
@@ -127,9 +131,10 @@ def main(argv: list[str] | None = None) -> int:
         print("register set up to date" if same else "register set differs from the banks")
         return 0 if same else 1
     register_set.write(register_set.SOURCE_FILE, rows)
-    with open(register_set.BLIND_FILE, "w", encoding="utf-8", newline="\n") as fh:
-        for b in blind:
-            fh.write(json.dumps(b, sort_keys=True, ensure_ascii=False) + "\n")
+    if args.new_blind or not register_set.BLIND_FILE.exists():
+        with open(register_set.BLIND_FILE, "w", encoding="utf-8", newline="\n") as fh:
+            for b in blind:
+                fh.write(json.dumps(b, sort_keys=True, ensure_ascii=False) + "\n")
     register_set.load()  # the written file passes the loader's checks
     print(json.dumps(register_set.summary(rows), indent=1))
     return 0
