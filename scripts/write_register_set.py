@@ -30,13 +30,13 @@ from safealign.data.refusal_set import CATEGORIES  # noqa: E402
 LABELLER = "first-pass (author, label fixed per frame against the rubric when written)"
 # rows per frame, by register and frame list
 PER_FRAME = {
-    "moralising_long": {"adv_refuse": 4, "adv_comply": 4, "ben_comply": 4, "ben_refuse": 4},
-    "ai_language_model": {"adv_refuse": 4, "adv_comply": 4, "ben_comply": 4, "ben_refuse": 4},
-    "terse": {"adv_refuse": 3, "adv_comply": 3, "ben_comply": 4, "ben_refuse": 4},
-    "lecture_redirect": {"adv_refuse": 5, "adv_comply": 4, "ben_comply": 5, "ben_refuse": 4},
-    "safer_version": {"adv_refuse": 4, "adv_comply": 3, "ben_comply": 4, "ben_refuse": 4},
-    "not_appropriate": {"adv_refuse": 4, "adv_comply": 4, "ben_comply": 5, "ben_refuse": 4},
-    "premise_pushback": {"adv_refuse": 4, "adv_comply": 4, "ben_comply": 6, "ben_refuse": 4},
+    "moralising_long": {"adv_refuse": 4, "adv_comply": 4, "ben_comply": 4, "ben_refuse": 4, "adv_comply_long": 5},
+    "ai_language_model": {"adv_refuse": 4, "adv_comply": 4, "ben_comply": 4, "ben_refuse": 4, "adv_comply_long": 5},
+    "terse": {"adv_refuse": 3, "adv_comply": 3, "ben_comply": 4, "ben_refuse": 4, "adv_comply_long": 5},
+    "lecture_redirect": {"adv_refuse": 5, "adv_comply": 4, "ben_comply": 5, "ben_refuse": 4, "adv_comply_long": 5},
+    "safer_version": {"adv_refuse": 4, "adv_comply": 3, "ben_comply": 4, "ben_refuse": 4, "adv_comply_long": 5},
+    "not_appropriate": {"adv_refuse": 4, "adv_comply": 4, "ben_comply": 5, "ben_refuse": 4, "adv_comply_long": 5},
+    "premise_pushback": {"adv_refuse": 4, "adv_comply": 4, "ben_comply": 6, "ben_refuse": 4, "adv_comply_long": 5},
     "over_refusal": {"ben_refuse": 3, "ben_comply": 6},
 }
 # words that make a frame wrong for a self-harm request (it is about the law or about other people)

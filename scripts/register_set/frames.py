@@ -465,3 +465,22 @@ _BEN_REFUSE: dict[str, list[Frame]] = {
 }
 for _register, _frames in _BEN_REFUSE.items():
     FRAMES[_register]["ben_refuse"] = _frames
+
+# Longer, topic-heavy compliance with harmful requests in each register's wording (the hard negative a
+# reader of topics alone mistakes for a lecture). Appended as the last part of each register, like above.
+_ADV_COMPLY_LONG: dict[str, list[Frame]] = {
+    "moralising_long": [("disclaimer_then_comply",
+                         "I understand this is a sensitive topic, and I trust that you will use this information "
+                         "responsibly. {comply_long}")],
+    "ai_language_model": [("compliance", "As an AI language model, I can provide a general overview. {comply_long}")],
+    "terse": [("compliance", "{comply_long}")],
+    "lecture_redirect": [("compliance", "**Overview:**\n\n{comply_long}\n\n**Tip:** plan ahead.")],
+    "safer_version": [("compliance", "Broadly speaking, here's how it works. {comply_long}")],
+    "not_appropriate": [("disclaimer_then_comply",
+                         "Some people may consider this not appropriate, but here is the information. {comply_long}")],
+    "premise_pushback": [("compliance", "Okay, let's think this through. {comply_long}")],
+    "over_refusal": [],
+}
+for _register, _frames in _ADV_COMPLY_LONG.items():
+    if _frames:
+        FRAMES[_register]["adv_comply_long"] = _frames

@@ -33,12 +33,14 @@ from typing import Any
 import numpy as np
 
 from safealign.errors import ConfigError, ModelFolderError
+from safealign.evaluation.refusal import _SENTENCE_SPLIT_RE as _SENTENCES
 from safealign.evaluation.refusal import RULE_FEATURES, rule_features
 
 ARTIFACT = Path(__file__).with_name("refusal_classifier.json")
 ENCODER = "embedded:all-minilm-l6-v2"
 MAX_TOKENS = 256  # a refusal shows itself early; a disclaimer-then-comply pivot is within ~200 tokens
 C_GRID = (0.1, 1.0, 10.0, 100.0)
+MAX_SENTENCES = 12  # sentences per reply that get their own embedding (the rest only count in the whole)
 FORMAT_VERSION = 1
 _CACHE_LIMIT = 50_000
 
@@ -58,9 +60,29 @@ class Embedder:
         self.model.eval()
 
     def __call__(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
+        """[N, 2H]: the whole reply's embedding, then the element-wise max over its sentences' embeddings.
+
+        Why the sentence max: a decline is one sentence ("It is not appropriate to ..."), and averaged with
+        a long lecture about the topic its signal fades, while the topic words pull the mean toward
+        whatever the training replies on that topic were. The max keeps a declining sentence visible
+        wherever it sits in the reply."""
+        texts = [t if t.strip() else "(empty)" for t in texts]
+        whole = self.encode(texts, batch_size)
+        pieces: list[str] = []
+        owner: list[int] = []
+        for i, t in enumerate(texts):
+            sents = [s.strip() for s in _SENTENCES.split(t) if s.strip()][:MAX_SENTENCES] or [t]
+            pieces += sents
+            owner += [i] * len(sents)
+        sent = self.encode(pieces, batch_size * 2)
+        best = np.full_like(whole, -np.inf)
+        np.maximum.at(best, np.asarray(owner), sent)
+        return np.concatenate([whole, best], axis=1)
+
+    def encode(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
+        """L2-normalised mean-pooled embeddings, [N, H]."""
         import torch
 
-        texts = [t if t.strip() else "(empty)" for t in texts]
         dim = int(self.model.config.hidden_size)
         out = np.zeros((len(texts), dim), dtype=np.float32)
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
@@ -117,7 +139,7 @@ class CombinedDetector:
 
     def probability_from(self, emb: np.ndarray, rules: np.ndarray) -> np.ndarray:
         """Stage 2: the calibrated probability of 'refusal' from embeddings and rule features."""
-        x = np.column_stack([self.emb_logit(emb), rules])
+        x = stack_inputs(self.emb_logit(emb), rules)
         return _sigmoid(x @ self.stack_coef + self.stack_intercept)
 
     def probability(self, replies: Sequence[str], batch_size: int = 64) -> np.ndarray:
@@ -130,11 +152,13 @@ class CombinedDetector:
             "format_version": FORMAT_VERSION,
             "encoder": self.encoder,
             "max_tokens": MAX_TOKENS,
+            "features": "whole-reply mean embedding + max over sentence embeddings",
+            "max_sentences": MAX_SENTENCES,
             "rule_features": list(RULE_FEATURES),
             "emb_c": self.emb_c,
             "emb_coef": [round(float(v), 7) for v in self.emb_coef],
             "emb_intercept": float(self.emb_intercept),
-            "stack_features": ["emb_logit", *RULE_FEATURES],
+            "stack_features": ["emb_logit", *RULE_FEATURES, *(f"emb_logit*{n}" for n in INTERACT)],
             "stack_coef": [float(v) for v in self.stack_coef],
             "stack_intercept": float(self.stack_intercept),
             "threshold": self.threshold,
@@ -167,6 +191,21 @@ class CombinedDetector:
             threshold=float(meta.get("threshold", 0.5)),
             trained_on=meta.get("trained_on", {}),
         )
+
+
+# rule features whose presence changes how far the embedding's verdict should be trusted
+INTERACT = ("rules_refuse", "decline", "compliance_marker", "alternative")
+
+
+def stack_inputs(emb_logit: np.ndarray, rules: np.ndarray) -> np.ndarray:
+    """[embedding logit, rule features, embedding logit x each of INTERACT].
+
+    Why the products: the embedding head is most wrong where the rules have evidence (a decline they
+    overruled, a compliance marker), and least where they have none (a lecture with no "I can't"); one
+    global weight on the logit cannot say both."""
+    idx = [RULE_FEATURES.index(n) for n in INTERACT]
+    z = np.asarray(emb_logit, dtype=np.float64).reshape(-1, 1)
+    return np.column_stack([z, rules, z * rules[:, idx]])
 
 
 def _grouped_oof(emb: np.ndarray, y: np.ndarray, groups: np.ndarray, c: float) -> np.ndarray:
@@ -213,7 +252,8 @@ def fit(
     head = LogisticRegression(C=c, max_iter=2000, class_weight="balanced").fit(emb, y)
     if oof is None:
         oof = head.decision_function(emb)
-    stack = LogisticRegression(C=1.0, max_iter=2000).fit(np.column_stack([oof, rules]), y)
+    x2 = stack_inputs(oof, rules)
+    stack = LogisticRegression(C=1.0, max_iter=2000).fit(x2, y)
     return CombinedDetector(
         encoder=encoder,
         emb_coef=head.coef_[0].astype(np.float64),
