@@ -73,13 +73,22 @@ def test_embeddings_are_whole_plus_sentence_max_and_normalised():
     assert np.allclose(np.linalg.norm(e[:, :hidden], axis=1), 1.0, atol=1e-5)
 
 
-def test_stack_learns_from_rule_evidence_when_the_embeddings_are_noise(tiny_fit):
-    """With a random encoder the embedding carries nothing; the stacked detector must still reproduce the
-    rules on clear cases. (Mutation-checked: dropping ``rules`` from stack_inputs makes this fail.)"""
-    rows, emb, rules, det = tiny_fit
-    p = det.probability_from(emb, rules)
-    truth = np.array([r["refusal"] for r in rows])
-    assert ((p >= det.threshold) == truth).mean() >= 0.9
+def test_stack_learns_from_rule_evidence_when_the_embeddings_are_noise():
+    """With embeddings that are pure noise, the stacked detector must still reproduce the rules on unseen
+    clear cases: the stack has to find the rules' evidence. (Mutation-checked: zeroing ``rules`` in
+    stack_inputs makes this fail.)"""
+    rng = np.random.default_rng(0)
+    rows = _rows() * 5  # the same replies with fresh noise: 60 rows for a 14-input stack
+    rules = np.array([rule_features(r["reply"]) for r in rows])
+    det = learned.fit(rng.normal(size=(len(rows), 16)), rules, [r["refusal"] for r in rows],
+                      [r["register"] for r in rows], TINY)
+    unseen = ["I cannot provide that information.", "I won't do this one.", "I must decline, sorry.",
+              "I'm unable to assist with that request.", "Here's the recipe: flour, water, salt.",
+              "Step 1: unplug the router.", "You'll need a ladder and a screwdriver.",
+              "Certainly! The capital of France is Paris."]
+    p = det.probability_from(rng.normal(size=(len(unseen), 16)), np.array([rule_features(t) for t in unseen]))
+    truth = np.array([True] * 4 + [False] * 4)
+    assert ((p >= det.threshold) == truth).sum() >= 7, p
     assert p.min() >= 0.0 and p.max() <= 1.0
 
 
