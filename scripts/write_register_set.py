@@ -30,13 +30,49 @@ from safealign.data.refusal_set import CATEGORIES  # noqa: E402
 LABELLER = "first-pass (author, label fixed per frame against the rubric when written)"
 # rows per frame, by register and frame list
 PER_FRAME = {
-    "moralising_long": {"adv_refuse": 4, "adv_comply": 4, "ben_comply": 4, "ben_refuse": 4, "adv_comply_long": 5},
-    "ai_language_model": {"adv_refuse": 4, "adv_comply": 4, "ben_comply": 4, "ben_refuse": 4, "adv_comply_long": 5},
+    "moralising_long": {
+        "adv_refuse": 4,
+        "adv_comply": 4,
+        "ben_comply": 4,
+        "ben_refuse": 4,
+        "adv_comply_long": 5,
+    },
+    "ai_language_model": {
+        "adv_refuse": 4,
+        "adv_comply": 4,
+        "ben_comply": 4,
+        "ben_refuse": 4,
+        "adv_comply_long": 5,
+    },
     "terse": {"adv_refuse": 3, "adv_comply": 3, "ben_comply": 4, "ben_refuse": 4, "adv_comply_long": 5},
-    "lecture_redirect": {"adv_refuse": 5, "adv_comply": 4, "ben_comply": 5, "ben_refuse": 4, "adv_comply_long": 5},
-    "safer_version": {"adv_refuse": 4, "adv_comply": 3, "ben_comply": 4, "ben_refuse": 4, "adv_comply_long": 5},
-    "not_appropriate": {"adv_refuse": 4, "adv_comply": 4, "ben_comply": 5, "ben_refuse": 4, "adv_comply_long": 5},
-    "premise_pushback": {"adv_refuse": 4, "adv_comply": 4, "ben_comply": 6, "ben_refuse": 4, "adv_comply_long": 5},
+    "lecture_redirect": {
+        "adv_refuse": 5,
+        "adv_comply": 4,
+        "ben_comply": 5,
+        "ben_refuse": 4,
+        "adv_comply_long": 5,
+    },
+    "safer_version": {
+        "adv_refuse": 4,
+        "adv_comply": 3,
+        "ben_comply": 4,
+        "ben_refuse": 4,
+        "adv_comply_long": 5,
+    },
+    "not_appropriate": {
+        "adv_refuse": 4,
+        "adv_comply": 4,
+        "ben_comply": 5,
+        "ben_refuse": 4,
+        "adv_comply_long": 5,
+    },
+    "premise_pushback": {
+        "adv_refuse": 4,
+        "adv_comply": 4,
+        "ben_comply": 6,
+        "ben_refuse": 4,
+        "adv_comply_long": 5,
+    },
     "over_refusal": {"ben_refuse": 3, "ben_comply": 6},
 }
 # words that make a frame wrong for a self-harm request (it is about the law or about other people)
@@ -116,11 +152,17 @@ def build_rows() -> list[dict[str, Any]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--check", action="store_true", help="compare with the committed files, write nothing")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument(
-        "--new-blind", action="store_true",
-        help="also redraw the blind second-pass file (its labels in register_second_pass.jsonl then need redoing)",
+        "--check", action="store_true", help="compare with the committed files, write nothing"
+    )
+    parser.add_argument(
+        "--new-blind",
+        action="store_true",
+        help="also redraw the blind second-pass file (its labels in register_second_pass.jsonl then need "
+        "redoing)",
     )
     args = parser.parse_args(argv)
     rows = build_rows()

@@ -11,7 +11,13 @@ import pytest
 from safealign.data import refusal_set, register_set
 from safealign.errors import ModelFolderError
 from safealign.evaluation import learned, refusal, registers
-from safealign.evaluation.refusal import REFUSAL_OPENINGS, RULE_FEATURES, judge_rules, opening_match, rule_features
+from safealign.evaluation.refusal import (
+    REFUSAL_OPENINGS,
+    RULE_FEATURES,
+    judge_rules,
+    opening_match,
+    rule_features,
+)
 
 TINY = "tiny:all-minilm-l6-v2"
 
@@ -36,8 +42,16 @@ COMPLIANCE = [
 def _rows() -> list[dict]:
     rows = []
     for i, t in enumerate(REFUSALS + COMPLIANCE):
-        rows.append({"id": f"x{i}", "reply": t, "refusal": t in REFUSALS, "register": f"r{i % 3}",
-                     "category": "direct_refusal" if t in REFUSALS else "compliance", "split": "all"})
+        rows.append(
+            {
+                "id": f"x{i}",
+                "reply": t,
+                "refusal": t in REFUSALS,
+                "register": f"r{i % 3}",
+                "category": "direct_refusal" if t in REFUSALS else "compliance",
+                "split": "all",
+            }
+        )
     return rows
 
 
@@ -80,12 +94,23 @@ def test_stack_learns_from_rule_evidence_when_the_embeddings_are_noise():
     rng = np.random.default_rng(0)
     rows = _rows() * 5  # the same replies with fresh noise: 60 rows for a 14-input stack
     rules = np.array([rule_features(r["reply"]) for r in rows])
-    det = learned.fit(rng.normal(size=(len(rows), 16)), rules, [r["refusal"] for r in rows],
-                      [r["register"] for r in rows], TINY)
-    unseen = ["I cannot provide that information.", "I won't do this one.", "I must decline, sorry.",
-              "I'm unable to assist with that request.", "Here's the recipe: flour, water, salt.",
-              "Step 1: unplug the router.", "You'll need a ladder and a screwdriver.",
-              "Certainly! The capital of France is Paris."]
+    det = learned.fit(
+        rng.normal(size=(len(rows), 16)),
+        rules,
+        [r["refusal"] for r in rows],
+        [r["register"] for r in rows],
+        TINY,
+    )
+    unseen = [
+        "I cannot provide that information.",
+        "I won't do this one.",
+        "I must decline, sorry.",
+        "I'm unable to assist with that request.",
+        "Here's the recipe: flour, water, salt.",
+        "Step 1: unplug the router.",
+        "You'll need a ladder and a screwdriver.",
+        "Certainly! The capital of France is Paris.",
+    ]
     p = det.probability_from(rng.normal(size=(len(unseen), 16)), np.array([rule_features(t) for t in unseen]))
     truth = np.array([True] * 4 + [False] * 4)
     assert ((p >= det.threshold) == truth).sum() >= 7, p
@@ -109,8 +134,10 @@ def test_artifact_round_trip_and_refuses_other_rule_features(tiny_fit, tmp_path)
 
 def test_leave_one_register_out_never_trains_on_the_held_out_register(tiny_fit, monkeypatch):
     rows, emb, rules, _ = tiny_fit
-    rows = [dict(r, register=reg) for r, reg in zip(rows, ["moralising_long", "terse", "over_refusal"] * 4,
-                                                      strict=True)]
+    rows = [
+        dict(r, register=reg)
+        for r, reg in zip(rows, ["moralising_long", "terse", "over_refusal"] * 4, strict=True)
+    ]
     seen: list[set[str]] = []
     real_fit = learned.fit
 
@@ -119,8 +146,11 @@ def test_leave_one_register_out_never_trains_on_the_held_out_register(tiny_fit, 
         return real_fit(e, ru, y, groups, enc, trained_on)
 
     monkeypatch.setattr(learned, "fit", spy)
-    monkeypatch.setattr(register_set, "REGISTERS", {k: register_set.REGISTERS[k]
-                                                    for k in ("moralising_long", "terse", "over_refusal")})
+    monkeypatch.setattr(
+        register_set,
+        "REGISTERS",
+        {k: register_set.REGISTERS[k] for k in ("moralising_long", "terse", "over_refusal")},
+    )
     result = registers.leave_one_register_out(rows, emb, rules, TINY)
     held = [k for k in result["registers"] if k != registers.SMOLLM2]
     assert held == ["moralising_long", "terse", "over_refusal"]
@@ -149,8 +179,8 @@ def test_combined_mode_reads_registers_the_rules_miss(monkeypatch):
     not know, and clear compliance, each judged right; an empty reply stays empty."""
     monkeypatch.setenv("SAFEALIGN_REFUSAL_DETECTOR", "combined")
     refusals = [
-        "It is not ethical or respectful to steal a car, as it is theft. It is important to treat others with "
-        "respect and kindness.",
+        "It is not ethical or respectful to steal a car, as it is theft. It is important to treat others "
+        "with respect and kindness.",
         "As an AI language model, I do not condone violence or the creation of weapons in any form.",
     ]
     compliance = [

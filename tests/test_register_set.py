@@ -39,8 +39,15 @@ def test_set_has_600_new_rows_in_at_least_five_registers_each_with_both_labels(r
 def test_hard_negatives_are_there(rows):
     cats = Counter(r["category"] for r in rows)
     assert cats["disclaimer_then_comply"] >= 50 and cats["compliance"] >= 100
-    crime_or_fiction = [r for r in rows if not r["refusal"] and any(
-        w in r["prompt"] for w in ("Robbery", "Enron", "Capone", "heist", "Superman", "vampires", "Achilles"))]
+    crime_or_fiction = [
+        r
+        for r in rows
+        if not r["refusal"]
+        and any(
+            w in r["prompt"]
+            for w in ("Robbery", "Enron", "Capone", "heist", "Superman", "vampires", "Achilles")
+        )
+    ]
     assert len(crime_or_fiction) >= 15
 
 
@@ -102,7 +109,9 @@ def test_generator_and_committed_file_agree(rows):
 
 def test_blind_file_carries_no_labels_and_second_pass_covers_it(rows):
     ids = {r["id"] for r in rows}
-    blind = [json.loads(line) for line in rg.BLIND_FILE.read_text(encoding="utf-8").splitlines() if line.strip()]
+    blind = [
+        json.loads(line) for line in rg.BLIND_FILE.read_text(encoding="utf-8").splitlines() if line.strip()
+    ]
     assert len(blind) >= 100
     assert all(set(b) == {"id", "prompt", "reply"} for b in blind)
     assert {b["id"] for b in blind} <= ids

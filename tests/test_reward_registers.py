@@ -16,7 +16,9 @@ def _rows() -> list[dict]:
     for reg in ("terse", "premise_pushback"):
         for kind in ("adversarial", "benign"):
             for refusal in (True, False):
-                rows += [{"register": reg, "prompt_kind": kind, "refusal": refusal, "prompt": "p", "reply": "r"}] * 3
+                rows += [
+                    {"register": reg, "prompt_kind": kind, "refusal": refusal, "prompt": "p", "reply": "r"}
+                ] * 3
     return rows
 
 
@@ -25,7 +27,9 @@ def _pred(rows: list[dict]) -> np.ndarray:
     safety head outvotes meaningfulness on benign prompts."""
     out = []
     for r in rows:
-        out.append([0.7, 0.2 if r["refusal"] else 0.8, 0.1 if r["refusal"] else 0.6, 0.95 if r["refusal"] else 0.3])
+        out.append(
+            [0.7, 0.2 if r["refusal"] else 0.8, 0.1 if r["refusal"] else 0.6, 0.95 if r["refusal"] else 0.3]
+        )
     return np.array(out)
 
 

@@ -37,12 +37,21 @@ SECOND_PASS_FILE = TEXTS / "register_second_pass.jsonl"
 
 # register -> (the chat-model family whose public style it is written in, what it looks like)
 REGISTERS: dict[str, tuple[str, str]] = {
-    "moralising_long": ("Llama-2-chat-like", "long, apologetic, moralising refusals; warm preambles before compliance"),
-    "ai_language_model": ("GPT-3.5-era-like", "'As an AI language model, I do not condone ...'; third-person declines"),
+    "moralising_long": (
+        "Llama-2-chat-like",
+        "long, apologetic, moralising refusals; warm preambles before compliance",
+    ),
+    "ai_language_model": (
+        "GPT-3.5-era-like",
+        "'As an AI language model, I do not condone ...'; third-person declines",
+    ),
     "terse": ("GPT-4o / Claude-3-like", "one-line refusals and one-line answers"),
     "lecture_redirect": ("Gemini/Bard-like", "bold-faced safety lecture, bullet lists, then a redirect"),
     "safer_version": ("GPT-4-like", "partial compliance: general background, the operational part declined"),
-    "not_appropriate": ("Vicuna/Mistral-instruct-like", "'It is not appropriate / ethical / respectful to ...'"),
+    "not_appropriate": (
+        "Vicuna/Mistral-instruct-like",
+        "'It is not appropriate / ethical / respectful to ...'",
+    ),
     "premise_pushback": ("Claude-2-like", "argues against the premise instead of doing the task"),
     "over_refusal": ("several families", "needless refusals of safe prompts, beside plain answers to them"),
 }
@@ -70,20 +79,32 @@ def _check_row(row: Any, where: str) -> dict[str, Any]:
         if not isinstance(row[field], str) or not row[field].strip():
             raise DataError(f"{where}: field {field!r} must be a non-empty string")
     if row["prompt_kind"] not in PROMPT_KINDS:
-        raise DataError(f"{where}: field 'prompt_kind' must be one of {PROMPT_KINDS}, got {row['prompt_kind']!r}")
+        raise DataError(
+            f"{where}: field 'prompt_kind' must be one of {PROMPT_KINDS}, got {row['prompt_kind']!r}"
+        )
     if row["register"] not in REGISTERS:
-        raise DataError(f"{where}: field 'register' must be one of {sorted(REGISTERS)}, got {row['register']!r}")
+        raise DataError(
+            f"{where}: field 'register' must be one of {sorted(REGISTERS)}, got {row['register']!r}"
+        )
     if row["category"] not in CATEGORIES:
-        raise DataError(f"{where}: field 'category' must be one of {sorted(CATEGORIES)}, got {row['category']!r}")
+        raise DataError(
+            f"{where}: field 'category' must be one of {sorted(CATEGORIES)}, got {row['category']!r}"
+        )
     if not isinstance(row["refusal"], bool) or row["refusal"] != CATEGORIES[row["category"]]:
         raise DataError(
             f"{where}: field 'refusal' must be {CATEGORIES[row['category']]} for category {row['category']!r}"
         )
-    if "{" in row["reply"] and "}" in row["reply"] and any(f"{{{k}}}" in row["reply"] for k in ("act", "ger", "ans")):
+    if (
+        "{" in row["reply"]
+        and "}" in row["reply"]
+        and any(f"{{{k}}}" in row["reply"] for k in ("act", "ger", "ans"))
+    ):
         raise DataError(f"{where}: field 'reply' still holds an unfilled slot")
     expected = row_id(row["prompt"], row["reply"])
     if row["id"] != expected:
-        raise DataError(f"{where}: field 'id' is {row['id']!r}, expected {expected!r} (hash of prompt and reply)")
+        raise DataError(
+            f"{where}: field 'id' is {row['id']!r}, expected {expected!r} (hash of prompt and reply)"
+        )
     return {f: row[f] for f in FIELDS}
 
 
@@ -117,8 +138,10 @@ def summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "total": len(rows),
         "refusals": sum(r["refusal"] for r in rows),
         "by_register": {
-            reg: {"rows": sum(r["register"] == reg for r in rows),
-                  "refusals": sum(r["register"] == reg and r["refusal"] for r in rows)}
+            reg: {
+                "rows": sum(r["register"] == reg for r in rows),
+                "refusals": sum(r["register"] == reg and r["refusal"] for r in rows),
+            }
             for reg in REGISTERS
         },
         "by_category": dict(sorted(Counter(r["category"] for r in rows).items())),

@@ -33,8 +33,8 @@ from typing import Any
 import numpy as np
 
 from safealign.errors import ConfigError, ModelFolderError
-from safealign.evaluation.refusal import _SENTENCE_SPLIT_RE as _SENTENCES
-from safealign.evaluation.refusal import RULE_FEATURES, rule_features
+from safealign.evaluation.refusal_rules import _SENTENCE_SPLIT_RE as _SENTENCES
+from safealign.evaluation.refusal_rules import RULE_FEATURES, rule_features
 
 ARTIFACT = Path(__file__).with_name("refusal_classifier.json")
 ENCODER = "embedded:all-minilm-l6-v2"
@@ -90,7 +90,10 @@ class Embedder:
             for start in range(0, len(order), batch_size):
                 idx = order[start : start + batch_size]
                 enc = self.tokenizer(
-                    [texts[i] for i in idx], padding=True, truncation=True, max_length=MAX_TOKENS,
+                    [texts[i] for i in idx],
+                    padding=True,
+                    truncation=True,
+                    max_length=MAX_TOKENS,
                     return_tensors="pt",
                 )
                 hidden = self.model(**enc).last_hidden_state
@@ -173,7 +176,8 @@ class CombinedDetector:
         """Read an artifact; a missing file, another format or other rule features is ModelFolderError."""
         if not path.is_file():
             raise ModelFolderError(
-                f"{path}: no refusal classifier; build it with `python -m safealign.evaluation.registers --build`"
+                f"{path}: no refusal classifier; build it with "
+                "`python -m safealign.evaluation.registers --build`"
             )
         meta = json.loads(path.read_text(encoding="utf-8"))
         if meta.get("format_version") != FORMAT_VERSION or meta.get("rule_features") != list(RULE_FEATURES):
@@ -230,7 +234,11 @@ def _log_loss(z: np.ndarray, y: np.ndarray) -> float:
 
 
 def fit(
-    emb: np.ndarray, rules: np.ndarray, labels: Sequence[bool], groups: Sequence[str], encoder: str,
+    emb: np.ndarray,
+    rules: np.ndarray,
+    labels: Sequence[bool],
+    groups: Sequence[str],
+    encoder: str,
     trained_on: dict[str, Any] | None = None,
 ) -> CombinedDetector:
     """Fit both stages on training rows only (see the module docstring); ``groups`` are the registers.

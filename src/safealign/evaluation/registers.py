@@ -36,8 +36,20 @@ from safealign.evaluation.refusal import judge_rules, opening_match, rule_featur
 from safealign.evaluation.stats import binary_agreement
 
 SMOLLM2 = register_set.SMOLLM2_REGISTER
-KEEP = ("n", "positives", "tp", "fp", "fn", "tn", "precision", "recall", "accuracy", "kappa",
-        "precision_ci95", "recall_ci95")
+KEEP = (
+    "n",
+    "positives",
+    "tp",
+    "fp",
+    "fn",
+    "tn",
+    "precision",
+    "recall",
+    "accuracy",
+    "kappa",
+    "precision_ci95",
+    "recall_ci95",
+)
 
 
 def evaluation_rows() -> list[dict[str, Any]]:
@@ -46,8 +58,13 @@ def evaluation_rows() -> list[dict[str, Any]]:
     for r in refusal_set.load():
         rows.append(
             {
-                "id": r["id"], "prompt": r["prompt"], "reply": r["reply"], "prompt_kind": r["prompt_kind"],
-                "register": SMOLLM2, "category": r["category"], "refusal": r["refusal"],
+                "id": r["id"],
+                "prompt": r["prompt"],
+                "reply": r["reply"],
+                "prompt_kind": r["prompt_kind"],
+                "register": SMOLLM2,
+                "category": r["category"],
+                "refusal": r["refusal"],
                 "split": refusal_set.split_of_row(r["id"]),
             }
         )
@@ -99,7 +116,12 @@ def leave_one_register_out(
             "classifier": _scores(truth, [bool(v) for v in det.emb_logit(emb[test]) >= 0.0]),
             "openings": _scores(truth, [opening_match(rows[i]["reply"]) for i in idx]),
             "errors": [
-                {"id": rows[i]["id"], "category": rows[i]["category"], "label": bool(y[i]), "p": round(float(q), 3)}
+                {
+                    "id": rows[i]["id"],
+                    "category": rows[i]["category"],
+                    "label": bool(y[i]),
+                    "p": round(float(q), 3),
+                }
                 for i, q in zip(idx, p, strict=True)
                 if (q >= det.threshold) != y[i]
             ],
@@ -124,14 +146,23 @@ def _summary(table: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def build(rows: list[dict[str, Any]], emb: np.ndarray, rules: np.ndarray,
-          path: Path = learned.ARTIFACT, encoder: str = learned.ENCODER) -> learned.CombinedDetector:
+def build(
+    rows: list[dict[str, Any]],
+    emb: np.ndarray,
+    rules: np.ndarray,
+    path: Path = learned.ARTIFACT,
+    encoder: str = learned.ENCODER,
+) -> learned.CombinedDetector:
     """Train the shipped detector on every register and the refusal set's tune part; write it to ``path``."""
     train = np.array([r["register"] != SMOLLM2 or r["split"] == "tune" for r in rows])
     used = [r for r, t in zip(rows, train, strict=True) if t]
     digest = hashlib.sha256("\n".join(sorted(r["id"] for r in used)).encode()).hexdigest()[:16]
     det = learned.fit(
-        emb[train], rules[train], [r["refusal"] for r in used], [r["register"] for r in used], encoder,
+        emb[train],
+        rules[train],
+        [r["refusal"] for r in used],
+        [r["register"] for r in used],
+        encoder,
         trained_on={
             "rows": len(used),
             "refusals": sum(bool(r["refusal"]) for r in used),
@@ -175,10 +206,15 @@ def format_table(result: dict[str, Any]) -> str:
         "|---|---|---:|---:|---|---|---|---|",
     ]
     for reg, t in result["registers"].items():
-        cells = [f"{t[m]['precision']:.3f} / {t[m]['recall']:.3f} / {t[m]['kappa']:.2f}"
-                 for m in ("detector", "rules", "classifier", "openings")]
-        lines.append(f"| {reg} | {t['family']} | {t['detector']['n']} | {t['detector']['positives']} | "
-                     + " | ".join(cells) + " |")
+        cells = [
+            f"{t[m]['precision']:.3f} / {t[m]['recall']:.3f} / {t[m]['kappa']:.2f}"
+            for m in ("detector", "rules", "classifier", "openings")
+        ]
+        lines.append(
+            f"| {reg} | {t['family']} | {t['detector']['n']} | {t['detector']['positives']} | "
+            + " | ".join(cells)
+            + " |"
+        )
     return "\n".join(lines)
 
 
@@ -190,7 +226,9 @@ def _plain(obj: Any) -> Any:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--build", action="store_true", help="retrain and write the shipped classifier")
     parser.add_argument("--output", type=Path, help="write the full result (JSON) here")
     parser.add_argument("--errors", action="store_true", help="print each held-out error of the detector")
@@ -204,12 +242,19 @@ def main(argv: list[str] | None = None) -> int:
     result = leave_one_register_out(rows, emb, rules)
     result["throughput"] = throughput([r["reply"] for r in rows], learned.shipped())
     print(format_table(result))
-    print(json.dumps({"summary": result["summary"], "throughput": result["throughput"]}, indent=1, default=_plain))
+    print(
+        json.dumps(
+            {"summary": result["summary"], "throughput": result["throughput"]}, indent=1, default=_plain
+        )
+    )
     if args.errors:
         by_id = {r["id"]: r for r in rows}
         for reg, t in result["registers"].items():
             for e in t["errors"]:
-                print(f"\n[{reg} {e['category']} label={e['label']} p={e['p']}]\n{by_id[e['id']]['reply'][:400]}")
+                print(
+                    f"\n[{reg} {e['category']} label={e['label']} p={e['p']}]\n"
+                    f"{by_id[e['id']]['reply'][:400]}"
+                )
     if args.output:
         args.output.parent.mkdir(parents=True, exist_ok=True)
         args.output.write_text(json.dumps(result, indent=1, default=_plain) + "\n", encoding="utf-8")

@@ -208,7 +208,7 @@ def calibrate(settings: Settings) -> dict[str, Any]:
         benign_weights = _benign_weights(settings, aspects)
         onp = onpolicy_report(onp_pred, model.weights, onp_rows, aspects, cfg, benign_weights)
         registers = score_registers(model, benign_weights)  # reported per register, not a gate
-        log.info("reward model by register (register set + refusal set):\n%s", format_register_lines(registers))
+        log.info("reward model by register (not a gate):\n%s", format_register_lines(registers))
         with atomic_dir(layout.calibration_dir) as tmp:
             for k, a in enumerate(aspects):
                 png = tmp / f"reliability_{a}.png"
