@@ -16,6 +16,7 @@ Registers: the eight of :mod:`safealign.data.register_set` and ``smollm2``, the 
     python -m safealign.evaluation.registers                   # the table (about a minute on 2 cores)
     python -m safealign.evaluation.registers --output metrics/registers.json
     python -m safealign.evaluation.registers --build           # retrain the shipped refusal_classifier.json
+    python -m safealign.evaluation.registers --speed           # replies per second, rules and combined
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -232,8 +234,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--build", action="store_true", help="retrain and write the shipped classifier")
     parser.add_argument("--output", type=Path, help="write the full result (JSON) here")
     parser.add_argument("--errors", action="store_true", help="print each held-out error of the detector")
+    parser.add_argument("--speed", action="store_true", help="only measure replies per second")
     args = parser.parse_args(argv)
     rows = evaluation_rows()
+    if args.speed:
+        speed = throughput([r["reply"] for r in rows], learned.shipped())
+        print(json.dumps({**speed, "load_average_1m": os.getloadavg()[0], "cpus": os.cpu_count()}, indent=1))
+        return 0
     emb, rules = features(rows)
     if args.build:
         det = build(rows, emb, rules)

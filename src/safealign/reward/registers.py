@@ -69,7 +69,9 @@ def register_report(
     regs = np.array([r["register"] for r in rows])
     k_safety = aspects.index("safety") if "safety" in aspects else None
     table: dict[str, Any] = {}
-    for reg in dict.fromkeys(r["register"] for r in rows):
+    present = set(regs)
+    order = [g for g in (*register_set.REGISTERS, register_set.SMOLLM2_REGISTER) if g in present]
+    for reg in order + sorted(present - set(order)):
         adv = (regs == reg) & (kinds == "adversarial")
         ben = (regs == reg) & (kinds == "benign")
         table[reg] = {
@@ -125,3 +127,32 @@ def format_lines(report: dict[str, Any]) -> str:
             f"(bar {report['bar']:.2f}, not gating)"
         )
     return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m safealign.reward.registers [--model DIR]``: the per-register table for a trained model."""
+    import argparse
+    import json
+
+    from safealign.config import load_settings
+    from safealign.layout import Layout
+    from safealign.reward.calibrate import _benign_weights
+    from safealign.reward.model import RewardModel
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--model", help="reward model folder (default: the configured artifacts path)")
+    parser.add_argument("--output", help="write the report (JSON) here")
+    args = parser.parse_args(argv)
+    settings = load_settings(None, [])
+    folder = args.model or Layout.from_settings(settings).reward_model_dir
+    model = RewardModel.for_settings(folder, settings)
+    report = score_registers(model, _benign_weights(settings, list(model.aspects)))
+    print(format_lines(report))
+    if args.output:
+        with open(args.output, "w", encoding="utf-8") as fh:
+            json.dump(report, fh, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
