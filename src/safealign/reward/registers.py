@@ -136,7 +136,6 @@ def main(argv: list[str] | None = None) -> int:
 
     from safealign.config import load_settings
     from safealign.layout import Layout
-    from safealign.reward.calibrate import _benign_weights
     from safealign.reward.model import RewardModel
 
     parser = argparse.ArgumentParser(description=main.__doc__)
@@ -146,7 +145,9 @@ def main(argv: list[str] | None = None) -> int:
     settings = load_settings(None, [])
     folder = args.model or Layout.from_settings(settings).reward_model_dir
     model = RewardModel.for_settings(folder, settings)
-    report = score_registers(model, _benign_weights(settings, list(model.aspects)))
+    bw = settings.grpo.benign_weights  # as calibrate does: the weights GRPO uses for benign prompts
+    benign = None if bw is None else np.asarray([float(bw.get(a, 0.0)) for a in model.aspects])
+    report = score_registers(model, benign)
     print(format_lines(report))
     if args.output:
         with open(args.output, "w", encoding="utf-8") as fh:
