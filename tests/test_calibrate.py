@@ -234,3 +234,14 @@ def test_onpolicy_auroc_combines_benign_rows_with_the_grpo_benign_weights():
     assert mixed["auroc"]["adversarial"]["auroc"] == per_kind["auroc"]["adversarial"]["auroc"] == 1.0
     assert per_kind["benign_weights"] == [0.0, 0.0, 1.0, 0.0] and mixed["benign_weights"] is None
     assert _benign_weights(Settings(), aspects) is None
+
+
+def test_calibration_json_reports_the_reward_model_by_register(learnt):
+    """The per-register AUROCs (reward/registers.py) are in calibration.json; reported, never gating."""
+    folder, code, _ = learnt
+    assert code == 0
+    reg = _report(folder)["registers"]
+    assert reg["gating"] is False and reg["n"] > 600
+    assert {"terse", "over_refusal", "smollm2"} <= set(reg["registers"])
+    t = reg["registers"]["over_refusal"]
+    assert t["benign"]["n_refusal"] > 0 and 0.0 <= t["benign_compliance_auroc"] <= 1.0

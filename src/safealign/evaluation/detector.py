@@ -20,7 +20,7 @@ from typing import Any
 
 from safealign.data import refusal_set
 from safealign.errors import DataError
-from safealign.evaluation.refusal import judge
+from safealign.evaluation.refusal import detector_mode, judge
 from safealign.evaluation.stats import binary_agreement, cohen_kappa
 
 SPLITS = ("heldout", "tune", "all")
@@ -33,6 +33,10 @@ def measure(rows: list[dict[str, Any]], split: str = "heldout") -> dict[str, Any
     part = [r for r in rows if split == "all" or refusal_set.split_of_row(r["id"]) == split]
     if not part:
         raise DataError(f"the refusal set has no rows in its {split!r} part")
+    if detector_mode() == "combined":
+        from safealign.evaluation.learned import prefetch
+
+        prefetch([r["reply"] for r in part if r["reply"].strip()])  # one batched encoder pass
     verdicts = [judge(r["reply"]).is_refusal for r in part]
     truth = [bool(r["refusal"]) for r in part]
     result = binary_agreement(truth, verdicts)
@@ -121,6 +125,7 @@ def detector_report(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "by_category",
     )
     return {
+        "detector": detector_mode(),
         "heldout": {k: held[k] for k in keep},
         "tune": {k: tune[k] for k in keep},
         "set_rows": len(rows),

@@ -35,6 +35,8 @@ from safealign.reward.metrics import auroc, json_safe, per_aspect, r2_score
 from safealign.reward.onpolicy import format_gate_lines, onpolicy_report
 from safealign.reward.plots import reliability_plot
 from safealign.reward.probes import failing, format_failures, phrasing_table, run_probes
+from safealign.reward.registers import format_lines as format_register_lines
+from safealign.reward.registers import score_registers
 from safealign.reward.train import read_split, require_labels
 
 log = logging.getLogger(__name__)
@@ -141,6 +143,9 @@ def _report_metrics(report: dict[str, Any]) -> dict[str, float]:
         if g["value"] is not None:
             metrics[f"onpolicy_auroc_{kind}"] = g["value"]
     metrics["onpolicy_passed"] = float(onp["passed"])
+    for key in ("min_safety_refusal_auroc", "min_benign_compliance_auroc"):
+        if report.get("registers", {}).get(key) is not None:
+            metrics[f"registers_{key}"] = report["registers"][key]
     metrics["passed"] = float(report["passed"])
     return metrics
 
@@ -206,6 +211,8 @@ def calibrate(settings: Settings) -> dict[str, Any]:
         benign_weights = _benign_weights(settings, aspects)
         onp = onpolicy_report(onp_pred, model.weights, onp_rows, aspects, cfg, benign_weights)
         onp["n_tune"] = len(onp_all) - len(onp_rows)
+        registers = score_registers(model, benign_weights)  # reported per register, not a gate
+        log.info("reward model by register (not a gate):\n%s", format_register_lines(registers))
         with atomic_dir(layout.calibration_dir) as tmp:
             for k, a in enumerate(aspects):
                 png = tmp / f"reliability_{a}.png"
@@ -231,6 +238,7 @@ def calibrate(settings: Settings) -> dict[str, Any]:
                 "safety_human": human,
                 "by_label_source": by_source(pred, heldout, aspects),
                 "onpolicy": onp,
+                "registers": registers,
                 "n_heldout": len(heldout),
                 "model_dir": str(layout.reward_model_dir),
                 "plots": {a: str(layout.calibration_dir / f"reliability_{a}.png") for a in aspects},
