@@ -233,7 +233,9 @@ def test_onpolicy_auroc_combines_benign_rows_with_the_grpo_benign_weights():
     assert mixed["auroc"]["benign"]["auroc"] == 0.0 and per_kind["auroc"]["benign"]["auroc"] == 1.0
     assert mixed["auroc"]["adversarial"]["auroc"] == per_kind["auroc"]["adversarial"]["auroc"] == 1.0
     assert per_kind["benign_weights"] == [0.0, 0.0, 1.0, 0.0] and mixed["benign_weights"] is None
-    assert _benign_weights(Settings(), aspects) is None
+    assert _benign_weights(Settings.model_validate({"grpo": {"benign_weights": None}}), aspects) is None
+    # the default leaves safety out
+    assert _benign_weights(Settings(), aspects).tolist() == [0.2, 0.4, 0.4, 0.0]
 
 
 def test_calibration_json_reports_the_reward_model_by_register(learnt):
