@@ -279,10 +279,6 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
-
-
 def _fmt(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.3f}"
 
@@ -300,6 +296,8 @@ def _onpolicy_lines(onp: dict[str, Any] | None) -> list[str]:
         "|---|---|---|---|---|",
     ]
     for kind, g in onp["gates"].items():
+        if kind not in onp["auroc"]:  # an R² gate: listed below with the per-aspect figures
+            continue
         heads = onp["auroc"][kind]["auroc_by_aspect"]
         best = max((v, a) for a, v in heads.items() if v is not None) if any(
             v is not None for v in heads.values()
@@ -312,4 +310,14 @@ def _onpolicy_lines(onp: dict[str, Any] | None) -> list[str]:
         )
     r2 = ", ".join(f"{a} {_fmt(v['r2'])} / {_fmt(v['spearman'])}" for a, v in onp["aspects"].items())
     out.append(f"\nOn-policy R² / Spearman per aspect: {r2}.")
+    r2_gates = {k.removeprefix("r2_"): g for k, g in onp["gates"].items() if k.startswith("r2_")}
+    if r2_gates:
+        bar = next(iter(r2_gates.values()))["threshold"]
+        verdicts = ", ".join(f"{a} {'pass' if g['passed'] else 'FAIL'}" for a, g in r2_gates.items())
+        mode = "strict: the card's bar" if onp.get("strict") else "calibrate.onpolicy_r2_threshold"
+        out.append(f"R² gate on held-out real replies (> {bar:.2f}, {mode}): {verdicts}.")
     return out
+
+
+if __name__ == "__main__":  # last, so every helper above is defined when run with -m
+    sys.exit(main())
