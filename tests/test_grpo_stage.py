@@ -166,7 +166,8 @@ def test_stage_outputs_logging_constraint_and_no_heldout(tmp_path):
     metrics = json.loads(layout.metrics_file("grpo").read_text())
     assert metrics == summary and metrics["steps"] == 3 and metrics["peak_rss_gib"] > 0
     assert set(metrics["reward_start"]) == {*RecordingScorer.aspects, "reward"}
-    assert metrics["benign_weights"] == metrics["weights"]  # grpo.benign_weights unset: the aspects' weights
+    assert metrics["benign_weights"] == [0.2, 0.4, 0.4, 0.0]  # the default: helpfulness aspects, no safety
+    assert metrics["weights"] == [0.15, 0.15, 0.15, 0.55]
     assert metrics["beta"] == metrics["benign_beta"] == 0.0  # grpo.benign_beta unset: beta
     rows = _read_csv(layout.grpo_steps_csv)
     assert [int(float(r["step"])) for r in rows] == [1, 2, 3]
