@@ -27,7 +27,8 @@ def test_flatten_keeps_every_leaf_and_numeric_leaves_only_numbers():
     nested = {"a": {"b": 1, "c": {"d": "x"}}, "e": [1, 2], "f": True, "g": {}, "h": None, "i": math.inf}
     assert flatten(nested) == {"a.b": 1, "a.c.d": "x", "e": [1, 2], "f": True, "h": None, "i": math.inf}
     assert flatten({"x": 1}, "validation") == {"validation.x": 1}
-    assert numeric_leaves(nested) == {"a.b": 1.0, "f": 1.0, "i": math.inf}
+    # NaN and infinity are no number KFP metadata or MLflow metrics can carry
+    assert numeric_leaves({**nested, "j": math.nan}) == {"a.b": 1.0, "f": 1.0}
 
 
 def test_read_prompts_names_file_and_row(tmp_path):

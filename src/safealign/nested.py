@@ -6,6 +6,7 @@ chooses which leaves it keeps (:func:`numeric_leaves` for metrics).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -21,5 +22,11 @@ def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def numeric_leaves(value: Any, prefix: str = "") -> dict[str, float]:
-    """The numbers among the leaves (booleans as 0.0/1.0) as floats; lists and strings are dropped."""
-    return {k: float(v) for k, v in flatten(value, prefix).items() if isinstance(v, bool | int | float)}
+    """The finite numbers among the leaves (booleans as 0.0/1.0) as floats; lists, strings and NaN or
+    infinity (a figure that could not be computed, e.g. an AUROC with one class) are dropped: KFP's metadata
+    and MLflow's metrics cannot carry them."""
+    return {
+        k: float(v)
+        for k, v in flatten(value, prefix).items()
+        if isinstance(v, bool | int | float) and math.isfinite(float(v))
+    }
