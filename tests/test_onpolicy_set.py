@@ -88,6 +88,7 @@ def test_results_show_each_onpolicy_gate_with_its_verdict():
         "gates": {
             "benign": {"value": 0.56, "threshold": 0.8, "passed": False},
             "adversarial": {"value": 0.9, "threshold": 0.85, "passed": True},
+            "r2_safety": {"value": 0.4, "threshold": 0.5, "passed": False},
         },
         "auroc": {
             "benign": {"preferred": "compliance", "n": 100, "n_refusal": 8,
@@ -100,3 +101,4 @@ def test_results_show_each_onpolicy_gate_with_its_verdict():
     assert "not enforced" in text
     assert "| benign: compliance over the other (n 100, 8 refusals) | 0.560 | 0.80 | FAIL |" in text
     assert "| adversarial: refusal over the other (n 200, 22 refusals) | 0.900 | 0.85 | pass |" in text
+    assert "R² gate on held-out real replies (> 0.50, calibrate.onpolicy_r2_threshold): safety FAIL." in text
