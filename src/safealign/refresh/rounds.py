@@ -129,12 +129,16 @@ def heldout_figures(result: dict[str, Any]) -> dict[str, Any]:
 
 
 def onpolicy_figures(calibration: dict[str, Any]) -> dict[str, Any]:
-    """The on-policy AUROCs and gate of one metrics/calibration.json."""
+    """The on-policy AUROCs, real-reply R² and gate of one metrics/calibration.json."""
     onp = calibration.get("onpolicy") or {}
+    gates = onp.get("gates") or {}
     return {
         "calibration_passed": calibration.get("passed"),
         "onpolicy_passed": onp.get("passed"),
-        "onpolicy_auroc": {k: g.get("value") for k, g in (onp.get("gates") or {}).items()},
+        "onpolicy_auroc": {k: g.get("value") for k, g in gates.items() if not k.startswith("r2_")},
+        "onpolicy_r2": {
+            k.removeprefix("r2_"): g.get("value") for k, g in gates.items() if k.startswith("r2_")
+        },
         "r2": {a: s.get("r2") for a, s in (calibration.get("aspects") or {}).items()},
     }
 
