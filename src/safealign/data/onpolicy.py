@@ -18,7 +18,6 @@ labeller; ``agreement`` compares the two passes per aspect and on the refusal la
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -106,27 +105,22 @@ def assign_parts(
 
 def write(path: Path, rows: list[dict[str, Any]]) -> None:
     """data/onpolicy_set.jsonl: the refusal set's fields plus ``part``."""
-    with open(path, "w", encoding="utf-8", newline="\n") as fh:
-        for row in rows:
-            out = {f: row[f] for f in (*refusal_set.FIELDS, "part")}
-            fh.write(json.dumps(out, sort_keys=True, ensure_ascii=False) + "\n")
+    refusal_set.write(path, rows, (*refusal_set.FIELDS, "part"))
+
+
+def _check_part_row(raw: Any, where: str) -> dict[str, Any]:
+    row = refusal_set._check_row(raw, where)
+    part = raw.get("part")
+    if part not in PARTS:
+        raise DataError(f"{where}: field 'part' must be one of {PARTS}, got {part!r}")
+    return {**row, "part": part}
 
 
 def load(path: Path) -> list[dict[str, Any]]:
     """data/onpolicy_set.jsonl as written by the data build (the refusal set's checks, plus ``part``)."""
     if not path.exists():
         raise DataError(f"{path} not found: run `safealign data build` (or `dvc pull`)")
-    rows: list[dict[str, Any]] = []
-    for lineno, raw in iter_jsonl(path):
-        where = f"{path}:{lineno}"
-        row = refusal_set._check_row(raw, where)
-        part = raw.get("part") if isinstance(raw, dict) else None
-        if part not in PARTS:
-            raise DataError(f"{where}: field 'part' must be one of {PARTS}, got {part!r}")
-        rows.append({**row, "part": part})
-    if not rows:
-        raise DataError(f"{path}: no rows")
-    return sorted(rows, key=lambda r: r["id"])
+    return refusal_set.load_checked(path, _check_part_row)
 
 
 def heldout(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -105,12 +105,18 @@ def _check_row(row: Any, where: str) -> dict[str, Any]:
 
 def load(path: Path = SOURCE_FILE) -> list[dict[str, Any]]:
     """Read and check every row; errors name the file, line and field. Rows come back sorted by id."""
+    return load_checked(path, _check_row)
+
+
+def load_checked(path: Path, check: Callable[[Any, str], dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows of a reply file, each through ``check(raw, "file:line")``; a repeated id (same prompt and
+    reply) or an empty file is an error. Shared by the refusal, on-policy and register sets."""
     if not path.exists():
         raise DataError(f"{path} not found")
     rows: list[dict[str, Any]] = []
     seen: dict[str, int] = {}
     for lineno, raw in iter_jsonl(path):
-        row = _check_row(raw, f"{path}:{lineno}")
+        row = check(raw, f"{path}:{lineno}")
         if row["id"] in seen:
             raise DataError(f"{path}:{lineno}: same prompt and reply as line {seen[row['id']]}")
         seen[row["id"]] = lineno
@@ -120,10 +126,12 @@ def load(path: Path = SOURCE_FILE) -> list[dict[str, Any]]:
     return sorted(rows, key=lambda r: r["id"])
 
 
-def write(path: Path, rows: Iterable[dict[str, Any]]) -> None:
+def write(path: Path, rows: Iterable[dict[str, Any]], fields: Iterable[str] = FIELDS) -> None:
+    """One sorted-key JSON object per line with ``fields``, so a regenerated file diffs cleanly."""
+    fields = tuple(fields)
     with open(path, "w", encoding="utf-8", newline="\n") as fh:
         for row in rows:
-            fh.write(json.dumps({f: row[f] for f in FIELDS}, sort_keys=True, ensure_ascii=False) + "\n")
+            fh.write(json.dumps({f: row[f] for f in fields}, sort_keys=True, ensure_ascii=False) + "\n")
 
 
 def summary(rows: list[dict[str, Any]]) -> dict[str, Any]:

@@ -19,12 +19,12 @@ labelling pass over ``texts/register_second_pass_blind.jsonl`` is in ``texts/reg
 from __future__ import annotations
 
 import hashlib
-import json
 from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from safealign.data import refusal_set
 from safealign.data.refusal_set import CATEGORIES
 from safealign.data.schema import PROMPT_KINDS, normalize_prompt
 from safealign.errors import DataError
@@ -110,26 +110,12 @@ def _check_row(row: Any, where: str) -> dict[str, Any]:
 
 def load(path: Path = SOURCE_FILE) -> list[dict[str, Any]]:
     """Read and check every row; errors name the file, line and field. Rows come back sorted by id."""
-    if not path.exists():
-        raise DataError(f"{path} not found")
-    rows: list[dict[str, Any]] = []
-    seen: dict[str, int] = {}
-    for lineno, raw in iter_jsonl(path):
-        row = _check_row(raw, f"{path}:{lineno}")
-        if row["id"] in seen:
-            raise DataError(f"{path}:{lineno}: same prompt and reply as line {seen[row['id']]}")
-        seen[row["id"]] = lineno
-        rows.append(row)
-    if not rows:
-        raise DataError(f"{path}: no rows")
-    return sorted(rows, key=lambda r: r["id"])
+    return refusal_set.load_checked(path, _check_row)
 
 
 def write(path: Path, rows: Iterable[dict[str, Any]]) -> None:
     """One sorted-key JSON object per line, so a regenerated file diffs cleanly."""
-    with open(path, "w", encoding="utf-8", newline="\n") as fh:
-        for row in rows:
-            fh.write(json.dumps({f: row[f] for f in FIELDS}, sort_keys=True, ensure_ascii=False) + "\n")
+    refusal_set.write(path, rows, FIELDS)
 
 
 def summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
