@@ -258,12 +258,15 @@ def _graph(settings: Settings, static_images: tuple[str, str] | None) -> Callabl
 
 
 SETTINGS = load_settings(ROOT / "params.yaml")
-align_pipeline = build_pipeline(SETTINGS)
+# what pipelines/align.yaml holds (and `kfp dsl compile` of this file gives): the cluster build
+align_pipeline = build_pipeline(SETTINGS, cluster=True)
+# the one-machine build kfp.local runs (static images, this machine's paths and tracking store)
+local_pipeline = build_pipeline(SETTINGS)
 
 
 if __name__ == "__main__":
     from kfp import compiler
 
     out = sys.argv[1] if len(sys.argv) > 1 else str(ROOT / "pipelines" / "align.yaml")
-    compiler.Compiler().compile(build_pipeline(SETTINGS, cluster=True), out)
+    compiler.Compiler().compile(align_pipeline, out)
     print(out)

@@ -78,7 +78,7 @@ def load_pipeline(
     params.yaml, unless settings or images are given), or with ``cluster`` the build ``compile`` writes."""
     module = _pipeline_module(source)
     if settings is None and image is None and cuda_image is None and not cluster:
-        return module.align_pipeline
+        return module.local_pipeline
     return module.build_pipeline(
         settings or module.SETTINGS, image=image, cuda_image=cuda_image, cluster=cluster
     )
