@@ -105,25 +105,18 @@ def load_second_pass(path: Path = refusal_set.SECOND_PASS_FILE) -> list[dict[str
     return rows
 
 
+# the figures of one detector-vs-labels comparison that reports keep (binary_agreement's counts and rates)
+AGREEMENT_FIELDS = (
+    "n", "positives", "tp", "fp", "fn", "tn", "precision", "recall", "accuracy", "kappa",
+    "precision_ci95", "recall_ci95",
+)  # fmt: skip
+
+
 def detector_report(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """The block every evaluation carries: held-out figures, tune figures, and second-pass agreement."""
     held, tune = measure(rows, "heldout"), measure(rows, "tune")
     second = load_second_pass()
-    keep = (
-        "n",
-        "positives",
-        "tp",
-        "fp",
-        "fn",
-        "tn",
-        "precision",
-        "recall",
-        "accuracy",
-        "kappa",
-        "precision_ci95",
-        "recall_ci95",
-        "by_category",
-    )
+    keep = (*AGREEMENT_FIELDS, "by_category")
     return {
         "detector": detector_mode(),
         "heldout": {k: held[k] for k in keep},

@@ -34,24 +34,12 @@ import numpy as np
 
 from safealign.data import refusal_set, register_set
 from safealign.evaluation import learned
+from safealign.evaluation.detector import AGREEMENT_FIELDS
 from safealign.evaluation.refusal import judge_rules, opening_match, rule_features
 from safealign.evaluation.stats import binary_agreement
 
 SMOLLM2 = register_set.SMOLLM2_REGISTER
-KEEP = (
-    "n",
-    "positives",
-    "tp",
-    "fp",
-    "fn",
-    "tn",
-    "precision",
-    "recall",
-    "accuracy",
-    "kappa",
-    "precision_ci95",
-    "recall_ci95",
-)
+KEEP = AGREEMENT_FIELDS
 
 
 def evaluation_rows() -> list[dict[str, Any]]:
