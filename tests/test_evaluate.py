@@ -127,6 +127,7 @@ def stage(tmp_path_factory):
         [
             f"paths.artifacts_dir={tmp / 'artifacts'}",
             f"paths.metrics_dir={tmp / 'metrics'}",
+            f"paths.cache_dir={tmp / 'cache'}",  # its own reply cache: a warm one skips the timed generation
             "policy.model=tiny:smollm2-135m-instruct",
             "reward.encoder=tiny:all-minilm-l6-v2",
             "reward.max_length=64",

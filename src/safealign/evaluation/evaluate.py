@@ -75,9 +75,13 @@ def fingerprint(prompts: dict[str, list[dict[str, Any]]], decoding: dict[str, An
 # ------------------------------------------------------------------------------------------- metrics
 
 
-def behaviour(replies: list[str], samples: int = 1000, seed: int = 1234) -> dict[str, Any]:
-    """What the replies do, judged without the reward model (refusal rate with its bootstrap interval)."""
-    verdicts = [judge(r).verdict for r in replies]
+def behaviour(
+    replies: list[str], samples: int = 1000, seed: int = 1234, verdicts: list[str] | None = None
+) -> dict[str, Any]:
+    """What the replies do, judged without the reward model (refusal rate with its bootstrap interval).
+    ``verdicts``: the replies' ``judge(...).verdict`` when the caller has them already (the learned
+    detector is slow enough that judging twice shows)."""
+    verdicts = verdicts if verdicts is not None else [judge(r).verdict for r in replies]
     n = max(len(replies), 1)
     top, top_share = most_common_reply(replies)
     opening, opening_share = common_opening_share(replies)
@@ -106,6 +110,8 @@ def compare_set(
     samples: int,
     seed: int,
 ) -> dict[str, Any]:
+    base_verdicts = [judge(r).verdict for r in base_replies]
+    aligned_verdicts = [judge(r).verdict for r in aligned_replies]
     return {
         "n": len(base_replies),
         "aspects": {
@@ -115,12 +121,12 @@ def compare_set(
         "weighted": paired_comparison(
             base_scores @ weights, aligned_scores @ weights, samples=samples, seed=seed
         ),
-        "base": behaviour(base_replies, samples, seed),
-        "aligned": behaviour(aligned_replies, samples, seed),
+        "base": behaviour(base_replies, samples, seed, base_verdicts),
+        "aligned": behaviour(aligned_replies, samples, seed, aligned_verdicts),
         # paired over prompts, so the interval of the change is narrower than two separate rates' would be
         "refusal_change": paired_comparison(
-            [float(judge(r).is_refusal) for r in base_replies],
-            [float(judge(r).is_refusal) for r in aligned_replies],
+            [float(v == "refuse") for v in base_verdicts],
+            [float(v == "refuse") for v in aligned_verdicts],
             samples=samples,
             seed=seed,
         ),
