@@ -154,6 +154,7 @@ def test_learnt_model_passes_the_onpolicy_gates_with_figures_in_calibration_json
     for aspect in ASPECTS:
         assert onp["aspects"][aspect]["n"] == onp["n"]
         assert onp["aspects"][aspect]["r2"] is not None
+    assert set(onp["label_agreement"]) == {"heldout_and_older_rows", "tune_rows"}
 
 
 def test_reward_preferring_indirect_refusals_of_benign_requests_fails_the_onpolicy_gate(over_refusing):

@@ -66,6 +66,7 @@ def test_agreement_is_perfect_for_a_copy_and_drops_for_a_changed_pass(rows):
     ok = onpolicy.agreement(rows, same, ASPECTS)
     assert ok["refusal"]["agreement"] == 1.0
     assert all(ok["aspects"][a]["mae"] == 0.0 and ok["aspects"][a]["share_within"] == 1.0 for a in ASPECTS)
+    assert all(ok["aspects"][a]["r2"] == 1.0 for a in ASPECTS if ok["aspects"][a]["r2"] is not None)
     changed = [
         {
             "id": s["id"],
@@ -77,8 +78,27 @@ def test_agreement_is_perfect_for_a_copy_and_drops_for_a_changed_pass(rows):
     bad = onpolicy.agreement(rows, changed, ASPECTS)
     assert bad["refusal"]["agreement"] == 0.0 and bad["refusal"]["kappa"] < 0
     assert bad["aspects"]["safety"]["mae"] > 0.2 and bad["aspects"]["politeness"]["mae"] == 0.0
+    assert bad["aspects"]["safety"]["r2"] < 0
     with pytest.raises(DataError, match="regenerate the blind file"):
         onpolicy.agreement(rows, [{"id": "rs-nope", "aspects": {}}], ASPECTS)
+
+
+def test_both_recorded_second_passes_match_rows_of_the_set(rows):
+    """The committed second passes name rows of the shipped on-policy texts (tune pass: the tune rows), so
+    calibration.json's label_agreement is computed, not None; blind file and labels hold the same ids."""
+    tune = onpolicy.load_extra(onpolicy.TUNE_FILE, known_ids={r["id"] for r in rows})
+    for blind, labels in [(onpolicy.TUNE_BLIND_FILE, onpolicy.TUNE_SECOND_PASS_FILE)]:
+        blind_ids = [json.loads(line)["id"] for line in blind.read_text().splitlines()]
+        second = onpolicy.load_second_pass(labels)
+        assert second is not None and [s["id"] for s in second] == blind_ids
+    report = onpolicy.label_agreement(rows + tune, ASPECTS)
+    assert report["heldout_and_older_rows"]["n_rows"] == 60
+    assert report["tune_rows"]["n_rows"] == 64 and report["tune_rows"]["refusal"]["n"] == 64
+    assert all(report["tune_rows"]["aspects"][a]["n"] == 64 for a in ASPECTS)
+    others = onpolicy.label_agreement(rows, ASPECTS)  # a set without the tune rows: not applicable, no error
+    assert others["tune_rows"]["n_rows"] == 0 and others["heldout_and_older_rows"]["n_rows"] == 60
+    with pytest.raises(DataError, match="regenerate the blind file"):
+        onpolicy.label_agreement(rows + tune[:10], ASPECTS)  # part of a pass only: a stale blind file
 
 
 def test_results_show_each_onpolicy_gate_with_its_verdict():
@@ -102,3 +122,10 @@ def test_results_show_each_onpolicy_gate_with_its_verdict():
     assert "| benign: compliance over the other (n 100, 8 refusals) | 0.560 | 0.80 | FAIL |" in text
     assert "| adversarial: refusal over the other (n 200, 22 refusals) | 0.900 | 0.85 | pass |" in text
     assert "R² gate on held-out real replies (> 0.50, calibrate.onpolicy_r2_threshold): safety FAIL." in text
+    block["label_agreement"] = {
+        "tune_rows": {"n_rows": 64, "aspects": {"safety": {"r2": 0.96}}},
+        "heldout_and_older_rows": {"n_rows": 0, "note": "not in this set"},
+    }
+    text = "\n".join(_onpolicy_lines(block))
+    assert "Second labelling pass (tune rows, 64 rows), labeller R²: safety 0.960." in text
+    assert "older rows" not in text

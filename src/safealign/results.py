@@ -316,6 +316,20 @@ def _onpolicy_lines(onp: dict[str, Any] | None) -> list[str]:
         verdicts = ", ".join(f"{a} {'pass' if g['passed'] else 'FAIL'}" for a, g in r2_gates.items())
         mode = "strict: the card's bar" if onp.get("strict") else "calibrate.onpolicy_r2_threshold"
         out.append(f"R² gate on held-out real replies (> {bar:.2f}, {mode}): {verdicts}.")
+    out += _label_agreement_lines(onp.get("label_agreement") or {})
+    return out
+
+
+def _label_agreement_lines(passes: dict[str, Any]) -> list[str]:
+    """One line per recorded second labelling pass: R² of the second labeller against the first, the
+    ceiling the reward model's on-policy R² can be read against."""
+    out = []
+    for name, block in passes.items():
+        if not block or not block.get("n_rows"):
+            continue
+        r2 = ", ".join(f"{a} {_fmt(v.get('r2'))}" for a, v in block["aspects"].items())
+        where = name.replace("_", " ")
+        out.append(f"Second labelling pass ({where}, {block['n_rows']} rows), labeller R²: {r2}.")
     return out
 
 

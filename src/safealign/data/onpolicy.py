@@ -12,7 +12,9 @@ set so its held-out part and second-pass subset stay what they were). ``safealig
 union to data/onpolicy_set.jsonl; every row must carry every configured aspect.
 
 Second pass: ``blind_subset`` picks 60 rows (ids, prompt and reply only, no labels) for an independent
-labeller; ``agreement`` compares the two passes per aspect and on the refusal label.
+labeller; a second, 64-row pass covers the tune rows; ``agreement`` compares the two passes per aspect (R² of
+the second labeller's numbers as predictions of the first's: the ceiling an R² gate on these labels can
+expect) and on the refusal label; ``label_agreement`` reports every recorded pass.
 """
 
 from __future__ import annotations
@@ -41,6 +43,12 @@ PARTS = ("tune", "heldout")
 BLIND_FILE = TEXTS / "onpolicy_second_pass_blind.jsonl"
 SECOND_PASS_FILE = TEXTS / "onpolicy_second_pass.jsonl"
 BLIND_SIZE = 60
+# the second pass over the TUNE rows (the labels the reward model trains on): 64 rows, stratified by prompt
+# kind and source, labelled blind by an independent labeller
+TUNE_BLIND_FILE = TEXTS / "onpolicy_tune_second_pass_blind.jsonl"
+TUNE_SECOND_PASS_FILE = TEXTS / "onpolicy_tune_second_pass.jsonl"
+# every recorded second pass, by the name calibration.json reports it under
+SECOND_PASSES = {"heldout_and_older_rows": SECOND_PASS_FILE, "tune_rows": TUNE_SECOND_PASS_FILE}
 AGREE_WITHIN = 0.2  # two aspect labels closer than this count as agreeing
 # the aspects the rubric defines and every row labels; a configured aspect outside these has no hand label
 # (its on-policy R² is then not computed) but still enters the combined reward's AUROC through the model
@@ -184,8 +192,10 @@ def agreement(
             out["aspects"][a] = {"n": 0}
             continue
         x, y = np.array(pairs).T
+        spread = float(((x - x.mean()) ** 2).sum())
         out["aspects"][a] = {
             "n": len(pairs),
+            "r2": 1.0 - float(((x - y) ** 2).sum()) / spread if spread > 0 else None,
             "mae": float(np.abs(x - y).mean()),
             "spearman": spearman(x, y),
             "share_within": float((np.abs(x - y) < AGREE_WITHIN + 1e-9).mean()),
@@ -199,4 +209,23 @@ def agreement(
             "agreement": sum(x == y for x, y in ref) / len(ref),
             "kappa": None if kappa is None or math.isnan(kappa) else kappa,
         }
+    return out
+
+
+def label_agreement(rows: list[dict[str, Any]], aspects: list[str]) -> dict[str, Any]:
+    """``agreement`` of every recorded second pass (``SECOND_PASSES``) with the first pass in ``rows``.
+
+    A pass not recorded yet is None; a pass none of whose rows is in ``rows`` (a team's own on-policy set) is
+    reported as not applicable rather than failing calibration; a pass only partly in ``rows`` is a stale
+    blind file and fails in ``agreement``."""
+    known = {r["id"] for r in rows}
+    out: dict[str, Any] = {}
+    for name, path in SECOND_PASSES.items():
+        second = load_second_pass(path)
+        if second is None:
+            out[name] = None
+        elif not any(s["id"] in known for s in second):
+            out[name] = {"n_rows": 0, "note": f"no row of {path.name} is in this on-policy set"}
+        else:
+            out[name] = agreement(rows, second, aspects)
     return out

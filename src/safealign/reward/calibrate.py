@@ -211,6 +211,7 @@ def calibrate(settings: Settings) -> dict[str, Any]:
         benign_weights = _benign_weights(settings, aspects)
         onp = onpolicy_report(onp_pred, model.weights, onp_rows, aspects, cfg, benign_weights)
         onp["n_tune"] = len(onp_all) - len(onp_rows)
+        onp["label_agreement"] = onpolicy_data.label_agreement(onp_all, labelled)  # R² ceiling per aspect
         registers = score_registers(model, benign_weights)  # reported per register, not a gate
         log.info("reward model by register (not a gate):\n%s", format_register_lines(registers))
         with atomic_dir(layout.calibration_dir) as tmp:
