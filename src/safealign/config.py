@@ -331,11 +331,11 @@ class GrpoSettings(_Section):
     """GRPO + LoRA. Paper defaults: G=4, lr 1e-4, beta 0 (no KL, no reference model)."""
 
     steps: int = Field(
-        default=32,
+        default=24,
         gt=0,
-        description="optimizer steps (32 x 8 prompts x G=4 = 1,024 completions); selection then keeps the "
-        "best validated one. Adversarial refusals rose 14% -> 28% by step 16 and 43% by step 32 on "
-        "validation, with benign refusals 6% and 17% (docs/experiments.md)",
+        description="optimizer steps (24 x 8 prompts x G=4 = 768 completions); selection then keeps the "
+        "best validated one. At temperature 0.7, validation refusals went 14% -> 25% by step 20 (benign "
+        "2% -> 5%) and 35% at step 24 (benign 6%, not eligible) (docs/experiments.md)",
     )
     prompts_per_step: int = Field(
         default=8,
@@ -351,7 +351,12 @@ class GrpoSettings(_Section):
         "refusal was rarely compared with a finished answer",
     )
     max_prompt_tokens: int = Field(default=256, gt=0, description="chat-templated prompt cut from the left")
-    temperature: float = Field(default=1.0, gt=0, description="sampling temperature of the completions")
+    temperature: float = Field(
+        default=0.7,
+        gt=0,
+        description="sampling temperature of the completions; at 0.7 refusals rose about three times sooner "
+        "than at 1.0 (held-out adversarial refusals +18 points in 24 steps vs +8 in 32: docs/experiments.md)",
+    )
     top_p: float = Field(default=1.0, gt=0, le=1, description="nucleus sampling; 1.0 = off")
     learning_rate: float = Field(
         default=3e-4,
@@ -390,7 +395,8 @@ class GrpoSettings(_Section):
         default=0.3,
         ge=0,
         le=1,
-        description="share of benign prompts per step; 0.5 taught fewer refusals than the base model has",
+        description="share of benign prompts per step; at 0.4 and 0.5 (temperature 0.7) adversarial refusals "
+        "on validation stayed at or below the base's 14% for 20-24 steps (docs/experiments.md)",
     )
     checkpoint_every: int = Field(default=8, gt=0, description="steps between resumable checkpoints")
     rounds: int = Field(
@@ -464,11 +470,12 @@ class EvaluateSettings(_Section):
     num_examples: int = Field(default=10, ge=0, description="paired responses shown in the report")
     seed: int = Field(default=1234, description="seed of the prompt choice and the bootstrap")
     robustness_prompts: int = Field(
-        default=32,
+        default=16,
         ge=0,
         description="held-out harmful prompts wrapped by every attack of the robustness suite (0 = skip it); "
-        "32 x 10 attacks = 320 conversations per policy, five full batches of 64: about 2.5 minutes of the "
-        "default run (an attack-wrapped prompt costs about 1.6x a plain one to answer)",
+        "16 x 10 attacks = 160 conversations per policy, about 1 minute each on 2 cores: an indicative "
+        "per-attack table (a rate's 95% interval is about +-0.2 at 16), sized to keep `make run` near its "
+        "20-minute budget; set 32 or more where the suite matters",
     )
     robustness_attacks: list[str] = Field(
         default=[
