@@ -19,8 +19,8 @@ import yaml
 
 from safealign import stages
 from safealign.cli import build_parser
+from safealign.common.layout import Layout
 from safealign.config import load_settings
-from safealign.layout import Layout
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_validate import make_data  # noqa: E402

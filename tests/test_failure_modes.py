@@ -20,8 +20,8 @@ import pytest
 import torch
 from test_validate import make_data
 
-from safealign import atomic
 from safealign.cli import environment_error, main
+from safealign.common import atomic
 from safealign.config import load_settings
 from safealign.errors import ModelFolderError
 from safealign.reward.model import HEAD_FILE, REWARD_CONFIG, RewardModel

@@ -166,7 +166,7 @@ assert sorted(reloaded.target_modules) == sorted(lora.target_modules)
 def test_identical_adapters_are_identical_files_whatever_the_hash_seed(tmp_path):
     """PEFT writes target_modules in set order, which follows the per-process string hash seed; the stage's
     save_adapter writes it sorted, so the same adapter hashes the same in every process."""
-    from safealign.hashing import tree_hash
+    from safealign.common.hashing import tree_hash
 
     for seed in (1, 2, 3):
         subprocess.run([sys.executable, "-c", SAVE_ADAPTER, str(tmp_path / str(seed))],

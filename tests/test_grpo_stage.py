@@ -19,8 +19,8 @@ import pytest
 import torch
 import yaml
 
+from safealign.common.layout import Layout
 from safealign.config import load_settings
-from safealign.layout import Layout
 
 torch.set_num_threads(2)
 ROOT = Path(__file__).resolve().parents[1]
@@ -298,7 +298,7 @@ class ScriptedValidationScorer(RecordingScorer):
 
 
 def _selection_inputs(tmp: Path, steps: int) -> tuple:
-    from safealign.jsonl import read_prompts
+    from safealign.common.jsonl import read_prompts
     from safealign.policy.selection import carve
 
     tmp.mkdir(parents=True, exist_ok=True)

@@ -82,7 +82,7 @@ def _trl_stage(tmp, steps: int, script: list[float]):
     """Stage inputs with every feature on, and a scorer that scripts the validation's adversarial safety."""
     from test_grpo_stage import ScriptedValidationScorer, _stage_inputs
 
-    from safealign.jsonl import read_prompts
+    from safealign.common.jsonl import read_prompts
     from safealign.policy.selection import carve
 
     tmp.mkdir(parents=True, exist_ok=True)

@@ -7,10 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+from safealign.common.nested import numeric_leaves
 from safealign.config import load_settings
 from safealign.kfp_client import params_json
 from safealign.kfp_stage import StageWorkspace, data_hash, pipeline_key
-from safealign.nested import numeric_leaves
 
 ROOT = Path(__file__).resolve().parents[1]
 

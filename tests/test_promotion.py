@@ -21,10 +21,10 @@ import tiny_models
 import yaml
 
 from safealign.cli import main as cli_main
+from safealign.common.hashing import tree_hash
+from safealign.common.layout import Layout
 from safealign.config import load_settings
 from safealign.errors import GateFailed, ServiceError
-from safealign.hashing import tree_hash
-from safealign.layout import Layout
 from safealign.promotion import CHALLENGER, CHAMPION, HASH_TAG, promote
 from safealign.tracking import PARENT_ENV, child_runs, end_parent_run, stage_run, start_parent_run
 

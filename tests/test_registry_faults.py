@@ -30,8 +30,8 @@ from test_promotion import (
 )
 
 from safealign import registry
+from safealign.common.layout import Layout
 from safealign.errors import GateFailed, ServiceError
-from safealign.layout import Layout
 from safealign.promotion import promote, repair_registry, rollback_champion
 from safealign.tracking import PARENT_ENV
 
@@ -115,7 +115,7 @@ def killable(tmp_path_factory):
 def test_server_killed_at_each_step_fails_fast_and_the_next_promote_repairs(
     step, killable, tmp_path, monkeypatch, hooks
 ):
-    from safealign.hashing import tree_hash as folder_hash
+    from safealign.common.hashing import tree_hash as folder_hash
 
     killable.ensure_up()
     monkeypatch.setenv("MLFLOW_TRACKING_URI", killable.uri)
@@ -197,8 +197,8 @@ def server(tmp_path_factory):
 @pytest.mark.parametrize("n", [2, 4])
 @pytest.mark.parametrize("backend", ["sqlite", "server"])
 def test_concurrent_promotes_of_one_candidate_register_it_once(n, backend, tmp_path, monkeypatch, request):
+    from safealign.common.hashing import tree_hash as folder_hash
     from safealign.config import load_settings
-    from safealign.hashing import tree_hash as folder_hash
 
     monkeypatch.delenv(PARENT_ENV, raising=False)
     if backend == "server":

@@ -14,11 +14,11 @@ import torch
 import yaml
 
 from safealign.cli import main
+from safealign.common.hashing import tree_hash
+from safealign.common.layout import Layout
 from safealign.config import load_settings
 from safealign.data import refusal_set
 from safealign.data.schema import normalize_prompt
-from safealign.hashing import tree_hash
-from safealign.layout import Layout
 from safealign.refresh.label import choose_prompts, refresh_file
 from safealign.refresh.rounds import STATE_FILE, round_root
 from safealign.results import rounds_table

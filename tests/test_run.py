@@ -16,8 +16,8 @@ import mlflow
 import pytest
 import yaml
 
+from safealign.common.layout import Layout
 from safealign.config import load_settings
-from safealign.layout import Layout
 from safealign.run import is_refused_promotion
 
 sys.path.insert(0, str(Path(__file__).parent))

@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 from test_promotion import CACHE, _free_port, evaluation, make_settings, write_candidate
 
+from safealign.common.layout import Layout
 from safealign.errors import ConfigError
-from safealign.layout import Layout
 from safealign.promotion import promote
 from safealign.serving import BASE_ENV, CACHE_ENV
 

@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 
 from safealign.cli import main
+from safealign.common.layout import Layout
 from safealign.config import load_settings
 from safealign.data import schema
 from safealign.data.gx_suite import problems_from, read_split_files, run_checks, split_check
-from safealign.layout import Layout
 
 REPO = Path(__file__).resolve().parents[1]
 ASPECTS = ["politeness", "meaningfulness", "actionability", "safety"]

@@ -25,10 +25,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from safealign.atomic import rename_no_replace
+from safealign.common.atomic import rename_no_replace
+from safealign.common.jsonl import iter_jsonl
 from safealign.config import Settings
 from safealign.errors import ConfigError, DataError
-from safealign.jsonl import iter_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -281,7 +281,7 @@ def generate(
     summary["skipped"] = start
     generate_fn = load_generator(settings, model, allow_pickle) if start < len(rows) else None
     output.parent.mkdir(parents=True, exist_ok=True)
-    # 0666 less the umask (what `open` gives), like every other output: see safealign.atomic
+    # 0666 less the umask (what `open` gives), like every other output: see safealign.common.atomic
     fd = os.open(partial, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
     try:
         if generate_fn is not None:

@@ -180,13 +180,13 @@ def _stage_arguments(stage: stages.Stage) -> Callable[[argparse.ArgumentParser],
 
 
 def _cmd_config_dump(settings: None, args: argparse.Namespace) -> Any:
-    from safealign.params_file import render_params
+    from safealign.common.params_file import render_params
 
     text = render_params()
     if args.output is None:
         sys.stdout.write(text)
         return None
-    from safealign.atomic import write_text
+    from safealign.common.atomic import write_text
 
     write_text(args.output, text)
     return {"written": args.output}
@@ -522,7 +522,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     if args.command_spec.torch:
-        from safealign.openmp_wait import choose_wait_policy
+        from safealign.common.openmp_wait import choose_wait_policy
 
         log.info("OpenMP thread wait: %s", choose_wait_policy())
     code = _run(args)

@@ -22,10 +22,10 @@ from typing import Any
 
 import yaml
 
+from safealign.common.hashing import tree_hash
+from safealign.common.layout import Layout
+from safealign.common.nested import numeric_leaves
 from safealign.config import Settings, load_settings
-from safealign.hashing import tree_hash
-from safealign.layout import Layout
-from safealign.nested import numeric_leaves
 from safealign.stages import metrics_name
 from safealign.tracking import PARENT_ENV
 
@@ -33,7 +33,7 @@ METRICS_SUBDIR = "metrics"
 
 
 def data_hash(data_dir: str | Path) -> str:
-    """The run-time data version of a folder: ``sha256:`` + its :func:`safealign.hashing.tree_hash`."""
+    """The run-time data version of a folder: ``sha256:`` + its :func:`safealign.common.hashing.tree_hash`."""
     return "sha256:" + tree_hash(data_dir)
 
 

@@ -38,12 +38,12 @@ from pathlib import Path
 from typing import Any
 
 from safealign import registry
-from safealign.atomic import normalise_modes, write_json
+from safealign.common.atomic import normalise_modes, write_json
+from safealign.common.hashing import tree_hash
+from safealign.common.layout import Layout
 from safealign.config import Settings
 from safealign.errors import DataError, GateFailed, ServiceError
 from safealign.evaluation.gates import check_gates, summarise
-from safealign.hashing import tree_hash
-from safealign.layout import Layout
 from safealign.registry import CHALLENGER, CHAMPION, HASH_TAG
 from safealign.tracking import (
     bound_http_retries,

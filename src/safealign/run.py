@@ -34,10 +34,10 @@ from typing import Any
 import yaml
 
 from safealign import TELEMETRY_ENV, stages
+from safealign.common.layout import Layout
 from safealign.config import Settings
 from safealign.data.build import ensure_data
 from safealign.errors import EXIT_FILE_ENV, EXIT_GATE, EXIT_INTERNAL, ConfigError, DataError
-from safealign.layout import Layout
 from safealign.tracking import PARENT_ENV, data_version, end_parent_run, start_parent_run
 
 DVC_FILE = Path("data.dvc")
@@ -183,7 +183,7 @@ def repro(settings: Settings, env: dict[str, str], target: str | None) -> tuple[
 
 def render_results(layout: Layout, seconds: float) -> None:
     """artifacts/results.md from metrics/*.json; a rendering problem never fails the run."""
-    from safealign.atomic import write_text
+    from safealign.common.atomic import write_text
     from safealign.results import render
 
     try:

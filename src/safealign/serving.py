@@ -350,8 +350,8 @@ def chat_text(tokenizer: Any, messages: list[dict[str, str]]) -> str:
     ``format_prompt``, the path training and evaluation use, so its reply is the evaluated one. Every
     turn's special-token strings are broken first: the request's system message and earlier turns are as
     untrusted as its last user turn (serving and ``generate`` both come here)."""
+    from safealign.common.special_tokens import neutralise_messages
     from safealign.policy.loading import format_prompt
-    from safealign.special_tokens import neutralise_messages
 
     if not messages or messages[-1]["role"] != "user":
         raise ValueError("a chat request must end with a user message")

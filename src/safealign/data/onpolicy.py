@@ -24,10 +24,10 @@ from typing import Any
 
 import numpy as np
 
+from safealign.common.jsonl import iter_jsonl
 from safealign.data import refusal_set
 from safealign.data.schema import normalize_prompt
 from safealign.errors import DataError
-from safealign.jsonl import iter_jsonl
 
 TEXTS = Path(__file__).with_name("texts")
 EXTRA_FILE = TEXTS / "onpolicy_extra.jsonl"

@@ -28,14 +28,14 @@ from pathlib import Path
 from typing import Any
 
 from safealign import tracking
-from safealign.atomic import atomic_dir, write_json, write_text
+from safealign.common.atomic import atomic_dir, write_json, write_text
+from safealign.common.layout import SPLITS, Layout
+from safealign.common.nested import numeric_leaves
 from safealign.config import Settings
 from safealign.data import gx_suite, schema
 from safealign.data.benign import benign_split_of
 from safealign.data.readers import DataValidationError, Problem, Table, read_all
 from safealign.errors import DataError
-from safealign.layout import SPLITS, Layout
-from safealign.nested import numeric_leaves
 
 log = logging.getLogger(__name__)
 

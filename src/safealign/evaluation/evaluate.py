@@ -29,7 +29,10 @@ from typing import Any
 
 import numpy as np
 
-from safealign.atomic import atomic_dir, write_json
+from safealign.common.atomic import atomic_dir, write_json
+from safealign.common.hashing import tree_hash
+from safealign.common.jsonl import read_prompt_rows
+from safealign.common.layout import Layout
 from safealign.config import Settings
 from safealign.errors import DataError
 from safealign.evaluation.refusal import judge
@@ -41,9 +44,6 @@ from safealign.evaluation.stats import (
     most_common_reply,
     paired_comparison,
 )
-from safealign.hashing import tree_hash
-from safealign.jsonl import read_prompt_rows
-from safealign.layout import Layout
 
 log = logging.getLogger(__name__)
 

@@ -34,12 +34,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from safealign.common.jsonl import read_prompts
+from safealign.common.layout import Layout
 from safealign.config import Settings
 from safealign.errors import ConfigError, DataError
 from safealign.evaluation.evaluate import SETS
 from safealign.evaluation.refusal import refusal_rates
-from safealign.jsonl import read_prompts
-from safealign.layout import Layout
 from safealign.policy.reply_cache import ReplyCache
 from safealign.policy.reward_adapter import Scorer
 

@@ -21,12 +21,12 @@ import random
 from pathlib import Path
 from typing import Any
 
-from safealign.atomic import atomic_file
+from safealign.common.atomic import atomic_file
+from safealign.common.jsonl import iter_jsonl, read_prompt_rows
+from safealign.common.layout import Layout
 from safealign.config import Settings
 from safealign.data.schema import label_source_column, normalize_prompt, score_column
 from safealign.errors import DataError
-from safealign.jsonl import iter_jsonl, read_prompt_rows
-from safealign.layout import Layout
 
 REFRESH_SUBDIR = "refresh"
 KINDS = ("adversarial", "benign")

@@ -33,11 +33,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from safealign.atomic import atomic_dir, write_json
+from safealign.common.atomic import atomic_dir, write_json
+from safealign.common.hashing import file_hash, tree_hash
+from safealign.common.layout import Layout
 from safealign.config import Settings
 from safealign.errors import GateFailed
-from safealign.hashing import file_hash, tree_hash
-from safealign.layout import Layout
 from safealign.refresh.label import refresh_round_data
 
 log = logging.getLogger(__name__)

@@ -134,8 +134,8 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
     import json
 
+    from safealign.common.layout import Layout
     from safealign.config import load_settings
-    from safealign.layout import Layout
     from safealign.reward.model import RewardModel
 
     parser = argparse.ArgumentParser(description=main.__doc__)

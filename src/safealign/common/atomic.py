@@ -57,7 +57,7 @@ def atomic_dir(target: str | Path, keep_identical: bool = False) -> Iterator[Pat
     ``keep_identical``: when the new folder has the same files and bytes as ``target`` (a finished stage
     run again on the same inputs), ``target`` is left as it is, not even renamed, and the copy is dropped.
     """
-    from safealign.hashing import tree_hash
+    from safealign.common.hashing import tree_hash
 
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
