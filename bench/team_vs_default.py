@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from safealign.config import apply_overrides  # noqa: E402
-from safealign.stack import Ports, Stack  # noqa: E402
+from safealign.team.stack import Ports, Stack  # noqa: E402
 
 TINY = [
     "reward.encoder=tiny:all-minilm-l6-v2", "policy.model=tiny:smollm2-135m-instruct", "reward.epochs=1",

@@ -26,7 +26,7 @@ def data_version_op(
     from safealign.kfp_stage import StageWorkspace, data_hash
 
     if dvc_remote_url:
-        from safealign.dvc_remote import Remote, dvc_md5, pull_version
+        from safealign.team.dvc_remote import Remote, dvc_md5, pull_version
 
         md5 = data_version or dvc_md5(Path("data.dvc").read_text(encoding="utf-8"), "the image's data.dvc")
         pull_version(md5, Path(tempfile.mkdtemp()) / "data", Remote(dvc_remote_url, dvc_endpoint_url))

@@ -33,7 +33,7 @@ def validate_op(
 
     ws = StageWorkspace("validate", params, overrides, tracking_uri, data_dir=data_dir or None)
     if dvc_remote_url:
-        from safealign.dvc_remote import Remote, pull_version
+        from safealign.team.dvc_remote import Remote, pull_version
 
         pull_version(data_version, ws.layout.data_dir, Remote(dvc_remote_url, dvc_endpoint_url))
     else:

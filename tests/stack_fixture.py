@@ -24,7 +24,7 @@ def stack_available() -> str | None:
 
 @pytest.fixture(scope="session")
 def team_stack(tmp_path_factory) -> Iterator:
-    from safealign.stack import Ports, Stack
+    from safealign.team.stack import Ports, Stack
 
     reason = stack_available()
     if reason:

@@ -66,7 +66,7 @@ def _tracking(work: Path) -> tuple[str, dict[str, str], list[str]]:
     """(tracking URI, container environment, overrides): the team stack when it is up, else SQLite in
     the mounted pipeline root."""
     try:
-        from safealign.stack import Stack
+        from safealign.team.stack import Stack
     except ImportError:
         Stack = None  # noqa: N806 - the team stack is optional
     if Stack is not None:

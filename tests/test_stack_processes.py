@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from safealign.stack import _pid_alive, port_open
+from safealign.team.stack import _pid_alive, port_open
 
 ROOT = Path(__file__).resolve().parents[1]
 

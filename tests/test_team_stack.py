@@ -66,7 +66,7 @@ def stage(name: str, repo: Path, check: bool = True) -> subprocess.CompletedProc
 def project(tmp_path_factory, team_stack) -> Path:
     """A git + DVC project with tiny data, its data pushed to the stack's DVC remote."""
     from safealign.data.build import build_data
-    from safealign.dvc_remote import Remote, configure, push
+    from safealign.team.dvc_remote import Remote, configure, push
 
     repo = tmp_path_factory.mktemp("team") / "project"
     repo.mkdir()
@@ -181,7 +181,7 @@ def test_validate_to_promote_on_the_stack(project, team_stack, stack_env):
     clone = project.parent / "clone"
     _sh(["git", "clone", "-q", str(project), str(clone)], project.parent)
     assert not (clone / "data").exists()
-    from safealign.dvc_remote import Remote, configure, pull
+    from safealign.team.dvc_remote import Remote, configure, pull
 
     remote = Remote.from_env()
     configure(clone, remote)
@@ -210,7 +210,7 @@ def test_postgres_restart_between_stages_and_mlflow_killed_mid_pipeline(project,
 
 @pytest.fixture
 def small_repo(tmp_path, stack_env, team_stack) -> Path:
-    from safealign.dvc_remote import Remote, configure
+    from safealign.team.dvc_remote import Remote, configure
 
     repo = tmp_path / "small"
     repo.mkdir()
@@ -224,8 +224,8 @@ def small_repo(tmp_path, stack_env, team_stack) -> Path:
 
 
 def test_object_store_down_during_push_then_retry(small_repo, team_stack):
-    from safealign.dvc_remote import Remote, push
     from safealign.errors import ServiceError
+    from safealign.team.dvc_remote import Remote, push
 
     remote = Remote.from_env()
     team_stack.stop_s3()
@@ -248,7 +248,7 @@ def test_object_store_down_during_push_then_retry(small_repo, team_stack):
 def test_wrong_s3_credentials_name_the_remote_and_hide_the_secret(small_repo, team_stack, monkeypatch):
     wrong = "wrong-secret-Zq81xYv0Lm"
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", wrong)
-    proc = _sh([sys.executable, "-m", "safealign.dvc_remote", "push"], small_repo, check=False)
+    proc = _sh([sys.executable, "-m", "safealign.team.dvc_remote", "push"], small_repo, check=False)
     assert proc.returncode == 1
     assert "DVC remote 'team' (s3://dvc at " in proc.stderr and "refused the credentials" in proc.stderr
     real = team_stack.credentials().s3_secret_key
@@ -303,7 +303,7 @@ def test_data_version_step_pulls_from_the_remote_and_keys_the_cache(project, tea
     with (project / "data" / "labelled.jsonl").open("a", encoding="utf-8") as handle:
         handle.write('{"id": "broken"}\n')
     _dvc("add", "-q", "data", cwd=project)
-    from safealign.dvc_remote import Remote, push
+    from safealign.team.dvc_remote import Remote, push
 
     push(project, Remote.from_env())
     v2 = _md5(project)

@@ -23,9 +23,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from safealign import __version__, stack_cli, stages
+from safealign import __version__, stages
 from safealign.config import Settings, load_settings
 from safealign.errors import EXIT_BAD_INPUT, EXIT_FILE_ENV, EXIT_GATE, EXIT_INTERNAL, SafealignError
+from safealign.team import stack_cli
 
 log = logging.getLogger("safealign")
 

@@ -148,7 +148,7 @@ def cluster_dvc_remote(settings: Settings) -> tuple[str, str]:
     Without a remote the steps would look for ``paths.data_dir`` inside the image, which is a folder of the
     machine that submitted the run, not of the cluster.
     """
-    from safealign.dvc_remote import ENDPOINT_ENV, URL_ENV
+    from safealign.team.dvc_remote import ENDPOINT_ENV, URL_ENV
 
     url = settings.pipeline.dvc_remote_url or os.environ.get(URL_ENV, "")
     endpoint = settings.pipeline.dvc_endpoint_url or os.environ.get(ENDPOINT_ENV, "")
@@ -170,7 +170,7 @@ def cluster_dvc_remote(settings: Settings) -> tuple[str, str]:
 def resolve_data_version(data_version: str | None, data_rev: str | None) -> str:
     """The DVC md5 of data/ to train on: given (even empty), else data.dvc at git revision ``data_rev``, else
     data.dvc."""
-    from safealign.dvc_remote import data_dvc_at, dvc_md5
+    from safealign.team.dvc_remote import data_dvc_at, dvc_md5
     from safealign.tracking import data_version as dvc_version
 
     if data_version or (data_version == "" and not data_rev):

@@ -233,7 +233,8 @@ def run_pipeline(
 ) -> int:
     """The whole pipeline from the current directory (the project root); returns the exit code.
 
-    ``team``: the shared MLflow server and DVC remote of the exports (safealign.team): pull first, push after.
+    ``team``: the shared MLflow server and DVC remote of the exports (safealign.team.profile): pull first,
+    push after.
     """
     start = time.time()
     target = None
@@ -246,7 +247,7 @@ def run_pipeline(
     layout = Layout.from_settings(settings)
     remote = None
     if team:
-        from safealign import team as team_profile
+        from safealign.team import profile as team_profile
 
         remote = team_profile.prepare(say)
     restore_and_check_data(settings, env)
@@ -266,7 +267,7 @@ def run_pipeline(
     refused = is_refused_promotion(layout, code, failed)
     code = 0 if refused else code
     if remote is not None and code == 0:
-        from safealign import team as team_profile
+        from safealign.team import profile as team_profile
 
         team_profile.publish(remote, say)
     print_summary(layout, code, seconds, refused)

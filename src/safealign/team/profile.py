@@ -12,8 +12,8 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 
-from safealign.dvc_remote import URL_ENV, Remote, configure, pull, push
 from safealign.errors import ConfigError
+from safealign.team.dvc_remote import URL_ENV, Remote, configure, pull, push
 
 HOW = 'eval "$(safealign stack status --exports)"   (docs/team.md)'
 

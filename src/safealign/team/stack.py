@@ -267,7 +267,7 @@ class Stack:
     def env(self) -> dict[str, str]:
         """What a client (a stage, DVC, a second clone) needs: the tracking URI, the S3 endpoint and keys.
 
-        SAFEALIGN_DVC_REMOTE_URL / SAFEALIGN_DVC_ENDPOINT_URL tell ``safealign.dvc_remote`` where the DVC
+        SAFEALIGN_DVC_REMOTE_URL / SAFEALIGN_DVC_ENDPOINT_URL tell ``safealign.team.dvc_remote`` where the DVC
         remote is; DVC and boto read the keys from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, so no secret
         is ever written into .dvc/config.
         """

@@ -176,7 +176,7 @@ def pull_version(md5: str, dest: str | Path, remote: Remote) -> Path:
 
 
 def _main(argv: list[str] | None = None) -> int:
-    """``python -m safealign.dvc_remote configure|push|pull [TARGET ...]`` in the current repository.
+    """``python -m safealign.team.dvc_remote configure|push|pull [TARGET ...]`` in the current repository.
 
     The remote comes from the environment (SAFEALIGN_DVC_REMOTE_URL, SAFEALIGN_DVC_ENDPOINT_URL). Exit 1
     when the object store is down or refuses the keys, 2 when no remote is configured.
@@ -185,7 +185,7 @@ def _main(argv: list[str] | None = None) -> int:
 
     from safealign.errors import SafealignError
 
-    parser = argparse.ArgumentParser(prog="python -m safealign.dvc_remote")
+    parser = argparse.ArgumentParser(prog="python -m safealign.team.dvc_remote")
     parser.add_argument("action", choices=["configure", "push", "pull"])
     parser.add_argument("targets", nargs="*")
     parser.add_argument("--allow-missing", action="store_true",

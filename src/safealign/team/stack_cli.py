@@ -1,4 +1,4 @@
-"""``safealign stack up | down | status``: the command-line face of :mod:`safealign.stack`.
+"""``safealign stack up | down | status``: the command-line face of :mod:`safealign.team.stack`.
 
 Kept apart from cli.py so the stage commands never import the service code. Ports come from flags, else
 from the state folder (remembered on the first ``up``), else the defaults in ``stack.Ports``. The state
@@ -32,7 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def stack_from_args(args: argparse.Namespace) -> Any:
-    from safealign.stack import DEFAULT_STATE_DIR, Ports, Stack
+    from safealign.team.stack import DEFAULT_STATE_DIR, Ports, Stack
 
     state_dir = args.state_dir or os.environ.get(STATE_ENV) or DEFAULT_STATE_DIR
     given = {
