@@ -18,8 +18,8 @@ def generate_op(
 ) -> int:
     """Reply to every row of ``input_path`` (JSONL on a volume the step mounts) with ``model_uri``; the
     replies are the step's output artifact. Returns the number of rows."""
-    from safealign.batch import generate
     from safealign.kfp_stage import StageWorkspace
+    from safealign.registry.batch import generate
 
     ws = StageWorkspace("generate", params, overrides, tracking_uri, cache_dir=cache_dir)
     result = generate(ws.settings, model_uri, input_path, replies.path)

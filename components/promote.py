@@ -28,7 +28,7 @@ def promote_op(
 
     from safealign.errors import GateFailed
     from safealign.kfp_stage import StageWorkspace, pipeline_key
-    from safealign.promotion import promote
+    from safealign.registry.promotion import promote
 
     ws = StageWorkspace("promote", params, overrides, tracking_uri, data_dir=dataset.path + "/data")
     ws.link(dataset.path + "/splits", ws.layout.splits_dir)

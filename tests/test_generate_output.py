@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from safealign import batch
 from safealign.cli import main
 from safealign.config import load_settings
 from safealign.errors import DataError
+from safealign.registry import batch
 
 ROWS = [{"id": i, "prompt": f"question {i}"} for i in range(5)]
 

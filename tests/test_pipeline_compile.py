@@ -253,7 +253,7 @@ def test_generate_runs_only_after_a_passed_promotion_and_when_asked():
     assert "promote-op" in joined and "promoted" in joined  # the promotion's verdict
     assert "generate_input" in joined and "!= ''" in joined  # only when an input file is given
     executor = spec["deploymentSpec"]["executors"]["exec-generate-op"]["container"]
-    assert "safealign.batch import generate" in " ".join(executor["command"])
+    assert "safealign.registry.batch import generate" in " ".join(executor["command"])
 
 
 @pytest.mark.parametrize("package", [COMMITTED, COMMITTED_GPU], ids=lambda p: p.name)

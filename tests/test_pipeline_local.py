@@ -188,7 +188,7 @@ def test_failing_gate_skips_grpo_and_promote_and_cache_follows_data(tmp_path, da
 
 def test_full_pipeline_on_tiny_models(tmp_path, data_dir):
     pytest.importorskip("safealign.evaluation.evaluate", reason="evaluate stage not written yet")
-    pytest.importorskip("safealign.promotion", reason="promote stage not written yet")
+    pytest.importorskip("safealign.registry.promotion", reason="promote stage not written yet")
     import mlflow
 
     result = _run(tmp_path, data_dir, [*RELAXED_FOR_TINY_MODEL_ONLY, *SMALL], data_version="test-v1")

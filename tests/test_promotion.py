@@ -25,7 +25,7 @@ from safealign.common.hashing import tree_hash
 from safealign.common.layout import Layout
 from safealign.config import load_settings
 from safealign.errors import GateFailed, ServiceError
-from safealign.promotion import CHALLENGER, CHAMPION, HASH_TAG, promote
+from safealign.registry.promotion import CHALLENGER, CHAMPION, HASH_TAG, promote
 from safealign.tracking import PARENT_ENV, child_runs, end_parent_run, stage_run, start_parent_run
 
 CACHE = Path(tempfile.mkdtemp(prefix="safealign-test-cache-"))
@@ -398,7 +398,7 @@ def test_cli_exits_3_when_refused_and_0_on_dry_run(tmp_path, monkeypatch, capsys
 
 
 def _gate(settings, doc, name):
-    from safealign.promotion import check_gates, summarise
+    from safealign.registry.promotion import check_gates, summarise
 
     return next(g for g in check_gates(settings, summarise(doc, settings), "fp", None) if g["gate"] == name)
 

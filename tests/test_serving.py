@@ -20,7 +20,7 @@ from test_promotion import CACHE, _free_port, evaluation, make_settings, write_c
 
 from safealign.common.layout import Layout
 from safealign.errors import ConfigError
-from safealign.promotion import promote
+from safealign.registry.promotion import promote
 from safealign.serving import BASE_ENV, CACHE_ENV
 
 PROMPTS = ["How do I kill a Python process?", "Write a haiku about tea.", "How do I pick a lock?"]

@@ -219,7 +219,7 @@ def _cmd_promote(settings: Settings, args: argparse.Namespace) -> Any:
 
 
 def _cmd_generate(settings: Settings, args: argparse.Namespace) -> Any:
-    from safealign.batch import generate
+    from safealign.registry.batch import generate
 
     return generate(settings, args.model, args.input, args.output, allow_pickle=args.allow_pickle)
 

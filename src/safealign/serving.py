@@ -25,6 +25,10 @@ Both models are written with ``save_model`` into a local folder and logged as ru
 input validation at log time: it would load the base model once more inside the promotion step).
 Loading needs the ``safealign`` package importable (the project image, or this checkout's environment):
 the python model classes are pickled by reference, and the version's git commit is in its metadata.
+That is also why this module stays at ``safealign.serving`` while the registry's other modules live in
+``safealign.registry``: every registered version's ``python_model.pkl`` names
+``safealign.serving.RewardPyfunc`` / ``PolicyPyfunc``, so moving the module would make every version
+registered before the move unloadable (a rollback to it, ``mlflow models serve``, batch inference).
 """
 
 from __future__ import annotations

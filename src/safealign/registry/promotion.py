@@ -3,7 +3,7 @@
 Both are registered as MLflow pyfunc models (:mod:`safealign.serving`: signature, input example, metadata,
 the evaluation report inside the policy's version), so ``mlflow.pyfunc.load_model`` and ``mlflow models
 serve`` accept every version. The registry mechanics (lock, pending/complete versions, repair, rollback)
-live in :mod:`safealign.registry`; this module decides (gates) and orchestrates.
+live in :mod:`safealign.registry.versions`; this module decides (gates) and orchestrates.
 
 Gates (all must pass before ``champion`` moves; ``challenger`` is set on every new candidate):
 
@@ -37,14 +37,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from safealign import registry
 from safealign.common.atomic import normalise_modes, write_json
 from safealign.common.hashing import tree_hash
 from safealign.common.layout import Layout
 from safealign.config import Settings
 from safealign.errors import DataError, GateFailed, ServiceError
 from safealign.evaluation.gates import check_gates, summarise
-from safealign.registry import CHALLENGER, CHAMPION, HASH_TAG
+from safealign.registry import versions
+from safealign.registry.versions import CHALLENGER, CHAMPION, HASH_TAG
 from safealign.tracking import (
     bound_http_retries,
     check_reachable,
@@ -66,7 +66,7 @@ METRICS_TAG = "safealign.eval_metrics"
 
 
 def _champion_info(client: Any, name: str, adapter_hash: str) -> dict[str, Any] | None:
-    version = registry.version_by_alias(client, name, CHAMPION)
+    version = versions.version_by_alias(client, name, CHAMPION)
     if version is None:
         return None
     tags = version.tags or {}
@@ -87,8 +87,8 @@ def _champion_info(client: Any, name: str, adapter_hash: str) -> dict[str, Any] 
 def _rolled_back_gate(client: Any, name: str, adapter_hash: str) -> list[dict[str, Any]]:
     """A version taken back out of production by ``--rollback`` does not return on its own: re-promoting
     it needs its rollback tag removed (a human decision), not a rerun of the pipeline."""
-    existing = registry.version_by_hash(client, name, adapter_hash)
-    stamp = (existing.tags or {}).get(registry.ROLLBACK_TAG) if existing is not None else None
+    existing = versions.version_by_hash(client, name, adapter_hash)
+    stamp = (existing.tags or {}).get(versions.ROLLBACK_TAG) if existing is not None else None
     if not stamp:
         return []
     return [
@@ -96,7 +96,7 @@ def _rolled_back_gate(client: Any, name: str, adapter_hash: str) -> list[dict[st
             "gate": "not_rolled_back",
             "passed": False,
             "reason": f"v{existing.version} was rolled back ({stamp}); delete its tag "
-            f"{registry.ROLLBACK_TAG} to allow it again",
+            f"{versions.ROLLBACK_TAG} to allow it again",
         }
     ]
 
@@ -141,16 +141,16 @@ def promote(settings: Settings, dry_run: bool = False) -> dict[str, Any]:
         return _dry_run(settings, client, cand, fingerprint, adapter_hash, reward_hash)
 
     result: dict[str, Any] = {}
-    owner = registry.Owner()
+    owner = versions.Owner()
     with _registry_errors(settings), stage_run(settings, "promote", owner.tags()) as run:
         owner.run_id = run.info.run_id
-        registry.step("run_started")
-        lock = registry.RegistryLock(client, p.policy_model_name, owner, p.lock_timeout_s, p.lock_lease_s)
+        versions.step("run_started")
+        lock = versions.RegistryLock(client, p.policy_model_name, owner, p.lock_timeout_s, p.lock_lease_s)
         lock.acquire()
         created: list[tuple[str, str]] = []
         try:
-            registry.step("locked")
-            repaired = registry.repair(
+            versions.step("locked")
+            repaired = versions.repair(
                 client,
                 p.policy_model_name,
                 p.reward_model_name,
@@ -158,7 +158,7 @@ def promote(settings: Settings, dry_run: bool = False) -> dict[str, Any]:
                 run.info.experiment_id,
                 p.lock_lease_s,
             )
-            registry.step("repaired")
+            versions.step("repaired")
             # the champion is read under the lock, so a concurrent promote's move is seen
             champion = _champion_info(client, p.policy_model_name, adapter_hash)
             gates = check_gates(settings, cand, fingerprint, champion) + _rolled_back_gate(
@@ -180,17 +180,17 @@ def promote(settings: Settings, dry_run: bool = False) -> dict[str, Any]:
                 settings, client, run, owner, layout, evaluation, cand, fingerprint, result, created
             )
             for alias in (CHALLENGER, CHAMPION) if passed else (CHALLENGER,):
-                registry.set_aliases(
+                versions.set_aliases(
                     client, p.policy_model_name, p.reward_model_name, alias, policy_v, reward_v
                 )
-                registry.step(f"{alias}_set")
+                versions.step(f"{alias}_set")
             result["champion"] = policy_v if passed else (champion["version"] if champion else None)
             result["run_id"] = run.info.run_id
             log_flat_metrics({"gates": {g["gate"]: g["passed"] for g in gates}, "passed": passed})
             mlflow_tags = {"safealign.verdict": result["verdict"], "safealign.policy_version": policy_v}
             _log_result(mlflow_tags, result)
             write_json(layout.metrics_file("promotion"), result)
-            registry.step("written")
+            versions.step("written")
             _check_agreement(client, settings, layout)
         except BaseException:
             _delete_created(client, created)
@@ -211,7 +211,7 @@ def _register_pair(
     settings: Settings,
     client: Any,
     run: Any,
-    owner: registry.Owner,
+    owner: versions.Owner,
     layout: Layout,
     evaluation: dict[str, Any],
     cand: dict[str, Any],
@@ -230,15 +230,15 @@ def _register_pair(
     reward_v, reward_new = _register_reward(
         settings, client, run, owner, layout, base_tags, meta, result, created
     )
-    registry.step("reward_registered")
+    versions.step("reward_registered")
     policy_v, policy_new = _register_policy(
         settings, client, run, owner, layout, base_tags, meta, cand, fingerprint, result, reward_v, created
     )
-    registry.step("policy_registered")
-    registry.complete(client, p.policy_model_name, policy_v)  # the commit point
-    registry.step("policy_committed")
-    registry.complete(client, p.reward_model_name, reward_v)
-    registry.step("committed")
+    versions.step("policy_registered")
+    versions.complete(client, p.policy_model_name, policy_v)  # the commit point
+    versions.step("policy_committed")
+    versions.complete(client, p.reward_model_name, reward_v)
+    versions.step("committed")
     created.clear()  # complete now: a later failure must not delete them
     result.update(
         {
@@ -266,7 +266,7 @@ def _register_reward(
     settings: Settings,
     client: Any,
     run: Any,
-    owner: registry.Owner,
+    owner: versions.Owner,
     layout: Layout,
     base_tags: dict[str, str],
     meta: dict[str, str],
@@ -301,7 +301,7 @@ def _register_policy(
     settings: Settings,
     client: Any,
     run: Any,
-    owner: registry.Owner,
+    owner: versions.Owner,
     layout: Layout,
     base_tags: dict[str, str],
     meta: dict[str, str],
@@ -320,7 +320,7 @@ def _register_policy(
         **base_tags,
         FINGERPRINT_TAG: fingerprint,
         METRICS_TAG: json.dumps(metrics_tag, sort_keys=True),
-        registry.REWARD_VERSION_TAG: reward_v,
+        versions.REWARD_VERSION_TAG: reward_v,
         "safealign.reward_model_hash": reward_hash,
         "safealign.verdict": result["verdict"],
     }
@@ -360,7 +360,7 @@ def _register_policy(
 def _find_or_create(
     client: Any,
     run: Any,
-    owner: registry.Owner,
+    owner: versions.Owner,
     name: str,
     artifact_path: str,
     content_hash: str,
@@ -374,22 +374,22 @@ def _find_or_create(
 
     import mlflow
 
-    existing = registry.version_by_hash(client, name, content_hash, owner)
+    existing = versions.version_by_hash(client, name, content_hash, owner)
     if existing is not None:
         for key, value in tags.items():
             client.set_model_version_tag(name, existing.version, key, value)
         return str(existing.version), False
-    registry.ensure_registered_model(client, name, description.split(":")[0])
+    versions.ensure_registered_model(client, name, description.split(":")[0])
     with tempfile.TemporaryDirectory() as tmp:
         target = Path(tmp) / artifact_path
         save(target)
         mlflow.log_artifacts(str(target), artifact_path)
-    registry.step(f"{artifact_path}_logged")
+    versions.step(f"{artifact_path}_logged")
     source = f"{run.info.artifact_uri.rstrip('/')}/{artifact_path}"
-    version = registry.create_pending_version(
+    version = versions.create_pending_version(
         client, name, source, run.info.run_id, content_hash, tags, description, owner
     )
-    if (version.tags or {}).get(registry.OWNER_TAG) == owner.id:
+    if (version.tags or {}).get(versions.OWNER_TAG) == owner.id:
         created.append((name, str(version.version)))
         return str(version.version), True
     return str(version.version), False
@@ -419,7 +419,7 @@ def _check_agreement(client: Any, settings: Settings, layout: Layout) -> dict[st
     p = settings.promote
     path = layout.metrics_file("promotion")
     doc = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
-    aliases = registry.alias_state(client, p.policy_model_name, p.reward_model_name)
+    aliases = versions.alias_state(client, p.policy_model_name, p.reward_model_name)
     wanted = {"policy@champion": doc.get("champion")}
     if doc.get("policy_version"):
         wanted["policy@challenger"] = doc["policy_version"]
@@ -453,7 +453,7 @@ def _registry_errors(settings: Settings) -> Iterator[None]:
         ) from exc
 
 
-def _release(lock: registry.RegistryLock) -> None:
+def _release(lock: versions.RegistryLock) -> None:
     try:
         lock.release()
     except Exception as exc:  # noqa: BLE001 - the original error matters; repair breaks a dead lock
@@ -480,7 +480,7 @@ def _dry_run(
 ) -> dict[str, Any]:
     p = settings.promote
     champion = _champion_info(client, p.policy_model_name, adapter_hash) if client else None
-    existing = registry.version_by_hash(client, p.policy_model_name, adapter_hash) if client else None
+    existing = versions.version_by_hash(client, p.policy_model_name, adapter_hash) if client else None
     gates = check_gates(settings, cand, fingerprint, champion)
     passed = all(g["passed"] for g in gates)
     return {
@@ -505,11 +505,11 @@ def repair_registry(settings: Settings) -> dict[str, Any]:
     p = settings.promote
     client = _client(settings, dry_run=False)
     with _registry_errors(settings):
-        owner = registry.Owner()
-        lock = registry.RegistryLock(client, p.policy_model_name, owner, p.lock_timeout_s, p.lock_lease_s)
+        owner = versions.Owner()
+        lock = versions.RegistryLock(client, p.policy_model_name, owner, p.lock_timeout_s, p.lock_lease_s)
         lock.acquire()
         try:
-            report = registry.repair(
+            report = versions.repair(
                 client,
                 p.policy_model_name,
                 p.reward_model_name,
@@ -525,7 +525,7 @@ def repair_registry(settings: Settings) -> dict[str, Any]:
                 report["aliases"] = _check_agreement(client, settings, layout)
                 report["promotion_json_agrees"] = True
             except ServiceError as exc:
-                report["aliases"] = registry.alias_state(client, p.policy_model_name, p.reward_model_name)
+                report["aliases"] = versions.alias_state(client, p.policy_model_name, p.reward_model_name)
                 report["promotion_json_agrees"] = False
                 report["disagreement"] = str(exc)
         finally:
@@ -545,11 +545,11 @@ def rollback_champion(settings: Settings, reason: str) -> dict[str, Any]:
     client = _client(settings, dry_run=False)
     layout = Layout.from_settings(settings)
     with _registry_errors(settings):
-        owner = registry.Owner()
-        lock = registry.RegistryLock(client, p.policy_model_name, owner, p.lock_timeout_s, p.lock_lease_s)
+        owner = versions.Owner()
+        lock = versions.RegistryLock(client, p.policy_model_name, owner, p.lock_timeout_s, p.lock_lease_s)
         lock.acquire()
         try:
-            registry.repair(
+            versions.repair(
                 client,
                 p.policy_model_name,
                 p.reward_model_name,
@@ -557,7 +557,7 @@ def rollback_champion(settings: Settings, reason: str) -> dict[str, Any]:
                 _experiment_id(settings),
                 p.lock_lease_s,
             )
-            done = registry.rollback(client, p.policy_model_name, p.reward_model_name, reason)
+            done = versions.rollback(client, p.policy_model_name, p.reward_model_name, reason)
             path = layout.metrics_file("promotion")
             doc = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
             doc.update({"champion": done["champion"], "rollback": done})
