@@ -90,7 +90,7 @@ def work(docker_image, tmp_path_factory) -> Path:
 def _run(work: Path, overrides: list[str], data_version: str = ""):
     from kfp import local
 
-    from safealign.kfp_client import load_pipeline
+    from safealign.kfp.client import load_pipeline
 
     uri, env, tracking_overrides = _tracking(work)
     local.init(
@@ -99,7 +99,7 @@ def _run(work: Path, overrides: list[str], data_version: str = ""):
         enable_caching=False,
         raise_on_error=True,
     )
-    pipeline = load_pipeline(ROOT / "pipelines" / "align.py")
+    pipeline = load_pipeline()
     started = time.monotonic()
     result = pipeline(
         data_version=data_version,

@@ -10,7 +10,7 @@ from safealign.common.hashing import tree_hash
 from safealign.common.jsonl import read_prompt_rows, read_prompts
 from safealign.common.nested import flatten, numeric_leaves
 from safealign.errors import DataError
-from safealign.kfp_stage import data_hash
+from safealign.kfp.stage import data_hash
 
 
 def test_tree_hash_is_pinned_because_registry_versions_are_keyed_on_it(tmp_path):

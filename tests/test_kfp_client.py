@@ -24,8 +24,8 @@ import yaml
 from safealign.cli import main
 from safealign.config import load_settings
 from safealign.errors import ConfigError, ServiceError
-from safealign.kfp_client import normalize_cron, schedule_run, submit_run
-from safealign.kfp_deploy import read_package, root_parameters
+from safealign.kfp.client import normalize_cron, schedule_run, submit_run
+from safealign.kfp.deploy import read_package, root_parameters
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "pipelines" / "align.yaml"

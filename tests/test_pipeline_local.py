@@ -85,7 +85,7 @@ def _run(
 ):
     from kfp import local
 
-    from safealign.kfp_client import load_pipeline
+    from safealign.kfp.client import load_pipeline
 
     local.init(
         runner=local.SubprocessRunner(use_venv=False),
@@ -94,7 +94,7 @@ def _run(
         cache_root=str(tmp / "kfp-cache"),
         raise_on_error=raise_on_error,
     )
-    pipeline = load_pipeline(ROOT / "pipelines" / "align.py")
+    pipeline = load_pipeline()
     return pipeline(
         data_version=data_version,
         data_dir=str(data_dir),

@@ -21,7 +21,7 @@ import pytest
 import yaml
 
 from safealign.config import load_settings
-from safealign.kfp_stage import data_hash
+from safealign.kfp.stage import data_hash
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.stack
@@ -261,11 +261,11 @@ def test_wrong_s3_credentials_name_the_remote_and_hide_the_secret(small_repo, te
 def _kfp_run(tmp: Path, stack, data_version: str, overrides: list[str], raise_on_error: bool = True):
     from kfp import local
 
-    from safealign.kfp_client import load_pipeline
+    from safealign.kfp.client import load_pipeline
 
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp / "root"),
                enable_caching=True, cache_root=str(tmp / "kfp-cache"), raise_on_error=raise_on_error)
-    return load_pipeline(ROOT / "pipelines" / "align.py")(
+    return load_pipeline()(
         data_version=data_version, data_dir="", overrides=[*TINY, *overrides],
         tracking_uri=stack.tracking_uri, dvc_remote_url=stack.dvc_remote_url,
         dvc_endpoint_url=stack.s3_endpoint, cache_dir=str(tmp / "model-cache"),

@@ -225,7 +225,7 @@ def _cmd_generate(settings: Settings, args: argparse.Namespace) -> Any:
 
 
 def _cmd_pipeline_compile(settings: Settings, args: argparse.Namespace) -> Any:
-    from safealign.kfp_client import compile_pipeline
+    from safealign.kfp.client import compile_pipeline
 
     out = compile_pipeline(args.output, settings, image=args.image, cuda_image=args.cuda_image)
     return {"compiled": str(out)}
@@ -233,7 +233,7 @@ def _cmd_pipeline_compile(settings: Settings, args: argparse.Namespace) -> Any:
 
 def _deploy_options(args: argparse.Namespace) -> dict[str, Any]:
     """Where a run goes and as whom: the options submit and schedule share."""
-    from safealign.kfp_client import read_token
+    from safealign.kfp.client import read_token
 
     return {
         "host": args.host, "package": args.package, "data_version": args.data_version, "image": args.image,
@@ -243,13 +243,13 @@ def _deploy_options(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _cmd_pipeline_submit(settings: Settings, args: argparse.Namespace) -> Any:
-    from safealign.kfp_client import submit_run
+    from safealign.kfp.client import submit_run
 
     return submit_run(settings, **_deploy_options(args))
 
 
 def _cmd_pipeline_schedule(settings: Settings, args: argparse.Namespace) -> Any:
-    from safealign.kfp_client import schedule_run
+    from safealign.kfp.client import schedule_run
 
     return schedule_run(settings, cron=args.cron, **_deploy_options(args))
 
@@ -391,7 +391,7 @@ COMMANDS: tuple[Command, ...] = (
             "batch inference: reply to every prompt of a JSONL file (resumable)",
             GENERATE_DESCRIPTION, _generate_arguments, torch=True),
     Command(("pipeline", "compile"), _cmd_pipeline_compile,
-            "compile pipelines/align.py to pipelines/align.yaml", arguments=_compile_arguments),
+            "compile safealign.kfp.pipeline to pipelines/align.yaml", arguments=_compile_arguments),
     Command(("pipeline", "submit"), _cmd_pipeline_submit, "create one pipeline run (like `kfp run create`)",
             "create one pipeline run (like `kfp run create`)", _submit_arguments),
     Command(("pipeline", "schedule"), _cmd_pipeline_schedule,

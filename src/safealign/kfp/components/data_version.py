@@ -2,7 +2,7 @@
 
 from kfp import dsl
 
-from components.image import IMAGE
+from safealign.kfp.components.image import IMAGE
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
@@ -23,7 +23,7 @@ def data_version_op(
     from pathlib import Path
 
     from safealign.data.build import ensure_data
-    from safealign.kfp_stage import StageWorkspace, data_hash
+    from safealign.kfp.stage import StageWorkspace, data_hash
 
     if dvc_remote_url:
         from safealign.team.dvc_remote import Remote, dvc_md5, pull_version

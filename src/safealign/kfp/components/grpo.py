@@ -4,7 +4,7 @@ its last checkpoint."""
 from kfp import dsl
 from kfp.dsl import Dataset, Input, Metrics, Model, Output
 
-from components.image import IMAGE
+from safealign.kfp.components.image import IMAGE
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
@@ -30,7 +30,7 @@ def grpo_op(
     import shutil
     from pathlib import Path
 
-    from safealign.kfp_stage import StageWorkspace, pipeline_key
+    from safealign.kfp.stage import StageWorkspace, pipeline_key
     from safealign.refresh.label import REFRESH_SUBDIR
     from safealign.refresh.rounds import train_grpo_rounds
 

@@ -3,7 +3,7 @@
 from kfp import dsl
 from kfp.dsl import HTML, Dataset, Metrics, Output
 
-from components.image import IMAGE
+from safealign.kfp.components.image import IMAGE
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
@@ -29,7 +29,7 @@ def validate_op(
     """
     from safealign.data.build import ensure_data
     from safealign.data.validate import validate_data
-    from safealign.kfp_stage import StageWorkspace, pipeline_key
+    from safealign.kfp.stage import StageWorkspace, pipeline_key
 
     ws = StageWorkspace("validate", params, overrides, tracking_uri, data_dir=data_dir or None)
     if dvc_remote_url:

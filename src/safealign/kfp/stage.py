@@ -5,8 +5,8 @@ uploads. The library, on the other hand, reads and writes through ``Layout`` (da
 ``StageWorkspace`` bridges the two without touching stage logic: it builds the settings from the pipeline's
 ``params`` and ``overrides`` parameters, points ``paths.*`` at a scratch workspace, links the input
 artifacts into the places ``Layout`` expects, and after the library call copies the stage's outputs into
-the output artifacts. The component functions in ``components/`` stay a dozen lines each, and the stage
-code is the very function the CLI calls.
+the output artifacts. The component functions in ``safealign.kfp.components`` stay a dozen lines each, and
+the stage code is the very function the CLI calls.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 from kfp import dsl
 from kfp.dsl import Dataset, Output
 
-from components.image import IMAGE
+from safealign.kfp.components.image import IMAGE
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
@@ -18,7 +18,7 @@ def generate_op(
 ) -> int:
     """Reply to every row of ``input_path`` (JSONL on a volume the step mounts) with ``model_uri``; the
     replies are the step's output artifact. Returns the number of rows."""
-    from safealign.kfp_stage import StageWorkspace
+    from safealign.kfp.stage import StageWorkspace
     from safealign.registry.batch import generate
 
     ws = StageWorkspace("generate", params, overrides, tracking_uri, cache_dir=cache_dir)

@@ -3,7 +3,7 @@
 from kfp import dsl
 from kfp.dsl import Dataset, Input, Metrics, Model, Output
 
-from components.image import IMAGE
+from safealign.kfp.components.image import IMAGE
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
@@ -19,7 +19,7 @@ def train_reward_op(
     metrics: Output[Metrics],
 ):
     """Train on the train split; publish the reward model folder (HF save_pretrained + aspect metadata)."""
-    from safealign.kfp_stage import StageWorkspace, pipeline_key
+    from safealign.kfp.stage import StageWorkspace, pipeline_key
     from safealign.reward.train import train_reward
 
     ws = StageWorkspace("train_reward", params, overrides, tracking_uri, data_dir=dataset.path + "/data")

@@ -5,7 +5,7 @@ from typing import NamedTuple
 from kfp import dsl
 from kfp.dsl import Dataset, Input, Markdown, Model, Output
 
-from components.image import IMAGE
+from safealign.kfp.components.image import IMAGE
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
@@ -27,7 +27,7 @@ def promote_op(
     from collections import namedtuple
 
     from safealign.errors import GateFailed
-    from safealign.kfp_stage import StageWorkspace, pipeline_key
+    from safealign.kfp.stage import StageWorkspace, pipeline_key
     from safealign.registry.promotion import promote
 
     ws = StageWorkspace("promote", params, overrides, tracking_uri, data_dir=dataset.path + "/data")

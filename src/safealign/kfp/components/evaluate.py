@@ -3,7 +3,7 @@
 from kfp import dsl
 from kfp.dsl import Dataset, Input, Markdown, Metrics, Model, Output
 
-from components.image import IMAGE
+from safealign.kfp.components.image import IMAGE
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
@@ -24,7 +24,7 @@ def evaluate_op(
 ):
     """Generate from base and aligned policy on held-out and benign prompts; publish the report."""
     from safealign.evaluation.evaluate import evaluate
-    from safealign.kfp_stage import StageWorkspace, pipeline_key
+    from safealign.kfp.stage import StageWorkspace, pipeline_key
 
     ws = StageWorkspace(
         "evaluate", params, overrides, tracking_uri, data_dir=dataset.path + "/data", cache_dir=cache_dir

@@ -21,21 +21,20 @@ selector and tolerations (pipelines/align-gpu.yaml).
 
 Compile: ``safealign pipeline compile`` (or ``make compile``) writes pipelines/align.yaml and
 pipelines/align-gpu.yaml, which are committed; tests/test_pipeline_compile.py fails when they are stale.
+The module is imported like any other (``safealign.kfp.client`` loads it when it compiles or runs the
+pipeline); it reads the checkout's params.yaml when imported, so it is built in a checkout, never in a pod.
 """
 
 
 import inspect
 import sys
 from collections.abc import Callable
-from pathlib import Path
 
 from kfp import dsl, kubernetes
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # components/ lives at the repository root, beside pipelines/
-    sys.path.insert(0, str(ROOT))
-
-from components import (  # noqa: E402
+from safealign import TELEMETRY_ENV
+from safealign.config import PipelineSettings, Settings, load_settings
+from safealign.kfp.components import (
     calibrate_op,
     data_version_op,
     evaluate_op,
@@ -45,10 +44,8 @@ from components import (  # noqa: E402
     train_reward_op,
     validate_op,
 )
-from safealign import TELEMETRY_ENV  # noqa: E402
-from safealign.config import PipelineSettings, Settings, load_settings  # noqa: E402
-from safealign.kfp_client import params_json  # noqa: E402
-from safealign.kfp_deploy import cluster_defaults, images_for  # noqa: E402
+from safealign.kfp.components.image import PARAMS_FILE, REPO_ROOT
+from safealign.kfp.deploy import cluster_defaults, images_for, params_json
 
 PIPELINE_NAME = "align"
 
@@ -124,7 +121,7 @@ def build_pipeline(
 
     ``cluster=False``: the kfp.local build (static images, this machine's paths and tracking store as
     defaults). ``cluster=True``: what ``safealign pipeline compile`` writes: images are the ``image`` and
-    ``cuda_image`` parameters, and no parameter defaults to a laptop (safealign.kfp_deploy.cluster_defaults).
+    ``cuda_image`` parameters, and no parameter defaults to a laptop (safealign.kfp.deploy.cluster_defaults).
     """
     pipe = settings.pipeline
     cpu_image, gpu_image = images_for(pipe, image, cuda_image)
@@ -148,11 +145,110 @@ def build_pipeline(
     return _as_pipeline(graph, _signature(defaults, required))
 
 
+def _stepper(pipe: PipelineSettings, cpu_image: object, gpu_image: object) -> Callable[..., dsl.PipelineTask]:
+    """The set-up every cached stage step gets: ``step(task, gpu=False)``."""
+
+    def step(task: dsl.PipelineTask, gpu: bool = False) -> dsl.PipelineTask:
+        """CPU and memory requests from params, cached; the image (CUDA for a GPU step in GPU mode)."""
+        task.set_cpu_request(pipe.cpu_request).set_memory_request(pipe.memory_request)
+        task.set_caching_options(True)
+        _no_telemetry(task)
+        if gpu and pipe.gpu:
+            return _on_gpu(task, pipe, gpu_image)
+        return task.set_container_image(cpu_image)
+
+    return step
+
+
+def _reward_steps(
+    step: Callable[..., dsl.PipelineTask], data_dir: str, remote: dict[str, str], common: dict[str, object]
+) -> tuple[dsl.PipelineTask, dsl.PipelineTask, dsl.PipelineTask]:
+    """validate -> train-reward -> calibrate, ungated: (validate, reward, calibrate) tasks."""
+    validate = step(validate_op(data_dir=data_dir, **remote, **common)).set_display_name("validate")
+    reward = step(
+        train_reward_op(
+            dataset=validate.outputs["dataset"], metrics_in=validate.outputs["stage_metrics"], **common
+        )
+    ).set_display_name("train-reward")
+    calib = step(
+        calibrate_op(
+            dataset=validate.outputs["dataset"],
+            reward_model=reward.outputs["reward_model"],
+            metrics_in=reward.outputs["stage_metrics"],
+            **common,
+        )
+    ).set_display_name("calibrate")
+    return validate, reward, calib
+
+
+def _policy_steps(
+    step: Callable[..., dsl.PipelineTask], validate: dsl.PipelineTask, reward: dsl.PipelineTask,
+    calib: dsl.PipelineTask, common: dict[str, object], checkpoint_root: str, cache_dir: str,
+) -> dsl.PipelineTask:
+    """grpo -> evaluate -> promote, inside the calibration gate; returns the promote task."""
+    grpo = step(
+        grpo_op(
+            checkpoint_root=checkpoint_root,
+            cache_dir=cache_dir,
+            dataset=validate.outputs["dataset"],
+            reward_model=reward.outputs["reward_model"],
+            metrics_in=calib.outputs["stage_metrics"],
+            **common,
+        ),
+        gpu=True,
+    ).set_display_name("grpo")
+    grpo.set_retry(num_retries=2)  # resumes from its last checkpoint when checkpoint_root is a volume
+    evaluation = step(
+        evaluate_op(
+            cache_dir=cache_dir,
+            dataset=validate.outputs["dataset"],
+            reward_model=reward.outputs["reward_model"],
+            adapter=grpo.outputs["adapter"],
+            metrics_in=grpo.outputs["stage_metrics"],
+            **common,
+        ),
+        gpu=True,
+    ).set_display_name("evaluate")
+    promote = step(
+        promote_op(
+            dataset=validate.outputs["dataset"],
+            reward_model=reward.outputs["reward_model"],
+            adapter=grpo.outputs["adapter"],
+            evaluation=evaluation.outputs["evaluation"],
+            metrics_in=evaluation.outputs["stage_metrics"],
+            **common,
+        )
+    ).set_display_name("promote")
+    # Registering in MLflow is a side effect: never serve it from the cache.
+    promote.set_caching_options(False)
+    return promote
+
+
+def _generate_step(
+    step: Callable[..., dsl.PipelineTask], settings: Settings, params: str, overrides: list,
+    tracking_uri: str, generate_input: str, cache_dir: str,
+) -> None:
+    """Optional batch inference with the new champion (inside the ``promoted`` and request conditions)."""
+    generate = step(
+        generate_op(
+            params=params,
+            overrides=overrides,
+            tracking_uri=tracking_uri,
+            model_uri=f"models:/{settings.promote.policy_model_name}@champion",
+            input_path=generate_input,
+            cache_dir=cache_dir,
+        ),
+        gpu=True,
+    ).set_display_name("generate")
+    generate.set_caching_options(False)  # the champion behind the alias changes between runs
+
+
 def _graph(settings: Settings, static_images: tuple[str, str] | None) -> Callable[..., object]:
     """The DAG: validate -> train-reward -> calibrate -> [gate] grpo -> evaluate -> promote [-> generate].
 
     ``static_images`` (cpu, cuda) for kfp.local; None: the steps take the ``image``/``cuda_image``
-    parameters, resolved by the KFP backend when each pod is created.
+    parameters, resolved by the KFP backend when each pod is created. The steps are created in DAG order
+    (KFP names and orders them as they are created), each part by one function above.
     """
     pipe = settings.pipeline
 
@@ -162,16 +258,7 @@ def _graph(settings: Settings, static_images: tuple[str, str] | None) -> Callabl
         generate_input: str, image: str | None = None, cuda_image: str | None = None,
     ) -> object:
         cpu_image, gpu_image = static_images or (image, cuda_image)
-
-        def _step(task: dsl.PipelineTask, gpu: bool = False) -> dsl.PipelineTask:
-            """CPU and memory requests from params, cached; the image (CUDA for a GPU step in GPU mode)."""
-            task.set_cpu_request(pipe.cpu_request).set_memory_request(pipe.memory_request)
-            task.set_caching_options(True)
-            _no_telemetry(task)
-            if gpu and pipe.gpu:
-                return _on_gpu(task, pipe, gpu_image)
-            return task.set_container_image(cpu_image)
-
+        step = _stepper(pipe, cpu_image, gpu_image)
         remote = {"dvc_remote_url": dvc_remote_url, "dvc_endpoint_url": dvc_endpoint_url}
         version = data_version_op(
             data_version=data_version, data_dir=data_dir, params=params, overrides=overrides, **remote
@@ -184,80 +271,20 @@ def _graph(settings: Settings, static_images: tuple[str, str] | None) -> Callabl
             "overrides": overrides,
             "tracking_uri": tracking_uri,
         }
-
-        validate = _step(validate_op(data_dir=data_dir, **remote, **common)).set_display_name("validate")
-        reward = _step(
-            train_reward_op(
-                dataset=validate.outputs["dataset"], metrics_in=validate.outputs["stage_metrics"], **common
-            )
-        ).set_display_name("train-reward")
-        calib = _step(
-            calibrate_op(
-                dataset=validate.outputs["dataset"],
-                reward_model=reward.outputs["reward_model"],
-                metrics_in=reward.outputs["stage_metrics"],
-                **common,
-            )
-        ).set_display_name("calibrate")
-
+        validate, reward, calib = _reward_steps(step, data_dir, remote, common)
         with dsl.If(calib.outputs["Output"] == True, name="calibration-passed"):  # noqa: E712
-            grpo = _step(
-                grpo_op(
-                    checkpoint_root=checkpoint_root,
-                    cache_dir=cache_dir,
-                    dataset=validate.outputs["dataset"],
-                    reward_model=reward.outputs["reward_model"],
-                    metrics_in=calib.outputs["stage_metrics"],
-                    **common,
-                ),
-                gpu=True,
-            ).set_display_name("grpo")
-            grpo.set_retry(num_retries=2)  # resumes from its last checkpoint when checkpoint_root is a volume
-            evaluation = _step(
-                evaluate_op(
-                    cache_dir=cache_dir,
-                    dataset=validate.outputs["dataset"],
-                    reward_model=reward.outputs["reward_model"],
-                    adapter=grpo.outputs["adapter"],
-                    metrics_in=grpo.outputs["stage_metrics"],
-                    **common,
-                ),
-                gpu=True,
-            ).set_display_name("evaluate")
-            promote = _step(
-                promote_op(
-                    dataset=validate.outputs["dataset"],
-                    reward_model=reward.outputs["reward_model"],
-                    adapter=grpo.outputs["adapter"],
-                    evaluation=evaluation.outputs["evaluation"],
-                    metrics_in=evaluation.outputs["stage_metrics"],
-                    **common,
-                )
-            ).set_display_name("promote")
-            # Registering in MLflow is a side effect: never serve it from the cache.
-            promote.set_caching_options(False)
+            promote = _policy_steps(step, validate, reward, calib, common, checkpoint_root, cache_dir)
             # Optional batch inference with the new champion: only with a prompts file and a passed promotion.
             with dsl.If(promote.outputs["promoted"] == True, name="promoted"):  # noqa: E712
                 with dsl.If(generate_input != "", name="generate-requested"):
-                    generate = _step(
-                        generate_op(
-                            params=params,
-                            overrides=overrides,
-                            tracking_uri=tracking_uri,
-                            model_uri=f"models:/{settings.promote.policy_model_name}@champion",
-                            input_path=generate_input,
-                            cache_dir=cache_dir,
-                        ),
-                        gpu=True,
-                    ).set_display_name("generate")
-                    generate.set_caching_options(False)  # the champion behind the alias changes between runs
+                    _generate_step(step, settings, params, overrides, tracking_uri, generate_input, cache_dir)
         # The gate's verdict is the pipeline's output (shown on the run; returned by a local run).
         return calib.outputs["Output"]
 
     return graph
 
 
-SETTINGS = load_settings(ROOT / "params.yaml")
+SETTINGS = load_settings(PARAMS_FILE)
 # what pipelines/align.yaml holds (and `kfp dsl compile` of this file gives): the cluster build
 align_pipeline = build_pipeline(SETTINGS, cluster=True)
 # the one-machine build kfp.local runs (static images, this machine's paths and tracking store)
@@ -267,6 +294,6 @@ local_pipeline = build_pipeline(SETTINGS)
 if __name__ == "__main__":
     from kfp import compiler
 
-    out = sys.argv[1] if len(sys.argv) > 1 else str(ROOT / "pipelines" / "align.yaml")
+    out = sys.argv[1] if len(sys.argv) > 1 else str(REPO_ROOT / "pipelines" / "align.yaml")
     compiler.Compiler().compile(align_pipeline, out)
     print(out)

@@ -3,7 +3,7 @@
 from kfp import dsl
 from kfp.dsl import HTML, Dataset, Input, Metrics, Model, Output
 
-from components.image import IMAGE
+from safealign.kfp.components.image import IMAGE
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
@@ -26,7 +26,7 @@ def calibrate_op(
     output on purpose: kfp.local cannot resolve a named output inside a dsl.If condition.
     """
     from safealign.errors import GateFailed
-    from safealign.kfp_stage import StageWorkspace, calibration_html, pipeline_key
+    from safealign.kfp.stage import StageWorkspace, calibration_html, pipeline_key
     from safealign.reward.calibrate import calibrate
 
     ws = StageWorkspace("calibrate", params, overrides, tracking_uri, data_dir=dataset.path + "/data")

@@ -6,7 +6,7 @@ JSON), ``data_version`` and ``tracking_uri``, so a run on the cluster uses exact
 submitted with. A recurring run is created with max concurrency 1 (two retrainings never race for the
 registry) and no catch-up (a scheduler that was down does not replay every missed slot).
 
-Images are resolved here, at submit time (safealign.kfp_deploy): the steps' images are the ``image``
+Images are resolved here, at submit time (safealign.kfp.deploy): the steps' images are the ``image``
 and ``cuda_image`` pipeline parameters, given ``--image`` or ``pipeline.image``; a reference a cluster
 cannot pull (a bare ``safealign:0.1.0``) is refused, like a local tracking store or a missing DVC remote.
 Multi-user Kubeflow: ``namespace`` is the profile namespace the experiment and run belong to, and the
@@ -17,8 +17,6 @@ becomes a ServiceError that says which.
 from __future__ import annotations
 
 import contextlib
-import importlib.util
-import json
 import logging
 import os
 import sys
@@ -28,55 +26,34 @@ from urllib.parse import urlparse
 
 from safealign.config import Settings
 from safealign.errors import ConfigError, ServiceError
-from safealign.kfp_deploy import (
+from safealign.kfp.deploy import (
     LOOPBACK,
     check_gpu_mode,
     check_image,
     default_package,
     images_for,
+    params_json,
     read_package,
     root_parameters,
 )
 
-ROOT = Path(__file__).resolve().parents[2]
-PIPELINE_SOURCE = ROOT / "pipelines" / "align.py"
 # The bearer token for a multi-user Kubeflow (read from the environment when --token-file is not given).
 TOKEN_ENV = "SAFEALIGN_KFP_TOKEN"
 
 log = logging.getLogger(__name__)
 
 
-def _drop_none(value: Any) -> Any:
-    """KFP parameters cannot hold null; a missing key loads as the same default (None)."""
-    if isinstance(value, dict):
-        return {k: _drop_none(v) for k, v in value.items() if v is not None}
-    if isinstance(value, list):
-        return [_drop_none(v) for v in value]
-    return value
-
-
-def params_json(settings: Settings) -> str:
-    """The settings as the pipeline's ``params`` parameter: JSON, sorted keys (a stable compiled file)."""
-    return json.dumps(_drop_none(settings.model_dump(mode="json")), sort_keys=True)
-
-
-def _pipeline_module(source: str | Path) -> Any:
-    """pipelines/align.py imported by path (it lives beside, not inside, the package)."""
-    spec = importlib.util.spec_from_file_location("safealign_align_pipeline", source)
-    if spec is None or spec.loader is None:
-        raise ConfigError(f"cannot import the pipeline from {source}")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def load_pipeline(
-    source: str | Path = PIPELINE_SOURCE, settings: Settings | None = None, image: str | None = None,
-    cuda_image: str | None = None, cluster: bool = False,
+    settings: Settings | None = None, image: str | None = None, cuda_image: str | None = None,
+    cluster: bool = False,
 ) -> Any:
-    """The pipeline of pipelines/align.py: its one-machine build for kfp.local (the module's own, from
-    params.yaml, unless settings or images are given), or with ``cluster`` the build ``compile`` writes."""
-    module = _pipeline_module(source)
+    """The pipeline of safealign.kfp.pipeline: its one-machine build for kfp.local (the module's own, from
+    params.yaml, unless settings or images are given), or with ``cluster`` the build ``compile`` writes.
+
+    Imported here, not at the top: the module builds both pipelines from params.yaml when imported, and
+    ``safealign --help`` or a submit of a compiled file needs neither."""
+    from safealign.kfp import pipeline as module
+
     if settings is None and image is None and cuda_image is None and not cluster:
         return module.local_pipeline
     return module.build_pipeline(
@@ -89,11 +66,11 @@ def compile_pipeline(
     cuda_image: str | None = None,
 ) -> Path:
     """Compile the cluster build of the pipeline to ``output`` (the committed pipelines/align.yaml by
-    default): images as parameters, no parameter defaulting to this machine (pipelines/align.py)."""
+    default): images as parameters, no parameter defaulting to this machine (safealign.kfp.pipeline)."""
     from kfp import compiler
 
     out = Path(output)
-    pipeline = load_pipeline(PIPELINE_SOURCE, settings, image, cuda_image, cluster=True)
+    pipeline = load_pipeline(settings, image, cuda_image, cluster=True)
     out.parent.mkdir(parents=True, exist_ok=True)
     compiler.Compiler().compile(pipeline, str(out))
     return out

@@ -7,14 +7,14 @@ component" built with ``kfp component build`` (``target_image``), cannot run und
 runs the same code in the same container on a cluster.
 """
 
-from components.calibrate import calibrate_op
-from components.data_version import data_version_op
-from components.evaluate import evaluate_op
-from components.generate import generate_op
-from components.grpo import grpo_op
-from components.promote import promote_op
-from components.train_reward import train_reward_op
-from components.validate import validate_op
+from safealign.kfp.components.calibrate import calibrate_op
+from safealign.kfp.components.data_version import data_version_op
+from safealign.kfp.components.evaluate import evaluate_op
+from safealign.kfp.components.generate import generate_op
+from safealign.kfp.components.grpo import grpo_op
+from safealign.kfp.components.promote import promote_op
+from safealign.kfp.components.train_reward import train_reward_op
+from safealign.kfp.components.validate import validate_op
 
 __all__ = [
     "calibrate_op",

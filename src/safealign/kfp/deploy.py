@@ -15,6 +15,7 @@ image, every other executor the CPU image.
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,22 @@ from safealign.errors import ConfigError
 
 PIPELINE_FILE = "pipelines/align.yaml"
 GPU_PIPELINE_FILE = "pipelines/align-gpu.yaml"
+
+
+def _drop_none(value: Any) -> Any:
+    """KFP parameters cannot hold null; a missing key loads as the same default (None)."""
+    if isinstance(value, dict):
+        return {k: _drop_none(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_drop_none(v) for v in value]
+    return value
+
+
+def params_json(settings: Settings) -> str:
+    """The settings as the pipeline's ``params`` parameter: JSON, sorted keys (a stable compiled file)."""
+    return json.dumps(_drop_none(settings.model_dump(mode="json")), sort_keys=True)
+
+
 # Hosts that inside a pod are the pod itself, not the machine that submitted the run.
 LOOPBACK = {"127.0.0.1", "localhost", "::1", "0.0.0.0"}
 # REGISTRY_OR_NAMESPACE/.../NAME with :TAG and/or @sha256:DIGEST; lowercase path components as Docker
