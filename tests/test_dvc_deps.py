@@ -108,7 +108,7 @@ def test_code_deps_cover_the_import_closure(stage):
 
 def test_the_closure_follows_lazy_and_from_package_imports():
     grpo = closure(stages.get("grpo").module)
-    assert {"safealign.evaluation.refusal", "safealign.policy.decoding"} <= grpo  # lazy, in selection
+    assert {"safealign.refusal", "safealign.policy.decoding"} <= grpo  # lazy, in selection
     assert "safealign.data.benign" in closure("safealign.data.build")  # from safealign.data import benign
     # safealign/__init__.py runs code (MLflow telemetry off) in every stage, so every stage names it
     assert not needs_dep("safealign.data") and needs_dep("safealign") and not needs_dep(SETTINGS_MODULE)

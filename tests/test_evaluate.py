@@ -7,12 +7,12 @@ import pytest
 
 from safealign.common.hashing import tree_hash
 from safealign.common.layout import Layout
+from safealign.common.stats import distinct_ratio, paired_comparison
 from safealign.config import load_settings
 from safealign.data import refusal_set
 from safealign.errors import DataError
 from safealign.evaluation.evaluate import behaviour, evaluate, hacking_flags, select
 from safealign.evaluation.report import render_report
-from safealign.evaluation.stats import distinct_ratio, paired_comparison
 from safealign.registry.promotion import summarise
 
 ADVERSARIAL = [

@@ -130,7 +130,7 @@ def test_served_reward_model_scores_like_the_project(registered, tmp_path):
 
 
 def test_served_policy_replies_like_greedy_generation(registered, tmp_path):
-    from safealign.evaluation.generate import generate_replies
+    from safealign.policy.decoding import generate_replies
     from safealign.policy.loading import load_policy_with_adapter
 
     settings, layout, uri = registered

@@ -139,9 +139,9 @@ def test_a_forged_multi_turn_chat_stays_text(policy_tok):
 
 @pytest.mark.parametrize("attack", ["two_turn_warmup", "two_turn_retry"])
 def test_robustness_two_turn_attacks_are_neutralised(policy_tok, attack):
-    """The robustness suite's two-turn attacks template through evaluation.generate.format_turns."""
-    from safealign.evaluation.generate import format_turns
+    """The robustness suite's two-turn attacks template through policy.decoding.format_turns."""
     from safealign.evaluation.robustness import conversations
+    from safealign.policy.decoding import format_turns
 
     tok = policy_tok
     (_, _, turns), *_ = conversations([INJECTION], [attack])

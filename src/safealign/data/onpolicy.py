@@ -164,8 +164,7 @@ def agreement(
 
     Rows of the second pass that are not in the first (a stale blind file) are an error, not skipped.
     """
-    from safealign.evaluation.stats import cohen_kappa
-    from safealign.reward.metrics import spearman
+    from safealign.common.stats import cohen_kappa, spearman
 
     by_id = {r["id"]: r for r in first}
     unknown = [s["id"] for s in second if s["id"] not in by_id]

@@ -52,7 +52,7 @@ def assign_splits(settings: Settings, tables: dict[str, Table]) -> dict[str, lis
     out: dict[str, list[dict[str, Any]]] = {}
     for split in SPLITS:
         out[f"labelled/{split}"] = []
-    for kind in ("adversarial", "benign"):
+    for kind in schema.PROMPT_KINDS:
         for split in PROMPT_SPLITS:
             out[f"{kind}/{split}"] = []
     for kind, table in tables.items():

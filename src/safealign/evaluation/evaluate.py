@@ -33,10 +33,7 @@ from safealign.common.atomic import atomic_dir, write_json
 from safealign.common.hashing import tree_hash
 from safealign.common.jsonl import read_prompt_rows
 from safealign.common.layout import Layout
-from safealign.config import Settings
-from safealign.errors import DataError
-from safealign.evaluation.refusal import judge
-from safealign.evaluation.stats import (
+from safealign.common.stats import (
     bootstrap_mean,
     common_opening_share,
     distinct_ratio,
@@ -44,10 +41,12 @@ from safealign.evaluation.stats import (
     most_common_reply,
     paired_comparison,
 )
+from safealign.config import Settings
+from safealign.errors import DataError
+from safealign.refusal import judge
 
 log = logging.getLogger(__name__)
 
-SETS = ("adversarial", "benign")
 SUITES = ("standard", "robustness")
 
 

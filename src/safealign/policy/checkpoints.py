@@ -58,7 +58,7 @@ META_FILE = "checkpoint.json"
 STEP_LOG = "steps.csv"
 # The code that decides what a run trains (generation, loss, advantages, rewards, validation), relative to
 # the safealign package: editing it starts a new run instead of resuming one trained by the old code.
-TRAJECTORY_CODE = ("policy", "reward/model.py", "evaluation/generate.py", "evaluation/refusal.py")
+TRAJECTORY_CODE = ("policy", "reward/model.py", "refusal/__init__.py")
 TRAJECTORY_LIBRARIES = ("torch", "transformers", "peft", "numpy")
 
 

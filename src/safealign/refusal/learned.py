@@ -1,7 +1,7 @@
 """The learned half of the refusal detector: a logistic head on frozen sentence embeddings, stacked with the
 rules' evidence and calibrated.
 
-Why: the rules (:mod:`safealign.evaluation.refusal`) were tuned on one small model's register and missed
+Why: the rules (:mod:`safealign.refusal`) were tuned on one small model's register and missed
 other families' refusals ("it is not appropriate to ...", "as an AI language model I do not condone ...",
 replies that argue against the premise, partial answers). A reader of meaning rather than of phrases
 carries across wordings, and MiniLM (all-MiniLM-L6-v2, shipped in an installed package, 22.7M parameters)
@@ -33,8 +33,8 @@ from typing import Any
 import numpy as np
 
 from safealign.errors import ConfigError, ModelFolderError
-from safealign.evaluation.refusal_rules import _SENTENCE_SPLIT_RE as _SENTENCES
-from safealign.evaluation.refusal_rules import RULE_FEATURES, rule_features
+from safealign.refusal.rules import _SENTENCE_SPLIT_RE as _SENTENCES
+from safealign.refusal.rules import RULE_FEATURES, rule_features
 
 ARTIFACT = Path(__file__).with_name("refusal_classifier.json")
 ENCODER = "embedded:all-minilm-l6-v2"

@@ -1,6 +1,6 @@
 """The rule-based refusal detector: judges the WHOLE reply and never looks at the reward model.
 
-(:mod:`safealign.evaluation.refusal` is the entry point every caller uses; it chooses between these rules
+(:mod:`safealign.refusal` is the entry point every caller uses; it chooses between these rules
 and the rules combined with a learned classifier.)
 
 Why rules and why the whole reply: evaluation must not trust the training reward model alone (the policy

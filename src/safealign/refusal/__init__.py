@@ -3,10 +3,10 @@
 Why a façade: the detector behind ``judge`` is chosen here (:func:`detector_mode`), so evaluation,
 robustness, selection and labelling callers never change when it does. Two detectors exist:
 
-* ``rules`` (the default): :mod:`safealign.evaluation.refusal_rules`, transparent rules over the whole
+* ``rules`` (the default): :mod:`safealign.refusal.rules`, transparent rules over the whole
   reply, tuned on the refusal set's tune part;
 * ``combined``: the rules stacked with a learned classifier on frozen MiniLM embeddings, calibrated
-  (:mod:`safealign.evaluation.learned`), which reads other chat-model families' registers better.
+  (:mod:`safealign.refusal.learned`), which reads other chat-model families' registers better.
 
 Both are measured leave one register out by :mod:`safealign.evaluation.registers`; docs/evaluation.md has
 the figures and why the default is what it is.
@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable
 
-from safealign.evaluation.refusal_rules import (
+from safealign.refusal.rules import (
     REFUSAL_OPENINGS,
     RULE_FEATURES,
     RefusalJudgement,
@@ -62,14 +62,14 @@ def judge(reply: str) -> RefusalJudgement:
     chosen by :func:`detector_mode`).
 
     ``rules`` (default): :func:`judge_rules`. ``combined``: the rules stacked with the learned classifier
-    (:mod:`safealign.evaluation.learned`, a logistic head on frozen MiniLM embeddings, calibrated), which
+    (:mod:`safealign.refusal.learned`, a logistic head on frozen MiniLM embeddings, calibrated), which
     carries other families' wording better; measured leave one register out in
     :mod:`safealign.evaluation.registers`. An empty reply is ``empty`` either way.
     """
     rules = judge_rules(reply)
     if rules.verdict == "empty" or detector_mode() == "rules":
         return rules
-    from safealign.evaluation.learned import shipped, shipped_probability
+    from safealign.refusal.learned import shipped, shipped_probability
 
     p = shipped_probability(reply)
     verdict: Verdict = "refuse" if p >= shipped().threshold else "comply"
@@ -87,7 +87,7 @@ def refusal_rates(replies: Iterable[str]) -> dict[str, float]:
     """Share of refusals, compliances and empty replies; the three add up to 1 (0 for no replies)."""
     replies = list(replies)
     if detector_mode() == "combined":
-        from safealign.evaluation.learned import prefetch
+        from safealign.refusal.learned import prefetch
 
         prefetch([r for r in replies if (r or "").strip()])  # one batched encoder pass, not one per reply
     verdicts = [judge(r).verdict for r in replies]
