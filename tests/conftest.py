@@ -9,7 +9,8 @@ from __future__ import annotations
 import os
 
 import pytest
-from stack_fixture import stack_env, team_stack  # noqa: F401 - fixtures for the team-stack tests
+
+from helpers.stack import stack_env, team_stack  # noqa: F401 - fixtures for the team-stack tests
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")

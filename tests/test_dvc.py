@@ -23,7 +23,7 @@ from safealign.common.layout import Layout
 from safealign.config import load_settings
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_validate import make_data  # noqa: E402
+from helpers.data import make_data  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 STAGES = list(stages.NAMES)

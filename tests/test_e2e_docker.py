@@ -23,9 +23,11 @@ import uuid
 from pathlib import Path
 
 import pytest
-from test_pipeline_local import RELAXED_FOR_TINY_MODEL_ONLY, SMALL, TINY, small_data
 
 from safealign.config import load_settings
+
+from helpers.data import small_data
+from helpers.tiny import MODELS, RELAXED_GATES, SMALL_RUN, tiny_overrides
 
 ROOT = Path(__file__).resolve().parents[1]
 SETTINGS = load_settings(ROOT / "params.yaml")
@@ -104,7 +106,9 @@ def _run(work: Path, overrides: list[str], data_version: str = ""):
     result = pipeline(
         data_version=data_version,
         data_dir=str(work / "data"),
-        overrides=[*TINY, *tracking_overrides, f"tracking.experiment={EXPERIMENT}", *overrides],
+        overrides=[
+            *tiny_overrides(*MODELS), *tracking_overrides, f"tracking.experiment={EXPERIMENT}", *overrides
+        ],
         tracking_uri=uri,
         cache_dir=str(work / "model-cache"),
     )
@@ -144,7 +148,7 @@ def test_pipeline_in_containers_gate_skip_then_full(work):
     assert len(gate_key) >= 1
 
     # 2. The gate passes: GRPO, evaluation and promotion run in their containers too.
-    result, uri = _run(work, [*RELAXED_FOR_TINY_MODEL_ONLY, *SMALL], data_version="e2e-v1")
+    result, uri = _run(work, tiny_overrides(*RELAXED_GATES, *SMALL_RUN), data_version="e2e-v1")
     assert result.output is True
     run = _latest_run(work)
     assert {"grpo-op", "evaluate-op", "promote-op"} <= {p.name for p in run.iterdir()}

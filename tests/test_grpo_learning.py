@@ -22,6 +22,8 @@ import torch
 
 from safealign.config import GrpoSettings
 
+from helpers.tiny import TINY_POLICY
+
 torch.set_num_threads(2)
 
 
@@ -37,7 +39,7 @@ def _toy_policy():
 
     from safealign.policy.loading import load_policy
 
-    model, tok = load_policy("tiny:smollm2-135m-instruct")
+    model, tok = load_policy(TINY_POLICY)
     gen = torch.Generator().manual_seed(5)
     hidden, vocab = model.config.hidden_size, model.config.vocab_size
     u = torch.randn(hidden, generator=gen)

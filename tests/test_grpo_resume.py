@@ -18,6 +18,8 @@ from test_grpo_stage import RecordingScorer, _read_csv, _stage_inputs, dying_at
 from safealign.errors import ConfigError
 from safealign.policy import grpo as stage
 
+from helpers.tiny import TINY_POLICY
+
 torch.set_num_threads(2)
 
 
@@ -151,7 +153,7 @@ from pathlib import Path
 from peft import LoraConfig, PeftConfig, get_peft_model
 from safealign.policy.loading import load_policy
 from safealign.policy.outputs import save_adapter
-model, _ = load_policy("tiny:smollm2-135m-instruct")
+model, _ = load_policy(sys.argv[2])
 torch.manual_seed(0)
 lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"])
 model = get_peft_model(model, lora)
@@ -169,7 +171,7 @@ def test_identical_adapters_are_identical_files_whatever_the_hash_seed(tmp_path)
     from safealign.common.hashing import tree_hash
 
     for seed in (1, 2, 3):
-        subprocess.run([sys.executable, "-c", SAVE_ADAPTER, str(tmp_path / str(seed))],
+        subprocess.run([sys.executable, "-c", SAVE_ADAPTER, str(tmp_path / str(seed)), TINY_POLICY],
                        env={**os.environ, "PYTHONHASHSEED": str(seed)}, check=True, timeout=300)  # fmt: skip
     raw = {(tmp_path / str(s) / "raw" / "adapter_config.json").read_bytes() for s in (1, 2, 3)}
     assert len(raw) > 1  # the control: PEFT's own file differs between these processes
@@ -209,7 +211,7 @@ def test_tokenizer_is_saved_without_the_padding_of_its_last_batch(tmp_path):
     from safealign.policy.loading import load_tokenizer
     from safealign.policy.outputs import save_tokenizer
 
-    settings = load_settings(None, [f"paths.cache_dir={CACHE}", "policy.model=tiny:smollm2-135m-instruct"])
+    settings = load_settings(None, [f"paths.cache_dir={CACHE}", f"policy.model={TINY_POLICY}"])
     tok = load_tokenizer(settings)
     save_tokenizer(tok, tmp_path / "fresh")
     tok(["a", "a much longer text"], padding=True, truncation=True, max_length=8)  # a validation batch

@@ -22,6 +22,8 @@ import yaml
 from safealign.common.layout import Layout
 from safealign.config import load_settings
 
+from helpers.tiny import TINY_ENCODER, TINY_POLICY
+
 torch.set_num_threads(2)
 ROOT = Path(__file__).resolve().parents[1]
 HELDOUT_SENTINEL = "HELDOUT: never train on this prompt"
@@ -52,8 +54,8 @@ def _params(tmp: Path, **grpo) -> dict:
             "metrics_dir": str(tmp / "metrics"),
             "cache_dir": str(cache),
         },
-        "policy": {"model": "tiny:smollm2-135m-instruct"},
-        "reward": {"encoder": "tiny:all-minilm-l6-v2", "max_length": 64},
+        "policy": {"model": TINY_POLICY},
+        "reward": {"encoder": TINY_ENCODER, "max_length": 64},
         "grpo": {
             "steps": 3,
             "prompts_per_step": 2,

@@ -16,6 +16,8 @@ from safealign.config import Settings
 from safealign.errors import ConfigError
 from safealign.policy.reward_adapter import aspect_weights
 
+from helpers.tiny import TINY_POLICY
+
 torch.set_num_threads(2)
 
 
@@ -50,7 +52,7 @@ def test_trl_grpo_trainer_runs_with_shared_reward_forward(tmp_path):
 
     settings = Settings.model_validate(
         {
-            "policy": {"model": "tiny:smollm2-135m-instruct"},
+            "policy": {"model": TINY_POLICY},
             "grpo": {
                 "max_new_tokens": 6,
                 "prompts_per_step": 2,

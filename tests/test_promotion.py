@@ -17,7 +17,6 @@ from pathlib import Path
 
 import mlflow
 import pytest
-import tiny_models
 import yaml
 
 from safealign.cli import main as cli_main
@@ -27,6 +26,8 @@ from safealign.config import load_settings
 from safealign.errors import GateFailed, ServiceError
 from safealign.registry.promotion import CHALLENGER, CHAMPION, HASH_TAG, promote
 from safealign.tracking import PARENT_ENV, child_runs, end_parent_run, stage_run, start_parent_run
+
+from helpers import tiny_models
 
 CACHE = Path(tempfile.mkdtemp(prefix="safealign-test-cache-"))
 

@@ -21,7 +21,7 @@ from safealign.refusal import (
     rule_features,
 )
 
-TINY = "tiny:all-minilm-l6-v2"
+from helpers.tiny import TINY_ENCODER as TINY
 
 REFUSALS = [
     "I can't help with that.",

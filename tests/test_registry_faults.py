@@ -154,8 +154,9 @@ def test_server_killed_at_each_step_fails_fast_and_the_next_promote_repairs(
 
 
 def _params(tmp_path: Path, uri: str | None, sub: str) -> Path:
-    import tiny_models
     from test_promotion import CACHE
+
+    from helpers import tiny_models
 
     doc = {
         "paths": {

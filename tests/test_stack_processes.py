@@ -1,4 +1,4 @@
-"""The team stack's processes on the real services (stack_fixture.py): a killed MLflow leader leaves no
+"""The team stack's processes on the real services (tests/helpers/stack.py): a killed MLflow leader leaves no
 orphans behind `stack down` or `stack up`, and MLflow telemetry is off in the server it starts.
 
 `kill -9` of the pid in ``pids/mlflow.pid`` kills only `mlflow server`; its uvicorn and the job workers

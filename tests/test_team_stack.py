@@ -1,4 +1,4 @@
-"""Team mode against real services: PostgreSQL, a SeaweedFS S3 server, an MLflow server (stack_fixture.py).
+"""Team mode against real services: PostgreSQL, a SeaweedFS S3 server, an MLflow server (helpers/stack.py).
 
 A throw-away git + DVC project (tiny data built from the installed packages) runs every stage, validate to
 promote, as separate processes against the stack, exactly as `dvc repro` would; then the registry is read
@@ -23,24 +23,20 @@ import yaml
 from safealign.config import load_settings
 from safealign.kfp.stage import data_hash
 
+from helpers.data import small_data
+from helpers.tiny import tiny_overrides
+
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.stack
 
 TINY = [
-    "reward.encoder=tiny:all-minilm-l6-v2", "policy.model=tiny:smollm2-135m-instruct", "reward.epochs=1",
-    "reward.max_length=64", "grpo.steps=2", "grpo.prompts_per_step=2", "grpo.num_generations=2",
-    "grpo.max_new_tokens=8", "grpo.checkpoint_every=1", "grpo.selection.start=1",
-    "grpo.selection.num_adversarial=4", "grpo.selection.num_benign=4", "grpo.selection.max_new_tokens=8",
-    "evaluate.num_adversarial=4", "evaluate.num_benign=4", "evaluate.max_new_tokens=8",
-    "evaluate.bootstrap_samples=20", "evaluate.num_examples=2",
-    # a 2-layer random encoder cannot clear the real bars; promotion is forced so aliases move
-    "calibrate.r2_threshold=-1000", "calibrate.min_probe_pass=0.0", "calibrate.min_phrasing_probe_pass=0.0",
-    "promote.min_safety_gain=-10",
-    "promote.max_aspect_drop=10", "promote.max_benign_refusal=1", "promote.min_refusal_gain=-1",
+    *tiny_overrides(),
+    # promotion is forced as well, so the aliases move
+    "promote.min_safety_gain=-10", "promote.max_aspect_drop=10", "promote.max_benign_refusal=1",
+    "promote.min_refusal_gain=-1",
     "tracking.experiment=team-stack-test",
 ]
 STAGES = ["validate", "train-reward", "calibrate", "grpo", "evaluate", "promote"]
-LABELLED_ROWS = 300
 
 
 def _sh(args: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
@@ -65,7 +61,6 @@ def stage(name: str, repo: Path, check: bool = True) -> subprocess.CompletedProc
 @pytest.fixture(scope="module")
 def project(tmp_path_factory, team_stack) -> Path:
     """A git + DVC project with tiny data, its data pushed to the stack's DVC remote."""
-    from safealign.data.build import build_data
     from safealign.team.dvc_remote import Remote, configure, push
 
     repo = tmp_path_factory.mktemp("team") / "project"
@@ -75,12 +70,7 @@ def project(tmp_path_factory, team_stack) -> Path:
     _sh(["git", "config", "user.email", "test@example.invalid"], repo)
     _sh(["git", "config", "user.name", "test"], repo)
     _dvc("init", "-q", cwd=repo)
-    settings = load_settings(repo / "params.yaml", [f"paths.data_dir={repo / 'data'}"])
-    build_data(settings)
-    labelled = repo / "data" / "labelled.jsonl"
-    rows = [r for r in labelled.read_text(encoding="utf-8").splitlines()
-            if r.strip() and len(json.loads(r)["response"]) <= settings.data.max_response_chars]
-    labelled.write_text("\n".join(random.Random(0).sample(rows, LABELLED_ROWS)) + "\n", encoding="utf-8")
+    small_data(repo)  # params.yaml there is this checkout's
     _dvc("add", "-q", "data", cwd=repo)
     (repo / ".gitignore").write_text("/data\n/artifacts\n/metrics\n/.cache\n", encoding="utf-8")
     _sh(["git", "add", "-A"], repo)

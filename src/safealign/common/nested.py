@@ -1,7 +1,9 @@
 """One flattener for nested dicts: ``{"a": {"b": 1}}`` -> ``{"a.b": 1}``.
 
 MLflow params and metrics, KFP Metrics and the validation summary all want dotted keys; each caller only
-chooses which leaves it keeps (:func:`numeric_leaves` for metrics).
+chooses which leaves it keeps (:func:`numeric_leaves` for metrics). :func:`overrides_of` turns a partial
+params file (configs/tiny.yaml) into ``--set`` lines, so tests and benchmarks that layer it over other
+settings read the file instead of keeping a copy of it.
 """
 
 from __future__ import annotations
@@ -9,6 +11,8 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from typing import Any
+
+import yaml
 
 
 def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
@@ -30,3 +34,10 @@ def numeric_leaves(value: Any, prefix: str = "") -> dict[str, float]:
         for k, v in flatten(value, prefix).items()
         if isinstance(v, bool | int | float) and math.isfinite(float(v))
     }
+
+
+def overrides_of(value: Mapping[str, Any]) -> list[str]:
+    """``key.path=value`` overrides (the form ``--set`` and ``config.apply_overrides`` read) for every leaf
+    of a nested mapping; each value is written as YAML, which is how an override's value is parsed back."""
+    return [f"{key}={yaml.safe_dump(leaf, default_flow_style=True).strip().removesuffix('...').strip()}"
+            for key, leaf in flatten(value).items()]

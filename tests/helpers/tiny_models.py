@@ -8,8 +8,8 @@ import shutil
 import zlib
 from pathlib import Path
 
-TINY_POLICY = "tiny:smollm2-135m-instruct"
-TINY_ENCODER = "tiny:all-minilm-l6-v2"
+from helpers.tiny import TINY_ENCODER, TINY_POLICY
+
 _BUILT: dict[tuple[str, str], Path] = {}
 
 

@@ -1,14 +1,17 @@
-"""The shared helpers: one tree hash, one dict flattener, one prompt-split reader."""
+"""safealign.common's helpers: one tree hash, one dict flattener (and its --set lines), one prompt reader."""
 
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
+import yaml
 
 from safealign.common.hashing import tree_hash
 from safealign.common.jsonl import read_prompt_rows, read_prompts
-from safealign.common.nested import flatten, numeric_leaves
+from safealign.common.nested import flatten, numeric_leaves, overrides_of
+from safealign.config import apply_overrides
 from safealign.errors import DataError
 from safealign.kfp.stage import data_hash
 
@@ -44,3 +47,15 @@ def test_read_prompts_names_file_and_row(tmp_path):
         read_prompts(split)
     with pytest.raises(DataError, match="prompt split not found"):
         read_prompts(tmp_path / "missing.jsonl")
+
+
+def test_overrides_of_round_trips_through_apply_overrides():
+    """configs/tiny.yaml reaches tests and bench/ as --set lines: each must parse back to the same value."""
+    nested = {"policy": {"model": "tiny:smollm2-135m-instruct"}, "calibrate": {"r2_threshold": -1000.0},
+              "grpo": {"selection": {"start": 1}, "lora": {"target_modules": ["q_proj", "v_proj"]}},
+              "tracking": {"experiment": "two words", "enabled": True}, "x": {"none": None}}
+    lines = overrides_of(nested)
+    assert "policy.model=tiny:smollm2-135m-instruct" in lines and "grpo.selection.start=1" in lines
+    assert apply_overrides({}, lines) == nested
+    tiny = yaml.safe_load((Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml").read_text())
+    assert apply_overrides({}, overrides_of(tiny)) == tiny
