@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src"
+TESTS = Path(__file__).resolve().parent
 MAX_FUNCTION_LINES = 80
 # Long functions owned by work in progress elsewhere; each entry must still be too long (else remove it).
 KNOWN_LONG: set[str] = set()
@@ -290,6 +291,29 @@ def test_the_path_load_check_sees_sys_path_edits_and_file_loads(tmp_path):
     })  # fmt: skip
     found = path_loads(tmp_path)
     assert set(found) == {"safealign.a", "safealign.b"}
+
+
+def imported_test_modules(path: Path) -> set[str]:
+    """The test modules (``test_*``) a file imports: shared test code belongs in tests/helpers/."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+        names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+        if isinstance(node, ast.ImportFrom) and not node.level:
+            names = [node.module or ""] + [f"{node.module}.{a.name}" for a in node.names]
+        found.update(n for n in names if any(part.startswith("test_") for part in n.split(".")))
+    return found
+
+
+def test_no_test_module_imports_another_test_module():
+    files = sorted(TESTS.rglob("*.py"))
+    found = {str(p.relative_to(TESTS)): sorted(m) for p in files if (m := imported_test_modules(p))}
+    assert not found, f"move what they share into tests/helpers/: {found}"
+
+
+def test_the_test_import_check_sees_one(tmp_path):
+    path = tmp_path / "test_x.py"
+    path.write_text("import os\nfrom helpers.data import make_data\n\ndef f():\n    from test_y import z\n")
+    assert imported_test_modules(path) == {"test_y", "test_y.z"}
 
 
 def test_no_function_in_src_is_longer_than_80_lines():

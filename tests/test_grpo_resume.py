@@ -13,18 +13,18 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_grpo_stage import RecordingScorer, _read_csv, _stage_inputs, dying_at
 
 from safealign.errors import ConfigError
 from safealign.policy import grpo as stage
 
+from helpers.grpo import RecordingScorer, dying_at, read_csv, stage_inputs
 from helpers.tiny import TINY_POLICY
 
 torch.set_num_threads(2)
 
 
 def _train(tmp: Path, resume: bool = True, **grpo):
-    settings, layout = _stage_inputs(tmp, **grpo)
+    settings, layout = stage_inputs(tmp, **grpo)
     return stage.train_grpo(settings, resume=resume, scorer=RecordingScorer()), layout
 
 
@@ -81,7 +81,7 @@ def _dead_pid() -> int:
 
 def test_leftovers_of_killed_writes_are_removed_when_the_stage_starts(tmp_path):
     """Temp folders and files of killed writers go; a temp whose writer is alive (pid 1) stays."""
-    settings, layout = _stage_inputs(tmp_path, steps=1)
+    settings, layout = stage_inputs(tmp_path, steps=1)
     dead = _dead_pid()
     stale = [
         layout.checkpoints_dir / "run-0123456789abcdef" / f".step-000002.tmp-{dead}-x1y2",
@@ -113,12 +113,12 @@ def test_a_failing_run_leaves_the_previous_step_table_alone(tmp_path):
     _crash(tmp_path, at_step=2, **other)
     assert layout.grpo_steps_csv.read_bytes() == before
     (crashed,) = set(layout.checkpoints_dir.glob("run-*")) - finished
-    assert [int(float(r["step"])) for r in _read_csv(crashed / "steps.csv")] == [1]
+    assert [int(float(r["step"])) for r in read_csv(crashed / "steps.csv")] == [1]
 
     summary, _ = _train(tmp_path, **other)
     assert summary["resumed_from"] == 1
-    assert [int(float(r["step"])) for r in _read_csv(crashed / "steps.csv")] == [1, 2, 3]
-    assert [int(float(r["step"])) for r in _read_csv(layout.grpo_steps_csv)] == [1, 2, 3]
+    assert [int(float(r["step"])) for r in read_csv(crashed / "steps.csv")] == [1, 2, 3]
+    assert [int(float(r["step"])) for r in read_csv(layout.grpo_steps_csv)] == [1, 2, 3]
     assert layout.grpo_steps_csv.read_bytes() != before
 
 
@@ -205,11 +205,11 @@ def test_tokenizer_is_saved_without_the_padding_of_its_last_batch(tmp_path):
     """The fast tokenizer's backend keeps the padding of the last padded batch (selection's generation),
     and tokenizer.json recorded it: the same adapter saved by a process that padded a batch and by one
     that did not (a rerun) differed in bytes. save_tokenizer saves the same bytes either way."""
-    from test_promotion import CACHE
-
     from safealign.config import load_settings
     from safealign.policy.loading import load_tokenizer
     from safealign.policy.outputs import save_tokenizer
+
+    from helpers.registry import CACHE
 
     settings = load_settings(None, [f"paths.cache_dir={CACHE}", f"policy.model={TINY_POLICY}"])
     tok = load_tokenizer(settings)

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-from test_kfp_client import kfp_server  # noqa: F401 - the fake KFP API (a real socket on 127.0.0.1)
 
 from safealign.config import load_settings
 from safealign.policy.trl_engine import check_trl_supported

@@ -19,21 +19,22 @@ from pathlib import Path
 import mlflow
 import pytest
 import yaml
-from test_promotion import (
-    _free_port,
-    _start_server,
-    _stop,
-    evaluation,
-    kill_server,
-    make_settings,
-    write_candidate,
-)
 
 from safealign.common.layout import Layout
 from safealign.errors import GateFailed, ServiceError
 from safealign.registry import versions
 from safealign.registry.promotion import promote, repair_registry, rollback_champion
 from safealign.tracking import PARENT_ENV
+
+from helpers.registry import (
+    evaluation,
+    free_port,
+    kill_server,
+    make_settings,
+    start_server,
+    stop_server,
+    write_candidate,
+)
 
 STEPS = [
     "run_started",
@@ -91,9 +92,9 @@ class KillableServer:
 
     def __init__(self, root: Path) -> None:
         self.root = root
-        self.port = _free_port()
+        self.port = free_port()
         self.uri = f"http://127.0.0.1:{self.port}"
-        self.proc = _start_server(root, self.port)
+        self.proc = start_server(root, self.port)
 
     def kill(self) -> None:
         kill_server(self.proc)
@@ -101,14 +102,14 @@ class KillableServer:
 
     def ensure_up(self) -> None:
         if self.proc.poll() is not None:
-            self.proc = _start_server(self.root, self.port)
+            self.proc = start_server(self.root, self.port)
 
 
 @pytest.fixture(scope="module")
 def killable(tmp_path_factory):
     srv = KillableServer(tmp_path_factory.mktemp("killable"))
     yield srv
-    _stop(srv.proc)
+    stop_server(srv.proc)
 
 
 @pytest.mark.parametrize("step", STEPS)
@@ -154,9 +155,8 @@ def test_server_killed_at_each_step_fails_fast_and_the_next_promote_repairs(
 
 
 def _params(tmp_path: Path, uri: str | None, sub: str) -> Path:
-    from test_promotion import CACHE
-
     from helpers import tiny_models
+    from helpers.registry import CACHE
 
     doc = {
         "paths": {
@@ -189,10 +189,10 @@ def _spawn(params: Path, *extra: str, env: dict | None = None) -> subprocess.Pop
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     root = tmp_path_factory.mktemp("race-server")
-    port = _free_port()
-    proc = _start_server(root, port)
+    port = free_port()
+    proc = start_server(root, port)
     yield f"http://127.0.0.1:{port}"
-    _stop(proc)
+    stop_server(proc)
 
 
 @pytest.mark.parametrize("n", [2, 4])

@@ -266,14 +266,14 @@ def test_both_engines_continue_the_given_adapter_instead_of_a_fresh_one(tmp_path
     from safetensors.torch import load_file
 
     sys.path.insert(0, str(Path(__file__).parent))
-    from test_grpo_stage import RecordingScorer, _stage_inputs
-
     from safealign.policy.grpo import train_grpo
+
+    from helpers.grpo import RecordingScorer, stage_inputs
 
     torch.set_num_threads(1)
     for name in ("first", "again"):
         (tmp_path / name).mkdir()
-    settings, layout = _stage_inputs(tmp_path / "first", steps=2)
+    settings, layout = stage_inputs(tmp_path / "first", steps=2)
     train_grpo(settings, resume=False, scorer=RecordingScorer())
     start = tmp_path / "start"
     shutil.copytree(layout.adapter_dir, start)
@@ -281,7 +281,7 @@ def test_both_engines_continue_the_given_adapter_instead_of_a_fresh_one(tmp_path
     b_keys = [k for k in init if "lora_B" in k]
     assert b_keys and max(float(init[k].abs().max()) for k in b_keys) > 1e-4
 
-    again, layout2 = _stage_inputs(tmp_path / "again", steps=2, engine=engine, learning_rate=1e-12)
+    again, layout2 = stage_inputs(tmp_path / "again", steps=2, engine=engine, learning_rate=1e-12)
     train_grpo(again, resume=False, scorer=RecordingScorer(), init_adapter=start)
     out = load_file(str(layout2.adapter_dir / "adapter_model.safetensors"))
     assert set(out) == set(init)
