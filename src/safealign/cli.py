@@ -209,7 +209,7 @@ def _cmd_run(settings: Settings, args: argparse.Namespace) -> Any:
 
 def _cmd_promote(settings: Settings, args: argparse.Namespace) -> Any:
     """The promote stage plus its registry maintenance modes (rollback, repair)."""
-    from safealign import promotion
+    from safealign.registry import promotion
 
     if args.rollback:
         return promotion.rollback_champion(settings, args.reason or "")
