@@ -33,7 +33,8 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -176,9 +177,8 @@ def promote(settings: Settings, dry_run: bool = False) -> dict[str, Any]:
                 "repair": repaired,
                 "lock_broken": lock.broken,
             }
-            reward_v, policy_v = _register_pair(
-                settings, client, run, owner, layout, evaluation, cand, fingerprint, result, created
-            )
+            reg = _Registration(settings, client, run, owner, layout, result, created)
+            reward_v, policy_v = _register_pair(reg, cand, fingerprint)
             for alias in (CHALLENGER, CHAMPION) if passed else (CHALLENGER,):
                 versions.set_aliases(
                     client, p.policy_model_name, p.reward_model_name, alias, policy_v, reward_v
@@ -207,40 +207,45 @@ def promote(settings: Settings, dry_run: bool = False) -> dict[str, Any]:
     return result
 
 
-def _register_pair(
-    settings: Settings,
-    client: Any,
-    run: Any,
-    owner: versions.Owner,
-    layout: Layout,
-    evaluation: dict[str, Any],
-    cand: dict[str, Any],
-    fingerprint: str,
-    result: dict[str, Any],
-    created: list[tuple[str, str]],
-) -> tuple[str, str]:
+@dataclass
+class _Registration:
+    """What every step of registering one candidate works with: the settings, the registry client, the
+    promote run it logs into, the lock owner, the candidate's folders, the result being built and the
+    versions created so far (deleted again if the promote fails before the commit), plus the tags and
+    metadata both models carry. One object, so the steps below take what differs between them only."""
+
+    settings: Settings
+    client: Any
+    run: Any
+    owner: versions.Owner
+    layout: Layout
+    result: dict[str, Any]
+    created: list[tuple[str, str]]
+    base_tags: dict[str, str] = field(init=False)
+    meta: dict[str, str] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.base_tags = _base_tags(self.settings)
+        self.meta = {
+            "git_commit": self.base_tags["safealign.git_commit"],
+            "data_version": self.base_tags["safealign.data_version"],
+        }
+
+
+def _register_pair(reg: _Registration, cand: dict[str, Any], fingerprint: str) -> tuple[str, str]:
     """Find each model by content hash, else log it as an MLflow model and create a pending version; then
     complete both (policy first: the commit point). Returns (reward version, policy version)."""
-    p = settings.promote
-    base_tags = _base_tags(settings)
-    meta = {
-        "git_commit": base_tags["safealign.git_commit"],
-        "data_version": base_tags["safealign.data_version"],
-    }
-    reward_v, reward_new = _register_reward(
-        settings, client, run, owner, layout, base_tags, meta, result, created
-    )
+    p = reg.settings.promote
+    reward_v, reward_new = _register_reward(reg)
     versions.step("reward_registered")
-    policy_v, policy_new = _register_policy(
-        settings, client, run, owner, layout, base_tags, meta, cand, fingerprint, result, reward_v, created
-    )
+    policy_v, policy_new = _register_policy(reg, cand, fingerprint, reward_v)
     versions.step("policy_registered")
-    versions.complete(client, p.policy_model_name, policy_v)  # the commit point
+    versions.complete(reg.client, p.policy_model_name, policy_v)  # the commit point
     versions.step("policy_committed")
-    versions.complete(client, p.reward_model_name, reward_v)
+    versions.complete(reg.client, p.reward_model_name, reward_v)
     versions.step("committed")
-    created.clear()  # complete now: a later failure must not delete them
-    result.update(
+    reg.created.clear()  # complete now: a later failure must not delete them
+    reg.result.update(
         {
             "policy_version": policy_v,
             "policy_new_version": policy_new,
@@ -262,62 +267,39 @@ def _base_tags(settings: Settings) -> dict[str, str]:
     }
 
 
-def _register_reward(
-    settings: Settings,
-    client: Any,
-    run: Any,
-    owner: versions.Owner,
-    layout: Layout,
-    base_tags: dict[str, str],
-    meta: dict[str, str],
-    result: dict[str, Any],
-    created: list[tuple[str, str]],
-) -> tuple[str, bool]:
+def _register_reward(reg: _Registration) -> tuple[str, bool]:
     """(version, new?) of the reward model in the registry, logged as a pyfunc only when its hash is new."""
-    reward_hash = result["candidate"]["reward_model_hash"]
+    reward_hash = reg.result["candidate"]["reward_model_hash"]
 
     def save_reward(target: Path) -> None:
         from safealign.serving import save_reward_model
 
-        save_reward_model(layout.reward_model_dir, target, {**meta, "content_hash": reward_hash})
+        save_reward_model(reg.layout.reward_model_dir, target, {**reg.meta, "content_hash": reward_hash})
         normalise_modes(target)  # registry copies readable like every other output (not 0600 weights)
 
     return _find_or_create(
-        client,
-        run,
-        owner,
-        settings.promote.reward_model_name,
+        reg,
+        reg.settings.promote.reward_model_name,
         "reward_model",
         reward_hash,
-        base_tags,
+        reg.base_tags,
         "safealign multi-aspect reward model: pyfunc, input prompt + response, output one score per aspect "
         "and the weighted reward",
         save_reward,
-        created,
     )
 
 
 def _register_policy(
-    settings: Settings,
-    client: Any,
-    run: Any,
-    owner: versions.Owner,
-    layout: Layout,
-    base_tags: dict[str, str],
-    meta: dict[str, str],
-    cand: dict[str, Any],
-    fingerprint: str,
-    result: dict[str, Any],
-    reward_v: str,
-    created: list[tuple[str, str]],
+    reg: _Registration, cand: dict[str, Any], fingerprint: str, reward_v: str
 ) -> tuple[str, bool]:
     """(version, new?) of the policy, tagged with its evaluation and the reward model version it was
     trained against, so a registry reader needs no other source to judge it."""
+    settings, result = reg.settings, reg.result
     reward_hash = result["candidate"]["reward_model_hash"]
     adapter_hash = result["candidate"]["adapter_hash"]
     metrics_tag = {k: v for k, v in cand.items() if k not in ("aspect_changes", "non_finite")}
     policy_tags = {
-        **base_tags,
+        **reg.base_tags,
         FINGERPRINT_TAG: fingerprint,
         METRICS_TAG: json.dumps(metrics_tag, sort_keys=True),
         versions.REWARD_VERSION_TAG: reward_v,
@@ -337,15 +319,13 @@ def _register_policy(
             "content_hash": adapter_hash,
         }
         save_policy_model(
-            settings, layout.adapter_dir, target, {**meta, **summary}, _evaluation_files(layout)
+            settings, reg.layout.adapter_dir, target, {**reg.meta, **summary}, _evaluation_files(reg.layout)
         )
         normalise_modes(target)
 
     summary_line = ", ".join(f"{k} {v:.4f}" for k, v in sorted(metrics_tag.items()) if isinstance(v, float))
     return _find_or_create(
-        client,
-        run,
-        owner,
+        reg,
         settings.promote.policy_model_name,
         "policy",
         adapter_hash,
@@ -353,27 +333,24 @@ def _register_policy(
         f"safealign policy: pyfunc, LoRA adapter on {settings.policy.model} (base pinned by weights hash), "
         f"input a chat, output the greedy reply. Evaluation: {summary_line}",
         save_policy,
-        created,
     )
 
 
 def _find_or_create(
-    client: Any,
-    run: Any,
-    owner: versions.Owner,
+    reg: _Registration,
     name: str,
     artifact_path: str,
     content_hash: str,
     tags: dict[str, str],
     description: str,
-    save: Any,
-    created: list[tuple[str, str]],
+    save: Callable[[Path], None],
 ) -> tuple[str, bool]:
     """(version, new?) for this content: the existing version is reused and re-tagged."""
     import tempfile
 
     import mlflow
 
+    client, run, owner = reg.client, reg.run, reg.owner
     existing = versions.version_by_hash(client, name, content_hash, owner)
     if existing is not None:
         for key, value in tags.items():
@@ -390,7 +367,7 @@ def _find_or_create(
         client, name, source, run.info.run_id, content_hash, tags, description, owner
     )
     if (version.tags or {}).get(versions.OWNER_TAG) == owner.id:
-        created.append((name, str(version.version)))
+        reg.created.append((name, str(version.version)))
         return str(version.version), True
     return str(version.version), False
 
