@@ -11,7 +11,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
-# OpenMP's thread wait policy is chosen per process from the machine's load (src/safealign/openmp_wait.py):
+# OpenMP's thread wait policy is chosen per process from the machine's load (src/safealign/common/openmp_wait.py):
 # brief spinning on an idle CPU, passive sleeping on a shared one. An OMP_WAIT_POLICY you export wins.
 
 .PHONY: setup run test lint bench compile params image image-cuda base-image wheels docker-up e2e clean-outputs \

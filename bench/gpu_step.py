@@ -41,7 +41,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from safealign.openmp_wait import choose_wait_policy  # noqa: E402
+from safealign.common.openmp_wait import choose_wait_policy  # noqa: E402
 
 WAIT_POLICY = choose_wait_policy()  # before torch loads (only the CPU mode's threads care)
 

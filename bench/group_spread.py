@@ -26,9 +26,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import numpy as np
 import torch
 
+from safealign.common.jsonl import read_prompts
+from safealign.common.layout import Layout
 from safealign.config import load_settings
-from safealign.jsonl import read_prompts
-from safealign.layout import Layout
 from safealign.policy.engine import eos_token_ids, generate
 from safealign.policy.loading import load_policy, load_policy_with_adapter
 from safealign.policy.prompts import PromptEncoder

@@ -14,7 +14,7 @@ import json
 import re
 from pathlib import Path
 
-from safealign.evaluation.refusal import judge
+from safealign.refusal import judge
 
 PREFIXES = re.compile(
     r"^\s*(i'?m sorry|i am sorry|sorry|i apologi[sz]e|i can'?t|i cannot|i won'?t|i will not|i'?m not able|"

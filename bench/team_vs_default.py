@@ -23,18 +23,12 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
+from safealign.common.nested import overrides_of  # noqa: E402
 from safealign.config import apply_overrides  # noqa: E402
-from safealign.stack import Ports, Stack  # noqa: E402
+from safealign.team.stack import Ports, Stack  # noqa: E402
 
-TINY = [
-    "reward.encoder=tiny:all-minilm-l6-v2", "policy.model=tiny:smollm2-135m-instruct", "reward.epochs=1",
-    "reward.max_length=64", "grpo.steps=2", "grpo.prompts_per_step=2", "grpo.num_generations=2",
-    "grpo.max_new_tokens=8", "grpo.checkpoint_every=1", "grpo.selection.start=1",
-    "grpo.selection.num_adversarial=4", "grpo.selection.num_benign=4", "grpo.selection.max_new_tokens=8",
-    "evaluate.num_adversarial=4", "evaluate.num_benign=4", "evaluate.max_new_tokens=8",
-    "evaluate.bootstrap_samples=20", "evaluate.num_examples=2",
-    "calibrate.r2_threshold=-1000", "calibrate.min_probe_pass=0.0", "calibrate.min_phrasing_probe_pass=0.0",
-]
+# The tiny settings every test, bench and script shares (configs/tiny.yaml), as --set lines.
+TINY = overrides_of(yaml.safe_load((ROOT / "configs" / "tiny.yaml").read_text(encoding="utf-8")))
 
 
 def _clone(dest: Path) -> None:

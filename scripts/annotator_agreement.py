@@ -13,11 +13,10 @@ import json
 import numpy as np
 from scipy.stats import spearmanr
 
+from safealign.common.stats import auroc, binary_agreement
 from safealign.config import load_settings
 from safealign.data import onpolicy, refusal_set
 from safealign.data.annotators import RUBRIC_VERSION, RuleAnnotator, extract_features
-from safealign.evaluation.stats import binary_agreement
-from safealign.reward.metrics import auroc
 
 ASPECTS = list(onpolicy.LABELLED_ASPECTS)
 

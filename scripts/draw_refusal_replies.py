@@ -22,7 +22,7 @@ import time
 from safealign.config import Settings
 from safealign.data import benign as benign_mod
 from safealign.data import sources
-from safealign.evaluation.generate import generate_replies
+from safealign.policy.decoding import generate_replies
 from safealign.policy.loading import load_policy
 
 CAREFUL = (

@@ -18,8 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from safealign.common.stats import auroc
 from safealign.data import onpolicy
-from safealign.reward.metrics import auroc
 from safealign.reward.model import RewardModel
 from safealign.reward.probes import check_orderings, phrasing_table, read_probes
 

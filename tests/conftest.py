@@ -9,7 +9,10 @@ from __future__ import annotations
 import os
 
 import pytest
-from stack_fixture import stack_env, team_stack  # noqa: F401 - fixtures for the team-stack tests
+
+# Fixtures shared by several test files, each defined once in tests/helpers/: the team stack (stack_env,
+# team_stack), the fake KFP API (kfp_server) and a tiny promoted candidate (registered).
+pytest_plugins = ("helpers.stack", "helpers.kfp_server", "helpers.registry")
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")

@@ -12,9 +12,11 @@ from safealign.cli import main
 from safealign.reward.probes import ORDERINGS, PHRASING_ORDERINGS
 from safealign.reward.synthetic import write_synthetic
 
+from helpers.tiny import TINY_ENCODER
+
 ASPECTS = ["politeness", "meaningfulness", "actionability", "safety"]
 TINY_ARGS = [
-    "--set", "reward.encoder=tiny:all-minilm-l6-v2",
+    "--set", f"reward.encoder={TINY_ENCODER}",
     "--set", "reward.learning_rate=0.003",
     "--set", "reward.epochs=8",
     "--set", "reward.patience=3",

@@ -6,9 +6,9 @@ import pytest
 from pydantic import BaseModel
 
 from safealign.cli import main
+from safealign.common.params_file import render_params
 from safealign.config import Settings, load_settings, settings_to_flat_dict
 from safealign.errors import ConfigError
-from safealign.params_file import render_params
 
 ROOT = Path(__file__).resolve().parents[1]
 

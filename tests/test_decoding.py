@@ -14,7 +14,8 @@ import safealign.policy.decoding as decoding
 from safealign.policy.decoding import Decoding, generate_from_texts, generate_replies, generate_rows
 from safealign.policy.engine import merged_lora
 
-TINY = "tiny:smollm2-135m-instruct"
+from helpers.tiny import TINY_POLICY as TINY
+
 MAX_NEW = 14
 PROMPTS = [
     "ok",

@@ -14,7 +14,6 @@ when it names the module's file or a folder above it. Two kinds of module need n
 from __future__ import annotations
 
 import ast
-from functools import cache
 from pathlib import Path
 
 import pytest
@@ -22,51 +21,9 @@ import yaml
 
 from safealign import stages
 
-REPO = Path(__file__).resolve().parents[1]
-SRC = REPO / "src"
+from helpers.imports import REPO, closure, module_file
+
 SETTINGS_MODULE = "safealign.config"
-
-
-def module_file(name: str) -> Path | None:
-    base = SRC.joinpath(*name.split("."))
-    for candidate in (base / "__init__.py", base.with_suffix(".py")):
-        if candidate.is_file():
-            return candidate
-    return None
-
-
-@cache
-def imported(name: str) -> frozenset[str]:
-    """The safealign modules ``name``'s source imports, anywhere in the file."""
-    path = module_file(name)
-    assert path is not None, name
-    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
-    found: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-        if isinstance(node, ast.Import):
-            found.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:
-                parts = package.split(".")[: len(package.split(".")) - node.level + 1]
-                base = ".".join([*parts, base] if base else parts)
-            found.add(base)
-            found.update(f"{base}.{alias.name}" for alias in node.names)  # `from pkg import module`
-    return frozenset(m for m in found if m.split(".")[0] == "safealign" and module_file(m) is not None)
-
-
-def closure(root: str) -> set[str]:
-    seen: set[str] = set()
-    todo = [root]
-    while todo:
-        name = todo.pop()
-        if name in seen:
-            continue
-        seen.add(name)
-        parts = name.split(".")
-        todo += [".".join(parts[:i]) for i in range(1, len(parts))]
-        todo += imported(name)
-    return seen
 
 
 def has_code(name: str) -> bool:
@@ -110,7 +67,7 @@ def test_code_deps_cover_the_import_closure(stage):
 
 def test_the_closure_follows_lazy_and_from_package_imports():
     grpo = closure(stages.get("grpo").module)
-    assert {"safealign.evaluation.refusal", "safealign.policy.decoding"} <= grpo  # lazy, in selection
+    assert {"safealign.refusal", "safealign.policy.decoding"} <= grpo  # lazy, in selection
     assert "safealign.data.benign" in closure("safealign.data.build")  # from safealign.data import benign
     # safealign/__init__.py runs code (MLflow telemetry off) in every stage, so every stage names it
     assert not needs_dep("safealign.data") and needs_dep("safealign") and not needs_dep(SETTINGS_MODULE)

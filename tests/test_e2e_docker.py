@@ -23,9 +23,11 @@ import uuid
 from pathlib import Path
 
 import pytest
-from test_pipeline_local import RELAXED_FOR_TINY_MODEL_ONLY, SMALL, TINY, small_data
 
 from safealign.config import load_settings
+
+from helpers.data import small_data
+from helpers.tiny import MODELS, RELAXED_GATES, SMALL_RUN, tiny_overrides
 
 ROOT = Path(__file__).resolve().parents[1]
 SETTINGS = load_settings(ROOT / "params.yaml")
@@ -66,7 +68,7 @@ def _tracking(work: Path) -> tuple[str, dict[str, str], list[str]]:
     """(tracking URI, container environment, overrides): the team stack when it is up, else SQLite in
     the mounted pipeline root."""
     try:
-        from safealign.stack import Stack
+        from safealign.team.stack import Stack
     except ImportError:
         Stack = None  # noqa: N806 - the team stack is optional
     if Stack is not None:
@@ -90,7 +92,7 @@ def work(docker_image, tmp_path_factory) -> Path:
 def _run(work: Path, overrides: list[str], data_version: str = ""):
     from kfp import local
 
-    from safealign.kfp_client import load_pipeline
+    from safealign.kfp.client import load_pipeline
 
     uri, env, tracking_overrides = _tracking(work)
     local.init(
@@ -99,12 +101,14 @@ def _run(work: Path, overrides: list[str], data_version: str = ""):
         enable_caching=False,
         raise_on_error=True,
     )
-    pipeline = load_pipeline(ROOT / "pipelines" / "align.py")
+    pipeline = load_pipeline()
     started = time.monotonic()
     result = pipeline(
         data_version=data_version,
         data_dir=str(work / "data"),
-        overrides=[*TINY, *tracking_overrides, f"tracking.experiment={EXPERIMENT}", *overrides],
+        overrides=[
+            *tiny_overrides(*MODELS), *tracking_overrides, f"tracking.experiment={EXPERIMENT}", *overrides
+        ],
         tracking_uri=uri,
         cache_dir=str(work / "model-cache"),
     )
@@ -144,7 +148,7 @@ def test_pipeline_in_containers_gate_skip_then_full(work):
     assert len(gate_key) >= 1
 
     # 2. The gate passes: GRPO, evaluation and promotion run in their containers too.
-    result, uri = _run(work, [*RELAXED_FOR_TINY_MODEL_ONLY, *SMALL], data_version="e2e-v1")
+    result, uri = _run(work, tiny_overrides(*RELAXED_GATES, *SMALL_RUN), data_version="e2e-v1")
     assert result.output is True
     run = _latest_run(work)
     assert {"grpo-op", "evaluate-op", "promote-op"} <= {p.name for p in run.iterdir()}

@@ -26,6 +26,8 @@ from safealign.config import Settings
 from safealign.policy.constraint import LagrangeConstraint
 from safealign.policy.objective import Objective
 
+from helpers.tiny import TINY_POLICY
+
 torch.set_num_threads(2)
 G = 4
 RAW = ["how do I make a weapon at home", "how do I bake bread", "write a phishing email"]
@@ -52,7 +54,7 @@ def batch():
     from safealign.policy.engine import collate_prompts, completion_mask
     from safealign.policy.loading import format_prompt, load_policy
 
-    model, tok = load_policy("tiny:smollm2-135m-instruct")
+    model, tok = load_policy(TINY_POLICY)
     torch.manual_seed(3)
     model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
     with torch.no_grad():

@@ -18,16 +18,18 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_validate import make_data
 
-from safealign import atomic
 from safealign.cli import environment_error, main
+from safealign.common import atomic
 from safealign.config import load_settings
 from safealign.errors import ModelFolderError
 from safealign.reward.model import HEAD_FILE, REWARD_CONFIG, RewardModel
 
+from helpers.data import make_data
+from helpers.tiny import TINY_ENCODER as TINY
+from helpers.tiny import TINY_POLICY
+
 REPO = Path(__file__).resolve().parents[1]
-TINY = "tiny:all-minilm-l6-v2"
 ASPECTS4 = [("politeness", 0.15), ("meaningfulness", 0.15), ("actionability", 0.15), ("safety", 0.55)]
 
 
@@ -148,7 +150,7 @@ def test_corrupt_adapter_exits_2_naming_the_folder(tmp_path, capsys):
     adapter.mkdir()
     (adapter / "adapter_config.json").write_text("{not json", encoding="utf-8")
     with pytest.raises(ModelFolderError, match=str(adapter)):
-        load_policy_with_adapter("tiny:smollm2-135m-instruct", adapter, cache_dir=tmp_path / "cache")
+        load_policy_with_adapter(TINY_POLICY, adapter, cache_dir=tmp_path / "cache")
 
 
 # ---------------------------------------------------------- disk full and read-only folders: exit 1, one line

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from safealign import batch
 from safealign.cli import main
 from safealign.config import load_settings
 from safealign.errors import DataError
+from safealign.registry import batch
 
 ROWS = [{"id": i, "prompt": f"question {i}"} for i in range(5)]
 
@@ -129,7 +129,7 @@ def test_a_partial_file_of_another_input_is_refused_untouched(tmp_path, stub_gen
 
 
 def test_rename_no_replace_never_clobbers(tmp_path):
-    from safealign.atomic import rename_no_replace
+    from safealign.common.atomic import rename_no_replace
 
     src, dst = tmp_path / "a", tmp_path / "b"
     src.write_text("new")
@@ -143,7 +143,7 @@ def test_rename_no_replace_never_clobbers(tmp_path):
 
 
 def _umask() -> int:
-    from safealign.atomic import current_umask
+    from safealign.common.atomic import current_umask
 
     return current_umask()
 

@@ -18,8 +18,9 @@ from safealign.config import GrpoSettings
 from safealign.policy.advantages import group_advantages
 from safealign.policy.constraint import LagrangeConstraint
 
+from helpers.tiny import TINY_POLICY as TINY
+
 torch.set_num_threads(2)
-TINY = "tiny:smollm2-135m-instruct"
 
 
 # ------------------------------------------------------------------------------------------- advantages

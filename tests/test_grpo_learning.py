@@ -22,41 +22,16 @@ import torch
 
 from safealign.config import GrpoSettings
 
+from helpers.grpo import EvenTokenScorer, toy_policy
+
 torch.set_num_threads(2)
-
-
-class EvenTokenScorer:
-    aspects = ["even"]
-
-    def score(self, prompts, responses, completion_ids=None):
-        return np.array([[sum(t % 2 == 0 for t in ids) / max(1, len(ids))] for ids in completion_ids])
-
-
-def _toy_policy():
-    from peft import LoraConfig, get_peft_model
-
-    from safealign.policy.loading import load_policy
-
-    model, tok = load_policy("tiny:smollm2-135m-instruct")
-    gen = torch.Generator().manual_seed(5)
-    hidden, vocab = model.config.hidden_size, model.config.vocab_size
-    u = torch.randn(hidden, generator=gen)
-    u /= u.norm()
-    sign = torch.where(torch.arange(vocab) % 2 == 0, 1.0, -1.0)
-    model.config.tie_word_embeddings = False
-    model.lm_head.weight = torch.nn.Parameter(
-        0.02 * torch.randn(vocab, hidden, generator=gen) + sign[:, None] * u[None, :], requires_grad=False
-    )
-    torch.manual_seed(0)
-    lora = LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj", "o_proj"])
-    return get_peft_model(model, lora), tok
 
 
 def _train_toy(steps: int = 14) -> list[float]:
     from safealign.policy.engine import StepConfig, collate_prompts, grpo_step
     from safealign.policy.loading import format_prompt
 
-    model, tok = _toy_policy()
+    model, tok = toy_policy()
     raw = ["hi", "How do I pick a lock?"]
     ids = [tok(format_prompt(tok, r), add_special_tokens=False)["input_ids"] for r in raw]
     batch = collate_prompts(raw, ids, tok.pad_token_id)

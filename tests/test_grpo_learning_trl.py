@@ -13,9 +13,10 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 import numpy as np
 import pytest
 import torch
-from test_grpo_learning import EvenTokenScorer, _toy_policy
 
 from safealign.config import Settings
+
+from helpers.grpo import EvenTokenScorer, toy_policy
 
 torch.set_num_threads(2)
 
@@ -37,7 +38,7 @@ def _train_toy_trl(tmp_path, steps: int = 14) -> list[float]:
             },
         }
     )
-    model, tok = _toy_policy()
+    model, tok = toy_policy()
     trainer, _ = build_trl_trainer(
         settings, model, tok, EvenTokenScorer(), ["hi", "How do I pick a lock?"], [], tmp_path, steps
     )

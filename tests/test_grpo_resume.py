@@ -13,16 +13,18 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_grpo_stage import RecordingScorer, _read_csv, _stage_inputs, dying_at
 
 from safealign.errors import ConfigError
 from safealign.policy import grpo as stage
+
+from helpers.grpo import RecordingScorer, dying_at, read_csv, stage_inputs
+from helpers.tiny import TINY_POLICY
 
 torch.set_num_threads(2)
 
 
 def _train(tmp: Path, resume: bool = True, **grpo):
-    settings, layout = _stage_inputs(tmp, **grpo)
+    settings, layout = stage_inputs(tmp, **grpo)
     return stage.train_grpo(settings, resume=resume, scorer=RecordingScorer()), layout
 
 
@@ -79,7 +81,7 @@ def _dead_pid() -> int:
 
 def test_leftovers_of_killed_writes_are_removed_when_the_stage_starts(tmp_path):
     """Temp folders and files of killed writers go; a temp whose writer is alive (pid 1) stays."""
-    settings, layout = _stage_inputs(tmp_path, steps=1)
+    settings, layout = stage_inputs(tmp_path, steps=1)
     dead = _dead_pid()
     stale = [
         layout.checkpoints_dir / "run-0123456789abcdef" / f".step-000002.tmp-{dead}-x1y2",
@@ -111,12 +113,12 @@ def test_a_failing_run_leaves_the_previous_step_table_alone(tmp_path):
     _crash(tmp_path, at_step=2, **other)
     assert layout.grpo_steps_csv.read_bytes() == before
     (crashed,) = set(layout.checkpoints_dir.glob("run-*")) - finished
-    assert [int(float(r["step"])) for r in _read_csv(crashed / "steps.csv")] == [1]
+    assert [int(float(r["step"])) for r in read_csv(crashed / "steps.csv")] == [1]
 
     summary, _ = _train(tmp_path, **other)
     assert summary["resumed_from"] == 1
-    assert [int(float(r["step"])) for r in _read_csv(crashed / "steps.csv")] == [1, 2, 3]
-    assert [int(float(r["step"])) for r in _read_csv(layout.grpo_steps_csv)] == [1, 2, 3]
+    assert [int(float(r["step"])) for r in read_csv(crashed / "steps.csv")] == [1, 2, 3]
+    assert [int(float(r["step"])) for r in read_csv(layout.grpo_steps_csv)] == [1, 2, 3]
     assert layout.grpo_steps_csv.read_bytes() != before
 
 
@@ -151,7 +153,7 @@ from pathlib import Path
 from peft import LoraConfig, PeftConfig, get_peft_model
 from safealign.policy.loading import load_policy
 from safealign.policy.outputs import save_adapter
-model, _ = load_policy("tiny:smollm2-135m-instruct")
+model, _ = load_policy(sys.argv[2])
 torch.manual_seed(0)
 lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"])
 model = get_peft_model(model, lora)
@@ -166,10 +168,10 @@ assert sorted(reloaded.target_modules) == sorted(lora.target_modules)
 def test_identical_adapters_are_identical_files_whatever_the_hash_seed(tmp_path):
     """PEFT writes target_modules in set order, which follows the per-process string hash seed; the stage's
     save_adapter writes it sorted, so the same adapter hashes the same in every process."""
-    from safealign.hashing import tree_hash
+    from safealign.common.hashing import tree_hash
 
     for seed in (1, 2, 3):
-        subprocess.run([sys.executable, "-c", SAVE_ADAPTER, str(tmp_path / str(seed))],
+        subprocess.run([sys.executable, "-c", SAVE_ADAPTER, str(tmp_path / str(seed)), TINY_POLICY],
                        env={**os.environ, "PYTHONHASHSEED": str(seed)}, check=True, timeout=300)  # fmt: skip
     raw = {(tmp_path / str(s) / "raw" / "adapter_config.json").read_bytes() for s in (1, 2, 3)}
     assert len(raw) > 1  # the control: PEFT's own file differs between these processes
@@ -203,13 +205,13 @@ def test_tokenizer_is_saved_without_the_padding_of_its_last_batch(tmp_path):
     """The fast tokenizer's backend keeps the padding of the last padded batch (selection's generation),
     and tokenizer.json recorded it: the same adapter saved by a process that padded a batch and by one
     that did not (a rerun) differed in bytes. save_tokenizer saves the same bytes either way."""
-    from test_promotion import CACHE
-
     from safealign.config import load_settings
     from safealign.policy.loading import load_tokenizer
     from safealign.policy.outputs import save_tokenizer
 
-    settings = load_settings(None, [f"paths.cache_dir={CACHE}", "policy.model=tiny:smollm2-135m-instruct"])
+    from helpers.registry import CACHE
+
+    settings = load_settings(None, [f"paths.cache_dir={CACHE}", f"policy.model={TINY_POLICY}"])
     tok = load_tokenizer(settings)
     save_tokenizer(tok, tmp_path / "fresh")
     tok(["a", "a much longer text"], padding=True, truncation=True, max_length=8)  # a validation batch

@@ -6,7 +6,6 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-import csv
 import json
 import signal
 import subprocess
@@ -14,83 +13,24 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import yaml
 
-from safealign.config import load_settings
-from safealign.layout import Layout
+from safealign.common.layout import Layout
+
+from helpers.grpo import (
+    HELDOUT_SENTINEL,
+    RecordingScorer,
+    ScriptedValidationScorer,
+    dying_at,
+    grpo_params,
+    read_csv,
+    stage_inputs,
+    write_splits,
+)
 
 torch.set_num_threads(2)
-ROOT = Path(__file__).resolve().parents[1]
-HELDOUT_SENTINEL = "HELDOUT: never train on this prompt"
-
-
-def _write_splits(layout: Layout) -> None:
-    layout.splits_dir.mkdir(parents=True, exist_ok=True)
-    adv = ["How do I make a weapon at home?", "Write malware that steals passwords.", "How to stalk someone?"]
-    ben = ["How do I kill a Python process?", "Give me a pancake recipe."]
-
-    def dump(path: Path, prompts: list[str]) -> None:
-        path.write_text(
-            "".join(json.dumps({"id": f"p{i}", "prompt": p}) + "\n" for i, p in enumerate(prompts))
-        )
-
-    dump(layout.adversarial_split("train"), adv)
-    dump(layout.benign_split("train"), ben)
-    dump(layout.adversarial_split("heldout"), [HELDOUT_SENTINEL])
-    dump(layout.benign_split("heldout"), [HELDOUT_SENTINEL])
-
-
-def _params(tmp: Path, **grpo) -> dict:
-    cache = ROOT / ".cache"  # shared: the tiny policy's tokenizer is parsed from the GGUF once, then reused
-    return {
-        "paths": {
-            "data_dir": str(tmp / "data"),
-            "artifacts_dir": str(tmp / "artifacts"),
-            "metrics_dir": str(tmp / "metrics"),
-            "cache_dir": str(cache),
-        },
-        "policy": {"model": "tiny:smollm2-135m-instruct"},
-        "reward": {"encoder": "tiny:all-minilm-l6-v2", "max_length": 64},
-        "grpo": {
-            "steps": 3,
-            "prompts_per_step": 2,
-            "num_generations": 2,
-            "max_new_tokens": 6,
-            "checkpoint_every": 2,
-            "learning_rate": 1e-3,
-            "lora": {"r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"]},
-            "selection": None,  # the tiny splits hold 3 + 2 prompts; selection's own tests set it
-            **grpo,
-        },
-        "tracking": {
-            "tracking_uri": f"sqlite:///{tmp / 'mlflow.db'}",
-            "artifact_location": str(tmp / "mlartifacts"),
-            "experiment": "grpo-test",
-        },
-    }
-
-
-class RecordingScorer:
-    """Toy 4-aspect scorer that remembers every prompt it was asked about."""
-
-    aspects = ["politeness", "meaningfulness", "actionability", "safety"]
-
-    def __init__(self):
-        self.seen: list[str] = []
-
-    def score(self, prompts, responses, completion_ids=None):
-        self.seen += list(prompts)
-        rng = np.random.default_rng(len(self.seen))
-        out = rng.uniform(0.2, 0.6, size=(len(prompts), 4))
-        out[:, 3] = [min(1.0, len(r) / 40) * 0.5 for r in responses]  # safety stays under the threshold
-        return out
-
-
-def _read_csv(path: Path) -> list[dict]:
-    return list(csv.DictReader(path.read_text().splitlines()))
 
 
 def _run_checkpoints(layout: Layout) -> dict[str, Path]:
@@ -98,15 +38,6 @@ def _run_checkpoints(layout: Layout) -> dict[str, Path]:
     runs = [p for p in layout.checkpoints_dir.iterdir() if p.is_dir()]
     assert len(runs) == 1 and runs[0].name.startswith("run-"), runs
     return {p.name: p for p in runs[0].iterdir() if p.name.startswith("step-")}
-
-
-def _stage_inputs(tmp: Path, **grpo) -> tuple:
-    """params.yaml with these grpo keys, loaded as the CLI would, and the train splits in place."""
-    (tmp / "params.yaml").write_text(yaml.safe_dump(_params(tmp, **grpo)))
-    settings = load_settings(tmp / "params.yaml")
-    layout = Layout.from_settings(settings)
-    _write_splits(layout)
-    return settings, layout
 
 
 def test_benign_beta_reaches_the_step_only_for_benign_prompts(tmp_path, monkeypatch):
@@ -133,7 +64,7 @@ def test_benign_beta_reaches_the_step_only_for_benign_prompts(tmp_path, monkeypa
     calls_reference: list[str] = []
     monkeypatch.setattr(engine, "policy_loss", recording_loss)
     monkeypatch.setattr(engine, "reference_logprobs", recording_reference)
-    settings, layout = _stage_inputs(tmp_path, benign_beta=0.5, benign_fraction=0.5, steps=4)
+    settings, layout = stage_inputs(tmp_path, benign_beta=0.5, benign_fraction=0.5, steps=4)
     summary = train_grpo(settings, resume=False, scorer=RecordingScorer())
 
     assert summary["beta"] == 0.0 and summary["benign_beta"] == 0.5
@@ -143,7 +74,7 @@ def test_benign_beta_reaches_the_step_only_for_benign_prompts(tmp_path, monkeypa
         assert [p in benign for p in call["prompts"]] == [False, True]
         assert call["beta"] == [0.0, 0.5]
     assert calls_reference and set(calls_reference) <= benign  # the KL term is the benign prompts' only
-    kls = [float(r["kl"]) for r in _read_csv(layout.grpo_steps_csv)]
+    kls = [float(r["kl"]) for r in read_csv(layout.grpo_steps_csv)]
     assert kls[0] == 0.0 and all(k > 0 for k in kls[1:]), kls
     assert kls == pytest.approx([c["kl"] for c in calls], rel=1e-5)
 
@@ -153,7 +84,7 @@ def test_stage_outputs_logging_constraint_and_no_heldout(tmp_path):
 
     from safealign.policy.grpo import train_grpo
 
-    settings, layout = _stage_inputs(tmp_path, safety_constraint={"threshold": 0.95, "lr": 0.5})
+    settings, layout = stage_inputs(tmp_path, safety_constraint={"threshold": 0.95, "lr": 0.5})
     scorer = RecordingScorer()
 
     summary = train_grpo(settings, resume=True, scorer=scorer)
@@ -169,7 +100,7 @@ def test_stage_outputs_logging_constraint_and_no_heldout(tmp_path):
     assert metrics["benign_weights"] == [0.2, 0.4, 0.4, 0.0]  # the default: helpfulness aspects, no safety
     assert metrics["weights"] == [0.15, 0.15, 0.15, 0.55]
     assert metrics["beta"] == metrics["benign_beta"] == 0.0  # grpo.benign_beta unset: beta
-    rows = _read_csv(layout.grpo_steps_csv)
+    rows = read_csv(layout.grpo_steps_csv)
     assert [int(float(r["step"])) for r in rows] == [1, 2, 3]
     for col in [
         "safety_mean",
@@ -233,11 +164,11 @@ def _prepare(tmp: Path, steps: int) -> Layout:
     from safealign.reward.model import RewardModel
 
     tmp.mkdir(parents=True, exist_ok=True)
-    params = _params(tmp, steps=steps, checkpoint_every=2)
+    params = grpo_params(tmp, steps=steps, checkpoint_every=2)
     (tmp / "params.yaml").write_text(yaml.safe_dump(params))
     settings = Settings.model_validate(params)
     layout = Layout.from_settings(settings)
-    _write_splits(layout)
+    write_splits(layout)
     torch.manual_seed(0)
     RewardModel.from_settings(settings).save_pretrained(layout.reward_model_dir)  # real model, random head
     return layout
@@ -263,7 +194,7 @@ def test_sigkill_mid_run_then_same_command_resumes_and_matches_uninterrupted(tmp
     assert proc.returncode == 0, out
     summary = json.loads(killed.metrics_file("grpo").read_text())
     assert summary["steps"] == steps and summary["resumed_from"] in (4, 6)
-    rows = _read_csv(killed.grpo_steps_csv)
+    rows = read_csv(killed.grpo_steps_csv)
     assert [int(float(r["step"])) for r in rows] == list(range(1, steps + 1))
     assert (killed.adapter_dir / "adapter_model.safetensors").exists()
 
@@ -272,37 +203,18 @@ def test_sigkill_mid_run_then_same_command_resumes_and_matches_uninterrupted(tmp
     proc = _run_cli(tmp_path / "clean")
     out, _ = proc.communicate(timeout=900)
     assert proc.returncode == 0, out
-    clean_rows = _read_csv(clean.grpo_steps_csv)
+    clean_rows = read_csv(clean.grpo_steps_csv)
     for a, b in zip(rows, clean_rows, strict=True):
         for col in ("reward_mean", "safety_mean", "completion_len_mean", "adv_std"):
             assert float(a[col]) == pytest.approx(float(b[col]), rel=1e-4, abs=1e-6), (a["step"], col)
 
 
-class ScriptedValidationScorer(RecordingScorer):
-    """Training calls as RecordingScorer; validation calls (exactly the carved prompts) get a scripted
-    adversarial safety per validation, in order, with every other aspect held flat."""
-
-    def __init__(self, validation_prompts: list[str], safety_by_validation: list[float]):
-        super().__init__()
-        self.validation_prompts = validation_prompts
-        self.script = list(safety_by_validation)
-        self.validations = 0
-
-    def score(self, prompts, responses, completion_ids=None):
-        if list(prompts) != self.validation_prompts:
-            return super().score(prompts, responses, completion_ids)
-        out = np.full((len(prompts), 4), 0.5)
-        out[0, 3] = self.script[self.validations]  # the adversarial validation prompt comes first
-        self.validations += 1
-        return out
-
-
 def _selection_inputs(tmp: Path, steps: int) -> tuple:
-    from safealign.jsonl import read_prompts
+    from safealign.common.jsonl import read_prompts
     from safealign.policy.selection import carve
 
     tmp.mkdir(parents=True, exist_ok=True)
-    settings, layout = _stage_inputs(
+    settings, layout = stage_inputs(
         tmp,
         steps=steps,
         checkpoint_every=1,
@@ -360,22 +272,6 @@ def test_selection_keeps_the_step_closest_to_passing_when_none_passes(tmp_path):
     assert all(torch.equal(saved[k], step2[k]) for k in saved)
 
 
-def dying_at(at_step: int):
-    """A stand-in for the stage's ``grpo_step`` that raises on its ``at_step``-th call: a fresh run killed
-    as step ``at_step`` begins, after the checkpoints of the steps before it."""
-    from safealign.policy import grpo
-
-    real, calls = grpo.grpo_step, []
-
-    def grpo_step(*args, **kwargs):
-        calls.append(None)
-        if len(calls) == at_step:
-            raise RuntimeError("killed")
-        return real(*args, **kwargs)
-
-    return grpo_step
-
-
 def test_selection_survives_a_resume(tmp_path):
     """4 steps, killed as step 3 begins and resumed from step 2's checkpoint: the same validation records
     and the same kept adapter as 4 uninterrupted steps (the best adapter travels in the checkpoint)."""
@@ -415,7 +311,7 @@ def test_validating_leaves_the_training_trajectory_unchanged(tmp_path):
         scorer = ScriptedValidationScorer(validation, [0.5] * 5)
         train_grpo(settings, resume=False, scorer=scorer)
         assert scorer.validations == (5 if start == 1 else 2)
-        per_step.append(_read_csv(layout.grpo_steps_csv))
+        per_step.append(read_csv(layout.grpo_steps_csv))
     for a, b in zip(*per_step, strict=True):
         for col in ("reward_mean", "safety_mean", "completion_len_mean", "adv_std", "distinct_completions"):
             assert a[col] == b[col], (a["step"], col)

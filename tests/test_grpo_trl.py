@@ -16,6 +16,8 @@ from safealign.config import Settings
 from safealign.errors import ConfigError
 from safealign.policy.reward_adapter import aspect_weights
 
+from helpers.tiny import TINY_POLICY
+
 torch.set_num_threads(2)
 
 
@@ -50,7 +52,7 @@ def test_trl_grpo_trainer_runs_with_shared_reward_forward(tmp_path):
 
     settings = Settings.model_validate(
         {
-            "policy": {"model": "tiny:smollm2-135m-instruct"},
+            "policy": {"model": TINY_POLICY},
             "grpo": {
                 "max_new_tokens": 6,
                 "prompts_per_step": 2,
@@ -80,13 +82,13 @@ def test_trl_grpo_trainer_runs_with_shared_reward_forward(tmp_path):
 
 def _trl_stage(tmp, steps: int, script: list[float]):
     """Stage inputs with every feature on, and a scorer that scripts the validation's adversarial safety."""
-    from test_grpo_stage import ScriptedValidationScorer, _stage_inputs
-
-    from safealign.jsonl import read_prompts
+    from safealign.common.jsonl import read_prompts
     from safealign.policy.selection import carve
 
+    from helpers.grpo import ScriptedValidationScorer, stage_inputs
+
     tmp.mkdir(parents=True, exist_ok=True)
-    settings, layout = _stage_inputs(
+    settings, layout = stage_inputs(
         tmp, engine="trl", steps=steps, checkpoint_every=1, benign_fraction=0.5, benign_beta=0.5,
         benign_weights={"actionability": 1.0}, safety_constraint={"threshold": 0.95, "lr": 0.5},
         selection={"start": 1, "every": 1, "num_adversarial": 1, "num_benign": 1, "max_new_tokens": 4},
@@ -102,9 +104,10 @@ def test_trl_stage_runs_every_feature(tmp_path):
     accepted and shows in what the stage writes."""
     import mlflow
     from safetensors.torch import load_file
-    from test_grpo_stage import _read_csv
 
     from safealign.policy.grpo import train_grpo
+
+    from helpers.grpo import read_csv
 
     settings, layout, scorer = _trl_stage(tmp_path, steps=3, script=[0.5, 0.6, 0.9, 0.7])
     summary = train_grpo(settings, resume=False, scorer=scorer)
@@ -121,7 +124,7 @@ def test_trl_stage_runs_every_feature(tmp_path):
     ckpt = {s: load_file(str(trl_dir / f"checkpoint-{s}" / "adapter_model.safetensors")) for s in (2, 3)}
     assert all(torch.equal(saved[k], ckpt[2][k]) for k in saved)
     assert not all(torch.equal(saved[k], ckpt[3][k]) for k in saved)
-    rows = _read_csv(layout.grpo_steps_csv)
+    rows = read_csv(layout.grpo_steps_csv)
     assert [int(float(r["step"])) for r in rows] == [1, 2, 3]
     for col in ("safety_mean", "reward_mean", "shaped_reward_mean", "adv_mean", "frac_flat_groups", "lambda",
                 "kl", "loss", "s_step", "adversarial_safety_mean", "benign_group_std_mean"):  # fmt: skip
@@ -143,9 +146,9 @@ def test_trl_stage_runs_every_feature(tmp_path):
 def test_trl_stage_resumes_where_it_stopped(tmp_path):
     """2 steps, then the same run asked for 4: it resumes from TRL's checkpoint with safealign's state
     (lambda, selector, rows) and ends where 4 uninterrupted steps end."""
-    from test_grpo_stage import _read_csv
-
     from safealign.policy.grpo import train_grpo
+
+    from helpers.grpo import read_csv
 
     script = [0.5, 0.8, 0.6, 0.7, 0.65]
     settings, layout, scorer = _trl_stage(tmp_path / "clean", steps=4, script=script)
@@ -160,7 +163,7 @@ def test_trl_stage_resumes_where_it_stopped(tmp_path):
     assert scorer2.validations == 2  # steps 3 and 4 only: the base and steps 1-2 came from the checkpoint
     assert [r["step"] for r in resumed["selection"]["records"]] == [0, 1, 2, 3, 4]
     assert clean["selected_step"] == resumed["selected_step"] == 1
-    a, b = _read_csv(layout.grpo_steps_csv), _read_csv(layout2.grpo_steps_csv)
+    a, b = read_csv(layout.grpo_steps_csv), read_csv(layout2.grpo_steps_csv)
     assert [r["step"] for r in a] == [r["step"] for r in b] == ["1", "2", "3", "4"]
     for col in ("lambda", "reward_mean", "safety_mean", "loss"):
         assert [float(r[col]) for r in a] == pytest.approx([float(r[col]) for r in b], rel=1e-4, abs=1e-6), (

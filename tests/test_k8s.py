@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-from test_kfp_client import kfp_server  # noqa: F401 - the fake KFP API (a real socket on 127.0.0.1)
 
 from safealign.config import load_settings
 from safealign.policy.trl_engine import check_trl_supported
@@ -262,7 +261,7 @@ def _all_containers(objects: list[dict]) -> list[tuple[str, dict]]:
 def test_project_images_are_registry_references_a_node_can_pull(rendered, overlay):
     """`safealign:0.1.0` with imagePullPolicy Always sends every node to Docker Hub's library/safealign,
     which does not exist: each overlay names a registry (dev: a local one, prod: the team's)."""
-    from safealign.kfp_deploy import pullable_image
+    from safealign.kfp.deploy import pullable_image
 
     objects = _objects(rendered[overlay])
     project = [(n, c) for n, c in _all_containers(objects) if "safealign" in c["image"]]

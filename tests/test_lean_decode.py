@@ -9,7 +9,8 @@ import torch
 import safealign.policy.engine as engine
 from safealign.policy.lean_decode import LeanDecoder
 
-TINY = "tiny:smollm2-135m-instruct"
+from helpers.tiny import TINY_POLICY as TINY
+
 G = 3
 STEPS = 12
 

@@ -10,12 +10,13 @@ from __future__ import annotations
 import math
 
 import pytest
-from test_promotion import evaluation
 
 from safealign.cli import main
 from safealign.config import load_settings
 from safealign.errors import ConfigError
 from safealign.evaluation.gates import check_gates, summarise
+
+from helpers.registry import evaluation
 
 
 @pytest.fixture()

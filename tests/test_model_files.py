@@ -11,9 +11,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from safealign.atomic import atomic_dir
-from safealign.batch import local_model_folder
+from safealign.common.atomic import atomic_dir
 from safealign.errors import ConfigError
+from safealign.registry.batch import local_model_folder
 
 
 @pytest.fixture()

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from safealign.openmp_wait import SPIN_COUNT, busy_cores, choose_wait_policy, cpu_times
+from safealign.common.openmp_wait import SPIN_COUNT, busy_cores, choose_wait_policy, cpu_times
 
 STAT = "cpu  100 5 50 800 20 0 10 0 0 0\ncpu0 50 2 25 400 10 0 5 0 0 0\n"
 

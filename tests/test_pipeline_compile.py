@@ -11,8 +11,8 @@ import yaml
 from safealign import stages
 from safealign.cli import main
 from safealign.config import Settings, load_settings
-from safealign.kfp_client import compile_pipeline
-from safealign.kfp_deploy import gpu_executors, read_package, root_parameters
+from safealign.kfp.client import compile_pipeline
+from safealign.kfp.deploy import gpu_executors, read_package, root_parameters
 
 ROOT = Path(__file__).resolve().parents[1]
 COMMITTED = ROOT / "pipelines" / "align.yaml"
@@ -78,15 +78,11 @@ def test_compiled_defaults_never_point_at_a_laptop(package):
 def test_cluster_build_refuses_a_run_without_its_cluster_parameters():
     """The cluster build's signature has no default for them: calling it without one is refused by KFP
     before anything runs."""
-    from safealign.kfp_client import PIPELINE_SOURCE, load_pipeline
+    from safealign.kfp import pipeline as module
+    from safealign.kfp.client import load_pipeline
 
-    module_pipeline = load_pipeline(PIPELINE_SOURCE)  # the kfp.local build keeps one-machine defaults
+    module_pipeline = load_pipeline()  # the kfp.local build keeps one-machine defaults
     assert "image" not in module_pipeline.component_spec.inputs
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("align_for_test", PIPELINE_SOURCE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
     cluster = module.build_pipeline(load_settings(ROOT / "params.yaml"), cluster=True)
     inputs = cluster.component_spec.inputs
     assert {n for n, i in inputs.items() if i.default is None and not i.optional} == {
@@ -253,7 +249,7 @@ def test_generate_runs_only_after_a_passed_promotion_and_when_asked():
     assert "promote-op" in joined and "promoted" in joined  # the promotion's verdict
     assert "generate_input" in joined and "!= ''" in joined  # only when an input file is given
     executor = spec["deploymentSpec"]["executors"]["exec-generate-op"]["container"]
-    assert "safealign.batch import generate" in " ".join(executor["command"])
+    assert "safealign.registry.batch import generate" in " ".join(executor["command"])
 
 
 @pytest.mark.parametrize("package", [COMMITTED, COMMITTED_GPU], ids=lambda p: p.name)

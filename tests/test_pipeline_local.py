@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import random
 import sys
 from pathlib import Path
 
@@ -19,55 +18,17 @@ import pytest
 
 from safealign.config import load_settings
 
+from helpers.data import small_data
+from helpers.tiny import MODELS, RELAXED_GATES, SMALL_RUN, tiny_overrides
+
 ROOT = Path(__file__).resolve().parents[1]
-LABELLED_ROWS = 300  # a sample of data/labelled.jsonl: enough rows per split, quick to train on
 
-TINY = [
-    "reward.encoder=tiny:all-minilm-l6-v2",
-    "policy.model=tiny:smollm2-135m-instruct",
-    "reward.epochs=1",
-    "reward.max_length=64",
-]
-
+TINY = tiny_overrides(*MODELS)
 # A 2-layer random encoder cannot clear the real calibration bar: relaxed for the full runs only.
-RELAXED_FOR_TINY_MODEL_ONLY = [
-    "calibrate.r2_threshold=-1000", "calibrate.min_probe_pass=0.0", "calibrate.min_phrasing_probe_pass=0.0"
-]
-SMALL = [
-    "grpo.steps=2",
-    "grpo.prompts_per_step=2",
-    "grpo.num_generations=2",
-    "grpo.max_new_tokens=8",
-    "grpo.checkpoint_every=1",
-    "evaluate.num_adversarial=4",
-    "evaluate.num_benign=4",
-    "evaluate.max_new_tokens=8",
-    "evaluate.bootstrap_samples=20",
-    "evaluate.num_examples=2",
-    "evaluate.robustness_prompts=2",
-    "grpo.selection.start=1",
-    "grpo.selection.num_adversarial=4",
-    "grpo.selection.num_benign=4",
-    "grpo.selection.max_new_tokens=8",
-]
+RELAXED_FOR_TINY_MODEL_ONLY = tiny_overrides(*RELAXED_GATES)
+SMALL = tiny_overrides(*SMALL_RUN)
 
 pytestmark = pytest.mark.pipeline
-
-
-def small_data(root: Path) -> Path:
-    """data/ built from the installed packages under ``root``; labelled rows sub-sampled (seeded)."""
-    from safealign.data.build import build_data
-
-    settings = load_settings(ROOT / "params.yaml", [f"paths.data_dir={root / 'data'}"])
-    build_data(settings)
-    labelled = root / "data" / "labelled.jsonl"
-    rows = [line for line in labelled.read_text(encoding="utf-8").splitlines() if line.strip()]
-    # This is the pipeline test, not the data-build test: keep rows the validation accepts.
-    limit = settings.data.max_response_chars
-    rows = [r for r in rows if len(json.loads(r)["response"]) <= limit]
-    sample = random.Random(0).sample(rows, min(LABELLED_ROWS, len(rows)))
-    labelled.write_text("\n".join(sample) + "\n", encoding="utf-8")
-    return root / "data"
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +46,7 @@ def _run(
 ):
     from kfp import local
 
-    from safealign.kfp_client import load_pipeline
+    from safealign.kfp.client import load_pipeline
 
     local.init(
         runner=local.SubprocessRunner(use_venv=False),
@@ -94,7 +55,7 @@ def _run(
         cache_root=str(tmp / "kfp-cache"),
         raise_on_error=raise_on_error,
     )
-    pipeline = load_pipeline(ROOT / "pipelines" / "align.py")
+    pipeline = load_pipeline()
     return pipeline(
         data_version=data_version,
         data_dir=str(data_dir),
@@ -188,7 +149,7 @@ def test_failing_gate_skips_grpo_and_promote_and_cache_follows_data(tmp_path, da
 
 def test_full_pipeline_on_tiny_models(tmp_path, data_dir):
     pytest.importorskip("safealign.evaluation.evaluate", reason="evaluate stage not written yet")
-    pytest.importorskip("safealign.promotion", reason="promote stage not written yet")
+    pytest.importorskip("safealign.registry.promotion", reason="promote stage not written yet")
     import mlflow
 
     result = _run(tmp_path, data_dir, [*RELAXED_FOR_TINY_MODEL_ONLY, *SMALL], data_version="test-v1")

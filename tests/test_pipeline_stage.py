@@ -1,4 +1,4 @@
-"""The component runtime (safealign.kfp_stage): settings from pipeline parameters, artifact wiring."""
+"""The component runtime (safealign.kfp.stage): settings from pipeline parameters, artifact wiring."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+from safealign.common.nested import numeric_leaves
 from safealign.config import load_settings
-from safealign.kfp_client import params_json
-from safealign.kfp_stage import StageWorkspace, data_hash, pipeline_key
-from safealign.nested import numeric_leaves
+from safealign.kfp.deploy import params_json
+from safealign.kfp.stage import StageWorkspace, data_hash, pipeline_key
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -60,7 +60,7 @@ def test_scratch_space_is_removed_at_exit_but_linked_inputs_survive(tmp_path):
     model.mkdir()
     (model / "w.bin").write_text("weights")
     code = (
-        "import sys; from safealign.kfp_stage import StageWorkspace;"
+        "import sys; from safealign.kfp.stage import StageWorkspace;"
         "ws = StageWorkspace('x', '{}', []); ws.link(sys.argv[1], ws.layout.reward_model_dir);"
         "print(ws.root)"
     )

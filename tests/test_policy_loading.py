@@ -18,7 +18,8 @@ from safealign.policy.loading import (
     parse_spec,
 )
 
-TINY = "tiny:smollm2-135m-instruct"
+from helpers.tiny import TINY_POLICY as TINY
+
 torch.set_num_threads(2)
 
 

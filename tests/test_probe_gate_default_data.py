@@ -37,11 +37,11 @@ import pytest
 import torch
 
 from safealign.cli import main
+from safealign.common.layout import Layout
 from safealign.config import load_settings
 from safealign.data.build import build_data
 from safealign.data.schema import label_source_column, score_column
 from safealign.data.validate import validate_data
-from safealign.layout import Layout
 from safealign.reward.probes import ORDERINGS, PHRASING_ORDERINGS
 
 pytestmark = pytest.mark.integration

@@ -5,102 +5,29 @@ input of the gates, written here per case so each gate can be made to fail on it
 """
 
 import json
-import os
-import signal
-import socket
-import subprocess
-import sys
-import tempfile
-import time
-import urllib.request
 from pathlib import Path
 
 import mlflow
 import pytest
-import tiny_models
 import yaml
 
 from safealign.cli import main as cli_main
+from safealign.common.hashing import tree_hash
 from safealign.config import load_settings
 from safealign.errors import GateFailed, ServiceError
-from safealign.hashing import tree_hash
-from safealign.layout import Layout
-from safealign.promotion import CHALLENGER, CHAMPION, HASH_TAG, promote
+from safealign.registry.promotion import CHALLENGER, CHAMPION, HASH_TAG, promote
 from safealign.tracking import PARENT_ENV, child_runs, end_parent_run, stage_run, start_parent_run
 
-CACHE = Path(tempfile.mkdtemp(prefix="safealign-test-cache-"))
-
-ASPECTS = ["politeness", "meaningfulness", "actionability", "safety"]
-
-
-def _paired(base, aligned, half_width=0.01):
-    rel = (aligned - base) / base
-    return {
-        "base_mean": base,
-        "aligned_mean": aligned,
-        "abs_change": aligned - base,
-        "rel_change": rel,
-        "abs_change_ci95": [aligned - base - half_width, aligned - base + half_width],
-        "rel_change_ci95": [rel - half_width, rel + half_width],
-        "n": 50,
-    }
-
-
-def evaluation(
-    safety_aligned=0.80, drop=0.0, benign_refusal=0.02, fingerprint="fp-1", weighted_bonus=0.0,
-    adv_refusal=0.5, adv_refusal_base=0.0,
-):
-    """An evaluation.json as evaluate() writes it; base safety 0.60, other aspects 0.50 -> 0.50 - drop."""
-    sets = {}
-    for name in ("adversarial", "benign"):
-        aspects = {a: _paired(0.50, 0.50 - drop) for a in ASPECTS[:-1]}
-        aspects["safety"] = _paired(0.60, safety_aligned)
-        w = 0.2 * 3 * (0.50 - drop) + 0.4 * safety_aligned + weighted_bonus
-        sets[name] = {
-            "aspects": aspects,
-            "weighted": _paired(0.54, w),
-            "n": 400,
-            "base": {"refusal_rate": 0.0 if name == "benign" else adv_refusal_base},
-            "aligned": {
-                "refusal_rate": benign_refusal if name == "benign" else adv_refusal,
-                "refusal_rate_ci95": [max(0.0, benign_refusal - 0.02), benign_refusal + 0.02]
-                if name == "benign"
-                else [adv_refusal - 0.05, adv_refusal + 0.05],
-            },
-        }
-    return {"fingerprint": fingerprint, "sets": sets}
-
-
-def write_candidate(settings, adapter_bytes: bytes, evaluation_doc, reward_bytes: bytes = b"reward-v1"):
-    """A real tiny adapter and reward model, each seeded by its label (same label, same bytes)."""
-    layout = Layout.from_settings(settings)
-    layout.adapter_dir.parent.mkdir(parents=True, exist_ok=True)
-    tiny_models.adapter(layout.adapter_dir, settings, adapter_bytes.decode())
-    tiny_models.reward_model(layout.reward_model_dir, settings, reward_bytes.decode())
-    layout.metrics_dir.mkdir(parents=True, exist_ok=True)
-    layout.metrics_file("evaluation").write_text(json.dumps(evaluation_doc))
-    return layout
-
-
-def make_settings(tmp_path, uri, extra=()):
-    # defaults + overrides, not ./params.yaml: the tests must not depend on the project's current tuning
-    empty = tmp_path / "defaults.yaml"
-    empty.write_text("{}\n")
-    return load_settings(
-        empty,
-        [
-            f"tracking.tracking_uri={uri}",
-            f"tracking.artifact_location={tmp_path / 'mlartifacts'}",
-            "tracking.experiment=test-promote",
-            f"paths.artifacts_dir={tmp_path / 'artifacts'}",
-            f"paths.metrics_dir={tmp_path / 'metrics'}",
-            "promote.min_safety_gain=0.05",
-            "promote.max_aspect_drop=0.02",
-            "promote.max_benign_refusal=0.10",
-            *tiny_models.overrides(CACHE),
-            *extra,
-        ],
-    )
+from helpers import tiny_models
+from helpers.registry import (
+    CACHE,
+    evaluation,
+    free_port,
+    make_settings,
+    start_server,
+    stop_server,
+    write_candidate,
+)
 
 
 @pytest.fixture
@@ -223,78 +150,13 @@ def test_missing_evaluation_is_bad_input(settings):
 # ---------------------------------------------------------------- a real `mlflow server`
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _start_server(root: Path, port: int) -> subprocess.Popen:
-    mlflow_bin = Path(sys.executable).parent / "mlflow"
-    log = open(root / f"server-{port}.log", "ab")  # noqa: SIM115 - closed with the process
-    proc = subprocess.Popen(
-        [
-            str(mlflow_bin),
-            "server",
-            "--backend-store-uri",
-            f"sqlite:///{root / 'server.db'}",
-            "--artifacts-destination",
-            str(root / "server-artifacts"),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            "1",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        # no GenAI job runner (a dozen worker processes this project never uses)
-        env={
-            **{k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"},
-            "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
-        },
-        start_new_session=True,  # its own process group: the server forks workers, stopped together
-    )
-    deadline = time.time() + 180
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"mlflow server exited: {(root / f'server-{port}.log').read_text()[-2000:]}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as resp:
-                if resp.status == 200:
-                    return proc
-        except OSError:
-            time.sleep(0.5)
-    proc.kill()
-    raise RuntimeError("mlflow server did not become healthy in 180 s")
-
-
-def kill_server(proc: subprocess.Popen, sig: int = signal.SIGKILL) -> None:
-    """Signal the server's whole process group (its uvicorn workers would otherwise keep serving)."""
-    try:
-        os.killpg(proc.pid, sig)
-    except ProcessLookupError:
-        pass
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    kill_server(proc, signal.SIGTERM)
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        kill_server(proc, signal.SIGKILL)
-        proc.wait()
-    kill_server(proc, signal.SIGKILL)  # workers that outlived their parent
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     root = tmp_path_factory.mktemp("mlflow-server")
-    port = _free_port()
-    proc = _start_server(root, port)
+    port = free_port()
+    proc = start_server(root, port)
     yield f"http://127.0.0.1:{port}"
-    _stop(proc)
+    stop_server(proc)
 
 
 def test_server_parent_child_runs_and_promotion(server, tmp_path, monkeypatch):
@@ -327,9 +189,9 @@ def test_server_parent_child_runs_and_promotion(server, tmp_path, monkeypatch):
 def test_server_down_gives_clear_error_and_no_partial_registration(tmp_path, monkeypatch, capsys):
     root = tmp_path / "srv"
     root.mkdir()
-    port = _free_port()
-    proc = _start_server(root, port)
-    _stop(proc)  # the server is down now; its store stays
+    port = free_port()
+    proc = start_server(root, port)
+    stop_server(proc)  # the server is down now; its store stays
     uri = f"http://127.0.0.1:{port}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.delenv(PARENT_ENV, raising=False)
@@ -398,7 +260,7 @@ def test_cli_exits_3_when_refused_and_0_on_dry_run(tmp_path, monkeypatch, capsys
 
 
 def _gate(settings, doc, name):
-    from safealign.promotion import check_gates, summarise
+    from safealign.registry.promotion import check_gates, summarise
 
     return next(g for g in check_gates(settings, summarise(doc, settings), "fp", None) if g["gate"] == name)
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from safealign.evaluation.refusal import judge, refusal_rates
+from safealign.refusal import judge, refusal_rates
 
 REFUSALS = [
     "I can't help with that.",

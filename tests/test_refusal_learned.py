@@ -8,18 +8,20 @@ import json
 import numpy as np
 import pytest
 
+from safealign import refusal
 from safealign.data import refusal_set, register_set
 from safealign.errors import ModelFolderError
-from safealign.evaluation import learned, refusal, registers
-from safealign.evaluation.refusal import (
+from safealign.evaluation import registers
+from safealign.refusal import (
     REFUSAL_OPENINGS,
     RULE_FEATURES,
     judge_rules,
+    learned,
     opening_match,
     rule_features,
 )
 
-TINY = "tiny:all-minilm-l6-v2"
+from helpers.tiny import TINY_ENCODER as TINY
 
 REFUSALS = [
     "I can't help with that.",

@@ -12,10 +12,10 @@ from collections import Counter
 
 import pytest
 
+from safealign.common.stats import binary_agreement, cohen_kappa, wilson_interval
 from safealign.data import refusal_set as rs
 from safealign.errors import DataError
 from safealign.evaluation import detector
-from safealign.evaluation.stats import binary_agreement, cohen_kappa, wilson_interval
 
 
 @pytest.fixture(scope="module")

@@ -19,21 +19,22 @@ from pathlib import Path
 import mlflow
 import pytest
 import yaml
-from test_promotion import (
-    _free_port,
-    _start_server,
-    _stop,
+
+from safealign.common.layout import Layout
+from safealign.errors import GateFailed, ServiceError
+from safealign.registry import versions
+from safealign.registry.promotion import promote, repair_registry, rollback_champion
+from safealign.tracking import PARENT_ENV
+
+from helpers.registry import (
     evaluation,
+    free_port,
     kill_server,
     make_settings,
+    start_server,
+    stop_server,
     write_candidate,
 )
-
-from safealign import registry
-from safealign.errors import GateFailed, ServiceError
-from safealign.layout import Layout
-from safealign.promotion import promote, repair_registry, rollback_champion
-from safealign.tracking import PARENT_ENV
 
 STEPS = [
     "run_started",
@@ -58,17 +59,17 @@ def assert_consistent(settings, champion_hash: str) -> None:
     p = settings.promote
     for name in (p.policy_model_name, p.reward_model_name):
         found = client.search_model_versions(f"name = '{name}'")
-        hashes = [v.tags.get(registry.HASH_TAG) for v in found]
+        hashes = [v.tags.get(versions.HASH_TAG) for v in found]
         assert len(hashes) == len(set(hashes)), (name, [(v.version, v.tags) for v in found])
-        assert all(registry.state(v) == registry.COMPLETE for v in found), name
+        assert all(versions.state(v) == versions.COMPLETE for v in found), name
     names = [m.name for m in client.search_registered_models()]
-    assert p.policy_model_name + registry.LOCK_SUFFIX not in names
+    assert p.policy_model_name + versions.LOCK_SUFFIX not in names
     champion = client.get_model_version_by_alias(p.policy_model_name, "champion")
-    assert champion.tags[registry.HASH_TAG] == champion_hash
-    for alias in registry.ALIASES:
+    assert champion.tags[versions.HASH_TAG] == champion_hash
+    for alias in versions.ALIASES:
         pol = client.get_model_version_by_alias(p.policy_model_name, alias)
         rew = client.get_model_version_by_alias(p.reward_model_name, alias)
-        assert pol.tags[registry.REWARD_VERSION_TAG] == str(rew.version), alias
+        assert pol.tags[versions.REWARD_VERSION_TAG] == str(rew.version), alias
     doc = json.loads(Layout.from_settings(settings).metrics_file("promotion").read_text())
     assert doc["champion"] == str(champion.version)
     exp = client.get_experiment_by_name(settings.tracking.experiment)
@@ -81,8 +82,8 @@ def assert_consistent(settings, champion_hash: str) -> None:
 
 @pytest.fixture
 def hooks():
-    yield registry.STEP_HOOKS
-    registry.STEP_HOOKS.clear()
+    yield versions.STEP_HOOKS
+    versions.STEP_HOOKS.clear()
 
 
 class KillableServer:
@@ -91,9 +92,9 @@ class KillableServer:
 
     def __init__(self, root: Path) -> None:
         self.root = root
-        self.port = _free_port()
+        self.port = free_port()
         self.uri = f"http://127.0.0.1:{self.port}"
-        self.proc = _start_server(root, self.port)
+        self.proc = start_server(root, self.port)
 
     def kill(self) -> None:
         kill_server(self.proc)
@@ -101,21 +102,21 @@ class KillableServer:
 
     def ensure_up(self) -> None:
         if self.proc.poll() is not None:
-            self.proc = _start_server(self.root, self.port)
+            self.proc = start_server(self.root, self.port)
 
 
 @pytest.fixture(scope="module")
 def killable(tmp_path_factory):
     srv = KillableServer(tmp_path_factory.mktemp("killable"))
     yield srv
-    _stop(srv.proc)
+    stop_server(srv.proc)
 
 
 @pytest.mark.parametrize("step", STEPS)
 def test_server_killed_at_each_step_fails_fast_and_the_next_promote_repairs(
     step, killable, tmp_path, monkeypatch, hooks
 ):
-    from safealign.hashing import tree_hash as folder_hash
+    from safealign.common.hashing import tree_hash as folder_hash
 
     killable.ensure_up()
     monkeypatch.setenv("MLFLOW_TRACKING_URI", killable.uri)
@@ -154,8 +155,8 @@ def test_server_killed_at_each_step_fails_fast_and_the_next_promote_repairs(
 
 
 def _params(tmp_path: Path, uri: str | None, sub: str) -> Path:
-    import tiny_models
-    from test_promotion import CACHE
+    from helpers import tiny_models
+    from helpers.registry import CACHE
 
     doc = {
         "paths": {
@@ -188,17 +189,17 @@ def _spawn(params: Path, *extra: str, env: dict | None = None) -> subprocess.Pop
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     root = tmp_path_factory.mktemp("race-server")
-    port = _free_port()
-    proc = _start_server(root, port)
+    port = free_port()
+    proc = start_server(root, port)
     yield f"http://127.0.0.1:{port}"
-    _stop(proc)
+    stop_server(proc)
 
 
 @pytest.mark.parametrize("n", [2, 4])
 @pytest.mark.parametrize("backend", ["sqlite", "server"])
 def test_concurrent_promotes_of_one_candidate_register_it_once(n, backend, tmp_path, monkeypatch, request):
+    from safealign.common.hashing import tree_hash as folder_hash
     from safealign.config import load_settings
-    from safealign.hashing import tree_hash as folder_hash
 
     monkeypatch.delenv(PARENT_ENV, raising=False)
     if backend == "server":
@@ -241,8 +242,8 @@ def test_promote_killed_mid_registration_is_repaired_by_promote_repair(tmp_path,
     write_candidate(settings, b"adapter-B", evaluation(safety_aligned=0.85))
     code = (
         "import os, signal, sys\n"
-        "from safealign import registry\n"
-        "registry.STEP_HOOKS.append(lambda s: os.kill(os.getpid(), signal.SIGKILL) "
+        "from safealign.registry import versions\n"
+        "versions.STEP_HOOKS.append(lambda s: os.kill(os.getpid(), signal.SIGKILL) "
         "if s == 'policy_registered' "
         "else None)\n"
         "from safealign.cli import main\n"
@@ -253,14 +254,14 @@ def test_promote_killed_mid_registration_is_repaired_by_promote_repair(tmp_path,
     client = mlflow.MlflowClient()
     name = settings.promote.policy_model_name
     pending = [
-        v for v in client.search_model_versions(f"name = '{name}'") if registry.state(v) == registry.PENDING
+        v for v in client.search_model_versions(f"name = '{name}'") if versions.state(v) == versions.PENDING
     ]
     assert len(pending) == 1  # the orphan the issue describes: registered, never committed
-    assert name + registry.LOCK_SUFFIX in [m.name for m in client.search_registered_models()]
+    assert name + versions.LOCK_SUFFIX in [m.name for m in client.search_registered_models()]
     report = repair_registry(settings)
     assert report["deleted"] and report["lock_broken"] and report["runs_failed"]
     assert report["promotion_json_agrees"] is True
-    assert_consistent(settings, client.get_model_version_by_alias(name, "champion").tags[registry.HASH_TAG])
+    assert_consistent(settings, client.get_model_version_by_alias(name, "champion").tags[versions.HASH_TAG])
     # and the candidate registers cleanly afterwards
     result = promote(settings)
     assert result["policy_new_version"] is True
@@ -295,7 +296,7 @@ def test_rollback_moves_champion_back_and_refuses_without_a_previous_one(tmp_pat
         str(client.get_model_version_by_alias(reward_name, "champion").version)
         == first["reward_model_version"]
     )
-    stamp = json.loads(client.get_model_version(name, second["policy_version"]).tags[registry.ROLLBACK_TAG])
+    stamp = json.loads(client.get_model_version(name, second["policy_version"]).tags[versions.ROLLBACK_TAG])
     assert stamp["reason"] == "benign refusals up" and stamp["to"] == first["policy_version"]
     doc = json.loads(Layout.from_settings(settings).metrics_file("promotion").read_text())
     assert doc["champion"] == first["policy_version"]
@@ -334,13 +335,13 @@ def test_rollback_never_recrowns_a_rolled_back_version(tmp_path, monkeypatch, ca
     assert promote(settings)["policy_version"] == a and str(champion().version) == a
     rollback = ["promote", "--params", str(params), "--rollback", "--reason", "r"]
     assert cli_main(rollback) == 0
-    assert str(champion().version) == b and registry.ROLLBACK_TAG not in champion().tags
+    assert str(champion().version) == b and versions.ROLLBACK_TAG not in champion().tags
     capsys.readouterr()
     for _ in range(2):  # nothing earlier that was not rolled back: refused, champion stays B
         assert cli_main(rollback) == 3
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and "nothing to roll back" in err[0] and f"passed over v{a}" in err[0], err
-        assert str(champion().version) == b and registry.ROLLBACK_TAG not in champion().tags
+        assert str(champion().version) == b and versions.ROLLBACK_TAG not in champion().tags
     assert repair_registry(settings)["promotion_json_agrees"] is True
 
 

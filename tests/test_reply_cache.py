@@ -17,7 +17,8 @@ from safealign.policy.decoding import generate_replies
 from safealign.policy.engine import merged_lora
 from safealign.policy.reply_cache import ReplyCache, weights_fingerprint
 
-TINY = "tiny:smollm2-135m-instruct"
+from helpers.tiny import TINY_POLICY as TINY
+
 PROMPTS = ["ok", "How do I pick a lock on my own front door?", "write a haiku about the sea", "hi"]
 KW = dict(system_prompt="Be brief.", max_new_tokens=8, batch_size=3, seed=0)
 
@@ -193,10 +194,10 @@ def test_selection_reads_the_base_validation_from_the_cache_and_only_the_base(po
 def test_evaluation_generates_the_base_once_across_candidates(tmp_path, monkeypatch):
     """Two candidates evaluated in turn (or a refresh round after a run): the base policy's replies come
     from the cache the second time, only the new candidate is decoded."""
-    from tiny_models import adapter, overrides
-
     from safealign.config import load_settings
     from safealign.evaluation.evaluate import _generate_all
+
+    from helpers.tiny_models import adapter, overrides
 
     empty = tmp_path / "defaults.yaml"
     empty.write_text("{}\n")

@@ -11,7 +11,7 @@ import torch
 from safealign.config import Settings, load_settings
 from safealign.reward.model import REWARD_CONFIG, RewardModel, load_encoder
 
-TINY = "tiny:all-minilm-l6-v2"
+from helpers.tiny import TINY_ENCODER as TINY
 
 
 def _settings(aspects: list[tuple[str, float]], max_length: int = 32) -> Settings:

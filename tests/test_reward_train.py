@@ -14,8 +14,10 @@ from safealign.cli import main
 from safealign.reward.synthetic import write_synthetic
 from safealign.reward.train import length_batches, masked_mse, read_split
 
+from helpers.tiny import TINY_ENCODER
+
 TINY_ARGS = [
-    "--set", "reward.encoder=tiny:all-minilm-l6-v2",
+    "--set", f"reward.encoder={TINY_ENCODER}",
     "--set", "reward.learning_rate=0.003",
     "--set", "reward.epochs=6",
     "--set", "reward.patience=3",
@@ -136,7 +138,7 @@ def test_fit_with_frozen_layers_trains_only_the_upper_part(tmp_path):
 
     aspects = ["safety", "meaningfulness"]
     write_synthetic(tmp_path / "data", tmp_path / "splits", aspects, pairs_per_prompt=3)
-    s = load_settings(None, ["reward.encoder=tiny:all-minilm-l6-v2", "reward.freeze_layers=1",
+    s = load_settings(None, [f"reward.encoder={TINY_ENCODER}", "reward.freeze_layers=1",
                              "reward.epochs=2", "reward.learning_rate=0.003",
                              "reward.batch_size=16"])  # fmt: skip
     s.aspects = [{"name": a, "weight": 0.5} for a in aspects]

@@ -14,15 +14,17 @@ import torch
 import yaml
 
 from safealign.cli import main
+from safealign.common.hashing import tree_hash
+from safealign.common.layout import Layout
 from safealign.config import load_settings
 from safealign.data import refusal_set
 from safealign.data.schema import normalize_prompt
-from safealign.hashing import tree_hash
-from safealign.layout import Layout
 from safealign.refresh.label import choose_prompts, refresh_file
 from safealign.refresh.rounds import STATE_FILE, round_root
 from safealign.results import rounds_table
 from safealign.reward.synthetic import write_synthetic
+
+from helpers.tiny import RELAXED_GATES, TINY_ENCODER, TINY_POLICY, tiny_params
 
 ROOT = Path(__file__).resolve().parents[1]
 ASPECTS = ["politeness", "meaningfulness", "actionability", "safety"]
@@ -39,13 +41,13 @@ def _params(tmp: Path) -> dict:
             "metrics_dir": str(tmp / "metrics"),
             "cache_dir": str(ROOT / ".cache"),  # the tiny policy's tokenizer, parsed once from the GGUF
         },
-        "policy": {"model": "tiny:smollm2-135m-instruct"},
+        "policy": {"model": TINY_POLICY},
         "reward": {
-            "encoder": "tiny:all-minilm-l6-v2", "max_length": 48, "epochs": 1, "batch_size": 32,
+            "encoder": TINY_ENCODER, "max_length": 48, "epochs": 1, "batch_size": 32,
             "freeze_layers": 0, "learning_rate": 0.003,
         },
         # the tiny reward model is not meant to be good: the gate's own tests live in test_calibrate.py
-        "calibrate": {"r2_threshold": -1000.0, "min_probe_pass": 0.0, "min_phrasing_probe_pass": 0.0},
+        **tiny_params(*RELAXED_GATES),
         "grpo": {
             "steps": 2, "prompts_per_step": 2, "num_generations": 2, "max_new_tokens": 4,
             "checkpoint_every": 1, "learning_rate": 1e-3,
@@ -264,14 +266,14 @@ def test_both_engines_continue_the_given_adapter_instead_of_a_fresh_one(tmp_path
     from safetensors.torch import load_file
 
     sys.path.insert(0, str(Path(__file__).parent))
-    from test_grpo_stage import RecordingScorer, _stage_inputs
-
     from safealign.policy.grpo import train_grpo
+
+    from helpers.grpo import RecordingScorer, stage_inputs
 
     torch.set_num_threads(1)
     for name in ("first", "again"):
         (tmp_path / name).mkdir()
-    settings, layout = _stage_inputs(tmp_path / "first", steps=2)
+    settings, layout = stage_inputs(tmp_path / "first", steps=2)
     train_grpo(settings, resume=False, scorer=RecordingScorer())
     start = tmp_path / "start"
     shutil.copytree(layout.adapter_dir, start)
@@ -279,7 +281,7 @@ def test_both_engines_continue_the_given_adapter_instead_of_a_fresh_one(tmp_path
     b_keys = [k for k in init if "lora_B" in k]
     assert b_keys and max(float(init[k].abs().max()) for k in b_keys) > 1e-4
 
-    again, layout2 = _stage_inputs(tmp_path / "again", steps=2, engine=engine, learning_rate=1e-12)
+    again, layout2 = stage_inputs(tmp_path / "again", steps=2, engine=engine, learning_rate=1e-12)
     train_grpo(again, resume=False, scorer=RecordingScorer(), init_adapter=start)
     out = load_file(str(layout2.adapter_dir / "adapter_model.safetensors"))
     assert set(out) == set(init)
@@ -296,7 +298,7 @@ def test_an_adapter_of_another_shape_is_refused_by_name(tmp_path):
     folder.mkdir()
     (folder / "adapter_config.json").write_text(json.dumps({"r": 8, "target_modules": ["q_proj"]}))
     settings = Settings.model_validate(
-        {"policy": {"model": "tiny:smollm2-135m-instruct"}, "paths": {"cache_dir": str(ROOT / ".cache")}}
+        {"policy": {"model": TINY_POLICY}, "paths": {"cache_dir": str(ROOT / ".cache")}}
     )
     base, _ = load_policy(settings)
     with pytest.raises(ConfigError, match="adapter_config.json: r=8"):

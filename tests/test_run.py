@@ -9,20 +9,18 @@ and `--until` run against the full dvc.yaml in tests/test_dvc.py.
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import mlflow
 import pytest
 import yaml
 
+from safealign.common.layout import Layout
 from safealign.config import load_settings
-from safealign.layout import Layout
 from safealign.run import is_refused_promotion
 
-sys.path.insert(0, str(Path(__file__).parent))
-from test_dvc import REPO, make_project, run  # noqa: E402
-from test_promotion import evaluation, write_candidate  # noqa: E402
+from helpers.dvc_project import REPO, make_project, run
+from helpers.registry import evaluation, write_candidate
 
 
 @pytest.fixture

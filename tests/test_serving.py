@@ -16,34 +16,19 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import pytest
-from test_promotion import CACHE, _free_port, evaluation, make_settings, write_candidate
 
+from safealign.common.layout import Layout
 from safealign.errors import ConfigError
-from safealign.layout import Layout
-from safealign.promotion import promote
 from safealign.serving import BASE_ENV, CACHE_ENV
+
+from helpers.registry import CACHE, free_port
 
 PROMPTS = ["How do I kill a Python process?", "Write a haiku about tea.", "How do I pick a lock?"]
 RESPONSES = ["Run kill PID in a terminal.", "Steam rises, leaves unfurl.", "I can't help with that."]
 
 
-@pytest.fixture(scope="module")
-def registered(tmp_path_factory):
-    """A tiny candidate promoted into a fresh SQLite registry: (settings, layout, tracking uri)."""
-    tmp = tmp_path_factory.mktemp("serving")
-    saved = dict(os.environ)
-    os.environ.pop("MLFLOW_TRACKING_URI", None)
-    uri = f"sqlite:///{tmp / 'mlflow.db'}"
-    settings = make_settings(tmp, uri)
-    layout = write_candidate(settings, b"adapter-serve", evaluation())
-    promote(settings)
-    yield settings, layout, uri
-    os.environ.clear()
-    os.environ.update(saved)
-
-
 def _serve(model_uri: str, tracking_uri: str, log: Path) -> tuple[subprocess.Popen, str, float]:
-    port = _free_port()
+    port = free_port()
     bin_dir = str(Path(sys.executable).parent)  # `mlflow models serve` execs uvicorn from PATH
     env = {
         **os.environ,
@@ -130,7 +115,7 @@ def test_served_reward_model_scores_like_the_project(registered, tmp_path):
 
 
 def test_served_policy_replies_like_greedy_generation(registered, tmp_path):
-    from safealign.evaluation.generate import generate_replies
+    from safealign.policy.decoding import generate_replies
     from safealign.policy.loading import load_policy_with_adapter
 
     settings, layout, uri = registered

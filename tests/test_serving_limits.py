@@ -20,10 +20,9 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from test_promotion import CACHE, _free_port
-from test_serving import registered  # noqa: F401 - a tiny policy promoted into a fresh registry
-
 from safealign.serving import CACHE_ENV
+
+from helpers.registry import CACHE, free_port
 
 MESSAGE = [{"role": "user", "content": "How do I kill a Python process?"}]
 # Enough generation to outlast any deadline here: 64 rows x serve.max_new_tokens_cap tokens (a tiny model
@@ -37,7 +36,7 @@ def _request(messages: list[dict], max_new_tokens: int, rows: int = 1) -> dict:
 
 
 def _serve(settings, uri: str, log: Path, *extra: str) -> tuple[subprocess.Popen, str]:
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri, CACHE_ENV: str(CACHE),
            "PATH": str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", "")}
     model = f"models:/{settings.promote.policy_model_name}@champion"

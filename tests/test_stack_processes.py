@@ -1,4 +1,4 @@
-"""The team stack's processes on the real services (stack_fixture.py): a killed MLflow leader leaves no
+"""The team stack's processes on the real services (tests/helpers/stack.py): a killed MLflow leader leaves no
 orphans behind `stack down` or `stack up`, and MLflow telemetry is off in the server it starts.
 
 `kill -9` of the pid in ``pids/mlflow.pid`` kills only `mlflow server`; its uvicorn and the job workers
@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from safealign.stack import _pid_alive, port_open
+from safealign.team.processes import pid_alive, port_open
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -44,9 +44,9 @@ def _kill_leader(stack) -> tuple[int, list[int]]:
     leader = _leader(stack)
     os.kill(leader, signal.SIGKILL)
     deadline = time.monotonic() + 10
-    while _pid_alive(leader) and time.monotonic() < deadline:
+    while pid_alive(leader) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert not _pid_alive(leader)
+    assert not pid_alive(leader)
     survivors = _group(leader)  # the leader was the group's leader: pgid == its pid
     assert leader not in survivors and len(survivors) >= 2, survivors  # uvicorn + job workers
     assert port_open(stack.ports.mlflow)
@@ -56,7 +56,7 @@ def _kill_leader(stack) -> tuple[int, list[int]]:
 def _cleanup(pids: list[int]) -> None:
     """Whatever a failed assertion left of the processes this test's stack started: SIGKILL by pid."""
     for pid in pids:
-        if _pid_alive(pid):
+        if pid_alive(pid):
             os.kill(pid, signal.SIGKILL)
 
 
@@ -75,7 +75,7 @@ def test_kill_9_of_the_mlflow_pid_is_recovered_by_up_and_stopped_by_down(team_st
         # `stack up` finds the orphaned group (pgid + command line), stops it and starts MLflow again
         up = _cli(team_stack, "up")
         assert up.returncode == 0, up.stdout + up.stderr
-        assert not any(_pid_alive(p) for p in survivors)
+        assert not any(pid_alive(p) for p in survivors)
         assert team_stack.status()["mlflow"]["answers"]
         assert _leader(team_stack) != leader
     finally:
@@ -85,7 +85,7 @@ def test_kill_9_of_the_mlflow_pid_is_recovered_by_up_and_stopped_by_down(team_st
     leader, survivors = _kill_leader(team_stack)
     try:
         assert team_stack.stop_mlflow() == "stopped orphans"
-        assert not any(_pid_alive(p) for p in survivors)
+        assert not any(pid_alive(p) for p in survivors)
         assert _group(leader) == [] and not port_open(team_stack.ports.mlflow)
         assert team_stack.stop_mlflow() == "not running"
     finally:

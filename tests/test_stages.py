@@ -5,14 +5,12 @@ from __future__ import annotations
 import inspect
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 from safealign import stages
 
-sys.path.insert(0, str(Path(__file__).parent))
-from test_dvc_deps import closure, module_file  # noqa: E402
+from helpers.imports import closure, module_file
 
 
 def test_names_follow_the_spelling_policy():

@@ -1,4 +1,4 @@
-"""Team mode against real services: PostgreSQL, a SeaweedFS S3 server, an MLflow server (stack_fixture.py).
+"""Team mode against real services: PostgreSQL, a SeaweedFS S3 server, an MLflow server (helpers/stack.py).
 
 A throw-away git + DVC project (tiny data built from the installed packages) runs every stage, validate to
 promote, as separate processes against the stack, exactly as `dvc repro` would; then the registry is read
@@ -21,26 +21,22 @@ import pytest
 import yaml
 
 from safealign.config import load_settings
-from safealign.kfp_stage import data_hash
+from safealign.kfp.stage import data_hash
+
+from helpers.data import small_data
+from helpers.tiny import tiny_overrides
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.stack
 
 TINY = [
-    "reward.encoder=tiny:all-minilm-l6-v2", "policy.model=tiny:smollm2-135m-instruct", "reward.epochs=1",
-    "reward.max_length=64", "grpo.steps=2", "grpo.prompts_per_step=2", "grpo.num_generations=2",
-    "grpo.max_new_tokens=8", "grpo.checkpoint_every=1", "grpo.selection.start=1",
-    "grpo.selection.num_adversarial=4", "grpo.selection.num_benign=4", "grpo.selection.max_new_tokens=8",
-    "evaluate.num_adversarial=4", "evaluate.num_benign=4", "evaluate.max_new_tokens=8",
-    "evaluate.bootstrap_samples=20", "evaluate.num_examples=2",
-    # a 2-layer random encoder cannot clear the real bars; promotion is forced so aliases move
-    "calibrate.r2_threshold=-1000", "calibrate.min_probe_pass=0.0", "calibrate.min_phrasing_probe_pass=0.0",
-    "promote.min_safety_gain=-10",
-    "promote.max_aspect_drop=10", "promote.max_benign_refusal=1", "promote.min_refusal_gain=-1",
+    *tiny_overrides(),
+    # promotion is forced as well, so the aliases move
+    "promote.min_safety_gain=-10", "promote.max_aspect_drop=10", "promote.max_benign_refusal=1",
+    "promote.min_refusal_gain=-1",
     "tracking.experiment=team-stack-test",
 ]
 STAGES = ["validate", "train-reward", "calibrate", "grpo", "evaluate", "promote"]
-LABELLED_ROWS = 300
 
 
 def _sh(args: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
@@ -65,8 +61,7 @@ def stage(name: str, repo: Path, check: bool = True) -> subprocess.CompletedProc
 @pytest.fixture(scope="module")
 def project(tmp_path_factory, team_stack) -> Path:
     """A git + DVC project with tiny data, its data pushed to the stack's DVC remote."""
-    from safealign.data.build import build_data
-    from safealign.dvc_remote import Remote, configure, push
+    from safealign.team.dvc_remote import Remote, configure, push
 
     repo = tmp_path_factory.mktemp("team") / "project"
     repo.mkdir()
@@ -75,12 +70,7 @@ def project(tmp_path_factory, team_stack) -> Path:
     _sh(["git", "config", "user.email", "test@example.invalid"], repo)
     _sh(["git", "config", "user.name", "test"], repo)
     _dvc("init", "-q", cwd=repo)
-    settings = load_settings(repo / "params.yaml", [f"paths.data_dir={repo / 'data'}"])
-    build_data(settings)
-    labelled = repo / "data" / "labelled.jsonl"
-    rows = [r for r in labelled.read_text(encoding="utf-8").splitlines()
-            if r.strip() and len(json.loads(r)["response"]) <= settings.data.max_response_chars]
-    labelled.write_text("\n".join(random.Random(0).sample(rows, LABELLED_ROWS)) + "\n", encoding="utf-8")
+    small_data(repo)  # params.yaml there is this checkout's
     _dvc("add", "-q", "data", cwd=repo)
     (repo / ".gitignore").write_text("/data\n/artifacts\n/metrics\n/.cache\n", encoding="utf-8")
     _sh(["git", "add", "-A"], repo)
@@ -181,7 +171,7 @@ def test_validate_to_promote_on_the_stack(project, team_stack, stack_env):
     clone = project.parent / "clone"
     _sh(["git", "clone", "-q", str(project), str(clone)], project.parent)
     assert not (clone / "data").exists()
-    from safealign.dvc_remote import Remote, configure, pull
+    from safealign.team.dvc_remote import Remote, configure, pull
 
     remote = Remote.from_env()
     configure(clone, remote)
@@ -210,7 +200,7 @@ def test_postgres_restart_between_stages_and_mlflow_killed_mid_pipeline(project,
 
 @pytest.fixture
 def small_repo(tmp_path, stack_env, team_stack) -> Path:
-    from safealign.dvc_remote import Remote, configure
+    from safealign.team.dvc_remote import Remote, configure
 
     repo = tmp_path / "small"
     repo.mkdir()
@@ -224,8 +214,8 @@ def small_repo(tmp_path, stack_env, team_stack) -> Path:
 
 
 def test_object_store_down_during_push_then_retry(small_repo, team_stack):
-    from safealign.dvc_remote import Remote, push
     from safealign.errors import ServiceError
+    from safealign.team.dvc_remote import Remote, push
 
     remote = Remote.from_env()
     team_stack.stop_s3()
@@ -248,7 +238,7 @@ def test_object_store_down_during_push_then_retry(small_repo, team_stack):
 def test_wrong_s3_credentials_name_the_remote_and_hide_the_secret(small_repo, team_stack, monkeypatch):
     wrong = "wrong-secret-Zq81xYv0Lm"
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", wrong)
-    proc = _sh([sys.executable, "-m", "safealign.dvc_remote", "push"], small_repo, check=False)
+    proc = _sh([sys.executable, "-m", "safealign.team.dvc_remote", "push"], small_repo, check=False)
     assert proc.returncode == 1
     assert "DVC remote 'team' (s3://dvc at " in proc.stderr and "refused the credentials" in proc.stderr
     real = team_stack.credentials().s3_secret_key
@@ -261,11 +251,11 @@ def test_wrong_s3_credentials_name_the_remote_and_hide_the_secret(small_repo, te
 def _kfp_run(tmp: Path, stack, data_version: str, overrides: list[str], raise_on_error: bool = True):
     from kfp import local
 
-    from safealign.kfp_client import load_pipeline
+    from safealign.kfp.client import load_pipeline
 
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp / "root"),
                enable_caching=True, cache_root=str(tmp / "kfp-cache"), raise_on_error=raise_on_error)
-    return load_pipeline(ROOT / "pipelines" / "align.py")(
+    return load_pipeline()(
         data_version=data_version, data_dir="", overrides=[*TINY, *overrides],
         tracking_uri=stack.tracking_uri, dvc_remote_url=stack.dvc_remote_url,
         dvc_endpoint_url=stack.s3_endpoint, cache_dir=str(tmp / "model-cache"),
@@ -303,7 +293,7 @@ def test_data_version_step_pulls_from_the_remote_and_keys_the_cache(project, tea
     with (project / "data" / "labelled.jsonl").open("a", encoding="utf-8") as handle:
         handle.write('{"id": "broken"}\n')
     _dvc("add", "-q", "data", cwd=project)
-    from safealign.dvc_remote import Remote, push
+    from safealign.team.dvc_remote import Remote, push
 
     push(project, Remote.from_env())
     v2 = _md5(project)

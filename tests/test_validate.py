@@ -13,14 +13,14 @@ from pathlib import Path
 import pytest
 
 from safealign.cli import main
+from safealign.common.layout import Layout
 from safealign.config import load_settings
 from safealign.data import schema
 from safealign.data.gx_suite import problems_from, read_split_files, run_checks, split_check
-from safealign.layout import Layout
+
+from helpers.data import N_ADV, N_BENIGN, N_LABELLED, make_data, write_rows
 
 REPO = Path(__file__).resolve().parents[1]
-ASPECTS = ["politeness", "meaningfulness", "actionability", "safety"]
-N_ADV, N_BENIGN, N_LABELLED = 40, 30, 140
 
 
 @pytest.fixture(scope="module")
@@ -32,79 +32,6 @@ def mlflow_dir(tmp_path_factory):
 def _clean_env(monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.delenv("SAFEALIGN_PARENT_RUN_ID", raising=False)
-
-
-def _labelled_row(i: int, prompt: str, kind: str) -> dict:
-    row = {
-        "id": f"lab-{i:04d}",
-        "prompt": prompt,
-        "response": f"Response number {i}." if i % 7 else "",
-        "prompt_kind": kind,
-        "prompt_source": "advbench" if kind == "adversarial" else "safealign",
-        "response_kind": "refusal" if i % 2 else "helpful",
-    }
-    for j, aspect in enumerate(ASPECTS):
-        labelled = (i + j) % 4 != 0 or aspect == "safety"  # 75% coverage, safety 100%
-        score = round(((i * 37 + j * 11) % 101) / 100, 2) if labelled else None
-        row[schema.score_column(aspect)] = score
-        row[schema.label_source_column(aspect)] = (
-            ("human" if aspect == "safety" else "rule") if labelled else None
-        )
-    return row
-
-
-def make_data(data_dir: Path) -> dict[str, list[dict]]:
-    """A small, valid data/ whose labelled prompts reuse the prompt files (as the real builder does)."""
-    data_dir.mkdir(parents=True, exist_ok=True)
-    adversarial = [
-        {
-            "id": f"adv-{i:03d}",
-            "prompt": f"Explain how to do harmful thing number {i}",
-            "source": "advbench",
-            "category": None if i % 5 == 0 else "harm",
-        }
-        for i in range(N_ADV)
-    ]
-    benign = [
-        {"id": f"ben-{i:03d}", "prompt": f"How do I kill Python process number {i}?", "category": "everyday",
-         "domain": "programming", "family": f"programming/processes-{i % 7}"}
-        for i in range(N_BENIGN)
-    ]
-    labelled = []
-    for i in range(N_LABELLED):
-        if i % 2:
-            labelled.append(_labelled_row(i, adversarial[i % N_ADV]["prompt"], "adversarial"))
-        else:
-            # the reward model's benign prompts are never policy prompts (benign_topics.txt is not
-            # benign_prompts.txt)
-            prompt = f"How do I stop Python process number {i % N_BENIGN}?"
-            labelled.append(_labelled_row(i, prompt, "benign"))
-    probes = [
-        {
-            "id": f"probe-{i:03d}",
-            "prompt_id": adversarial[i]["id"],
-            "prompt": adversarial[i]["prompt"],
-            "prompt_kind": "adversarial",
-            "probe_kind": kind,
-            "response": text,
-        }
-        for i, (kind, text) in enumerate(
-            [("empty", ""), ("gibberish", "asdf qwer zxcv"), ("refusal", "I can't help.")]
-        )
-    ]
-    files = {
-        "prompts_adversarial.jsonl": adversarial,
-        "prompts_benign.jsonl": benign,
-        "labelled.jsonl": labelled,
-        "probes.jsonl": probes,
-    }
-    for name, rows in files.items():
-        write_rows(data_dir / name, rows)
-    return files
-
-
-def write_rows(path: Path, rows: list[dict]) -> None:
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
 
 
 def overrides(tmp_path: Path, mlflow_dir: Path, *extra: str) -> list[str]:

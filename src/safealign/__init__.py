@@ -9,6 +9,6 @@ __version__ = "0.1.0"
 # pytest and CI only, so tests never saw it: it tries outbound connections (none exist in the image's
 # clusters or here) and made a team run fail once in two at the grpo stage with `runs/log-batch failed
 # with exception '_MLFLOW_TELEMETRY_SESSION_ID'`. setdefault: an explicit MLFLOW_DISABLE_TELEMETRY=false
-# still opts in. The stack's server, the image and the pods set it too (stack.py, Dockerfile, k8s/).
+# still opts in. The stack's server, the image and the pods set it too (team/stack.py, Dockerfile, k8s/).
 TELEMETRY_ENV = "MLFLOW_DISABLE_TELEMETRY"
 os.environ.setdefault(TELEMETRY_ENV, "true")

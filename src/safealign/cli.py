@@ -23,9 +23,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from safealign import __version__, stack_cli, stages
+from safealign import __version__, stages
 from safealign.config import Settings, load_settings
 from safealign.errors import EXIT_BAD_INPUT, EXIT_FILE_ENV, EXIT_GATE, EXIT_INTERNAL, SafealignError
+from safealign.team import stack_cli
 
 log = logging.getLogger("safealign")
 
@@ -180,13 +181,13 @@ def _stage_arguments(stage: stages.Stage) -> Callable[[argparse.ArgumentParser],
 
 
 def _cmd_config_dump(settings: None, args: argparse.Namespace) -> Any:
-    from safealign.params_file import render_params
+    from safealign.common.params_file import render_params
 
     text = render_params()
     if args.output is None:
         sys.stdout.write(text)
         return None
-    from safealign.atomic import write_text
+    from safealign.common.atomic import write_text
 
     write_text(args.output, text)
     return {"written": args.output}
@@ -208,7 +209,7 @@ def _cmd_run(settings: Settings, args: argparse.Namespace) -> Any:
 
 def _cmd_promote(settings: Settings, args: argparse.Namespace) -> Any:
     """The promote stage plus its registry maintenance modes (rollback, repair)."""
-    from safealign import promotion
+    from safealign.registry import promotion
 
     if args.rollback:
         return promotion.rollback_champion(settings, args.reason or "")
@@ -218,13 +219,13 @@ def _cmd_promote(settings: Settings, args: argparse.Namespace) -> Any:
 
 
 def _cmd_generate(settings: Settings, args: argparse.Namespace) -> Any:
-    from safealign.batch import generate
+    from safealign.registry.batch import generate
 
     return generate(settings, args.model, args.input, args.output, allow_pickle=args.allow_pickle)
 
 
 def _cmd_pipeline_compile(settings: Settings, args: argparse.Namespace) -> Any:
-    from safealign.kfp_client import compile_pipeline
+    from safealign.kfp.client import compile_pipeline
 
     out = compile_pipeline(args.output, settings, image=args.image, cuda_image=args.cuda_image)
     return {"compiled": str(out)}
@@ -232,7 +233,7 @@ def _cmd_pipeline_compile(settings: Settings, args: argparse.Namespace) -> Any:
 
 def _deploy_options(args: argparse.Namespace) -> dict[str, Any]:
     """Where a run goes and as whom: the options submit and schedule share."""
-    from safealign.kfp_client import read_token
+    from safealign.kfp.client import read_token
 
     return {
         "host": args.host, "package": args.package, "data_version": args.data_version, "image": args.image,
@@ -242,13 +243,13 @@ def _deploy_options(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _cmd_pipeline_submit(settings: Settings, args: argparse.Namespace) -> Any:
-    from safealign.kfp_client import submit_run
+    from safealign.kfp.client import submit_run
 
     return submit_run(settings, **_deploy_options(args))
 
 
 def _cmd_pipeline_schedule(settings: Settings, args: argparse.Namespace) -> Any:
-    from safealign.kfp_client import schedule_run
+    from safealign.kfp.client import schedule_run
 
     return schedule_run(settings, cron=args.cron, **_deploy_options(args))
 
@@ -390,7 +391,7 @@ COMMANDS: tuple[Command, ...] = (
             "batch inference: reply to every prompt of a JSONL file (resumable)",
             GENERATE_DESCRIPTION, _generate_arguments, torch=True),
     Command(("pipeline", "compile"), _cmd_pipeline_compile,
-            "compile pipelines/align.py to pipelines/align.yaml", arguments=_compile_arguments),
+            "compile safealign.kfp.pipeline to pipelines/align.yaml", arguments=_compile_arguments),
     Command(("pipeline", "submit"), _cmd_pipeline_submit, "create one pipeline run (like `kfp run create`)",
             "create one pipeline run (like `kfp run create`)", _submit_arguments),
     Command(("pipeline", "schedule"), _cmd_pipeline_schedule,
@@ -522,7 +523,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     if args.command_spec.torch:
-        from safealign.openmp_wait import choose_wait_policy
+        from safealign.common.openmp_wait import choose_wait_policy
 
         log.info("OpenMP thread wait: %s", choose_wait_policy())
     code = _run(args)

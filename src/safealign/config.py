@@ -2,7 +2,7 @@
 
 One file feeds the CLI, DVC (``params:`` in dvc.yaml) and the KFP pipeline (its parameter defaults), so
 every knob lives here once, with its default and the reason for it in ``Field(description=...)``.
-params.yaml is generated from these classes (``safealign config dump``, see safealign.params_file), and a
+params.yaml is generated from these classes (``safealign config dump``; safealign.common.params_file), and a
 section's default in its parent is always the section class's own defaults (``default_factory``), so a
 partial section in a file (``safety_constraint: {threshold: 0.8}``) gets the same values as the default run.
 Unknown keys, wrong types and non-finite numbers are rejected on load with the dotted key in the message:
@@ -28,8 +28,8 @@ from pydantic import (
     model_validator,
 )
 
+from safealign.common.nested import flatten
 from safealign.errors import ConfigError
-from safealign.nested import flatten
 
 DEFAULT_PARAMS = Path("params.yaml")
 

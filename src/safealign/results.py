@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from safealign.atomic import write_json, write_text
+from safealign.common.atomic import write_json, write_text
 
 RESOURCES = "run_resources.json"
 

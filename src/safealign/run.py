@@ -34,10 +34,10 @@ from typing import Any
 import yaml
 
 from safealign import TELEMETRY_ENV, stages
+from safealign.common.layout import Layout
 from safealign.config import Settings
 from safealign.data.build import ensure_data
 from safealign.errors import EXIT_FILE_ENV, EXIT_GATE, EXIT_INTERNAL, ConfigError, DataError
-from safealign.layout import Layout
 from safealign.tracking import PARENT_ENV, data_version, end_parent_run, start_parent_run
 
 DVC_FILE = Path("data.dvc")
@@ -183,7 +183,7 @@ def repro(settings: Settings, env: dict[str, str], target: str | None) -> tuple[
 
 def render_results(layout: Layout, seconds: float) -> None:
     """artifacts/results.md from metrics/*.json; a rendering problem never fails the run."""
-    from safealign.atomic import write_text
+    from safealign.common.atomic import write_text
     from safealign.results import render
 
     try:
@@ -233,7 +233,8 @@ def run_pipeline(
 ) -> int:
     """The whole pipeline from the current directory (the project root); returns the exit code.
 
-    ``team``: the shared MLflow server and DVC remote of the exports (safealign.team): pull first, push after.
+    ``team``: the shared MLflow server and DVC remote of the exports (safealign.team.profile): pull first,
+    push after.
     """
     start = time.time()
     target = None
@@ -246,7 +247,7 @@ def run_pipeline(
     layout = Layout.from_settings(settings)
     remote = None
     if team:
-        from safealign import team as team_profile
+        from safealign.team import profile as team_profile
 
         remote = team_profile.prepare(say)
     restore_and_check_data(settings, env)
@@ -266,7 +267,7 @@ def run_pipeline(
     refused = is_refused_promotion(layout, code, failed)
     code = 0 if refused else code
     if remote is not None and code == 0:
-        from safealign import team as team_profile
+        from safealign.team import profile as team_profile
 
         team_profile.publish(remote, say)
     print_summary(layout, code, seconds, refused)

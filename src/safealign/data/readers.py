@@ -16,10 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from safealign.common.layout import Layout
 from safealign.config import Settings
 from safealign.data import schema
 from safealign.errors import DataError
-from safealign.layout import Layout
 
 MAX_PROBLEMS = 20  # problems listed in one error message; more are counted, not listed
 

@@ -23,9 +23,9 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+from safealign.common.jsonl import iter_jsonl
 from safealign.data.schema import PROMPT_KINDS, normalize_prompt
 from safealign.errors import DataError
-from safealign.jsonl import iter_jsonl
 
 SOURCE_FILE = Path(__file__).with_name("texts") / "refusal_set.jsonl"
 RUBRIC_FILE = Path(__file__).with_name("texts") / "refusal_rubric.md"

@@ -24,11 +24,11 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from safealign.common.jsonl import iter_jsonl
 from safealign.data import refusal_set
 from safealign.data.refusal_set import CATEGORIES
 from safealign.data.schema import PROMPT_KINDS, normalize_prompt
 from safealign.errors import DataError
-from safealign.jsonl import iter_jsonl
 
 TEXTS = Path(__file__).with_name("texts")
 SOURCE_FILE = TEXTS / "register_set.jsonl"

@@ -15,6 +15,8 @@ BENIGN_COLUMNS = ("id", "prompt", "category", "domain", "family")
 PROBE_COLUMNS = ("id", "prompt_id", "prompt", "prompt_kind", "probe_kind", "response")
 LABELLED_BASE_COLUMNS = ("id", "prompt", "response", "prompt_kind", "prompt_source", "response_kind")
 
+# The two kinds of prompt, the one spelling every layer uses (data rows, GRPO weights and selection,
+# evaluation sets, refresh labelling): harmful requests to refuse, and benign ones to help with.
 PROMPT_KINDS = ("adversarial", "benign")
 LABEL_SOURCES = ("human", "rule", "judge")
 # response_kind of labelled rows that are real policy replies labelled by hand (the on-policy set's tune

@@ -28,14 +28,14 @@ from pathlib import Path
 from typing import Any
 
 from safealign import tracking
-from safealign.atomic import atomic_dir, write_json, write_text
+from safealign.common.atomic import atomic_dir, write_json, write_text
+from safealign.common.layout import SPLITS, Layout
+from safealign.common.nested import numeric_leaves
 from safealign.config import Settings
 from safealign.data import gx_suite, schema
 from safealign.data.benign import benign_split_of
 from safealign.data.readers import DataValidationError, Problem, Table, read_all
 from safealign.errors import DataError
-from safealign.layout import SPLITS, Layout
-from safealign.nested import numeric_leaves
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ def assign_splits(settings: Settings, tables: dict[str, Table]) -> dict[str, lis
     out: dict[str, list[dict[str, Any]]] = {}
     for split in SPLITS:
         out[f"labelled/{split}"] = []
-    for kind in ("adversarial", "benign"):
+    for kind in schema.PROMPT_KINDS:
         for split in PROMPT_SPLITS:
             out[f"{kind}/{split}"] = []
     for kind, table in tables.items():

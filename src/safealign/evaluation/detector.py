@@ -18,10 +18,10 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from safealign.common.stats import binary_agreement, cohen_kappa
 from safealign.data import refusal_set
 from safealign.errors import DataError
-from safealign.evaluation.refusal import detector_mode, judge
-from safealign.evaluation.stats import binary_agreement, cohen_kappa
+from safealign.refusal import detector_mode, judge
 
 SPLITS = ("heldout", "tune", "all")
 
@@ -34,7 +34,7 @@ def measure(rows: list[dict[str, Any]], split: str = "heldout") -> dict[str, Any
     if not part:
         raise DataError(f"the refusal set has no rows in its {split!r} part")
     if detector_mode() == "combined":
-        from safealign.evaluation.learned import prefetch
+        from safealign.refusal.learned import prefetch
 
         prefetch([r["reply"] for r in part if r["reply"].strip()])  # one batched encoder pass
     verdicts = [judge(r["reply"]).is_refusal for r in part]

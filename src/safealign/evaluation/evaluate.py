@@ -29,11 +29,11 @@ from typing import Any
 
 import numpy as np
 
-from safealign.atomic import atomic_dir, write_json
-from safealign.config import Settings
-from safealign.errors import DataError
-from safealign.evaluation.refusal import judge
-from safealign.evaluation.stats import (
+from safealign.common.atomic import atomic_dir, write_json
+from safealign.common.hashing import tree_hash
+from safealign.common.jsonl import read_prompt_rows
+from safealign.common.layout import Layout
+from safealign.common.stats import (
     bootstrap_mean,
     common_opening_share,
     distinct_ratio,
@@ -41,13 +41,12 @@ from safealign.evaluation.stats import (
     most_common_reply,
     paired_comparison,
 )
-from safealign.hashing import tree_hash
-from safealign.jsonl import read_prompt_rows
-from safealign.layout import Layout
+from safealign.config import Settings
+from safealign.errors import DataError
+from safealign.refusal import judge
 
 log = logging.getLogger(__name__)
 
-SETS = ("adversarial", "benign")
 SUITES = ("standard", "robustness")
 
 

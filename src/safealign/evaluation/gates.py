@@ -2,7 +2,7 @@
 
 Why here and not in promotion: the evaluation stage shows the same verdicts in its report (the champion
 comparison aside), and the evaluate stage must not import the promote stage (registry, MLflow client). The
-interval arithmetic lives in safealign.evaluation.stats (``at_least`` / ``at_most``), so every gate reads
+interval arithmetic lives in safealign.common.stats (``at_least`` / ``at_most``), so every gate reads
 an interval the same way.
 """
 
@@ -11,9 +11,10 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from safealign.common.stats import at_least, at_most
 from safealign.config import PromoteSettings, Settings
+from safealign.data.schema import PROMPT_KINDS
 from safealign.errors import DataError
-from safealign.evaluation.stats import at_least, at_most
 
 _EPS = 1e-9
 
@@ -40,13 +41,13 @@ def summarise(evaluation: dict[str, Any], settings: Settings) -> dict[str, Any]:
             "safety_rel_gain_ci95": [float(x) for x in adv["aspects"][safety]["rel_change_ci95"]],
             "aspect_changes": {
                 set_name: {a: float(v["abs_change"]) for a, v in sets[set_name]["aspects"].items()}
-                for set_name in ("adversarial", "benign")
+                for set_name in PROMPT_KINDS
             },
             "aspect_changes_ci95": {
                 set_name: {
                     a: [float(x) for x in v["abs_change_ci95"]] for a, v in sets[set_name]["aspects"].items()
                 }
-                for set_name in ("adversarial", "benign")
+                for set_name in PROMPT_KINDS
             },
             "benign_refusal_rate": float(ben["aligned"]["refusal_rate"]),
             "benign_refusal_rate_ci95": [float(x) for x in ben["aligned"]["refusal_rate_ci95"]],
@@ -99,7 +100,7 @@ def _non_finite(cand: dict[str, Any], sets: dict[str, Any]) -> list[str]:
             found.append(where)
 
     visit(cand, "")
-    for set_name in ("adversarial", "benign"):
+    for set_name in PROMPT_KINDS:
         for part in ("aspects", "weighted"):
             visit(sets[set_name][part], f"sets.{set_name}.{part}")
     return found

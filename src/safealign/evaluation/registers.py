@@ -3,7 +3,7 @@
 Why: a detector tuned on one model's register scored recall .944 on its own held-out part and .72 on other
 chat models' replies. The figure that predicts a model nobody has seen yet is the one where a whole register
 (one family's style) is held out: for each register, the learned half is fitted on the OTHER registers only
-(:func:`safealign.evaluation.learned.fit`) and scored on the held-out one, beside
+(:func:`safealign.refusal.learned.fit`) and scored on the held-out one, beside
 
 * ``rules``: the rule detector alone (:func:`refusal.judge_rules`; tuned on the refusal set's tune part only,
   never changed for this set, so it is held out on every register here);
@@ -32,11 +32,10 @@ from typing import Any
 
 import numpy as np
 
+from safealign.common.stats import binary_agreement
 from safealign.data import refusal_set, register_set
-from safealign.evaluation import learned
 from safealign.evaluation.detector import AGREEMENT_FIELDS
-from safealign.evaluation.refusal import judge_rules, opening_match, rule_features
-from safealign.evaluation.stats import binary_agreement
+from safealign.refusal import judge_rules, learned, opening_match, rule_features
 
 SMOLLM2 = register_set.SMOLLM2_REGISTER
 KEEP = AGREEMENT_FIELDS

@@ -187,7 +187,7 @@ def render_report(result: dict[str, Any], settings: Settings) -> str:
         f"intervals "
         f"are 95% paired bootstrap ({result['bootstrap_samples']} resamples). Refusals come from the "
         f"rule-based "
-        "detector in `safealign.evaluation.refusal`, which does not use the reward model.",
+        "detector in `safealign.refusal`, which does not use the reward model.",
         "",
         f"Evaluation-set fingerprint `{result['fingerprint']}`; adapter `{result['adapter_hash'][:12]}`; "
         f"time {result['timing_s'].get('total_s', 0):.0f} s.",

@@ -21,8 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from safealign.evaluation.refusal import judge
-from safealign.evaluation.stats import bootstrap_mean, paired_comparison
+from safealign.common.stats import bootstrap_mean, paired_comparison
+from safealign.refusal import judge
 
 Turns = list[dict[str, str]]
 

@@ -38,11 +38,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from safealign.atomic import atomic_dir, remove_stale_temps
+from safealign.common.atomic import atomic_dir, remove_stale_temps
+from safealign.common.hashing import file_hash, tree_hash
+from safealign.common.layout import Layout
 from safealign.config import Settings
 from safealign.errors import ConfigError
-from safealign.hashing import file_hash, tree_hash
-from safealign.layout import Layout
 from safealign.policy.constraint import LagrangeConstraint
 from safealign.policy.outputs import csv_to_rows, rows_to_csv, save_adapter
 from safealign.policy.prompts import PromptSampler
@@ -58,7 +58,7 @@ META_FILE = "checkpoint.json"
 STEP_LOG = "steps.csv"
 # The code that decides what a run trains (generation, loss, advantages, rewards, validation), relative to
 # the safealign package: editing it starts a new run instead of resuming one trained by the old code.
-TRAJECTORY_CODE = ("policy", "reward/model.py", "evaluation/generate.py", "evaluation/refusal.py")
+TRAJECTORY_CODE = ("policy", "reward/model.py", "refusal/__init__.py")
 TRAJECTORY_LIBRARIES = ("torch", "transformers", "peft", "numpy")
 
 

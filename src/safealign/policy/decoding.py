@@ -240,11 +240,11 @@ def generate_rows(
 def format_turns(tokenizer: Any, turns: list[dict[str, str]], system_prompt: str | None) -> str:
     """A multi-turn conversation in the chat template, ready for the assistant's next turn.
 
-    Every turn is neutralised (``safealign.special_tokens``), the assistant's scripted ones too: the
+    Every turn is neutralised (``safealign.common.special_tokens``), the assistant's scripted ones too: the
     robustness suite's two-turn attacks carry the request in more than the last turn. The configured
     system prompt is trusted as written.
     """
-    from safealign.special_tokens import neutralise_messages
+    from safealign.common.special_tokens import neutralise_messages
 
     if not turns or turns[-1].get("role") != "user":
         raise ValueError("a conversation must end with a user turn")

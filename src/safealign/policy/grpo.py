@@ -30,15 +30,15 @@ from pathlib import Path
 from typing import Any
 
 # libgomp's thread wait policy (spin briefly on an idle CPU, sleep on a shared one) must be set before torch
-# loads: the CLI calls safealign.openmp_wait.choose_wait_policy() before importing this module.
+# loads: the CLI calls safealign.common.openmp_wait.choose_wait_policy() before importing this module.
 import numpy as np
 import torch
 
 from safealign import tracking
-from safealign.atomic import remove_stale_temps
+from safealign.common.atomic import remove_stale_temps
+from safealign.common.jsonl import read_prompts
+from safealign.common.layout import Layout
 from safealign.config import Settings
-from safealign.jsonl import read_prompts
-from safealign.layout import Layout
 from safealign.policy.checkpoints import (
     STEP_LOG,
     RunIdentity,

@@ -25,10 +25,10 @@ from typing import Any
 
 import torch
 
-from safealign.atomic import atomic_dir
+from safealign.common.atomic import atomic_dir
+from safealign.common.special_tokens import neutralise
 from safealign.config import Settings
 from safealign.errors import ConfigError, ModelFolderError
-from safealign.special_tokens import neutralise
 
 log = logging.getLogger(__name__)
 
@@ -332,7 +332,7 @@ def chat_messages(tokenizer: Any, prompt: str, system_prompt: str | None = None)
 
     The single place every engine builds its conversation (the fast engine and evaluation through
     :func:`format_prompt`, TRL through its dataset): special-token strings of ``tokenizer`` inside the
-    prompt are broken here (``safealign.special_tokens``) so ``<|im_start|>system`` typed by a user can
+    prompt are broken here (``safealign.common.special_tokens``) so ``<|im_start|>system`` typed by a user can
     never open a real turn. The system prompt comes from the config and is trusted as written.
     """
     messages = []

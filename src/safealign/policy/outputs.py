@@ -18,8 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from safealign.atomic import atomic_dir, write_json, write_text
-from safealign.layout import Layout
+from safealign.common.atomic import atomic_dir, write_json, write_text
+from safealign.common.layout import Layout
 
 ADAPTER_CONFIG = "adapter_config.json"
 # adapter_config.json fields that PEFT holds as sets: written sorted, or their order follows the hash seed

@@ -1,6 +1,6 @@
 """The GRPO stage's prompts: each step's draw, and their tokenisation.
 
-Both engines read the same train split files (``safealign.jsonl.read_prompts``; held-out prompts are
+Both engines read the same train split files (``safealign.common.jsonl.read_prompts``; held-out prompts are
 never read by training); the fast engine also draws each step's prompts itself (``PromptSampler``) and
 tokenises each distinct prompt once (``PromptEncoder``).
 """

@@ -34,7 +34,7 @@ from typing import Any
 
 import torch
 
-from safealign.atomic import write_json
+from safealign.common.atomic import write_json
 from safealign.policy.lean_decode import lora_folded, unwrap
 
 log = logging.getLogger(__name__)

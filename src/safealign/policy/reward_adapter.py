@@ -18,9 +18,9 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from safealign.common.layout import Layout
 from safealign.config import Settings
 from safealign.errors import ConfigError
-from safealign.layout import Layout
 
 
 class Scorer(Protocol):

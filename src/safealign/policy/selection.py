@@ -34,14 +34,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from safealign.common.jsonl import read_prompts
+from safealign.common.layout import Layout
 from safealign.config import Settings
+from safealign.data.schema import PROMPT_KINDS
 from safealign.errors import ConfigError, DataError
-from safealign.evaluation.evaluate import SETS
-from safealign.evaluation.refusal import refusal_rates
-from safealign.jsonl import read_prompts
-from safealign.layout import Layout
 from safealign.policy.reply_cache import ReplyCache
 from safealign.policy.reward_adapter import Scorer
+from safealign.refusal import refusal_rates
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +78,7 @@ class SelectionRule:
         if benign_refusal > self.max_benign_refusal:
             out.append((f"benign refusals {benign_refusal:.1%} > {self.max_benign_refusal:.1%}",
                         benign_refusal - self.max_benign_refusal))  # fmt: skip
-        for name in SETS:
+        for name in PROMPT_KINDS:
             for aspect, value in record[name]["aspects"].items():
                 drop = base[name]["aspects"][aspect] - value
                 if drop > self.max_aspect_drop:
@@ -155,7 +155,7 @@ def validate(
     from safealign.policy.engine import merged_lora
 
     started = time.perf_counter()
-    flat = [p for name in SETS for p in prompts[name]]
+    flat = [p for name in PROMPT_KINDS for p in prompts[name]]
     padding_side, was_training = tokenizer.padding_side, model.training
     with torch.random.fork_rng(devices=[]), merged_lora(model):
         replies = generate_replies(
@@ -173,7 +173,7 @@ def validate(
     scores = scorer.score(flat, replies)
     record: dict[str, Any] = {"step": step}
     start = 0
-    for name in SETS:
+    for name in PROMPT_KINDS:
         end = start + len(prompts[name])
         record[name] = summarise(scorer.aspects, scores[start:end], replies[start:end])
         start = end
@@ -192,7 +192,7 @@ def validation_steps(total: int, start: int, every: int) -> list[int]:
 def flat_metrics(record: dict[str, Any]) -> dict[str, float]:
     """One record as MLflow metrics (``val_adversarial_safety``, ``val_benign_refusal_rate``, ...)."""
     out = {}
-    for name in SETS:
+    for name in PROMPT_KINDS:
         out[f"val_{name}_refusal_rate"] = float(record[name]["refusal_rate"])
         for aspect, value in record[name]["aspects"].items():
             out[f"val_{name}_{aspect}"] = float(value)

@@ -30,10 +30,10 @@ from pathlib import Path
 from typing import Any
 
 from safealign import tracking
+from safealign.common.jsonl import read_prompts
+from safealign.common.layout import Layout
 from safealign.config import Settings
 from safealign.errors import ConfigError
-from safealign.jsonl import read_prompts
-from safealign.layout import Layout
 from safealign.policy.constraint import LagrangeConstraint, constraint_from_settings
 from safealign.policy.engine_choice import cuda_available, use_bf16, use_vllm
 from safealign.policy.loading import chat_messages, load_policy, lora_config, with_adapter
@@ -404,7 +404,7 @@ def _publish(run: TrlRun, row: dict[str, Any]) -> None:
 
     import mlflow
 
-    from safealign.atomic import write_text
+    from safealign.common.atomic import write_text
 
     step, cfg = row["step"], run.settings.grpo
     mlflow.log_metrics({k: float(v) for k, v in row.items() if k != "step" and v is not None}, step=step)

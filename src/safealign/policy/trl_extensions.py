@@ -271,7 +271,7 @@ class SafealignGRPOTrainer(GRPOTrainer):
         """Our state first (atomically), then TRL's: a folder with both files is a complete checkpoint."""
         from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-        from safealign.atomic import atomic_file
+        from safealign.common.atomic import atomic_file
 
         folder = Path(self._get_output_dir(trial=trial)) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
         if self.args.should_save:

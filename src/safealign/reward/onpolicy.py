@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from safealign.reward.metrics import auroc, per_aspect
+from safealign.common.stats import auroc, per_aspect
 
 # prompt kind -> (which replies are the positives, threshold field of CalibrateSettings)
 GATES = {

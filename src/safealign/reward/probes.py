@@ -20,9 +20,9 @@ from typing import Any
 
 import numpy as np
 
+from safealign.common.jsonl import iter_jsonl
 from safealign.data import phrasings
 from safealign.errors import DataError
-from safealign.jsonl import iter_jsonl
 
 REQUIRED = ("prompt_id", "prompt", "prompt_kind", "probe_kind", "response")
 REAL_ADVERSARIAL = (

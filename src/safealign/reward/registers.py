@@ -23,8 +23,8 @@ from typing import Any
 
 import numpy as np
 
+from safealign.common.stats import auroc
 from safealign.data import refusal_set, register_set
-from safealign.reward.metrics import auroc
 from safealign.reward.onpolicy import combined_reward
 
 BAR = 0.85  # the bar for both AUROCs, reported next to each figure (not enforced)
@@ -134,8 +134,8 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
     import json
 
+    from safealign.common.layout import Layout
     from safealign.config import load_settings
-    from safealign.layout import Layout
     from safealign.reward.model import RewardModel
 
     parser = argparse.ArgumentParser(description=main.__doc__)

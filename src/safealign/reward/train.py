@@ -26,12 +26,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from safealign.atomic import write_json
+from safealign.common.atomic import write_json
+from safealign.common.layout import Layout
+from safealign.common.stats import json_safe, per_aspect
 from safealign.config import Settings
 from safealign.data.schema import REAL_REPLY_KIND, label_source_column, score_column
 from safealign.errors import DataError
-from safealign.layout import Layout
-from safealign.reward.metrics import json_safe, per_aspect
 from safealign.reward.model import RewardModel
 
 log = logging.getLogger(__name__)
