@@ -92,7 +92,7 @@ def test_image_tag_matches_params_and_makefile():
     assert settings.pipeline.image == f"safealign:{version}"
     assert settings.pipeline.resolved_cuda_image == f"safealign:{version}-cuda"
     makefile = (ROOT / "Makefile").read_text()
-    assert "IMAGE ?= safealign:$(VERSION)" in makefile and "-t $(IMAGE)-cuda" in makefile
+    assert "IMAGE ?= safealign:$(VERSION)" in makefile and "$(call BUILD_IMAGE,$(IMAGE)-cuda," in makefile
 
 
 def _pins(name: str) -> dict[str, str]:
