@@ -82,3 +82,6 @@ USER 10001:10001
 ENTRYPOINT ["dumb-init", "--"]
 # KFP replaces the command with the component's; this default just shows the stages.
 CMD ["safealign", "--help"]
+# Last, so it costs no layer rebuild: `make image` prunes the dangling images of both stages by this key
+# (an image replaced by a newer build of the same tag).
+LABEL safealign.stage=image

@@ -112,13 +112,14 @@ wheels: $(WHEELS_STAMP)
 
 # Two builds of one Dockerfile: the build stage first, under a stable tag (IMAGE-build; the legacy builder's
 # cache lives in that image, which was left dangling, 3 GB, by every build), then the image, whose build
-# stage is a cache hit. Dangling build stages of older builds (label safealign.stage=build) are pruned.
+# stage is a cache hit. Dangling images of either stage (label safealign.stage: an older build's, replaced
+# under the same tag) are pruned; nothing else is touched.
 # BUILD_IMAGE = docker build of one target: $(1) tag, $(2) extra arguments.
 BUILD_IMAGE = $(DOCKER) build --network none --build-arg BASE_IMAGE=$(BASE_IMAGE) $(2) -t $(1) -f Dockerfile .
 image: base-image wheels
 	@start=$$(date +%s); \
 	$(call BUILD_IMAGE,$(IMAGE)-build,--target build) && $(call BUILD_IMAGE,$(IMAGE),) && \
-	$(DOCKER) image prune -f --filter label=safealign.stage=build >/dev/null && \
+	$(DOCKER) image prune -f --filter label=safealign.stage >/dev/null && \
 	echo "built $(IMAGE) ($$($(DOCKER) image inspect -f '{{.Id}}' $(IMAGE) | cut -c8-19)) in $$(( $$(date +%s) - start )) s, size $$($(DOCKER) image inspect -f '{{.Size}}' $(IMAGE) | awk '{printf "%.2f GB", $$1/1e9}')"
 
 # The whole pipeline in containers (kfp.local.DockerRunner, host networking) on tiny models: the gate's
@@ -136,7 +137,7 @@ image-cuda: base-image
 	@start=$$(date +%s); \
 	$(call BUILD_IMAGE,$(IMAGE)-cuda-build,--target build $(CUDA_ARGS)) && \
 	$(call BUILD_IMAGE,$(IMAGE)-cuda,$(CUDA_ARGS)) && \
-	$(DOCKER) image prune -f --filter label=safealign.stage=build >/dev/null && \
+	$(DOCKER) image prune -f --filter label=safealign.stage >/dev/null && \
 	echo "built $(IMAGE)-cuda in $$(( $$(date +%s) - start )) s, size $$($(DOCKER) image inspect -f '{{.Size}}' $(IMAGE)-cuda | awk '{printf "%.2f GB", $$1/1e9}')"
 
 clean-outputs:
