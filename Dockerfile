@@ -10,6 +10,9 @@
 ARG BASE_IMAGE=python:3.11.7-slim-bookworm
 
 FROM ${BASE_IMAGE} AS build
+# `make image` tags this stage (safealign:<version>-build) so the legacy builder's cache of it is a named
+# image, not a dangling 3 GB one, and prunes the dangling ones this label marks (an older build's stage).
+LABEL safealign.stage=build
 # The CUDA variant (`make image-cuda`) swaps the wheel folder and the lock (PyPI's default torch wheel,
 # which carries the CUDA runtime as pip packages: a GPU node needs only the driver and container toolkit).
 ARG WHEELS=build/wheels
@@ -72,5 +75,13 @@ COPY --chown=10001:10001 pipelines/align.yaml pipelines/align-gpu.yaml /app/pipe
 WORKDIR /app
 USER 10001:10001
 
+# dumb-init is PID 1: it forwards SIGTERM to the whole process group and reaps zombies. Without it
+# `mlflow models serve` as PID 1 never saw SIGTERM (the kernel drops signals a PID 1 has not asked for), so
+# `docker stop` waited 10 s for SIGKILL; now the server's own handler runs and stops it in about a second
+# (docs/containers.md). Kubernetes' `command` replaces the entrypoint: the serving manifests name it too.
+ENTRYPOINT ["dumb-init", "--"]
 # KFP replaces the command with the component's; this default just shows the stages.
 CMD ["safealign", "--help"]
+# Last, so it costs no layer rebuild: `make image` prunes the dangling images of both stages by this key
+# (an image replaced by a newer build of the same tag).
+LABEL safealign.stage=image

@@ -100,14 +100,27 @@ $(WHEELS_STAMP):
 	$(WHEEL_PY) -m pip wheel -q --no-deps -w $(WHEELS) -r requirements-image.lock -r requirements-data.txt
 	@rm -f $(WHEELS)/.stamp*; touch $@
 
-wheels: $(WHEELS_STAMP)
-	rm -rf build/dist
-	$(WHEEL_PY) -m pip wheel -q --no-deps -w build/dist .
+# The safealign wheel is reproducible: a fixed SOURCE_DATE_EPOCH (the zip entries' times) and a clean
+# setuptools build folder (no module left from an older tree), so unchanged code gives the same bytes, the
+# image's COPY of it is a cache hit and a second `make image` keeps the image id.
+SOURCE_DATE_EPOCH := 315532800
+SAFEALIGN_WHEEL = rm -rf build/dist build/lib build/bdist.* && \
+	SOURCE_DATE_EPOCH=$(SOURCE_DATE_EPOCH) $(WHEEL_PY) -m pip wheel -q --no-deps -w build/dist .
 
+wheels: $(WHEELS_STAMP)
+	$(SAFEALIGN_WHEEL)
+
+# Two builds of one Dockerfile: the build stage first, under a stable tag (IMAGE-build; the legacy builder's
+# cache lives in that image, which was left dangling, 3 GB, by every build), then the image, whose build
+# stage is a cache hit. Dangling images of either stage (label safealign.stage: an older build's, replaced
+# under the same tag) are pruned; nothing else is touched.
+# BUILD_IMAGE = docker build of one target: $(1) tag, $(2) extra arguments.
+BUILD_IMAGE = $(DOCKER) build --network none --build-arg BASE_IMAGE=$(BASE_IMAGE) $(2) -t $(1) -f Dockerfile .
 image: base-image wheels
 	@start=$$(date +%s); \
-	$(DOCKER) build --network none --build-arg BASE_IMAGE=$(BASE_IMAGE) -t $(IMAGE) -f Dockerfile . && \
-	echo "built $(IMAGE) in $$(( $$(date +%s) - start )) s, size $$($(DOCKER) image inspect -f '{{.Size}}' $(IMAGE) | awk '{printf "%.2f GB", $$1/1e9}')"
+	$(call BUILD_IMAGE,$(IMAGE)-build,--target build) && $(call BUILD_IMAGE,$(IMAGE),) && \
+	$(DOCKER) image prune -f --filter label=safealign.stage >/dev/null && \
+	echo "built $(IMAGE) ($$($(DOCKER) image inspect -f '{{.Id}}' $(IMAGE) | cut -c8-19)) in $$(( $$(date +%s) - start )) s, size $$($(DOCKER) image inspect -f '{{.Size}}' $(IMAGE) | awk '{printf "%.2f GB", $$1/1e9}')"
 
 # The whole pipeline in containers (kfp.local.DockerRunner, host networking) on tiny models: the gate's
 # skip path, then a full run. Tracks to the team stack when it is up, else SQLite in the mounted root.
@@ -116,13 +129,15 @@ e2e: setup image
 	  tests/test_e2e_docker.py; rc=$$?; echo "e2e: $$(( $$(date +%s) - start )) s"; exit $$rc
 
 # Not in CI: the CUDA torch wheel and its NVIDIA runtime wheels are several GB.
+CUDA_ARGS := --build-arg WHEELS=build/wheels-cuda --build-arg LOCK=requirements-image-cuda.lock
 image-cuda: base-image
 	@$(WHEEL_PY) -c 'import sys; assert sys.version_info[:2] == (3, 11), "wheels must be built with Python 3.11 (WHEEL_PY=...)"'
 	$(WHEEL_PY) -m pip wheel -q --no-deps -w build/wheels-cuda -r requirements-image-cuda.lock -r requirements-data.txt
-	rm -rf build/dist && $(WHEEL_PY) -m pip wheel -q --no-deps -w build/dist .
+	$(SAFEALIGN_WHEEL)
 	@start=$$(date +%s); \
-	$(DOCKER) build --network none --build-arg BASE_IMAGE=$(BASE_IMAGE) --build-arg WHEELS=build/wheels-cuda \
-	  --build-arg LOCK=requirements-image-cuda.lock -t $(IMAGE)-cuda -f Dockerfile . && \
+	$(call BUILD_IMAGE,$(IMAGE)-cuda-build,--target build $(CUDA_ARGS)) && \
+	$(call BUILD_IMAGE,$(IMAGE)-cuda,$(CUDA_ARGS)) && \
+	$(DOCKER) image prune -f --filter label=safealign.stage >/dev/null && \
 	echo "built $(IMAGE)-cuda in $$(( $$(date +%s) - start )) s, size $$($(DOCKER) image inspect -f '{{.Size}}' $(IMAGE)-cuda | awk '{printf "%.2f GB", $$1/1e9}')"
 
 clean-outputs:

@@ -92,7 +92,7 @@ def test_image_tag_matches_params_and_makefile():
     assert settings.pipeline.image == f"safealign:{version}"
     assert settings.pipeline.resolved_cuda_image == f"safealign:{version}-cuda"
     makefile = (ROOT / "Makefile").read_text()
-    assert "IMAGE ?= safealign:$(VERSION)" in makefile and "-t $(IMAGE)-cuda" in makefile
+    assert "IMAGE ?= safealign:$(VERSION)" in makefile and "$(call BUILD_IMAGE,$(IMAGE)-cuda," in makefile
 
 
 def _pins(name: str) -> dict[str, str]:
@@ -122,3 +122,16 @@ def test_image_runs_with_mlflow_telemetry_off():
     _, _, final = _stages()
     env = " ".join(rest for kw, rest in final if kw == "ENV")
     assert "MLFLOW_DISABLE_TELEMETRY=true" in env
+
+
+def test_an_init_is_pid_1_and_the_build_stage_is_labelled_for_pruning():
+    """dumb-init (pinned in both locks) is the entrypoint, so SIGTERM reaches the command instead of being
+    dropped by a PID 1 without a handler; the build stage carries the label `make image` prunes by."""
+    _, build, final = _stages()
+    assert ("ENTRYPOINT", '["dumb-init", "--"]') in final
+    assert ("LABEL", "safealign.stage=build") in build and ("LABEL", "safealign.stage=image") in final
+    for lock in ("requirements-image.lock", "requirements-image-cuda.lock"):
+        assert _pins(lock)["dumb-init"] == "==1.2.5.post1"
+    makefile = (ROOT / "Makefile").read_text()
+    assert "--target build" in makefile and "prune -f --filter label=safealign.stage " in makefile
+    assert "SOURCE_DATE_EPOCH=$(SOURCE_DATE_EPOCH)" in makefile  # the wheel's bytes follow its sources

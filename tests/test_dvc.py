@@ -72,13 +72,14 @@ def test_dvc_yaml_agrees_with_layout_params_and_cli():
             for entry in stage.get(section, []):
                 path = entry if isinstance(entry, str) else next(iter(entry))
                 assert path in known, f"{name}: {section} {path} is not a Layout path"
-        for section in ("metrics", "plots"):
+        # everything a stage declares is cached, so `dvc push` carries it to a teammate's clone (issue 31)
+        for section in ("outs", "metrics", "plots"):
             for entry in stage.get(section, []):
-                assert isinstance(entry, dict) and next(iter(entry.values()))["cache"] is False
-    grpo_outs = {
-        next(iter(o)): o[next(iter(o))] for o in doc["stages"]["grpo"]["outs"] if isinstance(o, dict)
-    }
-    assert grpo_outs[str(layout.checkpoints_dir)]["persist"] is True
+                assert isinstance(entry, str) or next(iter(entry.values())).get("cache", True) is True, entry
+    # grpo's checkpoints are no output: a teammate without them would see grpo changed (they stay on disk
+    # for a resume; DVC never deletes an undeclared folder)
+    grpo_outs = [o if isinstance(o, str) else next(iter(o)) for o in doc["stages"]["grpo"]["outs"]]
+    assert str(layout.checkpoints_dir) not in grpo_outs
     validate = doc["stages"]["validate"]
     assert all(next(iter(o.values()))["persist"] is True for o in validate["outs"] + validate["metrics"])
     assert {"x": "step", "y": "reward_mean"}.items() <= doc["stages"]["grpo"]["plots"][0][
@@ -173,6 +174,24 @@ def test_pipeline_runs_validate_under_a_parent_run_skips_it_unchanged_and_detect
     assert "1000000" in out.stdout and "FAILED (exit 2)" in out.stdout
     failed_parent = out.stdout.split("== MLflow parent run ")[1].split()[0]
     assert client.get_run(failed_parent).info.status == "FAILED"
+
+
+def test_outputs_missing_only_from_the_cache_are_committed_not_rerun(project):
+    """A workspace that ran validate when metrics were `cache: false` has metrics/validation.json equal to
+    dvc.lock but not in the cache; DVC calls that a changed stage. `safealign run` commits such outputs
+    instead of rerunning the stage (else the switch to cached metrics, issue 31, reran every stage once)."""
+    run(project, "--until", "validate")
+    lock_text = (project / "dvc.lock").read_text()
+    outs = yaml.safe_load(lock_text)["stages"]["validate"]["outs"]
+    md5 = next(o["md5"] for o in outs if o["path"] == "metrics/validation.json")
+    (project / ".dvc" / "cache" / "files" / "md5" / md5[:2] / md5[2:]).unlink()
+    assert json.loads(dvc(project, "status", "--json", "validate").stdout) == {
+        "validate": [{"changed outs": {"metrics/validation.json": "not in cache"}}]}
+    out = run(project, "--until", "validate").stdout
+    assert "put into the DVC cache (not rerun): validate" in out and "every stage is up to date" in out, out
+    assert "Running stage" not in out
+    assert json.loads(dvc(project, "status", "--json", "validate").stdout) == {}
+    assert (project / "dvc.lock").read_text() == lock_text
 
 
 def test_run_restores_missing_data_from_the_dvc_cache(project):

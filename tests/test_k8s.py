@@ -188,7 +188,8 @@ def test_serving_deployment_serves_the_champion_policy(rendered):
         objects = {(o["kind"], o["metadata"]["name"]): o for o in _objects(rendered[overlay])}
         deployment = objects[("Deployment", "safealign-policy-serving")]
         container = _pod_spec(deployment)["containers"][0]
-        assert container["command"] == ["mlflow", "models", "serve"]
+        # dumb-init is PID 1: it forwards SIGTERM (mlflow as PID 1 ignored it; tests/test_image.py)
+        assert container["command"] == ["dumb-init", "--", "mlflow", "models", "serve"]
         args = container["args"]
         assert f"--model-uri=models:/{settings.promote.policy_model_name}@champion" in args
         assert "--env-manager=local" in args  # the image holds the code and the base; no install at start

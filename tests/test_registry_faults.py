@@ -23,7 +23,7 @@ import yaml
 from safealign.common.layout import Layout
 from safealign.errors import GateFailed, ServiceError
 from safealign.registry import versions
-from safealign.registry.promotion import promote, repair_registry, rollback_champion
+from safealign.registry.promotion import current_rollback, promote, repair_registry, rollback_champion
 from safealign.tracking import PARENT_ENV
 
 from helpers.registry import (
@@ -298,8 +298,10 @@ def test_rollback_moves_champion_back_and_refuses_without_a_previous_one(tmp_pat
     )
     stamp = json.loads(client.get_model_version(name, second["policy_version"]).tags[versions.ROLLBACK_TAG])
     assert stamp["reason"] == "benign refusals up" and stamp["to"] == first["policy_version"]
-    doc = json.loads(Layout.from_settings(settings).metrics_file("promotion").read_text())
-    assert doc["champion"] == first["policy_version"]
+    # the record is metrics/rollback.json; promotion.json (promote's DVC output) still says the promotion
+    layout = Layout.from_settings(settings)
+    assert json.loads(layout.metrics_file("promotion").read_text())["champion"] == second["policy_version"]
+    assert current_rollback(layout)["champion"] == first["policy_version"]
     assert repair_registry(settings)["promotion_json_agrees"] is True
     # the first champion had none before it: a second rollback is refused and changes nothing
     assert cli_main(["promote", "--params", str(params), "--rollback", "--reason", "again"]) == 3

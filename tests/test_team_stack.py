@@ -309,36 +309,85 @@ def test_data_version_step_pulls_from_the_remote_and_keys_the_cache(project, tea
 # ------------------------------------------------------------------------------------------ team profile
 
 
-def test_team_profile_pushes_and_a_fresh_clone_with_only_the_exports_reproduces(team_stack, stack_env,
-                                                                                      tmp_path, monkeypatch):
-    """`make run PROFILE=team` (safealign run --team), up to validate to stay quick: the first
-    clone pushes data/ and the stage's outputs; a second clone given only the exports pulls them and
-    reproduces the same outputs."""
+RUN_TEAM = [sys.executable, "-m", "safealign.cli", "run", "--team", "--until", "validate"]
+
+
+def _clone(source: Path, dest: Path) -> Path:
+    _sh(["git", "clone", "-q", str(source), str(dest)], dest.parent)
+    return dest
+
+
+def test_team_profile_pushes_what_a_fresh_clone_needs_to_rerun_nothing(team_stack, stack_env, tmp_path,
+                                                                       monkeypatch):
+    """`make run PROFILE=team` (safealign run --team), up to validate to stay quick. The first clone pushes
+    data/ and every output of the stage, metrics included; a second clone given only the exports gets them
+    with a plain `dvc pull` (the committed default remote; the S3 endpoint from AWS_ENDPOINT_URL_S3), and
+    then DVC finds nothing to rerun. Issue 31: metrics were `cache: false`, never pushed, so the teammate's
+    `dvc status` showed validate changed and `dvc repro` reran it; plain `dvc pull` said "no remote"."""
     monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}:{os.environ['PATH']}")
     monkeypatch.delenv("SAFEALIGN_PARENT_RUN_ID", raising=False)
-    first = tmp_path / "first"
-    _sh(["git", "clone", "-q", str(ROOT), str(first)], tmp_path)
-    run = [sys.executable, "-m", "safealign.cli", "run", "--team", "--until", "validate"]
-    out = _sh(run, first).stdout
+    first = _clone(ROOT, tmp_path / "first")
+    out = _sh(RUN_TEAM, first).stdout
     assert f"team: MLflow {team_stack.tracking_uri}" in out
+    # the summary points at the team server, never at a local SQLite file (issue 31)
+    assert f"experiments: {team_stack.tracking_uri}" in out and "sqlite" not in out, out[-1500:]
     _sh(["git", "-c", "user.name=t", "-c", "user.email=t@example.invalid", "commit", "-qam", "validated",
          "--allow-empty"], first)
 
-    second = tmp_path / "second"
-    _sh(["git", "clone", "-q", str(first), str(second)], tmp_path)
+    second = _clone(first, tmp_path / "second")
     assert not (second / "data").exists() and not (second / ".dvc" / "config.local").exists()
-    out = _sh(run, second).stdout
-    # data/ came from the remote (not rebuilt); validate's metrics are not cached (cache: false, as metrics
-    # are), so DVC reruns the stage, and it reproduces the first clone's outputs byte for byte
-    assert "rebuilding" not in out and data_hash(second / "data") == data_hash(first / "data")
-    assert data_hash(second / "artifacts" / "splits") == data_hash(first / "artifacts" / "splits")
+    # plain DVC (no -r, no config.local): the stages this run pushed (dvc.lock also names the outputs of
+    # the default run's later stages, which this remote never had)
+    pulled = _dvc("pull", "data.dvc", "validate", cwd=second)
+    assert "ERROR" not in pulled.stdout + pulled.stderr
+    assert data_hash(second / "data") == data_hash(first / "data")
     assert json.loads(_dvc("status", "--json", "validate", cwd=second).stdout or "{}") == {}
-    for clone in (first, second):
-        assert json.loads((clone / "metrics" / "validation.json").read_text())["success"] is True
-    assert (json.loads((first / "metrics" / "validation.json").read_text())
-            == json.loads((second / "metrics" / "validation.json").read_text()))
+    assert (second / "metrics" / "validation.json").read_bytes() == (
+        first / "metrics" / "validation.json").read_bytes()
+    out = _sh(RUN_TEAM, second).stdout
+    assert "every stage is up to date, nothing to run" in out and "dvc repro" not in out, out[-1500:]
+    assert data_hash(second / "artifacts" / "splits") == data_hash(first / "artifacts" / "splits")
 
     # without the exports the profile refuses to fall back to a local store
     monkeypatch.delenv("MLFLOW_TRACKING_URI")
-    refused = _sh(run, second, check=False)
+    refused = _sh(RUN_TEAM, second, check=False)
     assert refused.returncode == 2 and "MLFLOW_TRACKING_URI" in refused.stderr
+
+
+def test_a_killed_team_run_does_not_leave_its_parent_run_running(team_stack, stack_env, tmp_path,
+                                                                monkeypatch):
+    """A team run killed mid-stage (SIGKILL of its process group: OOM, a closed terminal) cannot close its
+    MLflow parent run; the next `safealign run` closes it as FAILED (issue 31: it stayed RUNNING forever,
+    and `promote --repair` did not see it either, as it carried no owner)."""
+    import signal
+
+    import mlflow
+
+    monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}:{os.environ['PATH']}")
+    monkeypatch.delenv("SAFEALIGN_PARENT_RUN_ID", raising=False)
+    repo = _clone(ROOT, tmp_path / "killed")
+    (repo / "params.yaml").write_text(  # its own experiment: other tests' runs never count here
+        (repo / "params.yaml").read_text().replace("experiment: safealign", "experiment: team-killed-run", 1))
+    proc = subprocess.Popen(RUN_TEAM, cwd=repo, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    parent, seen = "", []
+    try:
+        for line in proc.stdout:
+            seen.append(line)
+            if line.startswith("== dvc repro"):
+                break
+            if line.startswith("== MLflow parent run "):
+                parent = line.split()[-1]
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=60)
+    assert parent, "".join(seen)
+    client = mlflow.MlflowClient(tracking_uri=team_stack.tracking_uri)
+    assert client.get_run(parent).info.status == "RUNNING"
+
+    out = _sh(RUN_TEAM, repo).stdout
+    assert "closed as FAILED" in out and parent in out, out[-1500:]
+    assert client.get_run(parent).info.status == "FAILED"
+    # and this run's own parent is closed FINISHED
+    current = out.split("== MLflow parent run ")[1].split()[0]
+    assert client.get_run(current).info.status == "FINISHED"

@@ -6,7 +6,9 @@
 3. open an MLflow parent run, and nest every stage under it (SAFEALIGN_PARENT_RUN_ID);
 4. ``dvc repro`` (``--until STAGE``: that stage and what it depends on); stages whose inputs did not
    change are skipped, so a second run is fast;
-5. close the parent run (FINISHED, FAILED or KILLED), render artifacts/results.md, print where things are.
+5. close the parent run (FINISHED, FAILED or KILLED, whatever ended the run; runs a dead process left
+   RUNNING on this host are closed as FAILED before a new one opens), render artifacts/results.md, print
+   where things are.
 
 Exit codes: 0 ok (a refused promotion included: see below), 2 data/ does not match data.dvc or a stage
 found bad input, 3 a gate said no, 1 otherwise. DVC exits 255 for any failed stage; the stage's own code
@@ -21,6 +23,7 @@ A data/ that exists but differs from data.dvc is never overwritten: it may be so
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import signal
@@ -28,6 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +42,14 @@ from safealign.common.layout import Layout
 from safealign.config import Settings
 from safealign.data.build import ensure_data
 from safealign.errors import EXIT_FILE_ENV, EXIT_GATE, EXIT_INTERNAL, ConfigError, DataError
-from safealign.tracking import PARENT_ENV, data_version, end_parent_run, start_parent_run
+from safealign.tracking import (
+    PARENT_ENV,
+    close_dead_runs,
+    data_version,
+    end_parent_run,
+    resolved_tracking_uri,
+    start_parent_run,
+)
 
 DVC_FILE = Path("data.dvc")
 PARENT_RUN_NAME = "make run"
@@ -129,12 +140,38 @@ def restore_and_check_data(settings: Settings, env: dict[str, str]) -> None:
 # ---------------------------------------------------------------------------------------- 3-4. repro
 
 
-def up_to_date(env: dict[str, str], target: str | None) -> bool:
+def _status(env: dict[str, str], target: str | None) -> dict[str, Any] | None:
+    """`dvc status --json` as a dict (None when DVC fails or prints no JSON)."""
     out = dvc(env, "status", "--json", *(["--with-deps", target] if target else []))
     try:
-        return out.returncode == 0 and json.loads(out.stdout) == {}
+        return json.loads(out.stdout) if out.returncode == 0 else None
     except json.JSONDecodeError:
-        return False
+        return None
+
+
+def up_to_date(env: dict[str, str], target: str | None) -> bool:
+    return _status(env, target) == {}
+
+
+def adopt_uncached_outputs(env: dict[str, str], target: str | None) -> list[str]:
+    """Put into the DVC cache the outputs that match dvc.lock but are not cached; returns those stages.
+
+    Metrics became `cache: true` (so that `dvc push` carries them to a teammate, issue 31). In a workspace
+    that ran the pipeline before, every metrics file is then present, equal to its recorded hash and "not
+    in cache", which DVC counts as a changed stage: the next run would redo the whole pipeline. Only a stage
+    whose every change is of that kind is committed: its files are exactly what dvc.lock records, so
+    `dvc commit` writes the same lock and only fills the cache. Any other change (deps, params, a modified or
+    deleted output) leaves the stage to `dvc repro`.
+    """
+    adopted = []
+    for stage, changes in (_status(env, target) or {}).items():
+        kinds = [c for c in changes if isinstance(c, dict)]
+        only_uncached = bool(kinds) and len(kinds) == len(changes) and all(
+            list(c) == ["changed outs"] and set(c["changed outs"].values()) == {"not in cache"} for c in kinds
+        )
+        if only_uncached and dvc(env, "commit", "--force", "--quiet", stage).returncode == 0:
+            adopted.append(stage)
+    return adopted
 
 
 def failed_stage(exit_file: Path) -> dict[str, Any] | None:
@@ -151,30 +188,61 @@ def _raise_interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
 
-def repro(settings: Settings, env: dict[str, str], target: str | None) -> tuple[int, dict[str, Any] | None]:
-    """Run `dvc repro [target]` under a parent MLflow run; (exit code, the failed stage's record)."""
+def close_parent(settings: Settings, parent: str, status: str) -> None:
+    """End the parent run with ``status``; when the server cannot take it, say so in one line.
+
+    The run is not lost: it carries its owner (host:pid), and the next ``safealign run`` on this host (or
+    ``safealign promote --repair``) closes it as FAILED once this process is gone.
+    """
+    try:
+        end_parent_run(settings, parent, status)
+    except Exception as exc:  # noqa: BLE001 - the pipeline's own outcome is what this process reports
+        first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+        print(f"safealign: warning: MLflow parent run {parent} not closed as {status} ({first}); the next "
+              "`safealign run` or `safealign promote --repair` closes it as FAILED", file=sys.stderr)
+
+
+def repro(
+    settings: Settings, env: dict[str, str], target: str | None, publish: Callable[[], None] | None = None
+) -> tuple[int, dict[str, Any] | None]:
+    """Run `dvc repro [target]` under a parent MLflow run; (exit code, the failed stage's record).
+
+    ``publish`` (the team profile's push) runs inside the parent run when the pipeline succeeded, so a
+    failed push fails the run too. Whatever ends this function, the parent run is closed: FINISHED, FAILED,
+    or KILLED on SIGINT/SIGTERM/SIGHUP; a team run's parent used to stay RUNNING after a failure (issue 31).
+    """
+    closed = close_dead_runs(settings)
+    if closed:
+        say(f"== MLflow: closed as FAILED {len(closed)} run(s) left RUNNING by a dead process: "
+            + ", ".join(closed))
     parent = start_parent_run(settings, name=PARENT_RUN_NAME)
     say(f"== MLflow parent run {parent}")
-    with tempfile.TemporaryDirectory(prefix="safealign-run-") as tmp:
-        exit_file = Path(tmp) / "exit_codes.jsonl"
-        child_env = {**env, PARENT_ENV: parent, EXIT_FILE_ENV: str(exit_file)}
-        # measure: wall time and peak RSS of the largest stage process -> artifacts/run_resources.json
-        command = [sys.executable, "-m", "safealign.results", "measure", "--", "dvc", "repro"]
-        command += [target] if target else []
-        say(f"== dvc repro {target or ''}".rstrip())
-        previous = signal.signal(signal.SIGTERM, _raise_interrupt)
-        try:
+    handlers = {sig: signal.signal(sig, _raise_interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        with tempfile.TemporaryDirectory(prefix="safealign-run-") as tmp:
+            exit_file = Path(tmp) / "exit_codes.jsonl"
+            child_env = {**env, PARENT_ENV: parent, EXIT_FILE_ENV: str(exit_file)}
+            # measure: wall time and peak RSS of the largest stage process -> artifacts/run_resources.json
+            command = [sys.executable, "-m", "safealign.results", "measure", "--", "dvc", "repro"]
+            command += [target] if target else []
+            say(f"== dvc repro {target or ''}".rstrip())
             code = subprocess.call(command, env=child_env, stderr=subprocess.STDOUT)
-        except KeyboardInterrupt:
-            end_parent_run(settings, parent, "KILLED")
-            raise
-        finally:
-            signal.signal(signal.SIGTERM, previous)
-        failed = failed_stage(exit_file) if code else None
-    if code:
-        code = int(failed["exit_code"]) if failed else EXIT_INTERNAL
-    refused = is_refused_promotion(Layout.from_settings(settings), code, failed)
-    end_parent_run(settings, parent, "FAILED" if code and not refused else "FINISHED")
+            failed = failed_stage(exit_file) if code else None
+        if code:
+            code = int(failed["exit_code"]) if failed else EXIT_INTERNAL
+        refused = is_refused_promotion(Layout.from_settings(settings), code, failed)
+        if publish is not None and (code == 0 or refused):
+            publish()
+    except KeyboardInterrupt:
+        close_parent(settings, parent, "KILLED")
+        raise
+    except BaseException:
+        close_parent(settings, parent, "FAILED")
+        raise
+    finally:
+        for sig, previous in handlers.items():
+            signal.signal(sig, previous)
+    close_parent(settings, parent, "FAILED" if code and not refused else "FINISHED")
     return code, failed
 
 
@@ -193,7 +261,20 @@ def render_results(layout: Layout, seconds: float) -> None:
         print(f"results: not rendered: {exc!r}", file=sys.stderr)
 
 
-def print_summary(layout: Layout, code: int, seconds: int, refused: bool) -> None:
+def experiments_line(uri: str) -> str:
+    """Where to look at the runs: the server's own URL, or ``mlflow ui`` over the SQLite file in use.
+
+    A team run tracks to a server; suggesting ``mlflow ui --backend-store-uri sqlite:///...`` there would
+    open an empty local store (issue 31), so only a SQLite store gets the ``mlflow ui`` line.
+    """
+    if uri.startswith("sqlite:///"):
+        return (f"experiments: {Path(sys.executable).parent / 'mlflow'} ui --backend-store-uri {uri}"
+                "   (then open http://127.0.0.1:5000)")
+    return f"experiments: {uri}   (runs, artifacts and registry on the MLflow server)"
+
+
+def print_summary(layout: Layout, code: int, seconds: int, refused: bool, tracking: str) -> None:
+    """The end of ``safealign run``: verdict, gates, where the reports are and where the runs are."""
     say(f"== {'done' if code == 0 else f'FAILED (exit {code})'} in {seconds} s")
     promotion = layout.metrics_file(stages.get("promote").metrics)
     if promotion.exists():
@@ -216,7 +297,7 @@ def print_summary(layout: Layout, code: int, seconds: int, refused: bool) -> Non
         if path.exists():
             say(f"{label:<12} {path}")
     say("metrics:     metrics/*.json   (dvc metrics show; dvc plots show)")
-    say("experiments: .venv/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db   (then open http://127.0.0.1:5000)")
+    say(experiments_line(tracking))
 
 
 def is_refused_promotion(layout: Layout, code: int, failed: dict[str, Any] | None) -> bool:
@@ -254,11 +335,21 @@ def run_pipeline(
     if data_only:
         return 0
     code, failed, ran = 0, None, False
+    publish = None
+    if remote is not None:
+        from safealign.team import profile as team_profile
+
+        publish = functools.partial(team_profile.publish, remote, say)
+    adopted = adopt_uncached_outputs(env, target)
+    if adopted:
+        say(f"== dvc: outputs matching dvc.lock put into the DVC cache (not rerun): {', '.join(adopted)}")
     if up_to_date(env, target):
         say("== dvc: every stage is up to date, nothing to run")
+        if publish is not None:
+            publish()
     else:
         ran = True
-        code, failed = repro(settings, env, target)
+        code, failed = repro(settings, env, target, publish)
     seconds = int(time.time() - start)
     say()
     # only after a run that did work: an up-to-date second run keeps the first run's times
@@ -266,11 +357,5 @@ def run_pipeline(
         render_results(layout, float(seconds))
     refused = is_refused_promotion(layout, code, failed)
     code = 0 if refused else code
-    if remote is not None and code == 0:
-        from safealign.team import profile as team_profile
-
-        team_profile.publish(remote, say)
-    print_summary(layout, code, seconds, refused)
-    if remote is not None:
-        say(f"team:        {os.environ['MLFLOW_TRACKING_URI']}   (runs, artifacts, registry on the server)")
+    print_summary(layout, code, seconds, refused, resolved_tracking_uri(settings))
     return code

@@ -257,17 +257,34 @@ def start_parent_run(settings: Settings, name: str = "pipeline") -> str:
     """Create the parent run of a pipeline run and return its id (left open for the stages to nest in).
 
     The caller exports the id as SAFEALIGN_PARENT_RUN_ID so every stage process nests its run under it,
-    and closes it with :func:`end_parent_run` when the pipeline ends (FINISHED or FAILED).
+    and closes it with :func:`end_parent_run` when the pipeline ends (FINISHED or FAILED). The run carries
+    ``safealign.stage_owner`` (host:pid) like a stage's: a pipeline process that died (SIGKILL, OOM, a
+    closed terminal) or could not reach the server to close its run left it RUNNING forever (issue 31);
+    :func:`close_dead_runs` (the next ``safealign run`` on this host, ``promote --repair``) closes it.
     """
     import mlflow
 
     experiment_id = configure(settings)
     client = mlflow.MlflowClient()
-    run = client.create_run(
-        experiment_id, run_name=name, tags={**common_tags(settings), "safealign.stage": "pipeline"}
-    )
-    _log_params(client, run.info.run_id, settings)
+    owner = f"{socket.gethostname()}:{os.getpid()}"
+    tags = {**common_tags(settings), "safealign.stage": "pipeline", STAGE_OWNER_TAG: owner}
+    run = client.create_run(experiment_id, run_name=name, tags=tags)
+    try:
+        _log_params(client, run.info.run_id, settings)
+    except BaseException:
+        with contextlib.suppress(Exception):  # the parameters' error is the one to report
+            client.set_terminated(run.info.run_id, status="FAILED")
+        raise
     return run.info.run_id
+
+
+def close_dead_runs(settings: Settings) -> list[str]:
+    """Close as FAILED the runs (pipeline parents and stages) of this experiment that a process now gone
+    from this host left RUNNING; returns their ids. A pipeline run calls it before opening its own."""
+    import mlflow
+
+    experiment_id = configure(settings)
+    return fail_dead_stage_runs(mlflow.MlflowClient(), experiment_id)
 
 
 def end_parent_run(settings: Settings, run_id: str | None = None, status: str = "FINISHED") -> str:

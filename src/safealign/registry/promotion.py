@@ -31,6 +31,7 @@ person removes its rollback tag.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 from collections.abc import Callable, Iterator
@@ -64,6 +65,35 @@ __all__ = ["CHALLENGER", "CHAMPION", "HASH_TAG", "promote", "repair_registry", "
 
 FINGERPRINT_TAG = "safealign.eval_fingerprint"
 METRICS_TAG = "safealign.eval_metrics"
+
+
+ROLLBACK_RECORD = "rollback"  # metrics/rollback.json: not an output of any DVC stage
+
+
+def _promotion_sha256(layout: Layout) -> str:
+    """The hash of metrics/promotion.json as it is now ("" when there is none)."""
+    path = layout.metrics_file("promotion")
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path.exists() else ""
+
+
+def current_rollback(layout: Layout) -> dict[str, Any] | None:
+    """The last rollback's record when it is newer than metrics/promotion.json, else None.
+
+    A rollback records the hash of the promotion.json it overrides; once a promote rewrites that file the
+    promotion is the newer truth and the record is stale. Keyed on content, not time stamps, so a copied or
+    checked-out file does not change the answer.
+    """
+    path = layout.metrics_file(ROLLBACK_RECORD)
+    if not path.exists():
+        return None
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+        record, base = doc["rollback"], doc["promotion_sha256"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise DataError(
+            f"{path}: not a rollback record ({exc}); delete it and run `safealign promote --repair`"
+        ) from exc
+    return record if base == _promotion_sha256(layout) else None
 
 
 def _champion_info(client: Any, name: str, adapter_hash: str) -> dict[str, Any] | None:
@@ -392,7 +422,8 @@ def _log_result(tags: dict[str, str], result: dict[str, Any]) -> None:
 
 
 def _check_agreement(client: Any, settings: Settings, layout: Layout) -> dict[str, Any]:
-    """The final re-check: metrics/promotion.json and the registry's aliases name the same versions."""
+    """The final re-check: metrics/promotion.json (or a later rollback's record) and the registry's aliases
+    name the same versions."""
     p = settings.promote
     path = layout.metrics_file("promotion")
     doc = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
@@ -402,8 +433,11 @@ def _check_agreement(client: Any, settings: Settings, layout: Layout) -> dict[st
         wanted["policy@challenger"] = doc["policy_version"]
     if doc.get("verdict") == "promoted":
         wanted["reward@champion"] = doc.get("reward_model_version")
-    if doc.get("rollback"):
-        wanted["reward@champion"] = doc["rollback"]["reward_model_champion"]
+    rollback = current_rollback(layout)
+    if rollback:
+        path = layout.metrics_file(ROLLBACK_RECORD)
+        wanted["policy@champion"] = rollback["champion"]
+        wanted["reward@champion"] = rollback["reward_model_champion"]
         wanted.pop("policy@challenger", None)
     wrong = {k: (v, aliases.get(k)) for k, v in wanted.items() if aliases.get(k) != v}
     if wrong:
@@ -514,7 +548,8 @@ def rollback_champion(settings: Settings, reason: str) -> dict[str, Any]:
     """``safealign promote --rollback``: champion back to the previous champion, the reason as a tag.
 
     Raises GateFailed (exit 3) when there is no previous champion; ``champion`` is then untouched.
-    Updates metrics/promotion.json so it keeps agreeing with the registry.
+    The record goes to metrics/rollback.json, never to metrics/promotion.json: that file is the promote
+    stage's DVC output, and rewriting it made ``dvc status`` report the stage changed (issue 31).
     """
     if not reason.strip():
         raise DataError("--rollback needs a reason (--reason TEXT): it is recorded on the version")
@@ -535,10 +570,8 @@ def rollback_champion(settings: Settings, reason: str) -> dict[str, Any]:
                 p.lock_lease_s,
             )
             done = versions.rollback(client, p.policy_model_name, p.reward_model_name, reason)
-            path = layout.metrics_file("promotion")
-            doc = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
-            doc.update({"champion": done["champion"], "rollback": done})
-            write_json(path, doc)
+            write_json(layout.metrics_file(ROLLBACK_RECORD),
+                       {"promotion_sha256": _promotion_sha256(layout), "rollback": done})
             _check_agreement(client, settings, layout)
         finally:
             _release(lock)

@@ -121,6 +121,9 @@ class Stack(PostgresService, S3Service, MlflowService):
             "AWS_DEFAULT_REGION": "us-east-1",
             "SAFEALIGN_DVC_REMOTE_URL": self.dvc_remote_url,
             "SAFEALIGN_DVC_ENDPOINT_URL": self.s3_endpoint,
+            # boto's own endpoint variable: a plain `dvc pull` on a fresh clone reaches the committed
+            # default remote (.dvc/config: team = s3://dvc) at this server with no DVC set-up at all
+            "AWS_ENDPOINT_URL_S3": self.s3_endpoint,
         }
 
     def exports(self) -> str:
