@@ -12,7 +12,7 @@ import pytest
 
 # Fixtures shared by several test files, each defined once in tests/helpers/: the team stack (stack_env,
 # team_stack), the fake KFP API (kfp_server) and a tiny promoted candidate (registered).
-pytest_plugins = ("helpers.stack", "helpers.kfp_server", "helpers.registry")
+pytest_plugins = ("helpers.stack", "helpers.kfp_server", "helpers.registry", "helpers.docker")
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")

@@ -15,9 +15,6 @@ SAFEALIGN_E2E_REQUIRED=1 (CI sets it: .ci/run), where that is a failure.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
 import time
 import uuid
 from pathlib import Path
@@ -31,37 +28,11 @@ from helpers.tiny import MODELS, RELAXED_GATES, SMALL_RUN, tiny_overrides
 
 ROOT = Path(__file__).resolve().parents[1]
 SETTINGS = load_settings(ROOT / "params.yaml")
-IMAGE = SETTINGS.pipeline.image
 IMAGE_UID = 10001  # the Dockerfile's USER
 # Its own MLflow experiment, so a shared team server's earlier runs never count here.
 EXPERIMENT = f"e2e-{uuid.uuid4().hex[:8]}"
 
 pytestmark = [pytest.mark.pipeline, pytest.mark.e2e]
-
-
-def _unavailable(reason: str) -> None:
-    if os.environ.get("SAFEALIGN_E2E_REQUIRED") == "1":
-        pytest.fail(reason)
-    pytest.skip(reason)
-
-
-@pytest.fixture(scope="module")
-def docker_image():
-    """A reachable Docker daemon (started here if needed, and then stopped after) that has the project
-    image. A daemon that was already running (CI's, a developer's) is left running."""
-    if not (shutil.which("docker") and shutil.which("dockerd")):
-        _unavailable("Docker is not installed (apt-get install -y docker.io)")
-    start = subprocess.run([str(ROOT / "scripts" / "dockerd.sh"), "start"], capture_output=True, text=True)
-    if start.returncode != 0:
-        _unavailable(f"no Docker daemon: {start.stderr.strip()}")
-    try:
-        found = subprocess.run(["docker", "image", "inspect", IMAGE], capture_output=True, text=True)
-        if found.returncode != 0:
-            _unavailable(f"image {IMAGE} is not built: run `make image`")
-        yield IMAGE
-    finally:
-        if start.stdout.startswith("dockerd: started"):
-            subprocess.run([str(ROOT / "scripts" / "dockerd.sh"), "stop"], capture_output=True, text=True)
 
 
 def _tracking(work: Path) -> tuple[str, dict[str, str], list[str]]:

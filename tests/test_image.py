@@ -19,11 +19,11 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from test_e2e_docker import IMAGE, docker_image  # noqa: F401 - the daemon and the image
-from test_promotion import _free_port
-from test_serving import registered  # noqa: F401 - a tiny policy promoted into a fresh registry
 
 from safealign.serving import CACHE_ENV
+
+from helpers.docker import IMAGE  # its docker_image fixture comes from conftest's pytest_plugins
+from helpers.registry import free_port as _free_port  # `registered` comes from conftest's pytest_plugins
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = [pytest.mark.e2e]
