@@ -130,8 +130,9 @@ def _fast(b, settings: Settings, constraint):
     model.train()
     model.zero_grad(set_to_none=True)
     parts = policy_loss(
-        model, b["prompts"], b["completion"], b["cmask"], adv, G, 1.0, objective.prompt_betas(KINDS)
-    )
+        model, b["prompts"], b["completion"], b["cmask"], adv, G, settings.grpo.temperature,
+        objective.prompt_betas(KINDS),
+    )  # the temperature TRL's config gets too (both divide the logits by it)
     parts.loss.backward()
     return adv.values, float(parts.loss), _lora_grads(model)
 
