@@ -135,3 +135,21 @@ def test_an_init_is_pid_1_and_the_build_stage_is_labelled_for_pruning():
     makefile = (ROOT / "Makefile").read_text()
     assert "--target build" in makefile and "prune -f --filter label=safealign.stage " in makefile
     assert "SOURCE_DATE_EPOCH=$(SOURCE_DATE_EPOCH)" in makefile  # the wheel's bytes follow its sources
+
+
+def test_every_data_file_in_the_package_ships_in_the_wheel():
+    """The image installs the wheel, so a data file the package reads at run time (texts, the learned
+    refusal detector's weights) must match a package-data glob of pyproject.toml; the refactor moved
+    refusal_classifier.json to a folder no glob covered, and the image lost it silently."""
+    import fnmatch
+    import tomllib
+
+    root = Path(__file__).resolve().parents[1]
+    package = root / "src" / "safealign"
+    setuptools = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]
+    globs = setuptools["package-data"]["safealign"]
+    data = [p.relative_to(package).as_posix() for p in package.rglob("*")
+            if p.is_file() and p.suffix not in {".py", ".pyc"} and "__pycache__" not in p.parts]  # fmt: skip
+    assert data, "no data files found: the test looks in the wrong place"
+    missing = [f for f in data if not any(fnmatch.fnmatchcase(f, g) for g in globs)]
+    assert not missing, f"not in the wheel (add a package-data glob in pyproject.toml): {missing}"
