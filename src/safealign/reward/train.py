@@ -14,7 +14,6 @@ pair, batches group pairs of similar length, and the lower encoder layers can be
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import math
 import random
@@ -27,6 +26,7 @@ import numpy as np
 import torch
 
 from safealign.common.atomic import write_json
+from safealign.common.jsonl import iter_jsonl
 from safealign.common.layout import Layout
 from safealign.common.stats import json_safe, per_aspect
 from safealign.config import Settings
@@ -71,41 +71,32 @@ def read_split(path: str | Path, aspects: list[str]) -> LabelledSplit:
     scores: list[list[float]] = []
     sources: list[dict[str, str | None]] = []
     rows: list[dict[str, Any]] = []
-    with path.open(encoding="utf-8") as handle:
-        for lineno, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{path}: row {lineno}: not valid JSON ({exc.msg})") from exc
-            if not isinstance(row, dict):
-                raise DataError(f"{path}: row {lineno}: expected an object")
-            for col in ("prompt", "response"):
-                if not isinstance(row.get(col), str):
-                    raise DataError(f"{path}: row {lineno}: field {col!r} missing or not a string")
-            values: list[float] = []
-            for aspect in aspects:
-                col = score_column(aspect)
-                if col not in row:
-                    raise DataError(
-                        f"{path}: row {lineno}: field {col!r} missing (aspect {aspect!r} in params)"
-                    )
-                v = row[col]
-                if v is None:
-                    values.append(float("nan"))
-                elif isinstance(v, int | float) and not isinstance(v, bool) and 0.0 <= float(v) <= 1.0:
-                    values.append(float(v))
-                else:
-                    raise DataError(
-                        f"{path}: row {lineno}: field {col!r} = {v!r} is not null or a float in [0, 1]"
-                    )
-            ids.append(str(row.get("id", lineno)))
-            prompts.append(row["prompt"])
-            responses.append(row["response"])
-            scores.append(values)
-            sources.append({a: row.get(label_source_column(a)) for a in aspects})
-            rows.append(row)
+    for lineno, row in iter_jsonl(path):
+        for col in ("prompt", "response"):
+            if not isinstance(row.get(col), str):
+                raise DataError(f"{path}: row {lineno}: field {col!r} missing or not a string")
+        values: list[float] = []
+        for aspect in aspects:
+            col = score_column(aspect)
+            if col not in row:
+                raise DataError(
+                    f"{path}: row {lineno}: field {col!r} missing (aspect {aspect!r} in params)"
+                )
+            v = row[col]
+            if v is None:
+                values.append(float("nan"))
+            elif isinstance(v, int | float) and not isinstance(v, bool) and 0.0 <= float(v) <= 1.0:
+                values.append(float(v))
+            else:
+                raise DataError(
+                    f"{path}: row {lineno}: field {col!r} = {v!r} is not null or a float in [0, 1]"
+                )
+        ids.append(str(row.get("id", lineno)))
+        prompts.append(row["prompt"])
+        responses.append(row["response"])
+        scores.append(values)
+        sources.append({a: row.get(label_source_column(a)) for a in aspects})
+        rows.append(row)
     if not prompts:
         raise DataError(f"{path}: no rows")
     return LabelledSplit(path, ids, prompts, responses, np.asarray(scores, dtype=np.float32), sources, rows)
