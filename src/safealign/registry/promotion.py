@@ -195,18 +195,9 @@ def promote(settings: Settings, dry_run: bool = False) -> dict[str, Any]:
             gates = check_gates(settings, cand, fingerprint, champion) + _rolled_back_gate(
                 client, p.policy_model_name, adapter_hash
             )
-            passed = all(g["passed"] for g in gates)
-            result = {
-                "verdict": "promoted" if passed else "refused",
-                "passed": passed,
-                "gates": gates,
-                "candidate": {**cand, "adapter_hash": adapter_hash, "reward_model_hash": reward_hash},
-                "eval_fingerprint": fingerprint,
-                "previous_champion": champion["version"] if champion else None,
-                "dry_run": False,
-                "repair": repaired,
-                "lock_broken": lock.broken,
-            }
+            result = _verdict(gates, cand, fingerprint, adapter_hash, reward_hash, champion)
+            passed = result["passed"]
+            result.update({"dry_run": False, "repair": repaired, "lock_broken": lock.broken})
             reg = _Registration(settings, client, run, owner, layout, result, created)
             reward_v, policy_v = _register_pair(reg, cand, fingerprint)
             for alias in (CHALLENGER, CHAMPION) if passed else (CHALLENGER,):
@@ -493,6 +484,29 @@ def _dry_run(
     champion = _champion_info(client, p.policy_model_name, adapter_hash) if client else None
     existing = versions.version_by_hash(client, p.policy_model_name, adapter_hash) if client else None
     gates = check_gates(settings, cand, fingerprint, champion)
+    result = _verdict(gates, cand, fingerprint, adapter_hash, reward_hash, champion)
+    passed = result["passed"]
+    return {
+        **result,
+        "existing_version": str(existing.version) if existing is not None else None,
+        "dry_run": True,
+        "would": (
+            f"reuse policy v{existing.version}" if existing is not None else "register a new policy version"
+        )
+        + f", set '{CHALLENGER}'"
+        + (f", move '{CHAMPION}'" if passed else f", leave '{CHAMPION}' untouched"),
+    }
+
+
+def _verdict(
+    gates: list[dict[str, Any]],
+    cand: dict[str, Any],
+    fingerprint: str,
+    adapter_hash: str,
+    reward_hash: str,
+    champion: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """The part of promotion.json a real and a dry-run promote share: the gates' verdict and the candidate."""
     passed = all(g["passed"] for g in gates)
     return {
         "verdict": "promoted" if passed else "refused",
@@ -501,13 +515,6 @@ def _dry_run(
         "candidate": {**cand, "adapter_hash": adapter_hash, "reward_model_hash": reward_hash},
         "eval_fingerprint": fingerprint,
         "previous_champion": champion["version"] if champion else None,
-        "existing_version": str(existing.version) if existing is not None else None,
-        "dry_run": True,
-        "would": (
-            f"reuse policy v{existing.version}" if existing is not None else "register a new policy version"
-        )
-        + f", set '{CHALLENGER}'"
-        + (f", move '{CHAMPION}'" if passed else f", leave '{CHAMPION}' untouched"),
     }
 
 
