@@ -42,8 +42,14 @@ FEATURES = {
     "constraint": ({"std_floor": 0.0}, 1.5),
     "beta": ({"std_floor": 0.0, "beta": 0.2}, None),
     "benign_beta": ({"std_floor": 0.0, "benign_beta": 0.3}, None),
-    "all": ({"std_floor": 1e-3, "benign_weights": {"helpful": 1.0}, "beta": 0.05, "benign_beta": 0.3}, 1.5),
+    "benign_refusal_penalty": ({"std_floor": 0.0, "benign_refusal_penalty": 0.25}, None),
+    "all": (
+        {"std_floor": 1e-3, "benign_weights": {"helpful": 1.0}, "beta": 0.05, "benign_beta": 0.3,
+         "benign_refusal_penalty": 0.25},
+        1.5,
+    ),
 }
+REFUSAL = "I can't help."  # the benign group's first completion: the penalty's target
 
 
 @pytest.fixture(scope="module")
@@ -65,8 +71,16 @@ def batch():
     completion = torch.randint(10, 4000, (len(RAW) * G, 7), generator=torch.Generator().manual_seed(0))
     completion[1, 3] = tok.eos_token_id  # one completion stops early: EOS kept, the rest masked
     completion[1, 4:] = tok.pad_token_id
+    refusal = tok(REFUSAL, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    assert len(refusal) <= completion.shape[1], refusal
+    completion[G] = tok.pad_token_id  # row G: the benign prompt's first completion, a refusal
+    completion[G, : len(refusal)] = torch.tensor(refusal)
     cmask = completion_mask(completion, [tok.eos_token_id])
     ids = [row[: int(m.sum())].tolist() for row, m in zip(completion, cmask, strict=True)]
+    texts = tok.batch_decode(ids, skip_special_tokens=True)  # as both engines decode them
+    from safealign.refusal import is_refusal
+
+    assert [is_refusal(t) for t in texts].count(True) == 1 and is_refusal(texts[G]), texts
     scores = np.random.default_rng(0).uniform(0.2, 0.95, size=(len(ids), len(ASPECTS)))
     scores[8:12] = [0.9, 0.97] + np.array([[0, 2e-4], [0, -1e-4], [0, 1e-4], [0, 0]])  # near-flat group
     # a reward model scores in float32 (TRL keeps rewards in float32 tensors): without a floor, the near-flat
@@ -82,6 +96,7 @@ def batch():
         "cmask": cmask,
         "ids": ids,
         "scores": scores,
+        "texts": texts,
     }
 
 
@@ -124,7 +139,7 @@ def _fast(b, settings: Settings, constraint):
     from safealign.policy.engine import policy_loss
 
     objective = Objective.from_settings(settings, ASPECTS)
-    shaped = objective.shape(b["scores"], KINDS, constraint)
+    shaped = objective.shape(b["scores"], KINDS, constraint, b["texts"])
     adv = objective.advantages(shaped.rewards)
     model = b["model"]
     model.train()
@@ -187,11 +202,16 @@ def test_fast_and_trl_engines_agree_on_one_batch(batch, feature, tmp_path):
     assert sum(float(g.abs().sum()) for g in fast_grads) > 0
     for a, b in zip(trl_grads, fast_grads, strict=True):
         assert torch.allclose(a, b, rtol=1e-4, atol=1e-7), float((a - b).abs().max())
+    penalty = settings.grpo.benign_refusal_penalty  # only the benign refusal loses it, in both engines
+    shaped = trainer.last_batch["shaped"]
+    got = np.zeros(len(RAW) * G) if shaped.penalties is None else shaped.penalties
+    assert got.tolist() == [penalty if i == G else 0.0 for i in range(len(RAW) * G)]
 
     # each feature is effective, not merely equal on both sides: the advantages move off the plain ones ...
     plain = Objective.from_settings(_settings({"std_floor": 0.0}), ASPECTS)
     plain_adv = plain.advantages(plain.shape(batch["scores"], KINDS, None).rewards).values
-    moves_advantages = feature in ("std_floor", "benign_weights", "constraint", "all")
+    moves = ("std_floor", "benign_weights", "constraint", "benign_refusal_penalty", "all")
+    moves_advantages = feature in moves
     assert torch.allclose(trl_adv.cpu().float(), plain_adv, atol=1e-6) != moves_advantages
     flat = trainer.last_batch["advantages"].flat
     assert flat.tolist() == ([False, False, True] if grpo["std_floor"] else [False, False, False])

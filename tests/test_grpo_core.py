@@ -419,3 +419,27 @@ def test_per_kind_metrics_split_aspects_and_group_spread_by_prompt_kind():
     only_adv = per_kind_metrics(scores, rewards, [True, True], 2, ["actionability", "safety"])
     assert "benign_safety_mean" not in only_adv
     assert only_adv["adversarial_actionability_mean"] == pytest.approx(0.45)
+
+
+def test_fast_engine_scoring_takes_the_benign_refusal_penalty_off_the_refusal_only(tiny_lora):
+    """engine.score_completions (what grpo_step calls): a decoded refusal of the benign prompt loses its
+    prompt's penalty; the same refusal of the adversarial prompt keeps its reward."""
+    from safealign.policy.engine import collate_prompts, completion_mask, score_completions
+    from safealign.policy.loading import format_prompt
+
+    model, tok = tiny_lora
+    raw = ["how do I make a weapon", "how do I bake bread"]
+    ids = [tok(format_prompt(tok, r), add_special_tokens=False)["input_ids"] for r in raw]
+    batch = collate_prompts(raw, ids, tok.pad_token_id)
+    texts = ["I'm sorry, but I can't help.", "Mix flour and water.", "I'm sorry, but I can't help.",
+             "Mix flour and water."]  # fmt: skip
+    rows = [tok(t, add_special_tokens=False)["input_ids"] + [tok.eos_token_id] for t in texts]
+    width = max(map(len, rows))
+    completion = torch.tensor([r + [tok.pad_token_id] * (width - len(r)) for r in rows])
+    cmask = completion_mask(completion, [tok.eos_token_id])
+    scored = score_completions(tok, batch, completion, cmask, _RowScorer([0.9, 0.5, 1.0, 1.0]),
+                               np.array([0.5, 0.5]), 2, None, [True, False], [0.0, 0.4])  # fmt: skip
+    assert scored.texts == texts
+    assert np.allclose(scored.combined, [0.7, 0.5, 0.75, 0.75])
+    assert np.allclose(scored.rewards, [0.7, 0.5, 0.75 - 0.4, 0.75])
+    assert scored.penalised == 0.25

@@ -9,6 +9,7 @@ from safealign.policy.constraint import LagrangeConstraint
 from safealign.policy.objective import (
     Objective,
     lr_factor,
+    refusal_penalties,
     sequence_kl,
     sequence_policy_term,
     shape_rewards,
@@ -47,6 +48,44 @@ def test_constraint_term_only_on_covered_prompts_with_the_current_lambda():
     assert c.lam == 2.0  # shaping never moves lambda: the dual step is the caller's, after the step
     plain = shape_rewards(scores, np.array([0.0, 1.0]), 2, ASPECTS, None, [True, False])
     assert plain.constraint_mean() is None and np.array_equal(plain.rewards, plain.combined)
+
+
+REFUSAL = "I'm sorry, but I can't help with that request."
+ANSWER = "Knead the dough for ten minutes, then let it rise for an hour."
+
+
+def test_refusal_penalty_hits_only_refusals_of_benign_prompts():
+    """A refusal of a harmful request is the goal (no penalty); a needless refusal loses the penalty."""
+    texts = [REFUSAL, ANSWER, REFUSAL, ANSWER]  # prompt 0 adversarial, prompt 1 benign, G=2
+    assert refusal_penalties(texts, [0.0, 0.3], 2).tolist() == [0.0, 0.0, 0.3, 0.0]
+    assert refusal_penalties(texts, [0.0, 0.0], 2) is None  # off: the judge is never called
+    with pytest.raises(ValueError, match="3 completions for 2 prompts"):
+        refusal_penalties(texts[:3], [0.0, 0.3], 2)
+
+
+def test_benign_refusal_penalty_turns_a_needless_refusal_into_the_worst_completion():
+    """The reward model rates this needless refusal ABOVE the answer (politeness); the penalty reverses the
+    group's order, leaves the aspect mix (``combined``) and the constraint's input alone."""
+    obj = _objective(benign_weights={"helpful": 1.0}, benign_refusal_penalty=0.3)
+    assert obj.prompt_refusal_penalties([True, False]) == [0.0, 0.3]
+    scores = np.array([[0.5, 0.2], [0.5, 0.9], [0.62, 1.0], [0.6, 1.0]])
+    texts = [ANSWER, REFUSAL, REFUSAL, ANSWER]
+    c = LagrangeConstraint(threshold=0.9, lr=1.0, lam=2.0)
+    shaped = obj.shape(scores, [True, False], c, texts)
+    adversarial_mix = [0.4 * 0.5 + 0.6 * 0.2, 0.4 * 0.5 + 0.6 * 0.9]
+    assert shaped.combined.tolist() == pytest.approx([*adversarial_mix, 0.62, 0.6])
+    assert shaped.rewards[2:].tolist() == pytest.approx([0.62 - 0.3, 0.6])
+    assert shaped.rewards[:2].tolist() == pytest.approx(
+        [shaped.combined[0] + 2 * (0.2 - 0.9), shaped.combined[1] + 2 * (0.9 - 0.9)]
+    )  # the adversarial refusal keeps its reward
+    assert shaped.constraint_mean() == pytest.approx(0.55) and shaped.penalised_share == 0.25
+    adv = obj.advantages(shaped.rewards).values
+    assert adv[2] < adv[3]  # without the penalty the refusal would lead its group
+    assert obj.advantages(_objective(benign_weights={"helpful": 1.0}).shape(scores, [True, False], c).rewards
+                          ).values[2] > 0  # fmt: skip
+    with pytest.raises(ValueError, match="needs the completions' texts"):
+        obj.shape(scores, [True, False], c)
+    assert obj.shape(scores[:2], [True], c).penalties is None  # no benign prompt: texts not needed
 
 
 def test_policy_term_is_minus_advantage_in_value_with_the_log_prob_gradient():

@@ -398,6 +398,14 @@ class GrpoSettings(_Section):
         description="share of benign prompts per step; at 0.4 and 0.5 (temperature 0.7) adversarial refusals "
         "on validation stayed at or below the base's 14% for 20-24 steps (docs/experiments.md)",
     )
+    benign_refusal_penalty: float = Field(
+        default=0.0,
+        ge=0,
+        description="subtracted from the reward of a completion to a BENIGN training prompt that the refusal "
+        "judge calls a refusal (a rule-based reward term). The reward model barely tells a needless refusal "
+        "from this policy's weak answers (hand labels: meaningfulness 0.12 vs 0.13), so the refusal register "
+        "GRPO teaches on harmful prompts leaked to benign ones; 0 = off",
+    )
     checkpoint_every: int = Field(default=8, gt=0, description="steps between resumable checkpoints")
     rounds: int = Field(
         default=1,

@@ -108,6 +108,8 @@ def render(metrics_dir: Path, artifacts_dir: Path, pipeline_seconds: float | Non
         training += f", benign training prompts {'/'.join(f'{w:g}' for w in benign_w)}"
     if benign_beta or grpo.get("beta"):
         training += f"; KL to the base {grpo.get('beta', 0.0):g} (adversarial), {benign_beta:g} (benign)"
+    if grpo.get("benign_refusal_penalty"):
+        training += f"; benign refusal penalty {grpo['benign_refusal_penalty']:g}"
     selection = grpo.get("selection")
     kept = f", kept step {selection['selected_step']} (checkpoint selection below)" if selection else ""
     out = [

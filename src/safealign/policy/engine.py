@@ -50,6 +50,7 @@ from safealign.policy.advantages import Advantages, group_advantages
 from safealign.policy.constraint import LagrangeConstraint
 from safealign.policy.lean_decode import SUPPORTED as LEAN_TYPES
 from safealign.policy.lean_decode import LeanDecoder
+from safealign.policy.objective import refusal_penalties as refusal_penalties_of
 from safealign.policy.objective import sequence_kl, sequence_policy_term, shape_rewards, token_kl
 from safealign.policy.reward_adapter import Scorer
 
@@ -518,6 +519,7 @@ def grpo_step(
     constraint: LagrangeConstraint | None = None,
     constrained: Sequence[bool] | None = None,
     betas: Sequence[float] | None = None,
+    refusal_penalties: Sequence[float] | None = None,
 ) -> StepResult:
     """Sample, score, compute advantages, one forward/backward, one optimizer step.
 
@@ -531,6 +533,9 @@ def grpo_step(
 
     ``betas`` are per-prompt KL coefficients (default ``cfg.beta`` for all); the GRPO stage gives benign
     prompts ``grpo.benign_beta``, as it gives them their own weights row.
+
+    ``refusal_penalties`` are per-prompt penalties for a completion the refusal judge calls a refusal
+    (default none); the GRPO stage gives benign prompts ``grpo.benign_refusal_penalty``.
     """
     t0 = time.perf_counter()
     g = cfg.group_size
@@ -546,7 +551,7 @@ def grpo_step(
 
     # 2. one reward-model forward for all aspects, combined with params' weights (+ Lagrangian term)
     scored = score_completions(
-        tokenizer, prompts, completion, cmask, scorer, weights, g, constraint, constrained
+        tokenizer, prompts, completion, cmask, scorer, weights, g, constraint, constrained, refusal_penalties
     )
     adv = group_advantages(torch.as_tensor(scored.rewards, dtype=torch.float32), g, cfg.std_floor)
     t2 = time.perf_counter()
@@ -596,6 +601,7 @@ class Scored:
     rewards: np.ndarray  # [N] combined, plus the Lagrangian term on the completions the constraint covers
     safety: np.ndarray | None  # [N] the constrained aspect's scores (None without a constraint)
     covered: np.ndarray  # [N] bool: which completions the constraint covers
+    penalised: float = 0.0  # share of the completions that lost a refusal penalty
 
 
 def score_completions(
@@ -608,16 +614,20 @@ def score_completions(
     group_size: int,
     constraint: LagrangeConstraint | None,
     constrained: Sequence[bool] | None,
+    refusal_penalties: Sequence[float] | None = None,
 ) -> Scored:
-    """ONE reward-model forward scores all K aspects; the weights (one row or one per prompt) combine them."""
+    """ONE reward-model forward scores all K aspects; the weights (one row or one per prompt) combine them,
+    and completions the refusal judge calls refusals lose their prompt's penalty (``objective.py``)."""
     g = group_size
     ids_list = [row[: int(m.sum())].tolist() for row, m in zip(completion, cmask, strict=True)]
     texts = tokenizer.batch_decode(ids_list, skip_special_tokens=True)
     raw = [p for p in prompts.raw for _ in range(g)]
     scores = np.asarray(scorer.score(raw, texts, ids_list), dtype=np.float64)
-    shaped = shape_rewards(scores, weights, g, scorer.aspects, constraint, constrained)  # objective.py
-    combined, rewards, safety, covered = shaped.combined, shaped.rewards, shaped.safety, shaped.covered
-    return Scored(texts, scores, combined, rewards, safety, covered)
+    penalties = None if refusal_penalties is None else refusal_penalties_of(texts, refusal_penalties, g)
+    shaped = shape_rewards(scores, weights, g, scorer.aspects, constraint, constrained, penalties)
+    return Scored(
+        texts, scores, shaped.combined, shaped.rewards, shaped.safety, shaped.covered, shaped.penalised_share
+    )
 
 
 def optimizer_step(optimizer: torch.optim.Optimizer, scheduler: Any, max_grad_norm: float | None) -> float:
@@ -654,6 +664,7 @@ def step_metrics(
         reward_mean=float(scored.combined.mean()),
         reward_std=float(scored.combined.std()),
         shaped_reward_mean=float(np.mean(scored.rewards)),
+        frac_refusal_penalised=scored.penalised,
         **adv.stats(),
         loss=loss,
         kl=kl,

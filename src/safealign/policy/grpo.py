@@ -251,8 +251,9 @@ def train_steps(run: FastRun, t_start: float) -> None:
 def one_step(run: FastRun, step: int) -> tuple[list[str], StepResult, dict[str, Any]]:
     """Draw this step's prompts and run one GRPO step on them: ``(prompts, result, the step's row)``.
 
-    Benign prompts get their own aspect weights and KL coefficient (``grpo.benign_weights``,
-    ``grpo.benign_beta``); the safety constraint covers the adversarial ones only.
+    Benign prompts get their own aspect weights, KL coefficient and refusal penalty
+    (``grpo.benign_weights``, ``grpo.benign_beta``, ``grpo.benign_refusal_penalty``); the safety constraint
+    covers the adversarial ones only.
     """
     cfg = run.settings.grpo
     drawn, adversarial = run.sampler.draw()
@@ -268,6 +269,7 @@ def one_step(run: FastRun, step: int) -> tuple[list[str], StepResult, dict[str, 
         run.constraint,
         constrained=adversarial,
         betas=run.objective.prompt_betas(adversarial),
+        refusal_penalties=run.objective.prompt_refusal_penalties(adversarial),
     )
     row: dict[str, Any] = {"step": step, **result.metrics}
     aspects = list(run.scorer.aspects)
@@ -319,6 +321,7 @@ def finish(run: FastRun, t_start: float) -> dict[str, Any]:
         "benign_weights": [float(w) for w in run.benign_weights],
         "beta": cfg.beta,
         "benign_beta": run.benign_beta,
+        "benign_refusal_penalty": run.objective.benign_refusal_penalty,
         "selected_step": selection["selected_step"] if selection else len(rows),
         "selection": selection,
         **summarize(rows, list(run.scorer.aspects)),

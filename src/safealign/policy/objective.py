@@ -11,6 +11,10 @@ batch. The features:
   dual step sees only their mean safety (``constraint.LagrangeConstraint``);
 - **group advantages with the std floor** (``grpo.std_floor``): ``advantages.group_advantages``, flat
   groups get zero advantage;
+- **the benign refusal penalty** (``grpo.benign_refusal_penalty``): a completion to a benign prompt that
+  the refusal judge calls a refusal loses a fixed amount of reward (``refusal_penalties``), so GRPO's one
+  refusal register cannot spread to requests with no harm in them while the reward model rates a needless
+  refusal about as high as a weak answer;
 - **per-sample KL coefficients** (``grpo.benign_beta``): each sequence's KL(pi || base) term has its own
   coefficient, summed per token with TRL's k3 estimator and averaged over the sequence's tokens (the
   ``loss_type="grpo"`` aggregation);
@@ -37,6 +41,7 @@ __all__ = [
     "Shaped",
     "group_advantages",
     "lr_factor",
+    "refusal_penalties",
     "sequence_kl",
     "sequence_policy_term",
     "shape_rewards",
@@ -52,9 +57,15 @@ class Shaped:
     """One batch's rewards: the aspect mix, what the advantages see, and what the constraint's update sees."""
 
     combined: np.ndarray  # [N] each completion's weighted aspect sum (its prompt kind's weights)
-    rewards: np.ndarray  # [N] combined + the Lagrangian term on covered completions
+    rewards: np.ndarray  # [N] combined + the Lagrangian term on covered completions - refusal penalties
     covered: np.ndarray  # [N] bool: the constraint applies (its prompt is adversarial)
     safety: np.ndarray | None  # [N] the constrained aspect's scores; None without a constraint
+    penalties: np.ndarray | None = None  # [N] refusal penalties subtracted (None: no penalty this batch)
+
+    @property
+    def penalised_share(self) -> float:
+        """Share of the batch's completions that lost a refusal penalty (0 without one)."""
+        return 0.0 if self.penalties is None else float((self.penalties > 0).mean())
 
     def constraint_mean(self) -> float | None:
         """Mean constrained-aspect score over the covered completions: the dual step's input (None: none)."""
@@ -79,21 +90,46 @@ def shape_rewards(
     aspects: Sequence[str],
     constraint: LagrangeConstraint | None = None,
     constrained: Sequence[bool] | None = None,
+    penalties: np.ndarray | None = None,
 ) -> Shaped:
-    """The rewards advantages are computed from: per-prompt weights, plus the Lagrangian term where covered.
+    """The rewards advantages are computed from: per-prompt weights, plus the Lagrangian term where covered,
+    minus each completion's refusal penalty (``penalties``, [N], from :func:`refusal_penalties`).
 
     ``constrained`` has one flag per prompt (default: all); the term uses the constraint's CURRENT lambda
-    (before this step's dual update).
+    (before this step's dual update). The penalty never reaches ``combined`` (the aspect mix the metrics
+    report) nor the constraint's dual step.
     """
     combined = combine(scores, weights, group_size)
     covered = np.ones(len(combined), dtype=bool)
     if constrained is not None:
         covered = np.repeat(np.asarray(constrained, dtype=bool), group_size)
+    penalty = None if penalties is None else np.asarray(penalties, dtype=np.float64)
+    minus = 0.0 if penalty is None else penalty
     if constraint is None:
-        return Shaped(combined, combined, covered, None)
+        return Shaped(combined, combined - minus, covered, None, penalty)
     safety = np.asarray(scores, dtype=np.float64)[:, list(aspects).index(constraint.aspect)]
     rewards = np.where(covered, constraint.shape(combined, safety), combined)
-    return Shaped(combined, rewards, covered, safety)
+    return Shaped(combined, rewards - minus, covered, safety, penalty)
+
+
+def refusal_penalties(
+    texts: Sequence[str], per_prompt: Sequence[float], group_size: int
+) -> np.ndarray | None:
+    """[N] each completion's refusal penalty: its prompt's penalty where the refusal judge says "refuse".
+
+    ``per_prompt`` is one penalty per prompt (:meth:`Objective.prompt_refusal_penalties`: benign prompts
+    ``grpo.benign_refusal_penalty``, adversarial ones 0). None when no prompt has one, so a run without the
+    penalty never calls the judge.
+    """
+    per_completion = np.repeat(np.asarray(per_prompt, dtype=np.float64), group_size)
+    if len(per_completion) != len(texts):
+        raise ValueError(f"{len(texts)} completions for {len(per_prompt)} prompts x G={group_size}")
+    if not per_completion.any():
+        return None
+    from safealign.refusal import is_refusal
+
+    refused = np.array([bool(p) and is_refusal(t) for p, t in zip(per_completion, texts, strict=True)])
+    return np.where(refused, per_completion, 0.0)
 
 
 # ------------------------------------------------------------------------------------------- loss
@@ -164,6 +200,7 @@ class Objective:
     benign_beta: float
     std_floor: float
     group_size: int
+    benign_refusal_penalty: float = 0.0
 
     @classmethod
     def from_settings(cls, settings: object, aspects: Sequence[str]) -> Objective:
@@ -181,6 +218,7 @@ class Objective:
             benign_beta=float(cfg.beta if cfg.benign_beta is None else cfg.benign_beta),
             std_floor=float(cfg.std_floor),
             group_size=int(cfg.num_generations),
+            benign_refusal_penalty=float(cfg.benign_refusal_penalty),
         )
 
     def prompt_weights(self, adversarial: Sequence[bool]) -> np.ndarray:
@@ -191,16 +229,38 @@ class Objective:
         """Each prompt's KL coefficient by its kind."""
         return [self.beta if adv else self.benign_beta for adv in adversarial]
 
+    def prompt_refusal_penalties(self, adversarial: Sequence[bool]) -> list[float]:
+        """Each prompt's refusal penalty by its kind: benign prompts only (a refusal of harm is the goal)."""
+        return [0.0 if adv else self.benign_refusal_penalty for adv in adversarial]
+
     @property
     def uses_kl(self) -> bool:
         return self.beta != 0 or self.benign_beta != 0
 
     def shape(
-        self, scores: np.ndarray, adversarial: Sequence[bool], constraint: LagrangeConstraint | None
+        self,
+        scores: np.ndarray,
+        adversarial: Sequence[bool],
+        constraint: LagrangeConstraint | None,
+        texts: Sequence[str] | None = None,
     ) -> Shaped:
-        """Rewards of a batch of prompts (G completions each, group-major) given each prompt's kind."""
+        """Rewards of a batch of prompts (G completions each, group-major) given each prompt's kind.
+
+        ``texts`` (the decoded completions) are needed only with a benign refusal penalty.
+        """
+        penalties = None
+        if self.benign_refusal_penalty and not all(adversarial):
+            if texts is None:
+                raise ValueError("a benign refusal penalty needs the completions' texts")
+            penalties = refusal_penalties(texts, self.prompt_refusal_penalties(adversarial), self.group_size)
         return shape_rewards(
-            scores, self.prompt_weights(adversarial), self.group_size, self.aspects, constraint, adversarial
+            scores,
+            self.prompt_weights(adversarial),
+            self.group_size,
+            self.aspects,
+            constraint,
+            adversarial,
+            penalties,
         )
 
     def advantages(self, rewards: np.ndarray) -> Advantages:

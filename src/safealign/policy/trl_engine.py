@@ -442,6 +442,7 @@ def finish_trl(run: TrlRun, wall_this_run: float) -> dict[str, Any]:
         "benign_weights": [float(w) for w in run.objective.benign_weights],
         "beta": run.objective.beta,
         "benign_beta": run.objective.benign_beta,
+        "benign_refusal_penalty": run.objective.benign_refusal_penalty,
         "selected_step": selection["selected_step"] if selection else len(rows),
         "selection": selection,
         **summarize(rows, list(run.scorer.aspects)),

@@ -177,7 +177,7 @@ class SafealignGRPOTrainer(GRPOTrainer):
                 "a group of completions mixes prompt kinds: the sampler must repeat each prompt G times"
             )
         objective = self.objective if g == self.objective.group_size else _regroup(self.objective, g)
-        shaped = objective.shape(batch["scores"], kinds, self.constraint)
+        shaped = objective.shape(batch["scores"], kinds, self.constraint, batch["texts"])
         adv = objective.advantages(shaped.rewards)
         n_local = out["completion_ids"].shape[0]
         local = slice(
@@ -224,6 +224,7 @@ class SafealignGRPOTrainer(GRPOTrainer):
             "reward_mean": float(shaped.combined.mean()),
             "reward_std": float(shaped.combined.std()),
             "shaped_reward_mean": float(np.mean(shaped.rewards)),
+            "frac_refusal_penalised": shaped.penalised_share,
             **adv.stats(),
             "distinct_completions": float(len(set(batch["texts"]))),
             "s_generate_and_score": seconds,
