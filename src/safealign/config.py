@@ -403,8 +403,9 @@ class GrpoSettings(_Section):
         ge=0,
         description="subtracted from the reward of a completion to a BENIGN training prompt that the refusal "
         "judge calls a refusal (a rule-based reward term). The reward model barely tells a needless refusal "
-        "from this policy's weak answers (hand labels: meaningfulness 0.12 vs 0.13), so the refusal register "
-        "GRPO teaches on harmful prompts leaked to benign ones; 0 = off",
+        "from this policy's weak answers (hand labels: meaningfulness 0.12 vs 0.13). Off by default: with "
+        "the default 135M policy at temperature 0.7 no sampled benign completion in 24 steps was a refusal "
+        "(the leak shows in greedy replies only), so it never fired (docs/experiments.md); 0 = off",
     )
     checkpoint_every: int = Field(default=8, gt=0, description="steps between resumable checkpoints")
     rounds: int = Field(
