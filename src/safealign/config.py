@@ -407,6 +407,15 @@ class GrpoSettings(_Section):
         "the default 135M policy at temperature 0.7 no sampled benign completion in 24 steps was a refusal "
         "(the leak shows in greedy replies only), so it never fired (docs/experiments.md); 0 = off",
     )
+    benign_refusal_probe: int = Field(
+        default=0,
+        ge=0,
+        description="benign train prompts decoded GREEDILY before each step (fast engine); those whose "
+        "greedy reply the refusal judge calls a refusal replace the step's drawn benign prompts, and that "
+        "reply replaces one of their G samples, where benign_refusal_penalty (required > 0) meets it. The "
+        "leak to benign prompts shows in greedy replies (what evaluation reads) long before a sample takes "
+        "it (policy/refusal_probe.py); 0 = off",
+    )
     checkpoint_every: int = Field(default=8, gt=0, description="steps between resumable checkpoints")
     rounds: int = Field(
         default=1,
@@ -715,6 +724,17 @@ class Settings(_Section):
                 )
             if any(w < 0 for w in bw.values()) or sum(bw.values()) <= 0:
                 raise ValueError(f"grpo.benign_weights must be >= 0 with a positive sum, got {bw}")
+        return self
+
+    @model_validator(mode="after")
+    def _probe_has_a_penalty(self) -> Settings:
+        """A probed greedy refusal without a penalty would be trained on like any sample: refused."""
+        g = self.grpo
+        if g.benign_refusal_probe and (not g.benign_refusal_penalty or not g.include_benign):
+            raise ValueError(
+                "grpo.benign_refusal_probe needs grpo.benign_refusal_penalty > 0 and grpo.include_benign: "
+                "true (the greedy refusals it finds are trained on through the penalty)"
+            )
         return self
 
     @model_validator(mode="after")

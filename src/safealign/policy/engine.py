@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -249,6 +249,32 @@ def generate(
         pos = pos + 1
     completion = torch.stack(tokens, dim=1)
     return completion, completion_mask(completion, eos_ids)
+
+
+def splice(
+    completion: torch.Tensor,
+    cmask: torch.Tensor,
+    forced: Mapping[int, Sequence[int]],
+    group_size: int,
+    pad_id: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Put each forced completion in the last of its prompt's G rows; the batch widens if it must.
+
+    The mask is carried, not recomputed: a sampled row cut at the old width has no EOS, and recomputing
+    from tokens would count the new padding as completion.
+    """
+    if not forced:
+        return completion, cmask
+    width = max([completion.shape[1], *(len(ids) for ids in forced.values())])
+    out = torch.full((completion.shape[0], width), pad_id, dtype=completion.dtype)
+    mask = torch.zeros((completion.shape[0], width), dtype=cmask.dtype)
+    out[:, : completion.shape[1]], mask[:, : completion.shape[1]] = completion, cmask
+    for prompt_index, ids in forced.items():
+        row = prompt_index * group_size + group_size - 1
+        out[row], mask[row] = pad_id, 0
+        out[row, : len(ids)] = torch.tensor(list(ids), dtype=completion.dtype)
+        mask[row, : len(ids)] = 1
+    return out, mask
 
 
 def completion_mask(completion: torch.Tensor, eos_ids: Sequence[int]) -> torch.Tensor:
@@ -520,6 +546,7 @@ def grpo_step(
     constrained: Sequence[bool] | None = None,
     betas: Sequence[float] | None = None,
     refusal_penalties: Sequence[float] | None = None,
+    forced: Mapping[int, Sequence[int]] | None = None,
 ) -> StepResult:
     """Sample, score, compute advantages, one forward/backward, one optimizer step.
 
@@ -536,17 +563,14 @@ def grpo_step(
 
     ``refusal_penalties`` are per-prompt penalties for a completion the refusal judge calls a refusal
     (default none); the GRPO stage gives benign prompts ``grpo.benign_refusal_penalty``.
+
+    ``forced`` maps a prompt's index to a completion that replaces the last of its G samples (the greedy
+    refusals ``refusal_probe`` found; ``grpo.benign_refusal_probe``).
     """
     t0 = time.perf_counter()
     g = cfg.group_size
 
-    # 1. generation: fp32, merged LoRA, prompts prefilled once, KV cache
-    model.eval()
-    with merged_lora(model):
-        eos_ids, pad_id = eos_token_ids(model, tokenizer), int(tokenizer.pad_token_id)
-        completion, cmask = generate(
-            model, prompts, g, cfg.max_new_tokens, eos_ids, pad_id, cfg.temperature, cfg.top_p
-        )
+    completion, cmask = sample_completions(model, tokenizer, prompts, cfg, forced)  # 1. generation
     t1 = time.perf_counter()
 
     # 2. one reward-model forward for all aspects, combined with params' weights (+ Lagrangian term)
@@ -589,6 +613,25 @@ def grpo_step(
         loss=loss_value,
         timings=timings,
     )
+
+
+def sample_completions(
+    model: Any,
+    tokenizer: Any,
+    prompts: PromptBatch,
+    cfg: StepConfig,
+    forced: Mapping[int, Sequence[int]] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """G samples per prompt (fp32, merged LoRA, prompts prefilled once, KV cache), then the forced ones."""
+    model.eval()
+    with merged_lora(model):
+        eos_ids, pad_id = eos_token_ids(model, tokenizer), int(tokenizer.pad_token_id)
+        completion, cmask = generate(
+            model, prompts, cfg.group_size, cfg.max_new_tokens, eos_ids, pad_id, cfg.temperature, cfg.top_p
+        )
+    if forced:
+        completion, cmask = splice(completion, cmask, forced, cfg.group_size, pad_id)
+    return completion, cmask
 
 
 @dataclass

@@ -64,6 +64,7 @@ from safealign.policy.outputs import (
     write_stage_outputs,
 )
 from safealign.policy.prompts import PromptEncoder, PromptSampler
+from safealign.policy.refusal_probe import probe_benign, substitute
 from safealign.policy.reward_adapter import Scorer, load_scorer
 from safealign.policy.selection import Selector, build_selector, observe_and_log, validation_steps
 from safealign.policy.trl_engine import train_grpo_trl
@@ -257,6 +258,7 @@ def one_step(run: FastRun, step: int) -> tuple[list[str], StepResult, dict[str, 
     """
     cfg = run.settings.grpo
     drawn, adversarial = run.sampler.draw()
+    drawn, forced, probe = probe_step(run, drawn, adversarial)
     result = grpo_step(
         run.model,
         run.tokenizer,
@@ -270,13 +272,37 @@ def one_step(run: FastRun, step: int) -> tuple[list[str], StepResult, dict[str, 
         constrained=adversarial,
         betas=run.objective.prompt_betas(adversarial),
         refusal_penalties=run.objective.prompt_refusal_penalties(adversarial),
+        forced=forced,
     )
-    row: dict[str, Any] = {"step": step, **result.metrics}
+    row: dict[str, Any] = {"step": step, **result.metrics, **probe}
     aspects = list(run.scorer.aspects)
     row.update(per_kind_metrics(result.scores, result.rewards, adversarial, cfg.num_generations, aspects))
     if run.constraint is None:
         row["lambda"] = 0.0
     return drawn, result, row
+
+
+def probe_step(
+    run: FastRun, drawn: list[str], adversarial: list[bool]
+) -> tuple[list[str], dict[int, list[int]], dict[str, float]]:
+    """``grpo.benign_refusal_probe``: greedy-decode that many benign train prompts; the refused ones take
+    the drawn benign prompts' places with their greedy reply as one sample (policy/refusal_probe.py).
+
+    Returns the step's prompts, the forced completions and the step row's probe columns (none when off).
+    """
+    k = run.settings.grpo.benign_refusal_probe
+    if not k:
+        return drawn, {}, {}
+    t0 = time.perf_counter()
+    probed = run.sampler.draw_benign(k)
+    refused = probe_benign(run.model, run.tokenizer, run.encoder, probed, run.step_cfg.max_new_tokens)
+    drawn, forced = substitute(drawn, adversarial, refused)
+    columns = {
+        "probe_refused_frac": len(refused) / max(1, len(probed)),
+        "probe_forced": float(len(forced)),
+        "s_probe": time.perf_counter() - t0,
+    }
+    return drawn, forced, columns
 
 
 def log_samples(run: FastRun, step: int, drawn: list[str], result: StepResult) -> None:
@@ -322,6 +348,7 @@ def finish(run: FastRun, t_start: float) -> dict[str, Any]:
         "beta": cfg.beta,
         "benign_beta": run.benign_beta,
         "benign_refusal_penalty": run.objective.benign_refusal_penalty,
+        "benign_refusal_probe": run.settings.grpo.benign_refusal_probe,
         "selected_step": selection["selected_step"] if selection else len(rows),
         "selection": selection,
         **summarize(rows, list(run.scorer.aspects)),

@@ -52,6 +52,12 @@ class PromptSampler:
         return adv + ben, [True] * len(adv) + [False] * len(ben)
 
 
+    def draw_benign(self, k: int) -> list[str]:
+        """``k`` distinct benign train prompts (all when fewer), from the same checkpointed generator."""
+        k = min(k, len(self.benign))
+        return [self.benign[i] for i in self.rng.choice(len(self.benign), k, replace=False)] if k else []
+
+
 class PromptEncoder:
     """Chat template + tokenisation, once per distinct prompt (cached), truncated from the left."""
 

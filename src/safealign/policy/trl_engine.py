@@ -474,6 +474,11 @@ def train_grpo_trl(
     """
     import contextlib
 
+    if settings.grpo.benign_refusal_probe:
+        raise ConfigError(
+            "grpo.benign_refusal_probe is built into the fast engine's step only (TRL generates inside its "
+            "own trainer): set grpo.engine=fast or grpo.benign_refusal_probe=0"
+        )
     run = set_up_trl(settings, scorer, resume, init_adapter)
     t0 = time.perf_counter()
     stage = tracking.stage_run(settings, "grpo") if _is_main() else contextlib.nullcontext()
