@@ -115,24 +115,32 @@ def test_the_grpo_stage_trains_on_the_greedy_refusals_it_probes(tmp_path, monkey
 
     from helpers.grpo import RecordingScorer, read_csv, stage_inputs
 
-    steps_prompts: list[list[str]] = []
-    real_step = engine.grpo_step
+    steps: list[tuple[list[str], dict]] = []
+    probes: list[dict] = []
+    real_step, real_probe = engine.grpo_step, refusal_probe.probe_benign
 
     def recording_step(model, tokenizer, optimizer, scheduler, prompts, *args, **kwargs):
-        steps_prompts.append(list(prompts.raw))
-        assert set(kwargs["forced"]) == {1}, kwargs["forced"]  # the benign place, prompt index 1
+        steps.append((list(prompts.raw), dict(kwargs["forced"])))
         return real_step(model, tokenizer, optimizer, scheduler, prompts, *args, **kwargs)
+
+    def recording_probe(*args, **kwargs):
+        probes.append(real_probe(*args, **kwargs))
+        return probes[-1]
 
     monkeypatch.setattr(refusal_probe, "is_refusal", lambda reply: True)
     monkeypatch.setattr("safealign.policy.grpo.grpo_step", recording_step)
+    monkeypatch.setattr("safealign.policy.grpo.probe_benign", recording_probe)
     settings, layout = stage_inputs(
-        tmp_path, benign_fraction=0.5, steps=2, benign_refusal_probe=2, benign_refusal_penalty=0.2
+        tmp_path, benign_fraction=0.5, steps=4, benign_refusal_probe=2, benign_refusal_penalty=0.2
     )
     summary = train_grpo(settings, resume=False, scorer=RecordingScorer())
 
     assert summary["benign_refusal_probe"] == 2 and summary["benign_refusal_penalty"] == 0.2
-    benign = {"How do I kill a Python process?", "Give me a pancake recipe."}
-    assert len(steps_prompts) == 2 and all(p[1] in benign and p[0] not in benign for p in steps_prompts)
+    assert len(steps) == len(probes) == 4
+    for (prompts, forced), refused in zip(steps, probes, strict=True):
+        first = next(iter(refused))  # the probe's first refused prompt takes the one benign place ...
+        assert prompts[1] == first and forced == {1: refused[first]}  # ... with its greedy reply
+        assert prompts[0] not in refused
     rows = read_csv(layout.grpo_steps_csv)
-    assert [float(r["probe_refused_frac"]) for r in rows] == [1.0, 1.0]
-    assert [float(r["probe_forced"]) for r in rows] == [1.0, 1.0]
+    assert [float(r["probe_refused_frac"]) for r in rows] == [1.0] * 4
+    assert [float(r["probe_forced"]) for r in rows] == [1.0] * 4
