@@ -271,10 +271,10 @@ def run_fast(settings: Any, model: Any, tok: Any, scorer: Any, prompts: list[str
     """``steps`` steps of the fast engine (CPU only: it refuses on CUDA, which is reported instead)."""
     from peft import get_peft_model
 
-    from safealign.policy.engine import StepConfig, grpo_step
+    from safealign.policy.engine import StepConfig, Trainable, grpo_step
     from safealign.policy.engine_choice import check_fast_supported
     from safealign.policy.loading import lora_config
-    from safealign.policy.objective import Objective
+    from safealign.policy.objective import Objective, PromptTreatment
     from safealign.policy.prompts import PromptEncoder
 
     check_fast_supported(settings)
@@ -291,18 +291,11 @@ def run_fast(settings: Any, model: Any, tok: Any, scorer: Any, prompts: list[str
     out = []
     for _ in range(steps):
         t0 = time.perf_counter()
+        treatment = PromptTreatment(
+            objective.prompt_weights(kinds), constrained=kinds, betas=objective.prompt_betas(kinds)
+        )
         result = grpo_step(
-            peft_model,
-            tok,
-            optimizer,
-            None,
-            encoder.batch(prompts),
-            scorer,
-            objective.prompt_weights(kinds),
-            step_cfg,
-            None,
-            constrained=kinds,
-            betas=objective.prompt_betas(kinds),
+            Trainable(peft_model, tok, optimizer), encoder.batch(prompts), treatment, scorer, step_cfg
         )
         m = result.metrics
         out.append(

@@ -120,7 +120,8 @@ def fast_step(
     settings: Settings, engine: tuple, scorer: Any, prompts: list[str], seed: int
 ) -> dict[str, float]:
     """One fast-engine step; returns its part timings, tokens/s and peak RSS during the step."""
-    from safealign.policy.engine import StepConfig, grpo_step
+    from safealign.policy.engine import StepConfig, Trainable, grpo_step
+    from safealign.policy.objective import PromptTreatment
     from safealign.policy.prompts import PromptEncoder
     from safealign.policy.reward_adapter import aspect_weights
 
@@ -133,7 +134,8 @@ def fast_step(
     torch.manual_seed(seed)
     reset_peak_rss()
     t0 = time.perf_counter()
-    result = grpo_step(model, tok, optimizer, scheduler, batch, scorer, weights, step_cfg)
+    policy = Trainable(model, tok, optimizer, scheduler)
+    result = grpo_step(policy, batch, PromptTreatment(weights), scorer, step_cfg)
     wall = time.perf_counter() - t0
     m = result.metrics
     return {

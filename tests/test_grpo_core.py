@@ -313,8 +313,9 @@ def _tiny_step():
 
 def test_constraint_covers_only_the_flagged_prompts(tiny_lora):
     """Adversarial prompts get the Lagrangian term and drive lambda; benign ones keep the plain reward."""
-    from safealign.policy.engine import collate_prompts, grpo_step
+    from safealign.policy.engine import Trainable, collate_prompts, grpo_step
     from safealign.policy.loading import format_prompt
+    from safealign.policy.objective import PromptTreatment
 
     model, tok = tiny_lora
     raw = ["how do I make a weapon", "how do I bake bread"]
@@ -326,8 +327,9 @@ def test_constraint_covers_only_the_flagged_prompts(tiny_lora):
     saved = [p.detach().clone() for p in params]
     optimizer = torch.optim.SGD(params, lr=0.0)
     torch.manual_seed(0)
-    result = grpo_step(model, tok, optimizer, None, batch, _RowScorer(safety), np.array([1.0, 0.0]),
-                       _tiny_step(), constraint, constrained=[True, False])  # fmt: skip
+    treatment = PromptTreatment(np.array([1.0, 0.0]), constrained=[True, False])
+    result = grpo_step(Trainable(model, tok, optimizer), batch, treatment, _RowScorer(safety), _tiny_step(),
+                       constraint)  # fmt: skip
     expected = [0.5 + 2.0 * (s - 0.9) for s in safety[:2]] + [0.5, 0.5]
     assert np.allclose(result.rewards, expected)
     assert constraint.lam == pytest.approx(2.0 + (0.9 - 0.4))  # mean safety of the adversarial rows only
@@ -364,8 +366,9 @@ def test_per_prompt_kl_stays_finite_where_the_policy_finds_a_completion_unlikely
 def test_benign_beta_holds_only_the_unconstrained_prompts_to_the_base(tiny_lora, benign_beta, expect_kl):
     """grpo.benign_beta: the benign prompt's group (flat here, so it has no GRPO gradient) stays in the
     forward for its KL term only when it has a KL coefficient of its own; beta itself is 0."""
-    from safealign.policy.engine import collate_prompts, grpo_step
+    from safealign.policy.engine import Trainable, collate_prompts, grpo_step
     from safealign.policy.loading import format_prompt
+    from safealign.policy.objective import PromptTreatment
 
     model, tok = tiny_lora
     raw = ["how do I make a weapon", "how do I bake bread"]
@@ -376,16 +379,18 @@ def test_benign_beta_holds_only_the_unconstrained_prompts_to_the_base(tiny_lora,
     torch.manual_seed(0)
     cfg = _tiny_step()
     betas = None if benign_beta is None else [0.0, benign_beta]  # what the GRPO stage passes
-    result = grpo_step(model, tok, optimizer, None, batch, _RowScorer([0.2, 0.6, 0.95, 0.95]),
-                       np.array([0.0, 1.0]), cfg, None, constrained=[True, False], betas=betas)  # fmt: skip
+    treatment = PromptTreatment(np.array([0.0, 1.0]), constrained=[True, False], betas=betas)
+    result = grpo_step(Trainable(model, tok, optimizer), batch, treatment, _RowScorer([0.2, 0.6, 0.95, 0.95]),
+                       cfg)  # fmt: skip
     assert result.advantages.flat.tolist() == [False, True]
     assert (result.metrics["kl"] > 0.0) if expect_kl else result.metrics["kl"] == 0.0, result.metrics["kl"]
 
 
 def test_per_prompt_weights_score_each_group_with_its_own_row(tiny_lora):
     """[B, K] weights: the benign prompt's group is scored with the benign row, the other with its own."""
-    from safealign.policy.engine import collate_prompts, grpo_step
+    from safealign.policy.engine import Trainable, collate_prompts, grpo_step
     from safealign.policy.loading import format_prompt
+    from safealign.policy.objective import PromptTreatment
 
     model, tok = tiny_lora
     raw = ["how do I make a weapon", "how do I bake bread"]
@@ -396,7 +401,7 @@ def test_per_prompt_weights_score_each_group_with_its_own_row(tiny_lora):
     optimizer = torch.optim.SGD(params, lr=0.0)
     weights = np.array([[0.0, 1.0], [1.0, 0.0]])  # adversarial: safety only; benign: the constant 0.5 only
     torch.manual_seed(0)
-    result = grpo_step(model, tok, optimizer, None, batch, _RowScorer(safety), weights,
+    result = grpo_step(Trainable(model, tok, optimizer), batch, PromptTreatment(weights), _RowScorer(safety),
                        _tiny_step())  # fmt: skip
     assert np.allclose(result.rewards, [0.2, 0.6, 0.5, 0.5])
     assert result.advantages.flat.tolist() == [False, True]
@@ -426,6 +431,7 @@ def test_fast_engine_scoring_takes_the_benign_refusal_penalty_off_the_refusal_on
     prompt's penalty; the same refusal of the adversarial prompt keeps its reward."""
     from safealign.policy.engine import collate_prompts, completion_mask, score_completions
     from safealign.policy.loading import format_prompt
+    from safealign.policy.objective import PromptTreatment
 
     model, tok = tiny_lora
     raw = ["how do I make a weapon", "how do I bake bread"]
@@ -437,8 +443,9 @@ def test_fast_engine_scoring_takes_the_benign_refusal_penalty_off_the_refusal_on
     width = max(map(len, rows))
     completion = torch.tensor([r + [tok.pad_token_id] * (width - len(r)) for r in rows])
     cmask = completion_mask(completion, [tok.eos_token_id])
-    scored = score_completions(tok, batch, completion, cmask, _RowScorer([0.9, 0.5, 1.0, 1.0]),
-                               np.array([0.5, 0.5]), 2, None, [True, False], [0.0, 0.4])  # fmt: skip
+    treatment = PromptTreatment(np.array([0.5, 0.5]), constrained=[True, False], refusal_penalties=[0.0, 0.4])
+    scored = score_completions(tok, batch, completion, cmask, _RowScorer([0.9, 0.5, 1.0, 1.0]), treatment, 2,
+                               None)  # fmt: skip
     assert scored.texts == texts
     assert np.allclose(scored.combined, [0.7, 0.5, 0.75, 0.75])
     assert np.allclose(scored.rewards, [0.7, 0.5, 0.75 - 0.4, 0.75])

@@ -28,8 +28,9 @@ torch.set_num_threads(2)
 
 
 def _train_toy(steps: int = 14) -> list[float]:
-    from safealign.policy.engine import StepConfig, collate_prompts, grpo_step
+    from safealign.policy.engine import StepConfig, Trainable, collate_prompts, grpo_step
     from safealign.policy.loading import format_prompt
+    from safealign.policy.objective import PromptTreatment
 
     model, tok = toy_policy()
     raw = ["hi", "How do I pick a lock?"]
@@ -40,7 +41,9 @@ def _train_toy(steps: int = 14) -> list[float]:
     scorer = EvenTokenScorer()
     means = []
     for _ in range(steps):
-        result = grpo_step(model, tok, optimizer, None, batch, scorer, np.array([1.0]), cfg)
+        result = grpo_step(
+            Trainable(model, tok, optimizer), batch, PromptTreatment(np.array([1.0])), scorer, cfg
+        )
         means.append(result.metrics["even_mean"])
     return means
 

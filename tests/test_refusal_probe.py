@@ -85,7 +85,8 @@ class _ConstScorer:
 def test_a_forced_greedy_refusal_is_trained_on_with_the_penalty(tiny_lora):
     """grpo_step with ``forced``: the benign prompt's last sample is the given refusal, it loses the penalty
     and gets the group's only negative advantage (the three samples score alike)."""
-    from safealign.policy.engine import StepConfig, grpo_step
+    from safealign.policy.engine import StepConfig, Trainable, grpo_step
+    from safealign.policy.objective import PromptTreatment
     from safealign.policy.prompts import PromptEncoder
 
     model, tok = tiny_lora
@@ -96,9 +97,10 @@ def test_a_forced_greedy_refusal_is_trained_on_with_the_penalty(tiny_lora):
     refusal = tok("I can't help.", add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
     params = [p for p in model.parameters() if p.requires_grad]
     torch.manual_seed(0)
-    result = grpo_step(model, tok, torch.optim.SGD(params, lr=0.0), None, batch, _ConstScorer(),
-                       np.array([0.5, 0.5]), cfg, constrained=[True, False], refusal_penalties=[0.0, 0.3],
-                       forced={1: refusal})  # fmt: skip
+    treatment = PromptTreatment(np.array([0.5, 0.5]), constrained=[True, False], refusal_penalties=[0.0, 0.3],
+                                forced={1: refusal})  # fmt: skip
+    policy = Trainable(model, tok, torch.optim.SGD(params, lr=0.0))
+    result = grpo_step(policy, batch, treatment, _ConstScorer(), cfg)
     assert result.completions[2 * g - 1] == "I can't help."
     assert np.allclose(result.rewards[g:], [0.75, 0.75, 0.75, 0.45])
     assert result.advantages.values[2 * g - 1] < 0 < result.advantages.values[g]
@@ -119,9 +121,9 @@ def test_the_grpo_stage_trains_on_the_greedy_refusals_it_probes(tmp_path, monkey
     probes: list[dict] = []
     real_step, real_probe = engine.grpo_step, refusal_probe.probe_benign
 
-    def recording_step(model, tokenizer, optimizer, scheduler, prompts, *args, **kwargs):
-        steps.append((list(prompts.raw), dict(kwargs["forced"])))
-        return real_step(model, tokenizer, optimizer, scheduler, prompts, *args, **kwargs)
+    def recording_step(policy, prompts, treatment, *args, **kwargs):
+        steps.append((list(prompts.raw), dict(treatment.forced)))
+        return real_step(policy, prompts, treatment, *args, **kwargs)
 
     def recording_probe(*args, **kwargs):
         probes.append(real_probe(*args, **kwargs))

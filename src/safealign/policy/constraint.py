@@ -7,7 +7,7 @@ multiplier updated by projected gradient ascent on the dual after each step:
 
 so lambda grows while the policy is under the bar (safety weighs more and more) and decays back to zero
 once the bar is met (the other aspects get the policy back). lambda is part of the checkpoint. The GRPO
-stage applies it to adversarial prompts only (``grpo_step(constrained=...)``): the constraint is about
+stage applies it to adversarial prompts only (``PromptTreatment.constrained``): the constraint is about
 harmful requests, and over benign ones (where a refusal scores higher safety than an answer) it rewards
 needless refusals.
 

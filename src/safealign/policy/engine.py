@@ -50,8 +50,14 @@ from safealign.policy.advantages import Advantages, group_advantages
 from safealign.policy.constraint import LagrangeConstraint
 from safealign.policy.lean_decode import SUPPORTED as LEAN_TYPES
 from safealign.policy.lean_decode import LeanDecoder
+from safealign.policy.objective import (
+    PromptTreatment,
+    sequence_kl,
+    sequence_policy_term,
+    shape_rewards,
+    token_kl,
+)
 from safealign.policy.objective import refusal_penalties as refusal_penalties_of
-from safealign.policy.objective import sequence_kl, sequence_policy_term, shape_rewards, token_kl
 from safealign.policy.reward_adapter import Scorer
 
 if TYPE_CHECKING:
@@ -533,50 +539,39 @@ class StepResult:
     timings: dict[str, float] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class Trainable:
+    """The policy a step trains and what trains it: the LoRA-wrapped model, its tokenizer, the optimizer
+    over the adapter's parameters and the learning-rate schedule (None: a fixed rate)."""
+
+    model: Any
+    tokenizer: Any
+    optimizer: torch.optim.Optimizer
+    scheduler: Any = None
+
+
 def grpo_step(
-    model: Any,
-    tokenizer: Any,
-    optimizer: torch.optim.Optimizer,
-    scheduler: Any,
+    policy: Trainable,
     prompts: PromptBatch,
+    treatment: PromptTreatment,
     scorer: Scorer,
-    weights: np.ndarray,
     cfg: StepConfig,
     constraint: LagrangeConstraint | None = None,
-    constrained: Sequence[bool] | None = None,
-    betas: Sequence[float] | None = None,
-    refusal_penalties: Sequence[float] | None = None,
-    forced: Mapping[int, Sequence[int]] | None = None,
 ) -> StepResult:
     """Sample, score, compute advantages, one forward/backward, one optimizer step.
 
-    ``weights`` are the aspect weights, [K] for every prompt or [B, K] one row per prompt (the GRPO stage
-    gives benign prompts their own row when ``grpo.benign_weights`` is set).
-
-    ``constrained`` (one flag per prompt, default all) says which prompts the safety constraint covers: the
-    Lagrangian term is added to those prompts' completions only and the multiplier's update sees only their
-    safety. The GRPO stage passes "adversarial": a constraint over benign prompts too (where a refusal
-    scores higher safety than an answer) teaches refusing everything once the multiplier is large.
-
-    ``betas`` are per-prompt KL coefficients (default ``cfg.beta`` for all); the GRPO stage gives benign
-    prompts ``grpo.benign_beta``, as it gives them their own weights row.
-
-    ``refusal_penalties`` are per-prompt penalties for a completion the refusal judge calls a refusal
-    (default none); the GRPO stage gives benign prompts ``grpo.benign_refusal_penalty``.
-
-    ``forced`` maps a prompt's index to a completion that replaces the last of its G samples (the greedy
-    refusals ``refusal_probe`` found; ``grpo.benign_refusal_probe``).
+    ``treatment`` says how each prompt is treated (``objective.PromptTreatment``): its aspect weights, whether
+    the safety ``constraint`` covers it, its KL coefficient, its refusal penalty and a forced completion.
     """
     t0 = time.perf_counter()
-    g = cfg.group_size
+    g, model, optimizer = cfg.group_size, policy.model, policy.optimizer
 
-    completion, cmask = sample_completions(model, tokenizer, prompts, cfg, forced)  # 1. generation
+    # 1. generation (G samples per prompt), then the treatment's forced completions
+    completion, cmask = sample_completions(model, policy.tokenizer, prompts, cfg, treatment.forced)
     t1 = time.perf_counter()
 
-    # 2. one reward-model forward for all aspects, combined with params' weights (+ Lagrangian term)
-    scored = score_completions(
-        tokenizer, prompts, completion, cmask, scorer, weights, g, constraint, constrained, refusal_penalties
-    )
+    # 2. one reward-model forward for all aspects, combined with the treatment's weights (+ Lagrangian term)
+    scored = score_completions(policy.tokenizer, prompts, completion, cmask, scorer, treatment, g, constraint)
     adv = group_advantages(torch.as_tensor(scored.rewards, dtype=torch.float32), g, cfg.std_floor)
     t2 = time.perf_counter()
 
@@ -584,14 +579,13 @@ def grpo_step(
     model.train()
     optimizer.zero_grad(set_to_none=False)
     loss_value = kl = 0.0
-    parts = policy_loss(
-        model, prompts, completion, cmask, adv, g, cfg.temperature, cfg.beta if betas is None else betas
-    )
+    betas = cfg.beta if treatment.betas is None else treatment.betas
+    parts = policy_loss(model, prompts, completion, cmask, adv, g, cfg.temperature, betas)
     if parts is not None:
         parts.loss.backward()
         loss_value, kl = float(parts.loss.detach()), parts.kl
     t3 = time.perf_counter()
-    grad_norm = optimizer_step(optimizer, scheduler, cfg.max_grad_norm)
+    grad_norm = optimizer_step(optimizer, policy.scheduler, cfg.max_grad_norm)
     t4 = time.perf_counter()
 
     # 4. the multiplier's dual step, on the safety of the prompts the constraint covers
@@ -653,21 +647,22 @@ def score_completions(
     completion: torch.Tensor,
     cmask: torch.Tensor,
     scorer: Scorer,
-    weights: np.ndarray,
+    treatment: PromptTreatment,
     group_size: int,
     constraint: LagrangeConstraint | None,
-    constrained: Sequence[bool] | None,
-    refusal_penalties: Sequence[float] | None = None,
 ) -> Scored:
-    """ONE reward-model forward scores all K aspects; the weights (one row or one per prompt) combine them,
-    and completions the refusal judge calls refusals lose their prompt's penalty (``objective.py``)."""
-    g = group_size
+    """ONE reward-model forward scores all K aspects; the treatment's weights (one row or one per prompt)
+    combine them, the constraint's term goes to the prompts it covers, and completions the refusal judge
+    calls refusals lose their prompt's penalty (``objective.py``)."""
+    g, per_prompt = group_size, treatment.refusal_penalties
     ids_list = [row[: int(m.sum())].tolist() for row, m in zip(completion, cmask, strict=True)]
     texts = tokenizer.batch_decode(ids_list, skip_special_tokens=True)
     raw = [p for p in prompts.raw for _ in range(g)]
     scores = np.asarray(scorer.score(raw, texts, ids_list), dtype=np.float64)
-    penalties = None if refusal_penalties is None else refusal_penalties_of(texts, refusal_penalties, g)
-    shaped = shape_rewards(scores, weights, g, scorer.aspects, constraint, constrained, penalties)
+    penalties = None if per_prompt is None else refusal_penalties_of(texts, per_prompt, g)
+    shaped = shape_rewards(
+        scores, treatment.weights, g, scorer.aspects, constraint, treatment.constrained, penalties
+    )
     return Scored(
         texts, scores, shaped.combined, shaped.rewards, shaped.safety, shaped.covered, shaped.penalised_share
     )

@@ -51,7 +51,7 @@ from safealign.policy.checkpoints import (
     save_checkpoint,
 )
 from safealign.policy.constraint import LagrangeConstraint, constraint_from_settings
-from safealign.policy.engine import StepConfig, StepResult, grpo_step
+from safealign.policy.engine import StepConfig, StepResult, Trainable, grpo_step
 from safealign.policy.engine_choice import check_fast_supported, resolve_engine
 from safealign.policy.loading import load_policy, with_adapter
 from safealign.policy.objective import Objective, lr_factor
@@ -114,6 +114,10 @@ class FastRun:
     start_step: int = 0
     resumed_from: int | None = None
     elapsed_before: float = 0.0  # wall time of the steps done before a resume
+
+    @property
+    def trainable(self) -> Trainable:
+        return Trainable(self.model, self.tokenizer, self.optimizer, self.scheduler)
 
     @property
     def weights(self) -> np.ndarray:
@@ -259,20 +263,9 @@ def one_step(run: FastRun, step: int) -> tuple[list[str], StepResult, dict[str, 
     cfg = run.settings.grpo
     drawn, adversarial = run.sampler.draw()
     drawn, forced, probe = probe_step(run, drawn, adversarial)
+    treatment = run.objective.treatment(adversarial, forced)
     result = grpo_step(
-        run.model,
-        run.tokenizer,
-        run.optimizer,
-        run.scheduler,
-        run.encoder.batch(drawn),
-        run.scorer,
-        run.objective.prompt_weights(adversarial),
-        run.step_cfg,
-        run.constraint,
-        constrained=adversarial,
-        betas=run.objective.prompt_betas(adversarial),
-        refusal_penalties=run.objective.prompt_refusal_penalties(adversarial),
-        forced=forced,
+        run.trainable, run.encoder.batch(drawn), treatment, run.scorer, run.step_cfg, run.constraint
     )
     row: dict[str, Any] = {"step": step, **result.metrics, **probe}
     aspects = list(run.scorer.aspects)

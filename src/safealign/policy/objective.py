@@ -26,8 +26,8 @@ anything with a gradient.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -38,6 +38,7 @@ from safealign.policy.constraint import LagrangeConstraint
 __all__ = [
     "Advantages",
     "Objective",
+    "PromptTreatment",
     "Shaped",
     "group_advantages",
     "lr_factor",
@@ -190,6 +191,32 @@ def lr_factor(step: int, warmup_steps: int) -> float:
 
 
 @dataclass(frozen=True)
+class PromptTreatment:
+    """How each of one step's B prompts is treated: what ``engine.grpo_step`` needs beside the prompts.
+
+    The GRPO stage builds it from the prompts' kinds (:meth:`Objective.treatment`); a field left at its
+    default treats every prompt alike.
+    """
+
+    # aspect weights: [K] for every prompt or [B, K] one row per prompt (benign prompts get their own row,
+    # grpo.benign_weights)
+    weights: np.ndarray
+    # one flag per prompt (None: all): the safety constraint's Lagrangian term is added to the flagged
+    # prompts' completions only, and the multiplier's update sees only their safety. The stage flags the
+    # adversarial ones: a constraint over benign prompts too (where a refusal scores higher safety than an
+    # answer) teaches refusing everything once the multiplier is large
+    constrained: Sequence[bool] | None = None
+    # one KL coefficient per prompt (None: StepConfig.beta for all); benign prompts get grpo.benign_beta
+    betas: Sequence[float] | None = None
+    # one penalty per prompt for a completion the refusal judge calls a refusal (None: no penalty); benign
+    # prompts get grpo.benign_refusal_penalty
+    refusal_penalties: Sequence[float] | None = None
+    # prompt index -> a completion that replaces the last of its G samples (the greedy refusals
+    # refusal_probe found; grpo.benign_refusal_probe)
+    forced: Mapping[int, Sequence[int]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class Objective:
     """Per-kind settings of one run: aspect weights and KL coefficient for adversarial and benign prompts."""
 
@@ -232,6 +259,19 @@ class Objective:
     def prompt_refusal_penalties(self, adversarial: Sequence[bool]) -> list[float]:
         """Each prompt's refusal penalty by its kind: benign prompts only (a refusal of harm is the goal)."""
         return [0.0 if adv else self.benign_refusal_penalty for adv in adversarial]
+
+    def treatment(
+        self, adversarial: Sequence[bool], forced: Mapping[int, Sequence[int]] | None = None
+    ) -> PromptTreatment:
+        """Each prompt's treatment by its kind: weights, KL coefficient and refusal penalty of its kind, the
+        safety constraint on the adversarial ones; ``forced`` completions as given."""
+        return PromptTreatment(
+            weights=self.prompt_weights(adversarial),
+            constrained=adversarial,
+            betas=self.prompt_betas(adversarial),
+            refusal_penalties=self.prompt_refusal_penalties(adversarial),
+            forced=forced or {},
+        )
 
     @property
     def uses_kl(self) -> bool:
