@@ -33,7 +33,7 @@ import random
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -47,6 +47,9 @@ from safealign.policy.constraint import LagrangeConstraint
 from safealign.policy.outputs import csv_to_rows, rows_to_csv, save_adapter
 from safealign.policy.prompts import PromptSampler
 from safealign.policy.reward_adapter import Scorer
+
+if TYPE_CHECKING:
+    from safealign.policy.selection import Selector
 
 log = logging.getLogger(__name__)
 
@@ -240,38 +243,47 @@ def _set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
 
 
-def save_checkpoint(
-    root: Path,
-    identity: RunIdentity,
-    step: int,
-    model: Any,
-    optimizer: torch.optim.Optimizer,
-    scheduler: Any,
-    sampler: PromptSampler,
-    constraint: LagrangeConstraint | None,
-    rows: list[dict[str, Any]],
-    elapsed_s: float,
-    selection: dict[str, Any] | None = None,
-) -> Path:
+@dataclass(frozen=True)
+class RunObjects:
+    """The live objects of a run whose state a checkpoint saves and :func:`restore` puts back in place."""
+
+    model: Any  # the LoRA-wrapped policy: its adapter is saved
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    sampler: PromptSampler  # its RNG draws the prompts
+    constraint: LagrangeConstraint | None = None  # its lambda
+    selector: Selector | None = None  # checkpoint selection's records (None: selection off)
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Where a run stands: its last finished step, every step's metric row so far, its wall time so far."""
+
+    step: int
+    rows: list[dict[str, Any]]
+    elapsed_s: float
+
+
+def save_checkpoint(root: Path, identity: RunIdentity, objects: RunObjects, progress: Progress) -> Path:
     """Everything needed to continue exactly, written atomically; then this run's older ones are pruned."""
-    folder = identity.folder(root)
+    folder, step, selector = identity.folder(root), progress.step, objects.selector
     target = folder / f"{CHECKPOINT_PREFIX}{step:06d}"
     meta = {"step": step, "steps": identity.steps, "fingerprint": identity.fingerprint,
             "settings_key": identity.settings_key}  # fmt: skip
     with atomic_dir(target) as tmp:
-        save_adapter(model, tmp / "adapter")
+        save_adapter(objects.model, tmp / "adapter")
         state = {
             **meta,
-            "optimizer": optimizer.state_dict(),
-            "scheduler": plain_state(scheduler.state_dict()),
+            "optimizer": objects.optimizer.state_dict(),
+            "scheduler": plain_state(objects.scheduler.state_dict()),
             "rng": _rng_state(),
-            "rng_sampler": sampler.rng.bit_generator.state,
-            "constraint": plain_state(constraint.state_dict()) if constraint else None,
-            "elapsed_s": float(elapsed_s),
-            "selection": plain_state(selection),
+            "rng_sampler": objects.sampler.rng.bit_generator.state,
+            "constraint": plain_state(objects.constraint.state_dict()) if objects.constraint else None,
+            "elapsed_s": float(progress.elapsed_s),
+            "selection": plain_state(selector.state_dict() if selector else None),
         }
         torch.save(state, tmp / STATE_FILE)
-        (tmp / "metrics.csv").write_text(rows_to_csv(rows), encoding="utf-8")
+        (tmp / "metrics.csv").write_text(rows_to_csv(progress.rows), encoding="utf-8")
         (tmp / META_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
     mine = [c for c in list_checkpoints(root) if c.fingerprint == identity.fingerprint]
     for old in mine[:-KEEP_CHECKPOINTS]:
@@ -301,21 +313,19 @@ def find_resumable(checkpoints: list[Checkpoint], identity: RunIdentity) -> tupl
     return None
 
 
-def restore(
-    state: dict[str, Any],
-    model: Any,
-    optimizer: torch.optim.Optimizer,
-    scheduler: Any,
-    sampler: PromptSampler,
-    constraint: LagrangeConstraint | None,
-) -> None:
-    """Put a state read by ``read_checkpoint`` back into the run's objects and the global RNGs."""
+def restore(state: dict[str, Any], objects: RunObjects) -> Progress:
+    """Put a state read by ``read_checkpoint`` back into the run's objects and the global RNGs; returns
+    where the checkpointed run stood."""
     from peft import set_peft_model_state_dict
 
-    set_peft_model_state_dict(model, state["adapter"])
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
+    set_peft_model_state_dict(objects.model, state["adapter"])
+    objects.optimizer.load_state_dict(state["optimizer"])
+    objects.scheduler.load_state_dict(state["scheduler"])
     _set_rng_state(state["rng"])
-    sampler.rng.bit_generator.state = state["rng_sampler"]
-    if constraint is not None and state.get("constraint"):
-        constraint.load_state_dict(state["constraint"])
+    objects.sampler.rng.bit_generator.state = state["rng_sampler"]
+    if objects.constraint is not None and state.get("constraint"):
+        objects.constraint.load_state_dict(state["constraint"])
+    if objects.selector is not None and state.get("selection"):
+        objects.selector.load_state_dict(state["selection"])
+    step = int(state["step"])
+    return Progress(step, state["rows"][:step], float(state.get("elapsed_s", 0.0)))

@@ -41,7 +41,9 @@ from safealign.common.layout import Layout
 from safealign.config import Settings
 from safealign.policy.checkpoints import (
     STEP_LOG,
+    Progress,
     RunIdentity,
+    RunObjects,
     find_resumable,
     list_checkpoints,
     refuse_checkpoints_past,
@@ -114,6 +116,13 @@ class FastRun:
     start_step: int = 0
     resumed_from: int | None = None
     elapsed_before: float = 0.0  # wall time of the steps done before a resume
+
+    @property
+    def checkpointed(self) -> RunObjects:
+        """What a checkpoint saves and a resume restores."""
+        return RunObjects(
+            self.model, self.optimizer, self.scheduler, self.sampler, self.constraint, self.selector
+        )
 
     @property
     def trainable(self) -> Trainable:
@@ -198,12 +207,10 @@ def resume_from_checkpoint(run: FastRun, allowed: bool = True) -> None:
     if found is None:
         return
     ckpt, state = found
-    restore(state, run.model, run.optimizer, run.scheduler, run.sampler, run.constraint)
-    if run.selector is not None and state.get("selection"):
-        run.selector.load_state_dict(state["selection"])
-    run.start_step = run.resumed_from = ckpt.step
-    run.rows = state["rows"][: ckpt.step]
-    run.elapsed_before = float(state.get("elapsed_s", 0.0))
+    progress = restore(state, run.checkpointed)
+    run.start_step = run.resumed_from = progress.step
+    run.rows = progress.rows
+    run.elapsed_before = progress.elapsed_s
     log.info("resuming GRPO from %s (step %d of %d)", ckpt.path, ckpt.step, run.settings.grpo.steps)
 
 
@@ -237,19 +244,8 @@ def train_steps(run: FastRun, t_start: float) -> None:
         if step % cfg.checkpoint_every == 0 or step == cfg.steps or step == run.start_step + 1:
             log_samples(run, step, drawn, result)
         if step % cfg.checkpoint_every == 0 or step == cfg.steps:
-            save_checkpoint(
-                run.layout.checkpoints_dir,
-                run.identity,
-                step,
-                run.model,
-                run.optimizer,
-                run.scheduler,
-                run.sampler,
-                run.constraint,
-                run.rows,
-                run.elapsed_before + time.perf_counter() - t_start,
-                run.selector.state_dict() if run.selector else None,
-            )
+            progress = Progress(step, run.rows, run.elapsed_before + time.perf_counter() - t_start)
+            save_checkpoint(run.layout.checkpoints_dir, run.identity, run.checkpointed, progress)
     bar.close()
 
 
