@@ -4,12 +4,18 @@ change, refusal rates by the rule detector and by a plain prefix match, and the 
 Used for before/after comparisons of a change (each run in its own clone, after `make run`):
 
     .venv/bin/python bench/compare_runs.py BEFORE_REPO AFTER_REPO
+
+``--same`` checks instead that a change (a refactor) changed no result: every number and string in
+metrics/*.json and metrics/*.csv, and the bytes of artifacts/evaluation/generations.jsonl, must be equal,
+except what measures time, memory or names a run (keys in ``VOLATILE``). Exit 1 lists what differs.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -50,11 +56,60 @@ def summary(run: Path) -> dict[str, str]:
     return out
 
 
+# keys whose values measure the machine or name a run, not a result
+VOLATILE = re.compile(
+    r"(^|_)(s|seconds?|time|timing|timings|wall|rss|gib|per_s|tokens_per_s|run_id|uri|path|dir)(_|$)"
+    r"|seconds|wall_time|timing|peak_rss|^s_|_s$|created|started|host|server|experiment_id"
+)
+
+
+def _leaves(value: Any, prefix: str = "") -> dict[str, Any]:
+    """Flatten JSON into ``a.b[2].c -> value``, leaving out volatile keys (and everything under them)."""
+    if isinstance(value, dict):
+        out: dict[str, Any] = {}
+        for key, child in value.items():
+            if not VOLATILE.search(str(key)):
+                out.update(_leaves(child, f"{prefix}.{key}" if prefix else str(key)))
+        return out
+    if isinstance(value, list):
+        out = {}
+        for i, child in enumerate(value):
+            out.update(_leaves(child, f"{prefix}[{i}]"))
+        return out
+    return {prefix: value}
+
+
+def _metrics(run: Path) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for path in sorted((run / "metrics").glob("*.json")):
+        out.update(_leaves(_json(path), path.name))
+    for path in sorted((run / "metrics").glob("*.csv")):
+        with path.open(encoding="utf-8", newline="") as handle:
+            out.update(_leaves(list(csv.DictReader(handle)), path.name))
+    generations = run / "artifacts" / "evaluation" / "generations.jsonl"
+    out["generations.jsonl bytes"] = generations.read_bytes() if generations.is_file() else None
+    return out
+
+
+def differences(before: Path, after: Path) -> list[str]:
+    """What differs between two finished runs, volatile keys left out; [] when they agree."""
+    a, b = _metrics(before), _metrics(after)
+    return [f"{key}: {a.get(key, '<missing>')!r:.80} != {b.get(key, '<missing>')!r:.80}"
+            for key in sorted(set(a) | set(b)) if a.get(key) != b.get(key)]  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("before", type=Path)
     parser.add_argument("after", type=Path)
+    parser.add_argument("--same", action="store_true", help="every result equal? (exit 1 if not)")
     args = parser.parse_args()
+    if args.same:
+        diffs = differences(args.before, args.after)
+        compared = len(_metrics(args.before))
+        print(f"{compared} results compared, {len(diffs)} differ")
+        print("\n".join(diffs))
+        sys.exit(1 if diffs else 0)
     before, after = summary(args.before), summary(args.after)
     print("| | before | after |\n|---|---|---|")
     for key, value in before.items():
