@@ -157,6 +157,29 @@ def atomic_file(target: str | Path, mode: str = "w", encoding: str | None = "utf
         raise
 
 
+@contextlib.contextmanager
+def atomic_path(target: str | Path) -> Iterator[Path]:
+    """Yield a temporary path next to ``target`` for a library that writes a file by name itself (the KFP
+    compiler); it is renamed over ``target`` when the block finishes and removed when it fails. The name
+    ends in ``target``'s suffix, for writers that choose a format by extension."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(
+        prefix=f".{target.name}.tmp-{os.getpid()}-", suffix=target.suffix, dir=target.parent
+    )
+    tmp = Path(tmp_name)
+    try:
+        os.close(fd)
+        yield tmp
+        with open(tmp, "rb") as handle:  # durable before the rename, as atomic_file's
+            os.fsync(handle.fileno())
+        os.chmod(tmp, file_mode())  # the writer may have replaced the file: mode as a plain open gives
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 def write_json(target: str | Path, payload: Any) -> None:
     """Write JSON atomically with sorted keys, so identical content gives identical bytes."""
     with atomic_file(target) as handle:
