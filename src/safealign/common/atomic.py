@@ -10,6 +10,12 @@ unreadable to the rest of a team sharing a volume. Outputs get what a plain ``op
 0666/0777 less the process umask, i.e. 0644/0755 under the usual umask 022. A stricter umask (``umask 077``)
 is how a user who wants private outputs configures it.
 
+Rerunning a finished stage on the same inputs changes no output byte: ``atomic_dir(keep_identical=True)``
+leaves a folder alone when the new one has the same files and bytes (``renderings`` names files compared by
+name only: pages a library renders with the time they were made, from content the folder holds as data),
+and ``write_json_result`` leaves a result document alone when it differs only in ``volatile`` fields (this
+process's run id, how long it took).
+
 Temporary names carry the writer's process id (``.NAME.tmp-PID-XXXX``, ``.NAME.old-PID``), so what a killed
 writer left behind can be told from what a live one is still writing: ``remove_stale_temps``.
 """
@@ -18,12 +24,13 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fnmatch
 import json
 import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -51,14 +58,17 @@ def dir_mode() -> int:
 
 
 @contextlib.contextmanager
-def atomic_dir(target: str | Path, keep_identical: bool = False) -> Iterator[Path]:
+def atomic_dir(
+    target: str | Path, keep_identical: bool = False, renderings: Sequence[str] = ()
+) -> Iterator[Path]:
     """Yield a temporary directory that replaces ``target`` only if the block finishes without error.
 
     ``keep_identical``: when the new folder has the same files and bytes as ``target`` (a finished stage
     run again on the same inputs), ``target`` is left as it is, not even renamed, and the copy is dropped.
+    ``renderings``: glob patterns of relative paths (``gx/*.html``) whose bytes do not count in that
+    comparison, only their names: pages rendered with the time they were made (and random element ids)
+    from content the folder also holds as data, which is compared.
     """
-    from safealign.common.hashing import tree_hash
-
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-{os.getpid()}-", dir=target.parent))
@@ -66,13 +76,28 @@ def atomic_dir(target: str | Path, keep_identical: bool = False) -> Iterator[Pat
         os.chmod(tmp, dir_mode())
         yield tmp
         normalise_modes(tmp)
-        if keep_identical and target.is_dir() and tree_hash(tmp) == tree_hash(target):
+        if keep_identical and target.is_dir() and same_tree(tmp, target, renderings):
             shutil.rmtree(tmp, ignore_errors=True)
             return
         _swap_in(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def same_tree(first: str | Path, second: str | Path, renderings: Sequence[str] = ()) -> bool:
+    """Whether two folders hold the same files with the same bytes (files matching a ``renderings`` glob:
+    the same names only). Empty folders do not count, as in :func:`safealign.common.hashing.tree_hash`."""
+    from safealign.common.hashing import file_hash
+
+    def listing(root: Path) -> dict[str, str | None]:
+        files = {p.relative_to(root).as_posix(): p for p in root.rglob("*") if p.is_file()}
+        return {
+            rel: None if any(fnmatch.fnmatchcase(rel, pattern) for pattern in renderings) else file_hash(path)
+            for rel, path in files.items()
+        }
+
+    return listing(Path(first)) == listing(Path(second))
 
 
 def normalise_modes(folder: Path) -> None:
@@ -132,11 +157,99 @@ def atomic_file(target: str | Path, mode: str = "w", encoding: str | None = "utf
         raise
 
 
+@contextlib.contextmanager
+def atomic_path(target: str | Path) -> Iterator[Path]:
+    """Yield a temporary path next to ``target`` for a library that writes a file by name itself (the KFP
+    compiler); it is renamed over ``target`` when the block finishes and removed when it fails. The name
+    ends in ``target``'s suffix, for writers that choose a format by extension."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(
+        prefix=f".{target.name}.tmp-{os.getpid()}-", suffix=target.suffix, dir=target.parent
+    )
+    tmp = Path(tmp_name)
+    try:
+        os.close(fd)
+        yield tmp
+        with open(tmp, "rb") as handle:  # durable before the rename, as atomic_file's
+            os.fsync(handle.fileno())
+        os.chmod(tmp, file_mode())  # the writer may have replaced the file: mode as a plain open gives
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 def write_json(target: str | Path, payload: Any) -> None:
     """Write JSON atomically with sorted keys, so identical content gives identical bytes."""
     with atomic_file(target) as handle:
         json.dump(payload, handle, indent=2, sort_keys=True, ensure_ascii=False)
         handle.write("\n")
+
+
+def without(doc: Any, paths: Iterable[str]) -> Any:
+    """A copy of ``doc`` without the dotted ``paths`` (``history.*.elapsed_s``: ``*`` is every item of a
+    list or every value of a mapping). A path that is not there is ignored."""
+    doc = json.loads(json.dumps(doc))  # a deep copy, as the document reads back (tuples as lists, ...)
+
+    def drop(node: Any, keys: list[str]) -> None:
+        head, rest = keys[0], keys[1:]
+        if head == "*":
+            children = list(node.values()) if isinstance(node, dict) else node
+            for child in children if isinstance(children, list) else []:
+                drop(child, rest)
+        elif isinstance(node, dict) and head in node:
+            if rest:
+                drop(node[head], rest)
+            else:
+                del node[head]
+
+    for path in paths:
+        keys = path.split(".")
+        if keys[-1] == "*":
+            raise ValueError(f"{path!r}: a path names a field, it cannot end in '*'")
+        drop(doc, keys)
+    return doc
+
+
+def kept_result(
+    target: str | Path,
+    payload: Any,
+    volatile: Iterable[str] = (),
+    stable: Callable[[Any], Any] | None = None,
+) -> Any | None:
+    """The JSON document at ``target`` when it holds the same result as ``payload``: equal once the
+    ``volatile`` paths (see :func:`without`) are dropped from both, and ``stable`` (a function of such a
+    copy, for what a path cannot name) applied. None when it differs, is missing or does not parse."""
+    target = Path(target)
+    if not target.is_file():
+        return None
+    try:
+        old = json.loads(target.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    volatile = list(volatile)
+
+    def canonical(doc: Any) -> str:  # compared as text, so NaN equals NaN
+        doc = without(doc, volatile)
+        return json.dumps(stable(doc) if stable is not None else doc, sort_keys=True)
+
+    return old if canonical(old) == canonical(payload) else None
+
+
+def write_json_result(target: str | Path, payload: Any, volatile: Iterable[str] = ()) -> Any:
+    """Write a stage's result document like :func:`write_json`, unless ``target`` already holds the same
+    result (:func:`kept_result`): then it is left as it is, not even rewritten, so rerunning a finished
+    stage on the same inputs changes no byte. ``volatile`` names what only describes this process (its
+    MLflow run id, how long it took): such a file keeps the run that first produced the result.
+
+    Returns the document as it now stands in ``target``.
+    """
+    kept = kept_result(target, payload, volatile)
+    if kept is not None:
+        return kept
+    write_json(target, payload)
+    return json.loads(json.dumps(payload))
 
 
 def write_text(target: str | Path, text: str) -> None:

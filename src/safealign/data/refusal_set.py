@@ -127,9 +127,12 @@ def load_checked(path: Path, check: Callable[[Any, str], dict[str, Any]]) -> lis
 
 
 def write(path: Path, rows: Iterable[dict[str, Any]], fields: Iterable[str] = FIELDS) -> None:
-    """One sorted-key JSON object per line with ``fields``, so a regenerated file diffs cleanly."""
+    """One sorted-key JSON object per line with ``fields``, so a regenerated file diffs cleanly. Written by
+    temporary file and rename: a row that fails part way leaves the previous file as it was."""
+    from safealign.common.atomic import atomic_file
+
     fields = tuple(fields)
-    with open(path, "w", encoding="utf-8", newline="\n") as fh:
+    with atomic_file(path) as fh:
         for row in rows:
             fh.write(json.dumps({f: row[f] for f in fields}, sort_keys=True, ensure_ascii=False) + "\n")
 

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from safealign import tracking
-from safealign.common.atomic import atomic_dir, write_json, write_text
+from safealign.common.atomic import atomic_dir, write_json, write_json_result, write_text
 from safealign.common.layout import SPLITS, Layout
 from safealign.common.nested import numeric_leaves
 from safealign.config import Settings
@@ -40,6 +40,10 @@ from safealign.errors import DataError
 log = logging.getLogger(__name__)
 
 PROMPT_SPLITS = ("train", "heldout")  # adversarial and benign prompts: val folded into train
+
+
+# GX's own HTML pages under artifacts/validation/ (see _write_reports): renderings of gx/<suite>.json
+GX_RENDERINGS = ("gx/*.html",)
 
 
 def failed_report_dir(layout: Layout) -> Path:
@@ -217,7 +221,8 @@ def _validate(settings: Settings, layout: Layout) -> dict[str, Any]:
         },
     }
     with contextlib.ExitStack() as stack:
-        tmp_splits = stack.enter_context(atomic_dir(layout.splits_dir))
+        # a rerun on the same data leaves identical outputs as they are (issue 32: no output byte changes)
+        tmp_splits = stack.enter_context(atomic_dir(layout.splits_dir, keep_identical=True))
         written: dict[str, Path] = {}
         for label, rows in splits.items():
             path = tmp_splits / split_path(layout, label).name
@@ -252,9 +257,13 @@ def _validate(settings: Settings, layout: Layout) -> dict[str, Any]:
             "suites": suites,
             "splits": {label: str(split_path(layout, label)) for label in splits},
         }
-        tmp_validation = stack.enter_context(atomic_dir(layout.validation_dir))
+        # GX's HTML pages carry the time they were rendered and random element ids: they count by name
+        # only; what they show is compared through gx/*.json and report.json beside them
+        tmp_validation = stack.enter_context(
+            atomic_dir(layout.validation_dir, keep_identical=True, renderings=GX_RENDERINGS)
+        )
         _write_reports(tmp_validation, report, checks, results)
-        write_json(layout.metrics_file("validation"), summary)
+        write_json_result(layout.metrics_file("validation"), summary)
     shutil.rmtree(failed_report_dir(layout), ignore_errors=True)
     return summary
 

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from safealign.common.atomic import atomic_dir, write_json
+from safealign.common.atomic import atomic_dir, kept_result, write_json_result
 from safealign.common.hashing import tree_hash
 from safealign.common.jsonl import read_prompt_rows
 from safealign.common.layout import Layout
@@ -528,10 +528,19 @@ def _examples(settings: Settings, generations: list[dict[str, Any]]) -> list[dic
     return examples
 
 
+# How long this process took: the only part of a result that a rerun on the same inputs changes
+VOLATILE_RESULT_FIELDS = ("timing_s",)
+
+
 def _write_outputs(
     settings: Settings, plan: _Plan, result: dict[str, Any], generations: list[dict[str, Any]]
 ) -> Path:
-    """Write the artifact folder (all or nothing) and the metrics file; returns the artifact folder."""
+    """Write the artifact folder (all or nothing) and the metrics file; returns the artifact folder.
+
+    A rerun on the same inputs changes no byte: when the metrics file already holds this result but for
+    how long it took (``timing_s``), the files are written with that file's timing, and an identical
+    folder and metrics file are left as they are. MLflow and the printed summary get this process's timing.
+    """
     from safealign.evaluation.plots import aspect_bars, reward_curves
     from safealign.evaluation.report import render_report, render_robustness
 
@@ -539,7 +548,10 @@ def _write_outputs(
     out_dir = layout.evaluation_dir if standard else layout.artifacts_dir / "robustness"
     metrics_name = "evaluation" if standard else "robustness"
     metrics_path = layout.metrics_file("evaluation") if standard else layout.metrics_file("robustness")
-    with atomic_dir(out_dir) as tmp:
+    kept = kept_result(metrics_path, result, VOLATILE_RESULT_FIELDS)
+    if kept is not None:  # this very result (its key order kept: the plots follow it) with the kept timing
+        result = {**result, **{k: kept[k] for k in VOLATILE_RESULT_FIELDS if k in kept}}
+    with atomic_dir(out_dir, keep_identical=True) as tmp:
         with open(tmp / "generations.jsonl", "w", encoding="utf-8") as handle:
             for g in generations:
                 handle.write(json.dumps(g, ensure_ascii=False) + "\n")
@@ -555,7 +567,7 @@ def _write_outputs(
         (tmp / f"{metrics_name}.json").write_text(
             json.dumps(result, indent=2, sort_keys=True), encoding="utf-8"
         )
-    write_json(metrics_path, result)
+    write_json_result(metrics_path, result, VOLATILE_RESULT_FIELDS)
     return out_dir
 
 

@@ -250,8 +250,9 @@ def main(argv: list[str] | None = None) -> int:
                     f"{by_id[e['id']]['reply'][:400]}"
                 )
     if args.output:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(json.dumps(result, indent=1, default=_plain) + "\n", encoding="utf-8")
+        from safealign.common.atomic import write_text
+
+        write_text(args.output, json.dumps(result, indent=1, default=_plain) + "\n")  # temporary + rename
     return 0
 
 

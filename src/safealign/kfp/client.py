@@ -69,10 +69,16 @@ def compile_pipeline(
     default): images as parameters, no parameter defaulting to this machine (safealign.kfp.pipeline)."""
     from kfp import compiler
 
+    from safealign.common.atomic import atomic_path
+
     out = Path(output)
+    if out.suffix not in (".yaml", ".yml", ".json"):  # KFP's own check, naming this path, not the temporary
+        raise ValueError(f'The output path {out} should end with ".yaml".')
     pipeline = load_pipeline(settings, image, cuda_image, cluster=True)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    compiler.Compiler().compile(pipeline, str(out))
+    # KFP opens the path and streams into it: a failure or a kill part way would leave half a pipeline
+    # where the previous one was (issue 32); a temporary file renamed at the end never does
+    with atomic_path(out) as tmp:
+        compiler.Compiler().compile(pipeline, str(tmp))
     return out
 
 

@@ -294,6 +294,9 @@ local_pipeline = build_pipeline(SETTINGS)
 if __name__ == "__main__":
     from kfp import compiler
 
+    from safealign.common.atomic import atomic_path
+
     out = sys.argv[1] if len(sys.argv) > 1 else str(REPO_ROOT / "pipelines" / "align.yaml")
-    compiler.Compiler().compile(align_pipeline, out)
+    with atomic_path(out) as tmp:  # never half a pipeline where the previous one was
+        compiler.Compiler().compile(align_pipeline, str(tmp))
     print(out)

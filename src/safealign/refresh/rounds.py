@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from safealign.common.atomic import atomic_dir, write_json
+from safealign.common.atomic import atomic_dir, write_json, write_json_result
 from safealign.common.hashing import file_hash, tree_hash
 from safealign.common.layout import Layout
 from safealign.config import Settings
@@ -245,7 +245,7 @@ def train_grpo_rounds(settings: Settings, resume: bool = True) -> dict[str, Any]
     report: dict[str, Any] = {"rounds": total, "passed": True, "failed_round": None, "per_round": [first]}
     if total == 1:
         first["heldout"] = None  # the evaluate stage's figures: metrics/evaluation.json
-        write_json(layout.metrics_file(METRICS), report)
+        write_json_result(layout.metrics_file(METRICS), report)  # an identical one is left as it is
         return summary
 
     root = round_root(layout, 1)

@@ -169,7 +169,10 @@ class CombinedDetector:
         }
 
     def save(self, path: Path) -> None:
-        path.write_text(json.dumps(self.to_json(), indent=1) + "\n", encoding="utf-8")
+        """Write the artifact by temporary file and rename: a failed write keeps the previous one."""
+        from safealign.common.atomic import write_text
+
+        write_text(path, json.dumps(self.to_json(), indent=1) + "\n")
 
     @classmethod
     def load(cls, path: Path = ARTIFACT) -> CombinedDetector:

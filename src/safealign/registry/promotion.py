@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from safealign.common.atomic import normalise_modes, write_json
+from safealign.common.atomic import kept_result, normalise_modes, write_json
 from safealign.common.hashing import tree_hash
 from safealign.common.layout import Layout
 from safealign.config import Settings
@@ -210,7 +210,8 @@ def promote(settings: Settings, dry_run: bool = False) -> dict[str, Any]:
             log_flat_metrics({"gates": {g["gate"]: g["passed"] for g in gates}, "passed": passed})
             mlflow_tags = {"safealign.verdict": result["verdict"], "safealign.policy_version": policy_v}
             _log_result(mlflow_tags, result)
-            write_json(layout.metrics_file("promotion"), result)
+            if _kept_promotion(layout, result) is None:
+                write_json(layout.metrics_file("promotion"), result)
             versions.step("written")
             _check_agreement(client, settings, layout)
         except BaseException:
@@ -226,6 +227,49 @@ def promote(settings: Settings, dry_run: bool = False) -> dict[str, Any]:
             f"{'v' + prev if prev else 'unset'}: {failed}"
         )
     return result
+
+
+# What a promote that changed nothing in the registry records differently from the promote that made the
+# change (issue 32): its own run, that it created no version, the champion before it (the same one), the
+# clean-up it found nothing to do for, and the champion gate's wording (see _kept_promotion).
+PROMOTION_VOLATILE = (
+    "run_id",
+    "policy_new_version",
+    "reward_model_new_version",
+    "previous_champion",
+    "repair",
+    "lock_broken",
+)
+
+
+def _kept_promotion(layout: Layout, result: dict[str, Any]) -> dict[str, Any] | None:
+    """metrics/promotion.json as it is, when this promote changed nothing and the file records the same.
+
+    Rerunning a finished promote on the same inputs finds its versions by content hash and the aliases
+    where it left them: it creates no version, moves no champion and repairs nothing. The record of the
+    promote that made the change then stays, byte for byte, when it holds the same candidate, versions,
+    verdict, gates and champion; only the champion gate's reason may differ, as it now compares the
+    candidate with itself. Anything this promote did change (a new version, a champion moved, a repair,
+    a broken lock) is written.
+    """
+    changed = (
+        result.get("policy_new_version")
+        or result.get("reward_model_new_version")
+        or result.get("champion") != result.get("previous_champion")
+        or any((result.get("repair") or {}).values())
+        or result.get("lock_broken")
+    )
+    if changed:
+        return None
+
+    def stable(doc: Any) -> Any:
+        gates = doc.get("gates") if isinstance(doc, dict) else None
+        for gate in gates if isinstance(gates, list) else []:
+            if isinstance(gate, dict) and gate.get("gate") == "champion":
+                gate.pop("reason", None)
+        return doc
+
+    return kept_result(layout.metrics_file("promotion"), result, PROMOTION_VOLATILE, stable)
 
 
 @dataclass

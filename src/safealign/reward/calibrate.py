@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from safealign.common.atomic import atomic_dir, write_json
+from safealign.common.atomic import atomic_dir, write_json_result
 from safealign.common.layout import Layout
 from safealign.common.stats import auroc, json_safe, per_aspect, r2_score
 from safealign.config import Settings
@@ -214,7 +214,7 @@ def calibrate(settings: Settings) -> dict[str, Any]:
         onp["label_agreement"] = onpolicy_data.label_agreement(onp_all, labelled)  # R² ceiling per aspect
         registers = score_registers(model, benign_weights)  # reported per register, not a gate
         log.info("reward model by register (not a gate):\n%s", format_register_lines(registers))
-        with atomic_dir(layout.calibration_dir) as tmp:
+        with atomic_dir(layout.calibration_dir, keep_identical=True) as tmp:
             for k, a in enumerate(aspects):
                 png = tmp / f"reliability_{a}.png"
                 r2 = stats[a]["r2"]
@@ -246,7 +246,8 @@ def calibrate(settings: Settings) -> dict[str, Any]:
                 "mlflow_run_id": run.info.run_id,
             }
         )
-        write_json(layout.metrics_file("calibration"), report)
+        # a rerun on the same model and data keeps the file (and run id) of the run that first wrote it
+        write_json_result(layout.metrics_file("calibration"), report, ("mlflow_run_id",))
         mlflow.log_metrics(_report_metrics(report))
         mlflow.log_artifacts(str(layout.calibration_dir), artifact_path="calibration")
         mlflow.log_artifact(str(layout.metrics_file("calibration")))

@@ -312,12 +312,15 @@ class RewardModel(nn.Module):
             )
         return model
 
-    def save_pretrained(self, path: str | Path) -> Path:
-        """Write the folder atomically (temp dir + rename): a killed save never leaves half a model."""
+    def save_pretrained(self, path: str | Path, keep_identical: bool = False) -> Path:
+        """Write the folder atomically (temp dir + rename): a killed save never leaves half a model.
+
+        ``keep_identical``: a folder already holding these very bytes is left as it is (a rerun).
+        """
         from safetensors.torch import save_file
 
         target = Path(path)
-        with atomic_dir(target) as tmp:
+        with atomic_dir(target, keep_identical=keep_identical) as tmp:
             self.encoder.save_pretrained(tmp)
             self.tokenizer.save_pretrained(tmp)
             save_file(

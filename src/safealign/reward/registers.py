@@ -150,8 +150,11 @@ def main(argv: list[str] | None = None) -> int:
     report = score_registers(model, benign)
     print(format_lines(report))
     if args.output:
-        with open(args.output, "w", encoding="utf-8") as fh:
-            json.dump(report, fh, indent=1)
+        from safealign.common.atomic import write_text
+
+        # serialised first, written by temporary file and rename: a report that cannot be written (or a
+        # failing disk) never leaves half of it where a previous report was
+        write_text(args.output, json.dumps(report, indent=1))
     return 0
 
 

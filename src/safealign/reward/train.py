@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from safealign.common.atomic import write_json
+from safealign.common.atomic import write_json_result
 from safealign.common.jsonl import iter_jsonl
 from safealign.common.layout import Layout
 from safealign.common.stats import json_safe, per_aspect
@@ -396,6 +396,11 @@ def fit(
     }
 
 
+# What only describes the process that trained (its MLflow run, how long it took): a rerun that trains
+# the same model on the same inputs leaves metrics/train_reward.json as it is (issue 32)
+VOLATILE_SUMMARY_FIELDS = ("mlflow_run_id", "train_seconds", "history.*.elapsed_s")
+
+
 def train_reward(settings: Settings, progress: bool = True) -> dict[str, Any]:
     """The ``train-reward`` stage: train on the train split, stop early on val, write the model folder."""
     import mlflow
@@ -436,7 +441,7 @@ def train_reward(settings: Settings, progress: bool = True) -> dict[str, Any]:
 
         result = fit(model, train, val, settings, on_epoch=on_epoch, progress=progress)
         out_dir = layout.reward_model_dir
-        model.save_pretrained(out_dir)
+        model.save_pretrained(out_dir, keep_identical=True)
         summary = {
             "aspects": aspects,
             "weights": settings.aspect_weights,
@@ -456,7 +461,8 @@ def train_reward(settings: Settings, progress: bool = True) -> dict[str, Any]:
             }
         )
         mlflow.log_artifacts(str(out_dir), artifact_path="reward_model")
-        write_json(layout.metrics_file("train_reward"), summary)
+        # a rerun that trained the same model keeps the file (and run id) of the run that first did
+        write_json_result(layout.metrics_file("train_reward"), summary, VOLATILE_SUMMARY_FIELDS)
     return {k: v for k, v in summary.items() if k != "history"}
 
 
