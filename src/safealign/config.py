@@ -415,7 +415,7 @@ class GrpoSettings(_Section):
         "reply replaces one of their G samples, where benign_refusal_penalty (required > 0) meets it. The "
         "leak to benign prompts shows in greedy replies (what evaluation reads) long before a sample takes "
         "it (policy/refusal_probe.py). At 16 (penalty 0.2) held-out benign refusals fell 6.2% -> 4.5% but "
-        "adversarial ones rose +12.9 points instead of +18.1, for ~7 s per step (docs/experiments.md); 0 = off",
+        "adversarial ones rose +12.9 points instead of +18.1, for ~7 s a step (docs/experiments.md); 0 = off",
     )
     checkpoint_every: int = Field(default=8, gt=0, description="steps between resumable checkpoints")
     rounds: int = Field(
