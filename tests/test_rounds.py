@@ -177,6 +177,25 @@ def test_a_rerun_after_an_interruption_in_round_2_redoes_neither_round_1_nor_the
     assert tree_hash(layout.adapter_dir) == tree_hash(round2 / "policy" / "adapter")
 
 
+def test_rerunning_finished_rounds_changes_no_output_byte(two_rounds):
+    """Every round resumed from its markers: the grpo stage's outputs (dvc.yaml) keep their bytes, and
+    rounds.json is not even rewritten (its rows' timings are the first run's)."""
+    import hashlib
+
+    layout = _layout(two_rounds)
+    report = layout.metrics_file("rounds")
+    outputs = [layout.policy_dir, layout.metrics_file("grpo"), layout.grpo_steps_csv, report]
+
+    def digests() -> dict[str, str]:
+        files = [p for out in outputs for p in ([out] if out.is_file() else sorted(out.rglob("*")))]
+        return {str(p): hashlib.sha256(p.read_bytes()).hexdigest() for p in files if p.is_file()}
+
+    before, stamp = digests(), report.stat().st_mtime_ns
+    assert _grpo(two_rounds, "grpo.rounds=2") == 0
+    assert digests() == before
+    assert report.stat().st_mtime_ns == stamp
+
+
 def _untimed_csv(path: Path) -> list[dict]:
     """The per-step rows without their timings (s_step, ...), which differ between any two runs."""
     import csv

@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from safealign.common.atomic import atomic_dir, write_json, write_json_result
+from safealign.common.atomic import atomic_dir, without, write_json, write_json_result
 from safealign.common.hashing import file_hash, tree_hash
 from safealign.common.layout import Layout
 from safealign.config import Settings
@@ -63,6 +63,11 @@ def _read_json(path: Path) -> dict[str, Any]:
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
 
 
+def _canonical(report: dict[str, Any]) -> str:
+    """A rounds report as compared across reruns: without what describes the process (its timings)."""
+    return json.dumps(without(report, ROUND_VOLATILE), sort_keys=True)
+
+
 def _link(target: Path, link: Path) -> None:
     """``link`` -> ``target`` (absolute), replacing a link that points elsewhere."""
     link.parent.mkdir(parents=True, exist_ok=True)
@@ -81,7 +86,7 @@ def prepare_splits(layout: Layout, round_layout: Layout, refresh_files: list[Pat
 
     Returns the hash of the round's labelled train split (what decides whether the reward model retrains).
     """
-    with atomic_dir(round_layout.splits_dir) as tmp:
+    with atomic_dir(round_layout.splits_dir, keep_identical=True) as tmp:
         for src in sorted(layout.splits_dir.glob("*.jsonl")):
             shutil.copyfile(src, tmp / src.name)
         with (tmp / layout.labelled_split("train").name).open("a", encoding="utf-8") as handle:
@@ -155,7 +160,7 @@ def snapshot_policy(layout: Layout, root: Path) -> Path:
 
 def publish_policy(layout: Layout, policy_dir: Path) -> None:
     """The last round's adapter becomes the stage's output ``artifacts/policy``."""
-    with atomic_dir(layout.policy_dir) as tmp:
+    with atomic_dir(layout.policy_dir, keep_identical=True) as tmp:  # a rerun leaves the same one be
         shutil.copytree(policy_dir, tmp, dirs_exist_ok=True)
 
 
@@ -227,6 +232,31 @@ def refresh_round(
 
 # ------------------------------------------------------------------------------------------- the stage
 
+# what in rounds.json describes this process, not the result: how long each round took
+ROUND_VOLATILE = ("per_round.*.seconds",)
+
+
+def write_report(layout: Layout, report: dict[str, Any], final: bool) -> None:
+    """``metrics/rounds.json``: progress while rounds run, the result at the end.
+
+    A rerun of finished rounds (each resumed from its markers) reproduces their rows with new timings; a
+    progress write is skipped when the file already holds those rows (a finished report of the same run),
+    and the final write leaves an equal result as it is, so the rerun changes no byte.
+    """
+    target = layout.metrics_file(METRICS)
+    if not final:
+        try:
+            old = _read_json(target)
+        except ValueError:  # a torn or hand-edited file: write the progress over it
+            old = {}
+        done = len(report["per_round"])
+        if isinstance(old.get("per_round"), list) and len(old["per_round"]) >= done:
+            so_far = {**old, "per_round": old["per_round"][:done]}
+            if _canonical(so_far) == _canonical(report):
+                return
+    write_json_result(target, report, volatile=ROUND_VOLATILE)
+
+
 
 def train_grpo_rounds(settings: Settings, resume: bool = True) -> dict[str, Any]:
     """The grpo stage: GRPO, then ``grpo.rounds - 1`` refresh rounds; returns GRPO's summary (+ rounds)."""
@@ -257,7 +287,7 @@ def train_grpo_rounds(settings: Settings, resume: bool = True) -> dict[str, Any]
     eval_s = time.perf_counter() - t
     first["seconds"] = {"grpo_s": round(grpo_s, 1), "heldout_eval_s": round(eval_s, 1)}
     first["seconds"]["total_s"] = round(grpo_s + eval_s, 1)
-    write_json(layout.metrics_file(METRICS), report)  # progress, readable while later rounds run
+    write_report(layout, report, final=False)  # progress, readable while later rounds run
     refresh_files: list[Path] = []
     for round_no in range(2, total + 1):
         log.info("reward refresh round %d of %d", round_no, total)
@@ -271,14 +301,14 @@ def train_grpo_rounds(settings: Settings, resume: bool = True) -> dict[str, Any]
                 workspace_settings(settings, round_root(layout, round_no))).metrics_file("calibration"))
             report["per_round"].append({"round": round_no, **onpolicy_figures(calibration)})
             report.update(passed=False, failed_round=round_no, error=str(exc).splitlines()[0])
-            write_json(layout.metrics_file(METRICS), report)
+            write_report(layout, report, final=True)
             raise GateFailed(
                 f"reward refresh round {round_no}: the retrained reward model failed calibration; "
                 f"artifacts/policy removed, nothing downstream runs (metrics/{METRICS}.json)\n{exc}"
             ) from exc
         report["per_round"].append(row)
         previous = Path(row["policy"])
-        write_json(layout.metrics_file(METRICS), report)  # progress, readable while later rounds run
+        write_report(layout, report, final=False)  # progress, readable while later rounds run
     publish_policy(layout, previous)
-    write_json(layout.metrics_file(METRICS), report)
+    write_report(layout, report, final=True)
     return {**summary, "rounds": report["per_round"]}
