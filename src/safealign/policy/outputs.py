@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from safealign.common.atomic import atomic_dir, write_json, write_text
+from safealign.common.atomic import atomic_dir, kept_result, write_json, write_text
 from safealign.common.layout import Layout
 
 ADAPTER_CONFIG = "adapter_config.json"
@@ -183,24 +183,6 @@ VOLATILE_SUMMARY_FIELDS = (
 )
 
 
-def _kept_summary(metrics_path: Path, summary: dict[str, Any]) -> dict[str, Any] | None:
-    """The summary already at ``metrics_path`` when it differs from ``summary`` only in volatile fields."""
-    if not metrics_path.is_file():
-        return None
-    try:
-        old = json.loads(metrics_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    if not isinstance(old, dict):
-        return None
-    new = json.loads(json.dumps(summary))  # as it would read back (tuples as lists, ...)
-
-    def stable(doc: dict[str, Any]) -> dict[str, Any]:
-        return {k: v for k, v in doc.items() if k not in VOLATILE_SUMMARY_FIELDS}
-
-    return old if stable(old) == stable(new) else None
-
-
 def write_stage_outputs(
     layout: Layout,
     model: Any,
@@ -226,7 +208,7 @@ def write_stage_outputs(
     table = rows_to_csv(rows)
     if not (layout.grpo_steps_csv.is_file() and layout.grpo_steps_csv.read_text(encoding="utf-8") == table):
         write_text(layout.grpo_steps_csv, table)
-    kept = None if trained else _kept_summary(metrics_path, summary)
+    kept = None if trained else kept_result(metrics_path, summary, VOLATILE_SUMMARY_FIELDS)
     if kept is None:
         write_json(metrics_path, summary)
     summary = kept or summary
